@@ -1,0 +1,1 @@
+//! Owned by the runner-protocol harness (see lib.rs).

@@ -1,0 +1,1 @@
+//! Owned by the stand-in support (see lib.rs).
