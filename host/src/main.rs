@@ -1,1 +1,119 @@
-fn main() {}
+//! ecs-executor: gitlab-runner's custom executor for AWS ECS (EC2 launch type).
+//!
+//! gitlab-runner calls this binary for each step of a job: `config`, `prepare`,
+//! `run <script> <stage>` (about ten times) and `cleanup`. This file is the edge: it parses
+//! the command line, runs the step, and turns its result into the exit code gitlab-runner
+//! expects (the mapping itself lives in `failure`).
+
+mod aws;
+mod config;
+mod docker;
+mod ecs;
+mod exec;
+mod failure;
+mod instance;
+mod job;
+mod protocol;
+mod state;
+mod steps;
+mod task_spec;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::failure::{ExitCodes, Failure};
+
+#[derive(Parser)]
+#[command(name = "ecs-executor", version, about = "GitLab custom executor that runs jobs on AWS ECS")]
+struct Cli {
+    /// Executor config file [default: $ECS_EXECUTOR_CONFIG, else /etc/ecs-executor/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    step: Step,
+}
+
+#[derive(Subcommand)]
+enum Step {
+    /// Print the driver's JSON settings for gitlab-runner (config_exec).
+    Config,
+    /// Create the job's task on ECS and wait until it runs (prepare_exec).
+    Prepare,
+    /// Run one stage's script: `run [run_args...] <script> <stage>` (run_exec).
+    Run {
+        /// gitlab-runner appends `<script> <stage>` after any configured run_args.
+        #[arg(required = true, num_args = 2.., value_name = "ARGS", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Stop the job's task and remove its state (cleanup_exec).
+    Cleanup,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let codes = ExitCodes::from_env();
+    let step_name = match &cli.step {
+        Step::Config => "config",
+        Step::Prepare => "prepare",
+        Step::Run { .. } => "run",
+        Step::Cleanup => "cleanup",
+    };
+    match run_step(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if let Some(code) = failure.script_exit_code {
+                write_build_exit_code(code);
+            } else {
+                eprintln!("ecs-executor: {step_name}: {failure}");
+            }
+            ExitCode::from(u8::try_from(codes.for_failure(&failure)).unwrap_or(2))
+        }
+    }
+}
+
+fn run_step(cli: Cli) -> Result<(), Failure> {
+    let path = Config::resolve_path(cli.config.as_deref());
+    let config = Config::load(&path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::system(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        match cli.step {
+            Step::Config => {
+                println!("{}", steps::config::run(&config));
+                Ok(())
+            }
+            Step::Prepare => steps::prepare::run(&config, terminated()).await,
+            Step::Run { args } => {
+                let (script, stage) = (&args[args.len() - 2], &args[args.len() - 1]);
+                steps::run::run(&config, script.as_ref(), stage, terminated()).await
+            }
+            Step::Cleanup => steps::cleanup::run(&config).await,
+        }
+    })
+}
+
+/// Completes when gitlab-runner asks us to stop (SIGTERM to our process group) or on SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// gitlab-runner reads the script's real exit code from here when we exit with BUILD_FAILURE.
+fn write_build_exit_code(code: i32) {
+    if let Some(path) = std::env::var_os("BUILD_EXIT_CODE_FILE").filter(|p| !p.is_empty()) {
+        if let Err(e) = std::fs::write(&path, code.to_string()) {
+            eprintln!("ecs-executor: cannot write BUILD_EXIT_CODE_FILE {}: {e}", PathBuf::from(path).display());
+        }
+    }
+}

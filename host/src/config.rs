@@ -1,0 +1,398 @@
+//! The executor's own configuration file (TOML): which cluster, how tasks are shaped, how
+//! Docker on the container instances is reached.
+//!
+//! Read once per process. Unknown keys and bad values are errors that name the key and the
+//! file; they are the site's problem, so they are system failures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::failure::{Blame, Classify};
+
+/// Where the config is read from when neither `--config` nor `$ECS_EXECUTOR_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "/etc/ecs-executor/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}` {problem}")]
+    Invalid { path: PathBuf, key: &'static str, problem: String },
+}
+
+impl Classify for ConfigError {
+    fn blame(&self) -> Blame {
+        Blame::System
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// ECS cluster name or ARN.
+    pub cluster: String,
+    /// AWS region of the cluster.
+    pub region: String,
+    /// Override of the ECS and EC2 endpoints (a local stand-in); unset for real AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub aws: AwsSettings,
+    /// `EC2` (the default) unless a capacity provider strategy is given.
+    #[serde(default)]
+    pub launch_type: Option<String>,
+    #[serde(default)]
+    pub capacity_provider_strategy: Vec<CapacityProvider>,
+    #[serde(default)]
+    pub network_mode: NetworkMode,
+    /// Required with `network_mode = "awsvpc"`.
+    #[serde(default)]
+    pub awsvpc: Option<AwsVpc>,
+    /// Image for jobs that name none.
+    #[serde(default)]
+    pub default_image: Option<String>,
+    /// Image of the helper container (git, gitlab-runner-helper). Default: GitLab's official
+    /// helper image matching the runner's version.
+    #[serde(default)]
+    pub helper_image: Option<String>,
+    /// Task-level CPU units (1024 = one vCPU).
+    #[serde(default = "default_cpu")]
+    pub cpu: u32,
+    /// Task-level memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory: u32,
+    #[serde(default)]
+    pub task_role_arn: Option<String>,
+    #[serde(default)]
+    pub execution_role_arn: Option<String>,
+    #[serde(default)]
+    pub log_configuration: Option<LogConfiguration>,
+    pub docker: DockerSettings,
+    /// true: reach Docker on the instance's private IP; false: on its public IP.
+    #[serde(default = "yes")]
+    pub use_private_ip: bool,
+    /// Prefix of the task definition families this executor registers.
+    #[serde(default = "default_family_prefix")]
+    pub family_prefix: String,
+    #[serde(default)]
+    pub task_definition_mode: TaskDefinitionMode,
+    /// Per-job state files and locks; must be writable by the runner's user only.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_builds_dir")]
+    pub builds_dir: String,
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: String,
+    /// The shell gitlab-runner generates scripts for: `bash` or `sh`.
+    #[serde(default = "default_shell")]
+    pub shell: String,
+    /// How long prepare waits for the task to reach RUNNING (image pulls included).
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// A named profile of the shared AWS config; unset: the default credential chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Static credentials, meant for local stand-ins; prefer roles on real AWS.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Attempts per AWS call, including the first (standard retry mode with jitter).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        AwsSettings { profile: None, access_key_id: None, secret_access_key: None, max_attempts: default_max_attempts() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityProvider {
+    pub capacity_provider: String,
+    #[serde(default)]
+    pub weight: i32,
+    #[serde(default)]
+    pub base: i32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Bridge,
+    Awsvpc,
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::Awsvpc => "awsvpc",
+            NetworkMode::Host => "host",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsVpc {
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub assign_public_ip: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfiguration {
+    pub driver: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSettings {
+    /// Port of the Docker daemon's mutual-TLS listener on every container instance.
+    #[serde(default = "default_docker_port")]
+    pub port: u16,
+    /// CA that signed the daemons' server certificates (the only CA trusted).
+    pub ca_file: PathBuf,
+    /// Client certificate and key presented to the daemons.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Seconds to wait for a connection to the daemon.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskDefinitionMode {
+    /// One task definition per distinct content, found again by a hash of that content.
+    #[default]
+    Reuse,
+    /// Registered for each job and deregistered at cleanup.
+    PerJob,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cpu() -> u32 {
+    1024
+}
+fn default_memory() -> u32 {
+    2048
+}
+fn default_family_prefix() -> String {
+    "ecs-executor".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ecs-executor")
+}
+fn default_builds_dir() -> String {
+    "/builds".into()
+}
+fn default_cache_dir() -> String {
+    "/cache".into()
+}
+fn default_shell() -> String {
+    "bash".into()
+}
+fn default_start_timeout() -> u64 {
+    600
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_docker_port() -> u16 {
+    2376
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+impl Config {
+    /// The config path from `--config`, else `$ECS_EXECUTOR_CONFIG`, else [`DEFAULT_PATH`].
+    pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("ECS_EXECUTOR_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_PATH),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        };
+        if self.cluster.trim().is_empty() {
+            return Err(invalid("cluster", "must not be empty".into()));
+        }
+        if self.region.trim().is_empty()
+            || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid("region", format!("{:?} is not an AWS region name", self.region)));
+        }
+        if let Some(url) = &self.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid("endpoint_url", format!("{url:?} must start with http:// or https://")));
+            }
+        }
+        if self.aws.access_key_id.is_some() != self.aws.secret_access_key.is_some() {
+            return Err(invalid(
+                "aws.secret_access_key",
+                "and `aws.access_key_id` must be given together".into(),
+            ));
+        }
+        if self.aws.max_attempts == 0 || self.aws.max_attempts > 20 {
+            return Err(invalid("aws.max_attempts", "must be between 1 and 20".into()));
+        }
+        match (&self.launch_type, self.capacity_provider_strategy.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "launch_type",
+                    "cannot be combined with `capacity_provider_strategy`".into(),
+                ));
+            }
+            (Some(lt), true) if lt != "EC2" => {
+                return Err(invalid("launch_type", format!("{lt:?} is not supported (only \"EC2\")")));
+            }
+            _ => {}
+        }
+        if self.network_mode == NetworkMode::Awsvpc
+            && self.awsvpc.as_ref().is_none_or(|v| v.subnets.is_empty())
+        {
+            return Err(invalid("awsvpc.subnets", "must list at least one subnet when network_mode = \"awsvpc\"".into()));
+        }
+        if !(128..=196_608).contains(&self.cpu) {
+            return Err(invalid("cpu", format!("{} is outside 128..=196608 CPU units", self.cpu)));
+        }
+        if !(128..=1_048_576).contains(&self.memory) {
+            return Err(invalid("memory", format!("{} is outside 128..=1048576 MiB", self.memory)));
+        }
+        let prefix_ok = !self.family_prefix.is_empty()
+            && self.family_prefix.len() <= 200
+            && self.family_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !prefix_ok {
+            return Err(invalid(
+                "family_prefix",
+                format!("{:?} must be 1-200 letters, digits, '-' or '_'", self.family_prefix),
+            ));
+        }
+        if self.shell != "bash" && self.shell != "sh" {
+            return Err(invalid("shell", format!("{:?} must be \"bash\" or \"sh\"", self.shell)));
+        }
+        for (key, dir) in [("builds_dir", &self.builds_dir), ("cache_dir", &self.cache_dir)] {
+            if !dir.starts_with('/') || dir.contains("..") {
+                return Err(invalid(key, format!("{dir:?} must be an absolute path without `..`")));
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", format!("{} must be an absolute path", self.state_dir.display())));
+        }
+        if self.start_timeout_secs == 0 {
+            return Err(invalid("start_timeout_secs", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+cluster = "ci"
+region = "eu-west-1"
+[docker]
+ca_file = "/etc/ecs-executor/ca.pem"
+cert_file = "/etc/ecs-executor/cert.pem"
+key_file = "/etc/ecs-executor/key.pem"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ecs-executor/config.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.network_mode, NetworkMode::Bridge);
+        assert_eq!(c.task_definition_mode, TaskDefinitionMode::Reuse);
+        assert!(c.use_private_ip);
+        assert_eq!(c.docker.port, 2376);
+        assert_eq!(c.builds_dir, "/builds");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_the_file() {
+        let err = parse(&format!("{MINIMAL}\nbogus_key = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("bogus_key"), "{err}");
+        assert!(err.contains("/etc/ecs-executor/config.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_table_is_refused() {
+        let text = MINIMAL.replace("[docker]", "[docker]\nverify = false");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("verify"), "{err}");
+    }
+
+    #[test]
+    fn missing_docker_tls_files_are_refused() {
+        let err = parse("cluster = \"c\"\nregion = \"us-east-1\"\n").unwrap_err().to_string();
+        assert!(err.contains("docker"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (line, key) in [
+            ("network_mode = \"overlay\"", "network_mode"),
+            ("task_definition_mode = \"sometimes\"", "task_definition_mode"),
+            ("family_prefix = \"has space\"", "family_prefix"),
+            ("cpu = 5", "cpu"),
+            ("shell = \"pwsh\"", "shell"),
+            ("builds_dir = \"relative\"", "builds_dir"),
+            ("network_mode = \"awsvpc\"", "awsvpc.subnets"),
+        ] {
+            let text = MINIMAL.replacen("region", &format!("{line}\nregion"), 1);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+    }
+}

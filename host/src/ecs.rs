@@ -1,0 +1,400 @@
+//! Everything the executor asks of ECS: task definitions (reused by content or per job), the
+//! job's task (run, watch, stop, find again) — and nothing about Docker.
+
+use aws_sdk_ecs::types::{
+    AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerDefinition, HostVolumeProperties,
+    LaunchType, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode,
+    Tag, TaskDefinitionField, Volume,
+};
+
+use crate::aws::describe_sdk_error;
+use crate::config::{Config, TaskDefinitionMode};
+use crate::failure::{Blame, Classify};
+use crate::task_spec::TaskSpec;
+
+/// Tag on task definitions: the full content hash, so reuse never trusts a short family name.
+pub const TAG_CONTENT_HASH: &str = "ecs-executor:content-sha256";
+/// Tag on task definitions and tasks: which executor (family prefix) made them.
+pub const TAG_MANAGED_BY: &str = "ecs-executor:managed-by";
+pub const TAG_RUNNER: &str = "ecs-executor:runner";
+pub const TAG_JOB: &str = "ecs-executor:job-id";
+pub const TAG_PROJECT: &str = "ecs-executor:project";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EcsError {
+    #[error("ECS {action} failed: {message}")]
+    Api { action: &'static str, message: String },
+    #[error("ECS could not place the task on cluster {cluster}: {reasons}")]
+    Placement { cluster: String, reasons: String },
+    #[error("ECS {action} returned no {what}")]
+    Incomplete { action: &'static str, what: &'static str },
+}
+
+impl Classify for EcsError {
+    fn blame(&self) -> Blame {
+        Blame::System
+    }
+}
+
+fn api<E, R>(action: &'static str) -> impl FnOnce(aws_sdk_ecs::error::SdkError<E, R>) -> EcsError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    move |e| EcsError::Api { action, message: describe_sdk_error(&e) }
+}
+
+/// A task definition the job's task will use.
+#[derive(Debug, Clone)]
+pub struct TaskDefinitionUse {
+    pub arn: String,
+    pub family: String,
+    pub revision: i32,
+    /// true: an existing revision with the same content was found; false: registered now.
+    pub reused: bool,
+}
+
+/// The job's task as RunTask placed it.
+#[derive(Debug, Clone)]
+pub struct PlacedTask {
+    pub arn: String,
+    pub container_instance_arn: Option<String>,
+}
+
+/// What DescribeTasks says of the job's task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskStatus {
+    pub last_status: String,
+    pub desired_status: String,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
+    pub container_instance_arn: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+    /// DescribeTasks reported the task MISSING.
+    pub missing: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub reason: Option<String>,
+}
+
+impl TaskStatus {
+    /// ECS's own words on why the task stopped: the task's reason and any container reasons.
+    pub fn stop_explanation(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = self.stopped_reason.as_deref().filter(|r| !r.is_empty()) {
+            parts.push(r.to_string());
+        }
+        for c in &self.containers {
+            if let Some(r) = c.reason.as_deref().filter(|r| !r.is_empty()) {
+                if !parts.iter().any(|p| p == r) {
+                    parts.push(format!("container {}: {r}", c.name));
+                }
+            }
+        }
+        if parts.is_empty() {
+            parts.push(format!("stop code {}", self.stop_code.as_deref().unwrap_or("unknown")));
+        }
+        parts.join("; ")
+    }
+}
+
+pub struct Ecs {
+    client: aws_sdk_ecs::Client,
+    cluster: String,
+}
+
+impl Ecs {
+    pub fn new(client: aws_sdk_ecs::Client, cluster: &str) -> Ecs {
+        Ecs { client, cluster: cluster.to_string() }
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Find the task definition with this content, or register it. In `per-job` mode always
+    /// register (the job's cleanup deregisters it).
+    pub async fn ensure_task_definition(
+        &self,
+        spec: &TaskSpec,
+        config: &Config,
+        per_job_family: &str,
+    ) -> Result<TaskDefinitionUse, EcsError> {
+        let hash = spec.content_hash();
+        if config.task_definition_mode == TaskDefinitionMode::PerJob {
+            return self.register(spec, per_job_family, &hash, &config.family_prefix).await;
+        }
+        let family = spec.reuse_family(&config.family_prefix);
+        if let Some(found) = self.find_by_content(&family, &hash).await? {
+            return Ok(found);
+        }
+        self.register(spec, &family, &hash, &config.family_prefix).await
+    }
+
+    /// The latest ACTIVE revision of `family`, if its content hash tag matches.
+    pub async fn find_by_content(&self, family: &str, hash: &str) -> Result<Option<TaskDefinitionUse>, EcsError> {
+        let out = self
+            .client
+            .describe_task_definition()
+            .task_definition(family)
+            .include(TaskDefinitionField::Tags)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // ClientException is how ECS says "no such family".
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_client_exception()) => return Ok(None),
+            Err(e) => return Err(api("DescribeTaskDefinition")(e)),
+        };
+        let Some(td) = out.task_definition() else { return Ok(None) };
+        let active = td.status().is_some_and(|s| s.as_str() == "ACTIVE");
+        let same = out.tags().iter().any(|t| t.key() == Some(TAG_CONTENT_HASH) && t.value() == Some(hash));
+        if !(active && same) {
+            return Ok(None);
+        }
+        Ok(Some(TaskDefinitionUse {
+            arn: td.task_definition_arn().unwrap_or_default().to_string(),
+            family: family.to_string(),
+            revision: td.revision(),
+            reused: true,
+        }))
+    }
+
+    async fn register(&self, spec: &TaskSpec, family: &str, hash: &str, prefix: &str) -> Result<TaskDefinitionUse, EcsError> {
+        let mut req = self
+            .client
+            .register_task_definition()
+            .family(family)
+            .network_mode(NetworkMode::from(spec.network_mode.as_str()))
+            .requires_compatibilities(aws_sdk_ecs::types::Compatibility::Ec2)
+            .cpu(spec.cpu.to_string())
+            .memory(spec.memory.to_string())
+            .set_task_role_arn(spec.task_role_arn.clone())
+            .set_execution_role_arn(spec.execution_role_arn.clone())
+            .tags(tag(TAG_CONTENT_HASH, hash))
+            .tags(tag(TAG_MANAGED_BY, prefix));
+        for c in &spec.containers {
+            req = req.container_definitions(container_definition(c));
+        }
+        for v in &spec.volumes {
+            let mut vol = Volume::builder().name(&v.name);
+            if let Some(path) = &v.host_path {
+                vol = vol.host(HostVolumeProperties::builder().source_path(path).build());
+            }
+            req = req.volumes(vol.build());
+        }
+        let out = req.send().await.map_err(api("RegisterTaskDefinition"))?;
+        let td = out.task_definition().ok_or(EcsError::Incomplete {
+            action: "RegisterTaskDefinition",
+            what: "task definition",
+        })?;
+        Ok(TaskDefinitionUse {
+            arn: td.task_definition_arn().unwrap_or_default().to_string(),
+            family: family.to_string(),
+            revision: td.revision(),
+            reused: false,
+        })
+    }
+
+    pub async fn deregister(&self, arn: &str) -> Result<(), EcsError> {
+        match self.client.deregister_task_definition().task_definition(arn).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_client_exception()) => Ok(()),
+            Err(e) => Err(api("DeregisterTaskDefinition")(e)),
+        }
+    }
+
+    /// Run one task of `task_definition_arn`, identified by `started_by` and `tags`.
+    /// Job variables never go into overrides: DescribeTasks shows overrides to anyone.
+    pub async fn run_task(
+        &self,
+        config: &Config,
+        task_definition_arn: &str,
+        started_by: &str,
+        tags: &[(&str, String)],
+    ) -> Result<PlacedTask, EcsError> {
+        let mut req = self
+            .client
+            .run_task()
+            .cluster(&self.cluster)
+            .task_definition(task_definition_arn)
+            .count(1)
+            .started_by(started_by)
+            .enable_ecs_managed_tags(true);
+        for (k, v) in tags {
+            req = req.tags(tag(k, v));
+        }
+        if config.capacity_provider_strategy.is_empty() {
+            req = req.launch_type(LaunchType::Ec2);
+        } else {
+            for cp in &config.capacity_provider_strategy {
+                req = req.capacity_provider_strategy(
+                    CapacityProviderStrategyItem::builder()
+                        .capacity_provider(&cp.capacity_provider)
+                        .weight(cp.weight)
+                        .base(cp.base)
+                        .build()
+                        .expect("capacity_provider is set"),
+                );
+            }
+        }
+        if let Some(vpc) = &config.awsvpc {
+            let awsvpc = AwsVpcConfiguration::builder()
+                .set_subnets(Some(vpc.subnets.clone()))
+                .set_security_groups(Some(vpc.security_groups.clone()))
+                .assign_public_ip(if vpc.assign_public_ip {
+                    aws_sdk_ecs::types::AssignPublicIp::Enabled
+                } else {
+                    aws_sdk_ecs::types::AssignPublicIp::Disabled
+                })
+                .build()
+                .expect("subnets are set");
+            req = req.network_configuration(NetworkConfiguration::builder().awsvpc_configuration(awsvpc).build());
+        }
+        let out = req.send().await.map_err(api("RunTask"))?;
+        if let Some(task) = out.tasks().first() {
+            return Ok(PlacedTask {
+                arn: task.task_arn().unwrap_or_default().to_string(),
+                container_instance_arn: task.container_instance_arn().map(String::from),
+            });
+        }
+        let reasons: Vec<String> = out
+            .failures()
+            .iter()
+            .map(|f| match (f.reason(), f.detail()) {
+                (Some(r), Some(d)) => format!("{r} ({d})"),
+                (Some(r), None) => r.to_string(),
+                _ => "unknown reason".to_string(),
+            })
+            .collect();
+        Err(EcsError::Placement {
+            cluster: self.cluster.clone(),
+            reasons: if reasons.is_empty() { "no task and no failure returned".into() } else { reasons.join(", ") },
+        })
+    }
+
+    pub async fn describe_task(&self, task_arn: &str) -> Result<TaskStatus, EcsError> {
+        let out = self
+            .client
+            .describe_tasks()
+            .cluster(&self.cluster)
+            .tasks(task_arn)
+            .send()
+            .await
+            .map_err(api("DescribeTasks"))?;
+        let Some(task) = out.tasks().first() else {
+            let missing = out.failures().iter().any(|f| f.reason() == Some("MISSING"));
+            if missing {
+                return Ok(TaskStatus { missing: true, ..Default::default() });
+            }
+            return Err(EcsError::Incomplete { action: "DescribeTasks", what: "task" });
+        };
+        Ok(TaskStatus {
+            last_status: task.last_status().unwrap_or_default().to_string(),
+            desired_status: task.desired_status().unwrap_or_default().to_string(),
+            stop_code: task.stop_code().map(|c| c.as_str().to_string()),
+            stopped_reason: task.stopped_reason().map(String::from),
+            container_instance_arn: task.container_instance_arn().map(String::from),
+            containers: task
+                .containers()
+                .iter()
+                .map(|c| ContainerStatus {
+                    name: c.name().unwrap_or_default().to_string(),
+                    reason: c.reason().map(String::from),
+                })
+                .collect(),
+            missing: false,
+        })
+    }
+
+    /// Stop a task; a task that is gone or already stopped is not an error.
+    pub async fn stop_task(&self, task_arn: &str, reason: &str) -> Result<(), EcsError> {
+        let out = self.client.stop_task().cluster(&self.cluster).task(task_arn).reason(reason).send().await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_invalid_parameter_exception() || s.is_client_exception()
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(api("StopTask")(e)),
+        }
+    }
+
+    /// Tasks of this cluster that are meant to run and were started with `started_by`.
+    pub async fn running_tasks_started_by(&self, started_by: &str) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .started_by(started_by)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListTasks"))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+
+    /// The EC2 instance id behind a container instance.
+    pub async fn ec2_instance_of(&self, container_instance_arn: &str) -> Result<String, EcsError> {
+        let out = self
+            .client
+            .describe_container_instances()
+            .cluster(&self.cluster)
+            .container_instances(container_instance_arn)
+            .send()
+            .await
+            .map_err(api("DescribeContainerInstances"))?;
+        out.container_instances()
+            .first()
+            .and_then(|ci| ci.ec2_instance_id())
+            .map(String::from)
+            .ok_or(EcsError::Incomplete { action: "DescribeContainerInstances", what: "EC2 instance id" })
+    }
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinition {
+    let mut def = ContainerDefinition::builder()
+        .name(&c.name)
+        .image(&c.image)
+        .essential(c.essential)
+        .set_entry_point(c.entry_point.clone())
+        .set_command(Some(c.command.clone()))
+        .set_links(if c.links.is_empty() { None } else { Some(c.links.clone()) })
+        .set_docker_labels(Some(c.docker_labels.clone().into_iter().collect()))
+        .privileged(c.privileged)
+        // Our keep-alive exits on SIGTERM at once; a user image that ignores it gets 10 s.
+        .stop_timeout(10);
+    for m in &c.mount_points {
+        def = def.mount_points(
+            MountPoint::builder()
+                .source_volume(&m.source_volume)
+                .container_path(&m.container_path)
+                .read_only(m.read_only)
+                .build(),
+        );
+    }
+    if let Some(log) = &c.log_configuration {
+        def = def.log_configuration(
+            LogConfiguration::builder()
+                .log_driver(LogDriver::from(log.driver.as_str()))
+                .set_options(Some(log.options.clone().into_iter().collect()))
+                .build()
+                .expect("log driver is set"),
+        );
+    }
+    def.build()
+}

@@ -1,0 +1,64 @@
+//! The container instance a task landed on, and the address of its Docker daemon.
+//! (A later plugin hook makes the address choice pluggable; `use_private_ip` is the built-in rule.)
+
+use crate::aws::describe_sdk_error;
+use crate::ecs::{Ecs, EcsError};
+use crate::failure::{Blame, Classify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Ecs(#[from] EcsError),
+    #[error("EC2 DescribeInstances failed for {instance_id}: {message}")]
+    Ec2 { instance_id: String, message: String },
+    #[error("EC2 instance {instance_id} has no {which} IPv4 address (use_private_ip = {use_private_ip})")]
+    NoAddress { instance_id: String, which: &'static str, use_private_ip: bool },
+}
+
+impl Classify for InstanceError {
+    fn blame(&self) -> Blame {
+        Blame::System
+    }
+}
+
+/// A container instance as the executor sees it.
+#[derive(Debug, Clone)]
+pub struct ContainerInstance {
+    pub ec2_instance_id: String,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+}
+
+impl ContainerInstance {
+    pub async fn resolve(ecs: &Ecs, ec2: &aws_sdk_ec2::Client, arn: &str) -> Result<ContainerInstance, InstanceError> {
+        let instance_id = ecs.ec2_instance_of(arn).await?;
+        let out = ec2
+            .describe_instances()
+            .instance_ids(&instance_id)
+            .send()
+            .await
+            .map_err(|e| InstanceError::Ec2 { instance_id: instance_id.clone(), message: describe_sdk_error(&e) })?;
+        let instance = out.reservations().iter().flat_map(|r| r.instances()).next().ok_or_else(|| {
+            InstanceError::Ec2 { instance_id: instance_id.clone(), message: "no such instance".into() }
+        })?;
+        Ok(ContainerInstance {
+            ec2_instance_id: instance_id.clone(),
+            private_ip: instance.private_ip_address().map(String::from),
+            public_ip: instance.public_ip_address().map(String::from),
+        })
+    }
+
+    /// The built-in address rule: the private IP, or the public one when `use_private_ip` is off.
+    pub fn docker_host(&self, use_private_ip: bool) -> Result<String, InstanceError> {
+        let (ip, which) = if use_private_ip {
+            (&self.private_ip, "private")
+        } else {
+            (&self.public_ip, "public")
+        };
+        ip.clone().ok_or_else(|| InstanceError::NoAddress {
+            instance_id: self.ec2_instance_id.clone(),
+            which,
+            use_private_ip,
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! What gitlab-runner's custom executor hands us on every call: `CUSTOM_ENV_*` job variables,
+//! the job response file (the trusted source), the stage names and where each one runs.
+//!
+//! `CUSTOM_ENV_*` values can be set by users through job variables, so anything that must be
+//! trusted (job id, image, services) is read from `JOB_RESPONSE_FILE` instead.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::failure::{Blame, Classify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("{0} is not set: this command must be called by gitlab-runner's custom executor")]
+    MissingEnv(&'static str),
+    #[error("cannot read the job response file {path}: {source}")]
+    ReadJobResponse { path: PathBuf, source: std::io::Error },
+    #[error("the job response file {path} is not valid: {message}")]
+    BadJobResponse { path: PathBuf, message: String },
+    #[error("stage name {0:?} is not valid (expected letters, digits, '_' or '-')")]
+    BadStage(String),
+}
+
+impl Classify for ProtocolError {
+    fn blame(&self) -> Blame {
+        Blame::System
+    }
+}
+
+/// A job variable gitlab-runner exported as `CUSTOM_ENV_<name>`.
+pub fn custom_env(name: &str) -> Option<String> {
+    std::env::var(format!("CUSTOM_ENV_{name}")).ok()
+}
+
+/// The job response JSON (`JOB_RESPONSE_FILE`), reduced to what we use. It also holds the job
+/// token and registry credentials: never log it, never copy it anywhere.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobResponse {
+    pub id: u64,
+    pub job_info: JobInfo,
+    pub git_info: GitInfo,
+    pub variables: Vec<JobVariable>,
+    pub image: Option<JobImage>,
+    pub services: Vec<JobService>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobInfo {
+    pub name: String,
+    pub stage: String,
+    pub project_id: u64,
+    pub project_name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct GitInfo {
+    pub repo_url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub sha: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobVariable {
+    pub key: String,
+    pub value: String,
+    pub public: bool,
+    pub masked: bool,
+    pub file: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobImage {
+    pub name: String,
+    pub alias: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub pull_policy: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobService {
+    pub name: String,
+    pub alias: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub variables: Vec<JobVariable>,
+}
+
+fn job_response_path() -> Result<PathBuf, ProtocolError> {
+    std::env::var_os("JOB_RESPONSE_FILE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or(ProtocolError::MissingEnv("JOB_RESPONSE_FILE"))
+}
+
+fn read_job_response<T: for<'de> Deserialize<'de>>() -> Result<T, ProtocolError> {
+    let path = job_response_path()?;
+    let bytes = std::fs::read(&path)
+        .map_err(|source| ProtocolError::ReadJobResponse { path: path.clone(), source })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ProtocolError::BadJobResponse { path, message: e.to_string() })
+}
+
+impl JobResponse {
+    pub fn load() -> Result<JobResponse, ProtocolError> {
+        let response: JobResponse = read_job_response()?;
+        if response.id == 0 {
+            return Err(ProtocolError::BadJobResponse {
+                path: job_response_path()?,
+                message: "it has no job `id`".into(),
+            });
+        }
+        Ok(response)
+    }
+
+    /// Values that must never be printed or sent anywhere but into the job's own script.
+    pub fn secret_values(&self) -> Vec<&str> {
+        self.variables
+            .iter()
+            .filter(|v| (v.masked || v.file || !v.public) && v.value.len() >= 4)
+            .map(|v| v.value.as_str())
+            .collect()
+    }
+}
+
+/// Which job this call is for, read cheaply (run stages parse only the id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobKey {
+    pub job_id: u64,
+    /// The runner's short token (safe to show), or "runner" when unknown.
+    pub runner: String,
+}
+
+impl JobKey {
+    pub fn load() -> Result<JobKey, ProtocolError> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            #[serde(default)]
+            id: u64,
+        }
+        let only: IdOnly = read_job_response()?;
+        if only.id == 0 {
+            return Err(ProtocolError::BadJobResponse {
+                path: job_response_path()?,
+                message: "it has no job `id`".into(),
+            });
+        }
+        Ok(Self::new(only.id, custom_env("CI_RUNNER_SHORT_TOKEN").as_deref()))
+    }
+
+    pub fn new(job_id: u64, runner_short_token: Option<&str>) -> JobKey {
+        let runner: String = runner_short_token
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(16)
+            .collect();
+        JobKey { job_id, runner: if runner.is_empty() { "runner".into() } else { runner } }
+    }
+
+    /// File-name-safe identity of the job on this runner host.
+    pub fn file_stem(&self) -> String {
+        format!("{}-{}", self.runner, self.job_id)
+    }
+
+    /// ECS `startedBy` (at most 36 of letters, digits, '-', '_', '/').
+    pub fn started_by(&self) -> String {
+        let mut s = format!("gl/{}/{}", self.runner, self.job_id);
+        s.truncate(36);
+        s
+    }
+}
+
+/// Where a stage's script runs, as GitLab's Docker executor does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageRoute {
+    /// The helper container: git, caches, artifacts (writes with umask 0000).
+    Helper,
+    /// The job's own image: the user's script and anything unknown.
+    Build,
+}
+
+impl StageRoute {
+    pub fn for_stage(stage: &str) -> StageRoute {
+        match stage {
+            "prepare_script" | "get_sources" | "clear_worktree" | "restore_cache"
+            | "download_artifacts" | "cleanup_file_variables" => StageRoute::Helper,
+            s if s.starts_with("archive_cache") || s.starts_with("upload_artifacts") => {
+                StageRoute::Helper
+            }
+            // build_script, step_*, after_script and every stage we do not know yet.
+            _ => StageRoute::Build,
+        }
+    }
+
+    pub fn container_name(self) -> &'static str {
+        match self {
+            StageRoute::Helper => "helper",
+            StageRoute::Build => "build",
+        }
+    }
+}
+
+/// Stage names come from gitlab-runner but end up in file names and log lines.
+pub fn validate_stage(stage: &str) -> Result<(), ProtocolError> {
+    let ok = !stage.is_empty()
+        && stage.len() <= 128
+        && stage.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok { Ok(()) } else { Err(ProtocolError::BadStage(stage.to_string())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_route_like_the_docker_executor() {
+        for s in ["prepare_script", "get_sources", "clear_worktree", "restore_cache",
+            "download_artifacts", "archive_cache", "archive_cache_on_failure",
+            "upload_artifacts_on_success", "upload_artifacts_on_failure", "cleanup_file_variables"] {
+            assert_eq!(StageRoute::for_stage(s), StageRoute::Helper, "{s}");
+        }
+        for s in ["build_script", "step_release", "after_script", "some_future_stage"] {
+            assert_eq!(StageRoute::for_stage(s), StageRoute::Build, "{s}");
+        }
+    }
+
+    #[test]
+    fn stage_names_with_path_separators_are_refused() {
+        assert!(validate_stage("build_script").is_ok());
+        for bad in ["../x", "a/b", "", "a b", "x\0"] {
+            assert!(validate_stage(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn started_by_fits_ecs_limits() {
+        let key = JobKey::new(u64::MAX, Some("glrt-abcdefgh/../x"));
+        let sb = key.started_by();
+        assert!(sb.len() <= 36, "{sb}");
+        assert!(sb.chars().all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c)), "{sb}");
+        assert_eq!(JobKey::new(7, None).file_stem(), "runner-7");
+    }
+}

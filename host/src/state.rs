@@ -1,0 +1,213 @@
+//! Per-job state on the runner host: what `prepare` created, for `run` and `cleanup`.
+//!
+//! One JSON file per job under `<state_dir>/jobs/`, mode 0600, written atomically (temp file +
+//! rename) so a killed process never leaves half a file. It holds no secret: task and
+//! container ids, the Docker address. Locks for races between jobs live in `<state_dir>/locks/`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::docker::DockerEndpoint;
+use crate::failure::{Blame, Classify};
+use crate::protocol::JobKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is corrupt ({message}); run `cleanup` for this job or remove the file")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("no state for job {job}: prepare did not finish for this job on this host ({path} is missing)")]
+    Missing { job: String, path: PathBuf },
+}
+
+impl Classify for StateError {
+    fn blame(&self) -> Blame {
+        Blame::System
+    }
+}
+
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobState {
+    pub version: u32,
+    pub job_id: u64,
+    pub cluster: String,
+    pub task_arn: String,
+    pub task_definition_arn: String,
+    /// `per-job` mode: cleanup deregisters the task definition.
+    pub deregister_task_definition: bool,
+    #[serde(default)]
+    pub container_instance_arn: Option<String>,
+    #[serde(default)]
+    pub ec2_instance_id: Option<String>,
+    /// Set once Docker on the instance was reached.
+    #[serde(default)]
+    pub docker: Option<DockerEndpoint>,
+    /// ECS container name -> Docker container id; set when prepare finished.
+    #[serde(default)]
+    pub containers: BTreeMap<String, String>,
+    pub created_unix: u64,
+}
+
+impl JobState {
+    pub fn new(job_id: u64, cluster: &str, task_arn: &str, task_definition_arn: &str, deregister: bool) -> JobState {
+        JobState {
+            version: VERSION,
+            job_id,
+            cluster: cluster.to_string(),
+            task_arn: task_arn.to_string(),
+            task_definition_arn: task_definition_arn.to_string(),
+            deregister_task_definition: deregister,
+            container_instance_arn: None,
+            ec2_instance_id: None,
+            docker: None,
+            containers: BTreeMap::new(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// prepare finished: Docker reached and containers known.
+    pub fn is_ready(&self) -> bool {
+        self.docker.is_some() && !self.containers.is_empty()
+    }
+}
+
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(state_dir: &Path) -> StateStore {
+        StateStore { dir: state_dir.to_path_buf() }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+        move |source| StateError::Io { path: path.to_path_buf(), source }
+    }
+
+    fn subdir(&self, name: &str) -> Result<PathBuf, StateError> {
+        let dir = self.dir.join(name);
+        if !dir.is_dir() {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(Self::io(&dir))?;
+        }
+        Ok(dir)
+    }
+
+    pub fn path(&self, key: &JobKey) -> PathBuf {
+        self.dir.join("jobs").join(format!("{}.json", key.file_stem()))
+    }
+
+    pub fn load(&self, key: &JobKey) -> Result<Option<JobState>, StateError> {
+        let path = self.path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io(&path)(e)),
+        };
+        let state: JobState = serde_json::from_slice(&bytes)
+            .map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        if state.version != VERSION || state.job_id != key.job_id {
+            return Err(StateError::Corrupt { path, message: "it belongs to another job or version".into() });
+        }
+        Ok(Some(state))
+    }
+
+    /// The state prepare left, or an error saying there is none.
+    pub fn require(&self, key: &JobKey) -> Result<JobState, StateError> {
+        self.load(key)?.ok_or_else(|| StateError::Missing { job: key.file_stem(), path: self.path(key) })
+    }
+
+    pub fn save(&self, key: &JobKey, state: &JobState) -> Result<(), StateError> {
+        let dir = self.subdir("jobs")?;
+        let path = self.path(key);
+        let tmp = dir.join(format!(".{}.{}.tmp", key.file_stem(), std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            StateError::Io { path: path.clone(), source: e }
+        })
+    }
+
+    pub fn remove(&self, key: &JobKey) -> Result<(), StateError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Self::io(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// An exclusive lock shared by every executor process on this host (released on drop).
+    pub fn lock(&self, name: &str) -> Result<FileLock, StateError> {
+        let dir = self.subdir("locks")?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(Self::io(&path))?;
+        // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(StateError::Io { path, source: std::io::Error::last_os_error() });
+        }
+        Ok(FileLock { _file: file })
+    }
+}
+
+/// Held while it lives; the kernel releases the flock when the file closes (even on SIGKILL).
+pub struct FileLock {
+    _file: File,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ecs-executor-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn state_round_trips_with_mode_0600() {
+        let dir = temp_dir("roundtrip");
+        let store = StateStore::new(&dir);
+        let key = JobKey::new(42, Some("tok"));
+        assert!(store.load(&key).unwrap().is_none());
+        let state = JobState::new(42, "c", "arn:task", "arn:td", false);
+        store.save(&key, &state).unwrap();
+        assert_eq!(store.load(&key).unwrap().unwrap(), state);
+        let mode = fs::metadata(store.path(&key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        store.remove(&key).unwrap();
+        store.remove(&key).unwrap();
+        assert!(store.load(&key).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_state_is_a_clear_error() {
+        let dir = temp_dir("corrupt");
+        let store = StateStore::new(&dir);
+        let key = JobKey::new(7, None);
+        fs::create_dir_all(dir.join("jobs")).unwrap();
+        fs::write(store.path(&key), b"{not json").unwrap();
+        let err = store.load(&key).unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains("runner-7.json"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

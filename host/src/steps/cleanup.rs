@@ -1,0 +1,51 @@
+//! `cleanup`: stop the job's task and forget the job. Idempotent; copes with no state (prepare
+//! failed early) and with leftovers of an earlier prepare attempt.
+
+use std::time::Instant;
+
+use crate::aws::AwsClients;
+use crate::config::Config;
+use crate::ecs::Ecs;
+use crate::failure::Failure;
+use crate::protocol::JobKey;
+use crate::state::StateStore;
+
+use super::log_phase;
+
+pub async fn run(config: &Config) -> Result<(), Failure> {
+    let started = Instant::now();
+    let key = JobKey::load()?;
+    let store = StateStore::new(&config.state_dir);
+    // A corrupt state file must not keep the task alive: fall back to finding it by startedBy.
+    let state = match store.load(&key) {
+        Ok(state) => state,
+        Err(e) => {
+            super::log_note(format!("{e}; looking the task up by its startedBy instead"));
+            None
+        }
+    };
+    let clients = AwsClients::load(config).await;
+    let ecs = Ecs::new(clients.ecs, &config.cluster);
+
+    let mut stopped = Vec::new();
+    if let Some(state) = &state {
+        ecs.stop_task(&state.task_arn, "ecs-executor: job cleanup").await?;
+        stopped.push(state.task_arn.clone());
+    }
+    // prepare may have been killed between RunTask and writing the state file.
+    for arn in ecs.running_tasks_started_by(&key.started_by()).await? {
+        if !stopped.contains(&arn) {
+            ecs.stop_task(&arn, "ecs-executor: job cleanup").await?;
+            stopped.push(arn);
+        }
+    }
+    if let Some(state) = &state {
+        if state.deregister_task_definition {
+            ecs.deregister(&state.task_definition_arn).await?;
+        }
+    }
+    store.remove(&key)?;
+    let what = if stopped.is_empty() { "nothing to stop".to_string() } else { format!("stopped {}", stopped.join(", ")) };
+    log_phase(started, format_args!("cleanup: {what}"));
+    Ok(())
+}

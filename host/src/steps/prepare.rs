@@ -1,0 +1,332 @@
+//! `prepare`: build the task for the job, run it on ECS, wait until it runs, reach Docker on
+//! its instance and record what `run` and `cleanup` need.
+//!
+//! Every phase prints one line to the job log. Whatever fails after RunTask, the task is
+//! stopped before we exit, so a failed prepare leaves nothing running.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::EventsOptions;
+use futures_util::StreamExt;
+
+use crate::aws::AwsClients;
+use crate::config::{Config, TaskDefinitionMode};
+use crate::docker::{DockerEndpoint, DockerHost, LABEL_TASK_ARN};
+use crate::ecs::{self, Ecs, TaskStatus};
+use crate::failure::Failure;
+use crate::instance::ContainerInstance;
+use crate::job::JobContext;
+use crate::state::{JobState, StateStore};
+use crate::task_spec::TaskSpec;
+
+use super::{log_note, log_phase};
+
+pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+    let started = Instant::now();
+    let job = JobContext::load(config)?;
+    let store = StateStore::new(&config.state_dir);
+    let clients = AwsClients::load(config).await;
+    let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);
+
+    // A previous prepare attempt of this job may have left a task behind.
+    if let Some(old) = store.load(&job.key).unwrap_or(None) {
+        log_note(format!("stopping {} left by an earlier prepare attempt", old.task_arn));
+        ecs.stop_task(&old.task_arn, "ecs-executor: superseded by a new prepare attempt").await?;
+        store.remove(&job.key)?;
+    }
+
+    let mut launched: Option<JobState> = None;
+    let result = tokio::select! {
+        r = launch(config, &job, &store, &ecs, &clients, &mut launched) => r,
+        () = shutdown => Err(Failure::system("prepare was interrupted (SIGTERM); the task is being stopped")),
+    };
+    match result {
+        Ok(()) => {
+            log_phase(started, "prepare: job environment ready");
+            Ok(())
+        }
+        Err(failure) => {
+            if let Some(state) = launched {
+                let _ = ecs.stop_task(&state.task_arn, "ecs-executor: prepare failed").await;
+                if state.deregister_task_definition {
+                    let _ = ecs.deregister(&state.task_definition_arn).await;
+                }
+                let _ = store.remove(&job.key);
+                log_note(format!("stopped {}", state.task_arn));
+            }
+            // Error texts can quote ECS or Docker, which may echo what the job gave them.
+            Err(Failure { message: job.redact(&failure.message), ..failure })
+        }
+    }
+}
+
+async fn launch(
+    config: &Config,
+    job: &JobContext,
+    store: &StateStore,
+    ecs: &Ecs,
+    clients: &AwsClients,
+    launched: &mut Option<JobState>,
+) -> Result<(), Failure> {
+    // 1. The task definition: reuse one with the same content, else register it.
+    let phase = Instant::now();
+    let spec = TaskSpec::for_job(config, job);
+    let per_job = config.task_definition_mode == TaskDefinitionMode::PerJob;
+    let per_job_family = format!("{}-job-{}", config.family_prefix, job.key.job_id);
+    let td = {
+        // Jobs racing on one runner host register one revision, not one each.
+        let _lock = store.lock(&format!("taskdef-{}", &spec.content_hash()[..16]))?;
+        ecs.ensure_task_definition(&spec, config, &per_job_family).await?
+    };
+    log_phase(
+        phase,
+        format_args!(
+            "task definition {}:{} {}",
+            td.family,
+            td.revision,
+            if td.reused { "reused" } else { "registered" }
+        ),
+    );
+
+    // 2. Run the task. Tags identify runner, project and job; no job variable goes to ECS.
+    let phase = Instant::now();
+    let tags = [
+        (ecs::TAG_MANAGED_BY, config.family_prefix.clone()),
+        (ecs::TAG_RUNNER, job.key.runner.clone()),
+        (ecs::TAG_JOB, job.key.job_id.to_string()),
+        (ecs::TAG_PROJECT, job.project_path.chars().take(256).collect()),
+    ];
+    let placed = ecs.run_task(config, &td.arn, &job.key.started_by(), &tags).await;
+    let placed = match placed {
+        Ok(p) => p,
+        Err(e) => {
+            if per_job {
+                let _ = ecs.deregister(&td.arn).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let mut state = JobState::new(job.key.job_id, ecs.cluster(), &placed.arn, &td.arn, per_job);
+    store.save(&job.key, &state)?;
+    *launched = Some(state.clone());
+    log_phase(phase, format_args!("task {} started on cluster {}", placed.arn, ecs.cluster()));
+
+    // 3. The container instance and its Docker daemon.
+    let phase = Instant::now();
+    let ci_arn = match placed.container_instance_arn.clone() {
+        Some(arn) => arn,
+        None => wait_for_placement(ecs, &placed.arn).await?,
+    };
+    let instance = ContainerInstance::resolve(ecs, &clients.ec2, &ci_arn).await?;
+    let endpoint = DockerEndpoint { host: instance.docker_host(config.use_private_ip)?, port: config.docker.port };
+    let docker = DockerHost::connect(&config.docker, &endpoint)?;
+    docker.api.ping().await.map_err(|e| docker.error(&e))?;
+    state.container_instance_arn = Some(ci_arn.clone());
+    state.ec2_instance_id = Some(instance.ec2_instance_id.clone());
+    state.docker = Some(endpoint.clone());
+    store.save(&job.key, &state)?;
+    *launched = Some(state.clone());
+    log_phase(
+        phase,
+        format_args!("instance {} ({}), Docker at {} over mutual TLS", instance.ec2_instance_id, ci_arn, endpoint.address()),
+    );
+
+    // 4. Wait for RUNNING.
+    let phase = Instant::now();
+    let waited = wait_until_running(config, ecs, &docker, &placed.arn, spec.containers.len()).await;
+    let polls = match waited {
+        Ok(polls) => polls,
+        Err(Stopped(status)) => return Err(stopped_failure(&spec, &status)),
+        Err(Other(f)) => return Err(f),
+    };
+    log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)"));
+
+    // 5. The task's containers, by the ECS agent's labels.
+    let containers = docker.task_containers(&placed.arn).await?;
+    for c in &spec.containers {
+        docker.pick(&containers, &c.name)?;
+    }
+    state.containers = containers;
+    store.save(&job.key, &state)?;
+    *launched = Some(state);
+    Ok(())
+}
+
+/// RunTask on EC2 places at once; this only covers a task reported without an instance.
+async fn wait_for_placement(ecs: &Ecs, task_arn: &str) -> Result<String, Failure> {
+    for _ in 0..30 {
+        let status = ecs.describe_task(task_arn).await?;
+        if let Some(arn) = status.container_instance_arn.clone() {
+            return Ok(arn);
+        }
+        if status.last_status == "STOPPED" || status.missing {
+            return Err(Failure::system(format!("task {task_arn} stopped before it was placed: {}", status.stop_explanation())));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(Failure::system(format!("task {task_arn} was not placed on a container instance within 30 s")))
+}
+
+enum WaitError {
+    Stopped(TaskStatus),
+    Other(Failure),
+}
+use WaitError::{Other, Stopped};
+
+impl From<ecs::EcsError> for WaitError {
+    fn from(e: ecs::EcsError) -> Self {
+        Other(e.into())
+    }
+}
+
+/// Poll DescribeTasks about once a second, but look sooner when Docker on the instance says
+/// the task's containers have started: RUNNING is noticed quickly without a poll storm.
+/// Returns how many DescribeTasks calls it took.
+async fn wait_until_running(
+    config: &Config,
+    ecs: &Ecs,
+    docker: &DockerHost,
+    task_arn: &str,
+    container_count: usize,
+) -> Result<u32, WaitError> {
+    const STEADY: Duration = Duration::from_millis(1000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.start_timeout_secs);
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["start".to_string()]),
+        ("label".to_string(), vec![format!("{LABEL_TASK_ARN}={task_arn}")]),
+    ]);
+    let mut events = docker.api.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).boxed();
+    // Containers that started before we subscribed.
+    let mut started_containers = docker.task_containers(task_arn).await.map(|c| c.len()).unwrap_or(0);
+    let mut events_open = true;
+    let mut next_poll = tokio::time::Instant::now() + if started_containers >= container_count { Duration::ZERO } else { STEADY };
+    let mut quick_follow_ups = 0u32;
+    let mut polls = 0u32;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_poll) => {}
+            event = events.next(), if events_open => {
+                match event {
+                    Some(Ok(_)) => {
+                        started_containers += 1;
+                        if started_containers < container_count {
+                            continue;
+                        }
+                        // All started: the agent reports RUNNING right after.
+                        quick_follow_ups = 3;
+                        next_poll = tokio::time::Instant::now() + Duration::from_millis(50);
+                        continue;
+                    }
+                    // The event stream is only a hint; polling goes on without it.
+                    _ => { events_open = false; continue; }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let last = ecs.describe_task(task_arn).await?;
+            return Err(Other(Failure::system(format!(
+                "task {task_arn} did not reach RUNNING within {} s (last status {})",
+                config.start_timeout_secs, last.last_status
+            ))));
+        }
+        polls += 1;
+        let status = ecs.describe_task(task_arn).await?;
+        if status.missing {
+            return Err(Other(Failure::system(format!("task {task_arn} disappeared from ECS (MISSING)"))));
+        }
+        match status.last_status.as_str() {
+            "RUNNING" => return Ok(polls),
+            "STOPPED" | "DEPROVISIONING" | "STOPPING" => return Err(Stopped(status)),
+            _ if status.desired_status == "STOPPED" => return Err(Stopped(status)),
+            _ => {}
+        }
+        next_poll = tokio::time::Instant::now()
+            + if quick_follow_ups > 0 {
+                quick_follow_ups -= 1;
+                Duration::from_millis(200)
+            } else {
+                STEADY
+            };
+    }
+}
+
+/// Why the task stopped before RUNNING, in words a user understands, with ECS's reason quoted.
+/// An image that does not exist is the job's failure (as with GitLab's Docker executor); a
+/// pull that failed for reasons that may pass (throttling, timeouts) is a system failure, so
+/// gitlab-runner retries.
+fn stopped_failure(spec: &TaskSpec, status: &TaskStatus) -> Failure {
+    let why = status.stop_explanation();
+    let pull_failed = |text: &str| text.contains("CannotPullContainerError");
+    if !pull_failed(&why) {
+        return Failure::system(format!("ECS stopped the task before it ran: {why}"));
+    }
+    let failed_container = status
+        .containers
+        .iter()
+        .find(|c| c.reason.as_deref().is_some_and(pull_failed))
+        .map(|c| c.name.as_str())
+        .unwrap_or("build");
+    let image = spec
+        .containers
+        .iter()
+        .find(|c| c.name == failed_container)
+        .map(|c| c.image.as_str())
+        .unwrap_or("?");
+    let message = format!("the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}");
+    if pull_error_is_transient(&why) { Failure::system(message) } else { Failure::build(message) }
+}
+
+fn pull_error_is_transient(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    let permanent = ["not found", "manifest unknown", "repository does not exist", "pull access denied", "invalid reference format"];
+    if permanent.iter().any(|p| r.contains(p)) {
+        return false;
+    }
+    // Anything else (throttling, timeouts, 5xx, network) may pass: let gitlab-runner retry.
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::ContainerStatus;
+
+    #[test]
+    fn pull_errors_are_classified() {
+        assert!(!pull_error_is_transient(
+            "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref docker.io/library/nosuch:latest: docker.io/library/nosuch:latest: not found"
+        ));
+        assert!(pull_error_is_transient("CannotPullContainerError: toomanyrequests: You have reached your pull rate limit"));
+        assert!(pull_error_is_transient("CannotPullContainerError: dial tcp 1.2.3.4:443: i/o timeout"));
+    }
+
+    #[test]
+    fn stopped_task_names_the_image_that_failed() {
+        let config = Config::parse(
+            "cluster='c'\nregion='us-east-1'\nhelper_image='helper:1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let job = JobContext {
+            key: crate::protocol::JobKey::new(1, None),
+            project_path: String::new(),
+            runner_version: String::new(),
+            image: "nosuch:1".into(),
+            image_entrypoint: None,
+            secrets: vec![],
+        };
+        let spec = TaskSpec::for_job(&config, &job);
+        let reason = "CannotPullContainerError: failed to resolve ref docker.io/library/nosuch:1: not found";
+        let status = TaskStatus {
+            last_status: "STOPPED".into(),
+            stopped_reason: Some(reason.into()),
+            containers: vec![ContainerStatus { name: "build".into(), reason: Some(reason.into()), ..Default::default() }],
+            ..Default::default()
+        };
+        let f = stopped_failure(&spec, &status);
+        assert_eq!(f.blame, crate::failure::Blame::Build);
+        assert!(f.message.contains("\"nosuch:1\"") && f.message.contains("not found"), "{}", f.message);
+    }
+}

@@ -1,0 +1,177 @@
+//! The ECS task definition we build for a job: a build container from the job's image and a
+//! helper container (git, gitlab-runner-helper), sharing a task-scoped builds volume.
+//!
+//! No job variable or secret ever goes in here: task definitions are readable by anyone who
+//! may describe them. The same content gives the same hash, so task definitions are reused.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, LogConfiguration, NetworkMode};
+use crate::job::JobContext;
+
+/// Keeps a container alive until ECS stops it, and exits at once on SIGTERM (a plain
+/// `sleep` as PID 1 would ignore SIGTERM and cost the whole stop timeout).
+pub const KEEP_ALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// Name of the task-scoped volume holding the checkout and build outputs.
+pub const BUILDS_VOLUME: &str = "builds";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskSpec {
+    pub network_mode: NetworkMode,
+    pub cpu: u32,
+    pub memory: u32,
+    pub task_role_arn: Option<String>,
+    pub execution_role_arn: Option<String>,
+    pub containers: Vec<ContainerSpec>,
+    pub volumes: Vec<VolumeSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub essential: bool,
+    pub entry_point: Option<Vec<String>>,
+    pub command: Vec<String>,
+    pub mount_points: Vec<MountPoint>,
+    pub links: Vec<String>,
+    pub docker_labels: BTreeMap<String, String>,
+    pub log_configuration: Option<LogConfiguration>,
+    pub privileged: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MountPoint {
+    pub source_volume: String,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VolumeSpec {
+    pub name: String,
+    /// A path on the container instance; `None` gives a task-scoped Docker volume.
+    pub host_path: Option<String>,
+}
+
+impl TaskSpec {
+    /// The executor's built-in task for a job (before any site plugin changes it).
+    pub fn for_job(config: &Config, job: &JobContext) -> TaskSpec {
+        let builds_mount = MountPoint {
+            source_volume: BUILDS_VOLUME.into(),
+            container_path: config.builds_dir.clone(),
+            read_only: false,
+        };
+        let keep_alive = vec!["sh".to_string(), "-c".to_string(), KEEP_ALIVE.to_string()];
+        let container = |name: &str, image: String, entry_point: Option<Vec<String>>| ContainerSpec {
+            name: name.into(),
+            image,
+            essential: true,
+            entry_point,
+            command: keep_alive.clone(),
+            mount_points: vec![builds_mount.clone()],
+            links: vec![],
+            docker_labels: BTreeMap::from([("ecs-executor.role".to_string(), name.to_string())]),
+            log_configuration: config.log_configuration.clone(),
+            privileged: false,
+        };
+        TaskSpec {
+            network_mode: config.network_mode,
+            cpu: config.cpu,
+            memory: config.memory,
+            task_role_arn: config.task_role_arn.clone(),
+            execution_role_arn: config.execution_role_arn.clone(),
+            containers: vec![
+                container("build", job.image.clone(), job.image_entrypoint.clone()),
+                container("helper", helper_image(config, &job.runner_version), None),
+            ],
+            volumes: vec![VolumeSpec { name: BUILDS_VOLUME.into(), host_path: None }],
+        }
+    }
+
+    /// SHA-256 of the canonical JSON of the content (field order is fixed by the structs,
+    /// maps are sorted), hex-encoded.
+    pub fn content_hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a TaskSpec always serializes");
+        hex::encode(Sha256::digest(&json))
+    }
+
+    /// The family for reuse mode: the prefix plus a short hash (the full hash is in a tag).
+    pub fn reuse_family(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", &self.content_hash()[..16])
+    }
+}
+
+/// GitLab's official helper image for the runner's version, unless the config names one.
+pub fn helper_image(config: &Config, runner_version: &str) -> String {
+    if let Some(image) = &config.helper_image {
+        return image.clone();
+    }
+    let version: String = runner_version
+        .trim_start_matches('v')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "x86_64",
+    };
+    let tag = if version.is_empty() { format!("alpine-{arch}-latest") } else { format!("alpine-{arch}-v{version}") };
+    format!("registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:{tag}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::JobKey;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(
+            "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    fn job(image: &str) -> JobContext {
+        JobContext {
+            key: JobKey::new(1, Some("abc")),
+            project_path: "g/p".into(),
+            runner_version: "19.4.0".into(),
+            image: image.into(),
+            image_entrypoint: None,
+            secrets: vec!["s3cr3t-value".into()],
+        }
+    }
+
+    #[test]
+    fn same_content_same_hash_and_family() {
+        let c = config();
+        let a = TaskSpec::for_job(&c, &job("alpine:3"));
+        let b = TaskSpec::for_job(&c, &JobContext { key: JobKey::new(99, Some("zzz")), ..job("alpine:3") });
+        assert_eq!(a.content_hash(), b.content_hash());
+        assert_eq!(a.reuse_family("ecs-executor"), b.reuse_family("ecs-executor"));
+        let d = TaskSpec::for_job(&c, &job("alpine:4"));
+        assert_ne!(a.content_hash(), d.content_hash());
+    }
+
+    #[test]
+    fn no_secret_or_job_identity_in_the_task_definition() {
+        let spec = TaskSpec::for_job(&config(), &job("alpine:3"));
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("s3cr3t-value"));
+        assert!(!json.contains("g/p"));
+    }
+
+    #[test]
+    fn default_helper_image_follows_the_runner_version() {
+        let image = helper_image(&config(), "19.4.0");
+        assert!(image.starts_with("registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:alpine-"));
+        assert!(image.ends_with("-v19.4.0"), "{image}");
+    }
+}

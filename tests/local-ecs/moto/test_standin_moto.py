@@ -1,0 +1,463 @@
+"""Contract tests for the patched moto (tests/local-ecs/CONTRACT.md, "Patched moto").
+
+Run: $STATE/venv/bin/python -m unittest discover -s tests/local-ecs/moto -v
+Starts its own standin_moto.py on a free loopback port and stops it (SIGTERM) at the end.
+Each test starts from /moto-api/reset plus seed.py's cluster `local` with one instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import seed  # noqa: E402
+
+REGION = "us-east-1"
+CI_MEMORY = 7482  # what moto gives every container instance
+NO_RETRY = Config(retries={"total_max_attempts": 1})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StandinMotoTest(unittest.TestCase):
+    server: subprocess.Popen
+    endpoint: str
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+        port = free_port()
+        cls.endpoint = f"http://127.0.0.1:{port}"
+        cls.log = tempfile.NamedTemporaryFile(prefix="standin-moto-", suffix=".log", delete=False)
+        cls.server = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "standin_moto.py"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=cls.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if cls.http("GET", "/_standin/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if cls.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"standin moto did not come up; log: {cls.log.name}")
+            time.sleep(0.1)
+        cls.ecs = boto3.client("ecs", endpoint_url=cls.endpoint, region_name=REGION, config=NO_RETRY)
+        cls.ec2 = boto3.client("ec2", endpoint_url=cls.endpoint, region_name=REGION, config=NO_RETRY)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.terminate()  # SIGTERM
+        try:
+            rc = cls.server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            cls.server.kill()
+            raise
+        finally:
+            cls.log.close()
+        if rc != 0:
+            raise AssertionError(f"server exited {rc} on SIGTERM; log: {cls.log.name}")
+        os.unlink(cls.log.name)
+
+    @classmethod
+    def http(cls, method: str, path: str, body: object = None) -> tuple[int, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(cls.endpoint + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            raw, status = err.read(), err.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw
+
+    def setUp(self) -> None:
+        status, _ = self.http("POST", "/moto-api/reset")
+        self.assertEqual(status, 200)
+        self.seeded = seed.seed(self.endpoint, REGION, self.ecs, self.ec2)
+        self.register("job", [
+            {"name": "build", "image": "ecs-executor-test/build:1", "memory": 512, "essential": True},
+            {"name": "helper", "image": "ecs-executor-test/helper:1", "memoryReservation": 256, "essential": False},
+        ])
+
+    # ---------------------------------------------------------------- helpers
+
+    def register(self, family: str, containers: list[dict], **kw: object) -> str:
+        return self.ecs.register_task_definition(family=family, containerDefinitions=containers, **kw)[
+            "taskDefinition"]["taskDefinitionArn"]
+
+    def run_one(self, family: str = "job", **kw: object) -> dict:
+        resp = self.ecs.run_task(cluster="local", taskDefinition=family, **kw)
+        self.assertEqual(resp["failures"], [])
+        self.assertEqual(len(resp["tasks"]), 1)
+        return resp["tasks"][0]
+
+    def describe(self, arn: str, **kw: object) -> dict:
+        resp = self.ecs.describe_tasks(cluster="local", tasks=[arn], **kw)
+        self.assertEqual(resp["failures"], [])
+        return resp["tasks"][0]
+
+    def agent_running(self, arn: str) -> None:
+        self.ecs.submit_task_state_change(
+            cluster="local", task=arn, status="RUNNING",
+            containers=[
+                {"containerName": "build", "runtimeId": "rt-build", "status": "RUNNING"},
+                {"containerName": "helper", "runtimeId": "rt-helper", "status": "RUNNING",
+                 "networkBindings": [{"bindIP": "0.0.0.0", "containerPort": 80, "hostPort": 32768, "protocol": "tcp"}]},
+            ],
+            pullStartedAt=1700000000, pullStoppedAt=1700000005,
+        )
+
+    def agent_stopped(self, arn: str, reason: str, exit_codes: dict[str, int] | None = None) -> None:
+        containers = [
+            {"containerName": n, "status": "STOPPED", "exitCode": c} for n, c in (exit_codes or {}).items()
+        ]
+        self.ecs.submit_task_state_change(cluster="local", task=arn, status="STOPPED", reason=reason, containers=containers)
+
+    def remaining_memory(self) -> int:
+        ci = self.ecs.describe_container_instances(
+            cluster="local", containerInstances=[self.seeded["container_instance_arn"]])["containerInstances"][0]
+        return next(r["integerValue"] for r in ci["remainingResources"] if r["name"] == "MEMORY")
+
+    def error_of(self, fn, **kw) -> ClientError:  # type: ignore[no-untyped-def]
+        with self.assertRaises(ClientError) as cm:
+            fn(**kw)
+        return cm.exception
+
+    # ---------------------------------------------------------------- seed
+
+    def test_seed_is_idempotent_and_sets_ips(self) -> None:
+        again = seed.seed(self.endpoint, REGION, self.ecs, self.ec2)
+        self.assertEqual(again, self.seeded)
+        self.assertEqual(len(self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]), 1)
+        inst = self.ec2.describe_instances(InstanceIds=[self.seeded["instance_id"]])["Reservations"][0]["Instances"][0]
+        self.assertEqual((inst["PrivateIpAddress"], inst["PublicIpAddress"]), ("127.0.0.1", "127.0.0.2"))
+        ci = self.ecs.describe_container_instances(
+            cluster="local", containerInstances=[self.seeded["container_instance_arn"]])["containerInstances"][0]
+        self.assertEqual(ci["ec2InstanceId"], self.seeded["instance_id"])
+
+    # ---------------------------------------------------------------- tasks
+
+    def test_run_task_stays_pending_with_one_container_per_definition(self) -> None:
+        task = self.run_one(
+            startedBy="runner-7", tags=[{"key": "job", "value": "42"}],
+            overrides={"containerOverrides": [{"name": "build", "environment": [{"name": "A", "value": "1"}]}]},
+        )
+        arn = task["taskArn"]
+        self.assertRegex(arn, r"^arn:aws:ecs:us-east-1:123456789012:task/local/[0-9a-f]{32}$")
+        for _ in range(12):
+            t = self.describe(arn)
+            self.assertEqual((t["lastStatus"], t["desiredStatus"]), ("PENDING", "RUNNING"))
+        self.assertEqual([c["name"] for c in t["containers"]], ["build", "helper"])
+        for c in t["containers"]:
+            self.assertEqual(c["lastStatus"], "PENDING")
+            self.assertNotIn("exitCode", c)
+            self.assertNotIn("runtimeId", c)
+            self.assertEqual(c["taskArn"], arn)
+        self.assertEqual(t["containerInstanceArn"], self.seeded["container_instance_arn"])
+        self.assertEqual(t["startedBy"], "runner-7")
+        self.assertEqual(t["launchType"], "EC2")
+        self.assertEqual(t["overrides"]["containerOverrides"][0]["environment"], [{"name": "A", "value": "1"}])
+        for key in ("startedAt", "stoppedAt", "stopCode", "stoppedReason"):
+            self.assertNotIn(key, t)
+        self.assertNotIn("tags", t)  # only with include=[TAGS], like ECS
+        self.assertEqual(self.describe(arn, include=["TAGS"])["tags"], [{"key": "job", "value": "42"}])
+        self.assertEqual(self.remaining_memory(), CI_MEMORY - 768)
+
+    def test_agent_reports_running(self) -> None:
+        arn = self.run_one()["taskArn"]
+        self.agent_running(arn)
+        t = self.describe(arn)
+        self.assertEqual(t["lastStatus"], "RUNNING")
+        self.assertIn("startedAt", t)
+        self.assertIn("pullStartedAt", t)
+        self.assertEqual({c["name"]: c["runtimeId"] for c in t["containers"]}, {"build": "rt-build", "helper": "rt-helper"})
+        self.assertEqual({c["lastStatus"] for c in t["containers"]}, {"RUNNING"})
+        helper = next(c for c in t["containers"] if c["name"] == "helper")
+        self.assertEqual(helper["networkBindings"][0]["hostPort"], 32768)
+        self.assertGreater(t["version"], 1)
+        cluster = self.ecs.describe_clusters(clusters=["local"])["clusters"][0]
+        self.assertEqual((cluster["runningTasksCount"], cluster["pendingTasksCount"]), (1, 0))
+
+    def test_stop_task_then_agent_stopped_is_user_initiated(self) -> None:
+        arn = self.run_one()["taskArn"]
+        self.agent_running(arn)
+        stopped = self.ecs.stop_task(cluster="local", task=arn, reason="job cancelled")["task"]
+        self.assertEqual((stopped["desiredStatus"], stopped["lastStatus"]), ("STOPPED", "RUNNING"))
+        self.assertEqual((stopped["stopCode"], stopped["stoppedReason"]), ("UserInitiated", "job cancelled"))
+        again = self.ecs.stop_task(cluster="local", task=arn, reason="second")["task"]  # idempotent
+        self.assertEqual(again["stoppedReason"], "job cancelled")
+        self.assertEqual(self.remaining_memory(), CI_MEMORY - 768)  # held until the agent reports
+        self.assertEqual(self.ecs.list_tasks(cluster="local")["taskArns"], [])  # desiredStatus STOPPED now
+
+        self.agent_stopped(arn, "Essential container in task exited", {"build": 137, "helper": 137})
+        t = self.describe(arn)
+        self.assertEqual((t["lastStatus"], t["desiredStatus"]), ("STOPPED", "STOPPED"))
+        self.assertEqual((t["stopCode"], t["stoppedReason"]), ("UserInitiated", "job cancelled"))
+        self.assertIn("stoppedAt", t)
+        self.assertEqual({c["exitCode"] for c in t["containers"]}, {137})
+        self.assertEqual(self.remaining_memory(), CI_MEMORY)
+        # StopTask on a stopped task returns it unchanged.
+        self.assertEqual(self.ecs.stop_task(cluster="local", task=arn)["task"]["stopCode"], "UserInitiated")
+        # A late report after STOPPED is acknowledged and ignored.
+        self.agent_running(arn)
+        self.assertEqual(self.describe(arn)["lastStatus"], "STOPPED")
+
+    def test_stop_task_default_reason_and_pending_task(self) -> None:
+        arn = self.run_one()["taskArn"]
+        t = self.ecs.stop_task(cluster="local", task=arn)["task"]
+        self.assertEqual((t["lastStatus"], t["stoppedReason"]), ("PENDING", "Task stopped by user"))
+
+    def test_cannot_pull_is_task_failed_to_start(self) -> None:
+        arn = self.run_one()["taskArn"]
+        reason = "CannotPullContainerError: pull access denied for nope"
+        self.ecs.submit_task_state_change(
+            cluster="local", task=arn, status="STOPPED", reason=reason,
+            containers=[{"containerName": "build", "status": "STOPPED", "reason": reason}],
+        )
+        t = self.describe(arn)
+        self.assertEqual((t["lastStatus"], t["stopCode"], t["stoppedReason"]), ("STOPPED", "TaskFailedToStart", reason))
+        self.assertNotIn("startedAt", t)
+        self.assertEqual(self.remaining_memory(), CI_MEMORY)
+
+    def test_essential_container_exit(self) -> None:
+        arn = self.run_one()["taskArn"]
+        self.agent_running(arn)
+        ack = self.ecs.submit_container_state_change(
+            cluster="local", task=arn, containerName="build", runtimeId="rt-build", status="STOPPED", exitCode=3,
+            reason="exited")
+        self.assertIn("acknowledgment", ack)
+        t = self.describe(arn)
+        self.assertEqual(t["lastStatus"], "RUNNING")  # a container report does not stop the task
+        build = next(c for c in t["containers"] if c["name"] == "build")
+        self.assertEqual((build["lastStatus"], build["exitCode"], build["reason"]), ("STOPPED", 3, "exited"))
+        self.agent_stopped(arn, "Essential container in task exited", {"helper": 137})
+        t = self.describe(arn)
+        self.assertEqual((t["stopCode"], t["stoppedReason"]), ("EssentialContainerExited", "Essential container in task exited"))
+        self.assertEqual({c["name"]: c["exitCode"] for c in t["containers"]}, {"build": 3, "helper": 137})
+        self.assertIn("executionStoppedAt", t)
+
+    def test_describe_unknown_is_missing(self) -> None:
+        arn = self.run_one()["taskArn"]
+        bogus_arn = "arn:aws:ecs:us-east-1:123456789012:task/local/0123456789abcdef0123456789abcdef"
+        resp = self.ecs.describe_tasks(cluster="local", tasks=[arn, "deadbeef", bogus_arn])
+        self.assertEqual([t["taskArn"] for t in resp["tasks"]], [arn])
+        self.assertEqual(resp["failures"], [{"arn": "deadbeef", "reason": "MISSING"}, {"arn": bogus_arn, "reason": "MISSING"}])
+        # By bare id works too.
+        self.assertEqual(self.describe(arn.split("/")[-1])["taskArn"], arn)
+
+    def test_unknown_task_and_cluster_errors(self) -> None:
+        err = self.error_of(self.ecs.stop_task, cluster="local", task="0123456789abcdef0123456789abcdef")
+        self.assertEqual(err.response["Error"], {"Code": "InvalidParameterException", "Message": "The referenced task was not found."})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        err = self.error_of(self.ecs.run_task, cluster="nope", taskDefinition="job")
+        self.assertEqual(err.response["Error"]["Code"], "ClusterNotFoundException")
+        err = self.error_of(self.ecs.describe_tasks, cluster="nope", tasks=["x"])
+        self.assertEqual(err.response["Error"]["Code"], "ClusterNotFoundException")
+
+    def test_list_tasks_defaults_to_running_and_filters(self) -> None:
+        self.register("other", [{"name": "x", "image": "ecs-executor-test/build:1", "memory": 64}])
+        a = self.run_one(startedBy="alice")["taskArn"]
+        b = self.run_one(startedBy="bob")["taskArn"]
+        c = self.run_one("other", startedBy="alice")["taskArn"]
+        self.agent_stopped(b, "Essential container in task exited")
+        lt = self.ecs.list_tasks
+        self.assertEqual(set(lt(cluster="local")["taskArns"]), {a, c})
+        self.assertEqual(lt(cluster="local", desiredStatus="STOPPED")["taskArns"], [b])
+        self.assertEqual(set(lt(cluster="local", startedBy="alice")["taskArns"]), {a, c})
+        self.assertEqual(lt(cluster="local", family="other")["taskArns"], [c])
+        ci = self.seeded["container_instance_arn"]
+        self.assertEqual(set(lt(cluster="local", containerInstance=ci)["taskArns"]), {a, c})
+        self.assertEqual(set(lt(cluster="local", containerInstance=ci.split("/")[-1])["taskArns"]), {a, c})
+
+    def test_placement_failures_and_release(self) -> None:
+        ci = self.seeded["container_instance_arn"]
+        self.register("huge", [{"name": "x", "image": "i", "memory": CI_MEMORY + 1}])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="huge")
+        self.assertEqual(resp["tasks"], [])
+        self.assertEqual(resp["failures"], [{"arn": ci, "reason": "RESOURCE:MEMORY"}])
+        self.register("cpu", [{"name": "x", "image": "i", "memory": 64, "cpu": 5000}])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="cpu")
+        self.assertEqual(resp["failures"], [{"arn": ci, "reason": "RESOURCE:CPU"}])
+        # Fill the instance, fail, free one task, fit again.
+        self.register("half", [{"name": "x", "image": "i", "memoryReservation": 3000}])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="half", count=3)
+        self.assertEqual(len(resp["tasks"]), 2)
+        self.assertEqual(resp["failures"], [{"arn": ci, "reason": "RESOURCE:MEMORY"}])
+        self.agent_stopped(resp["tasks"][0]["taskArn"], "Essential container in task exited")
+        self.run_one("half")
+
+    def test_no_container_instances_error(self) -> None:
+        self.ecs.create_cluster(clusterName="empty")
+        err = self.error_of(self.ecs.run_task, cluster="empty", taskDefinition="job")
+        self.assertEqual(err.response["Error"], {
+            "Code": "InvalidParameterException", "Message": "No Container Instances were found in your cluster."})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+
+    def test_client_token_makes_run_task_idempotent(self) -> None:
+        first = self.run_one(clientToken="tok-1")["taskArn"]
+        second = self.run_one(clientToken="tok-1")["taskArn"]
+        third = self.run_one(clientToken="tok-2")["taskArn"]
+        self.assertEqual(first, second)
+        self.assertNotEqual(first, third)
+
+    def test_unexpected_moto_error_is_ecs_server_exception(self) -> None:
+        # moto raises a bare Exception here; the stand-in answers like ECS's 500.
+        err = self.error_of(self.ecs.deregister_container_instance, cluster="local", containerInstance="nope")
+        self.assertEqual(err.response["Error"]["Code"], "ServerException")
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 500)
+
+    # ---------------------------------------------------------------- faults
+
+    def test_fault_ecs_throttling_with_count(self) -> None:
+        status, body = self.http("POST", "/_standin/faults", {
+            "service": "ecs", "action": "ListClusters", "count": 2,
+            "error": "ThrottlingException", "message": "Rate exceeded"})
+        self.assertEqual(status, 200)
+        fault_id = body["id"]
+        for _ in range(2):
+            err = self.error_of(self.ecs.list_clusters)
+            self.assertEqual(err.response["Error"], {"Code": "ThrottlingException", "Message": "Rate exceeded"})
+            self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+            self.assertEqual(err.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"], "ThrottlingException")
+        self.assertEqual(len(self.ecs.list_clusters()["clusterArns"]), 1)
+        faults = self.http("GET", "/_standin/faults")[1]
+        self.assertEqual([(f["id"], f["remaining"], f["hits"]) for f in faults], [(fault_id, 0, 2)])
+        # Other actions were never affected.
+        self.ecs.describe_clusters(clusters=["local"])
+
+    def test_fault_raw_ecs_error_shape(self) -> None:
+        self.http("POST", "/_standin/faults", {"service": "ecs", "action": "RunTask", "error": "ThrottlingException"})
+        req = urllib.request.Request(self.endpoint + "/", data=b"{}", method="POST", headers={
+            "X-Amz-Target": "AmazonEC2ContainerServiceV20141113.RunTask",
+            "Content-Type": "application/x-amz-json-1.1",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/ecs/aws4_request, SignedHeaders=host, Signature=0",
+        })
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            urllib.request.urlopen(req, timeout=5)
+        self.assertEqual(cm.exception.code, 400)
+        self.assertEqual(cm.exception.headers["x-amzn-ErrorType"], "ThrottlingException")
+        self.assertEqual(json.loads(cm.exception.read()), {"__type": "ThrottlingException", "message": "ThrottlingException"})
+
+    def test_fault_ec2_xml_errors(self) -> None:
+        self.http("POST", "/_standin/faults", {"service": "ec2", "action": "DescribeInstances", "error": "RequestLimitExceeded",
+                                               "message": "Request limit exceeded."})
+        self.http("POST", "/_standin/faults", {"service": "ec2", "action": "DescribeInstances", "error": "InternalError"})
+        err = self.error_of(self.ec2.describe_instances)
+        self.assertEqual(err.response["Error"], {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 503)
+        err = self.error_of(self.ec2.describe_instances)
+        self.assertEqual(err.response["Error"]["Code"], "InternalError")
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 500)
+        self.assertTrue(err.response["ResponseMetadata"]["RequestId"])
+        self.ec2.describe_instances()
+
+    def test_fault_delay_only_and_concurrency(self) -> None:
+        self.http("POST", "/_standin/faults", {"service": "ecs", "action": "ListClusters", "delay_ms": 600})
+        done = {}
+
+        def slow() -> None:
+            t0 = time.monotonic()
+            done["arns"] = self.ecs.list_clusters()["clusterArns"]
+            done["elapsed"] = time.monotonic() - t0
+
+        th = threading.Thread(target=slow)
+        th.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        self.ecs.describe_clusters(clusters=["local"])  # not stuck behind the delayed call
+        self.assertLess(time.monotonic() - t0, 0.4)
+        th.join(5)
+        self.assertGreaterEqual(done["elapsed"], 0.6)
+        self.assertEqual(len(done["arns"]), 1)  # served after the delay
+        t0 = time.monotonic()
+        self.ecs.list_clusters()  # count 1: the next one is not delayed
+        self.assertLess(time.monotonic() - t0, 0.4)
+
+    def test_fault_match_on_body(self) -> None:
+        self.http("POST", "/_standin/faults", {"service": "ecs", "action": "RunTask", "match": "needle-job",
+                                               "error": "AccessDeniedException", "message": "no"})
+        self.run_one(startedBy="hay")  # does not match, does not use up the fault
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job", startedBy="needle-job")
+        self.assertEqual(err.response["Error"]["Code"], "AccessDeniedException")
+        self.run_one(startedBy="needle-job")  # count was 1
+
+    def test_fault_delete_one_and_all(self) -> None:
+        a = self.http("POST", "/_standin/faults", {"service": "ecs", "action": "ListClusters", "count": -1, "error": "ServerException"})[1]["id"]
+        b = self.http("POST", "/_standin/faults", {"service": "ec2", "action": "DescribeVpcs", "error": "InternalError"})[1]["id"]
+        for _ in range(3):  # count -1: unlimited
+            self.assertEqual(self.error_of(self.ecs.list_clusters).response["ResponseMetadata"]["HTTPStatusCode"], 500)
+        self.assertEqual(self.http("DELETE", f"/_standin/faults/{a}")[0], 200)
+        self.assertEqual(self.http("DELETE", f"/_standin/faults/{a}")[0], 404)
+        self.ecs.list_clusters()
+        self.assertEqual([f["id"] for f in self.http("GET", "/_standin/faults")[1]], [b])
+        self.http("DELETE", "/_standin/faults")
+        self.assertEqual(self.http("GET", "/_standin/faults")[1], [])
+        self.ec2.describe_vpcs()
+        self.assertEqual(self.http("POST", "/_standin/faults", {"action": "X"})[0], 400)  # neither error nor delay
+
+    def test_reset_clears_faults_and_recordings(self) -> None:
+        self.http("POST", "/_standin/faults", {"service": "ecs", "action": "ListClusters", "error": "ThrottlingException"})
+        self.assertTrue(self.http("GET", "/_standin/requests")[1]["requests"])
+        self.http("POST", "/moto-api/reset")
+        self.assertEqual(self.http("GET", "/_standin/faults")[1], [])
+        self.assertEqual(self.http("GET", "/_standin/requests")[1]["requests"], [])
+        self.assertEqual(self.ecs.list_clusters()["clusterArns"], [])  # moto state went too, no fault fired
+
+    # ---------------------------------------------------------------- recording
+
+    def test_request_recording_and_counts(self) -> None:
+        start = self.http("GET", "/_standin/requests")[1]["next"]
+        self.http("POST", "/_standin/faults", {"service": "ecs", "action": "DescribeTasks", "error": "ThrottlingException"})
+        arn = self.run_one(startedBy="rec-me")["taskArn"]
+        self.error_of(self.ecs.describe_tasks, cluster="local", tasks=[arn])
+        self.describe(arn)
+        self.ec2.describe_instances()
+        got = self.http("GET", f"/_standin/requests?since={start}")[1]
+        reqs = got["requests"]
+        self.assertEqual([(r["service"], r["action"]) for r in reqs],
+                         [("ecs", "RunTask"), ("ecs", "DescribeTasks"), ("ecs", "DescribeTasks"), ("ec2", "DescribeInstances")])
+        self.assertEqual([r["seq"] for r in reqs], list(range(start + 1, start + 5)))
+        self.assertEqual(got["next"], start + 4)
+        self.assertIn("rec-me", reqs[0]["body"])
+        self.assertEqual([r["status"] for r in reqs], [200, 400, 200, 200])
+        self.assertIn("Action=DescribeInstances", reqs[3]["body"])
+        self.assertIsInstance(reqs[0]["time"], float)
+        counts = self.http("GET", f"/_standin/counts?since={start}")[1]
+        self.assertEqual(counts, {"ecs:RunTask": 1, "ecs:DescribeTasks": 2, "ec2:DescribeInstances": 1})
+        self.assertEqual(self.http("GET", f"/_standin/counts?since={start + 1}")[1]["ecs:DescribeTasks"], 2)
+        self.assertEqual(self.http("DELETE", "/_standin/requests")[0], 200)
+        self.assertEqual(self.http("GET", "/_standin/counts")[1], {})
+        self.ecs.list_clusters()
+        after = self.http("GET", "/_standin/requests")[1]["requests"]
+        self.assertEqual([r["seq"] for r in after], [start + 5])  # seq keeps counting
+
+
+if __name__ == "__main__":
+    unittest.main()
