@@ -396,3 +396,16 @@ key_file = "/etc/ecs-executor/key.pem"
         }
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_is_valid() {
+        let text = include_str!("../../examples/config.toml");
+        let config = Config::parse(text, Path::new("examples/config.toml")).unwrap();
+        assert_eq!(config.cluster, "ci-cluster");
+        assert_eq!(config.aws.max_attempts, 5);
+    }
+}

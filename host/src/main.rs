@@ -64,10 +64,13 @@ fn main() -> ExitCode {
     match run_step(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            if let Some(code) = failure.script_exit_code {
-                write_build_exit_code(code);
-            } else {
+            if failure.script_exit_code.is_none() {
                 eprintln!("ecs-executor: {step_name}: {failure}");
+            }
+            // gitlab-runner keeps one exit-code file per attempt across stages: always write
+            // it on a build failure, or an earlier stage's code would be reported.
+            if failure.blame == failure::Blame::Build {
+                write_build_exit_code(failure.script_exit_code.unwrap_or(1));
             }
             ExitCode::from(u8::try_from(codes.for_failure(&failure)).unwrap_or(2))
         }
