@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
+use aws_config::{AppName, BehaviorVersion, Region};
 
 use crate::config::Config;
 
@@ -25,6 +25,8 @@ impl AwsClients {
             .operation_attempt_timeout(Duration::from_secs(30))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            // "app/ecs-executor" in the User-Agent: CloudTrail (and our stand-in) can tell our calls apart.
+            .app_name(AppName::new("ecs-executor").expect("a valid app name"))
             .region(Region::new(config.region.clone()))
             .retry_config(retry)
             .timeout_config(timeouts);

@@ -796,12 +796,14 @@ class Recorder:
         self._items: list[dict[str, Any]] = []
         self._seq = 0
 
-    def add(self, service: str, action: str | None, body: str, region: str | None) -> dict[str, Any]:
+    def add(self, service: str, action: str | None, body: str, region: str | None,
+            user_agent: str = "") -> dict[str, Any]:
         with self._lock:
             self._seq += 1
+            # user_agent tells the executor's calls (SDK app name "ecs-executor") from the agent's.
             item = {
                 "seq": self._seq, "service": service, "action": action, "body": body,
-                "time": time.time(), "region": region, "status": None,
+                "time": time.time(), "region": region, "status": None, "user_agent": user_agent,
             }
             self._items.append(item)
             return item
@@ -890,7 +892,8 @@ class StandinApp:
         service, action, region, protocol, text = identify(environ, raw)
         if service is None:
             return self.call_moto(environ, protocol)
-        item = self.recorder.add(service, action, text, region)
+        user_agent = environ.get("HTTP_X_AMZ_USER_AGENT") or environ.get("HTTP_USER_AGENT") or ""
+        item = self.recorder.add(service, action, text, region, user_agent)
         fault = self.faults.take(service, action, text)
         if fault:
             item["fault"] = fault["id"]

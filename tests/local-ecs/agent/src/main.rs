@@ -1,1 +1,125 @@
-fn main() {}
+//! `ecs-agent-standin`: a test-only stand-in for the Amazon ECS container agent, for the local
+//! ECS made of Docker and a patched moto (tests/local-ecs/CONTRACT.md). Never shipped.
+//!
+//! Like the real agent it runs the tasks ECS places on its container instance as Docker
+//! containers (names and labels as the agent gives them), reports their state with
+//! SubmitTaskStateChange / SubmitContainerStateChange, stops them on StopTask or when an
+//! essential container exits, and keeps stopped containers for a while before removing them.
+//! It polls ECS every 100 ms instead of holding the agent's WebSocket session.
+//!
+//! Flow: `instance` (what ECS wants) → `task_run` (one task's life) → `container_config`
+//! (definition → Docker create request), with `start_order`, `naming`, `image_ref`;
+//! `docker_events` reports exits, `cleanup` removes old stopped tasks.
+
+mod action_log;
+mod cleanup;
+mod container_config;
+mod control_plane;
+mod docker_events;
+mod image_ref;
+mod instance;
+mod naming;
+mod settings;
+mod start_order;
+mod task_run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bollard::{ClientVersion, Docker};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::action_log::say;
+use crate::control_plane::ControlPlane;
+use crate::docker_events::ExitRoutes;
+use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
+use crate::task_run::Agent;
+
+/// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
+const DOCKER_API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+/// Longer than any `stopTimeout` (ECS allows 120 s), since `docker stop` waits that long.
+const DOCKER_TIMEOUT_SECS: u64 = 300;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Test-only stand-in for the Amazon ECS container agent (never shipped)")]
+struct Cli {
+    /// standin.json written by tests/local-ecs/up [default: $ECS_LOCAL_STATE/standin.json]
+    #[arg(long)]
+    standin: Option<PathBuf>,
+    /// ECS endpoint URL (moto), e.g. http://127.0.0.1:4580
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The container instance ARN this agent is
+    #[arg(long)]
+    container_instance: Option<String>,
+    /// Docker daemon, unix:///path only
+    #[arg(long)]
+    docker_host: Option<String>,
+    /// Seconds a stopped task's containers and task volumes are kept (the real agent: 3 h)
+    #[arg(long, default_value_t = 3 * 3600)]
+    cleanup_after: u64,
+    /// Milliseconds between two looks at ECS
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let path = cli.standin.clone().unwrap_or_else(default_standin_path);
+    let file = match StandinFile::read(&path) {
+        Ok(f) => Some((path.clone(), f)),
+        // Without an explicit --standin, flags alone may do.
+        Err(e) if cli.standin.is_some() => return Err(e),
+        Err(_) => None,
+    };
+    let follow_file = file.is_some() && cli.container_instance.is_none();
+    let flags = Overrides {
+        endpoint: cli.endpoint,
+        region: cli.region,
+        cluster: cli.cluster,
+        container_instance_arn: cli.container_instance,
+        docker_host: cli.docker_host,
+    };
+    let mut settings = Settings::resolve(file, flags, Duration::from_secs(cli.cleanup_after), Duration::from_millis(cli.poll_ms))?;
+    if !follow_file {
+        settings.source = None;
+    }
+
+    let docker = Docker::connect_with_unix(&settings.docker_socket.to_string_lossy(), DOCKER_TIMEOUT_SECS, &DOCKER_API)
+        .with_context(|| format!("Docker at {}", settings.docker_socket.display()))?;
+    let ecs = ControlPlane::connect(&settings.endpoint, &settings.region, &settings.cluster).await;
+    say!(
+        "ecs-agent-standin {}: cluster {}, container instance {}, ECS {}, Docker {}, poll {} ms, cleanup after {} s",
+        env!("CARGO_PKG_VERSION"),
+        settings.cluster,
+        settings.container_instance_arn,
+        settings.endpoint,
+        settings.docker_socket.display(),
+        settings.poll.as_millis(),
+        settings.cleanup_after.as_secs()
+    );
+    let agent = Arc::new(Agent { ecs, docker: docker.clone(), cluster: settings.cluster.clone() });
+    let routes = ExitRoutes::default();
+
+    tokio::spawn(docker_events::route_exits(docker, settings.cluster.clone(), routes.clone()));
+    tokio::spawn(cleanup::sweep_forever(agent.clone(), routes.clone(), settings.cleanup_after));
+    let instance = tokio::spawn(instance::InstanceLoop::new(agent, settings, routes).run());
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => say!("SIGTERM: exiting; tasks and containers are left as they are"),
+        _ = int.recv() => say!("SIGINT: exiting; tasks and containers are left as they are"),
+        _ = instance => say!("the instance loop ended unexpectedly"),
+    }
+    // Do not wait for in-flight Docker or ECS calls: a stop must be prompt and touch nothing.
+    std::process::exit(0)
+}

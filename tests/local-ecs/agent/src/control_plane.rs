@@ -1,0 +1,246 @@
+//! The agent's side of the ECS API: which tasks are placed on this instance and what they
+//! should be (ListTasks, DescribeTasks, DescribeTaskDefinition), and what they are
+//! (SubmitTaskStateChange, SubmitContainerStateChange — the calls the real agent makes over its
+//! own channel, which the patched moto serves).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ecs::config::http::HttpResponse;
+use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::primitives::DateTime;
+use aws_sdk_ecs::types::{ContainerStateChange, DesiredStatus, NetworkBinding, Task, TaskDefinition};
+
+use crate::action_log::say;
+
+/// A failed ECS call. `transient` failures (throttling, 5xx, no connection) are worth retrying
+/// without limit; the others (the task is unknown, the request is invalid) only a few times.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub action: &'static str,
+    /// The AWS error code (`ClusterNotFoundException`), when ECS answered with one.
+    pub code: Option<String>,
+    pub transient: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ECS {} failed: {}", self.action, self.message)
+    }
+}
+
+fn call_error<E>(action: &'static str) -> impl FnOnce(SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    move |e| {
+        let code = e.code().map(String::from);
+        let (transient, message) = match &e {
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = code.as_deref().unwrap_or("Unknown");
+                let throttled = code.contains("Throttl") || code == "RequestLimitExceeded";
+                (status >= 500 || throttled, format!("{code} (HTTP {status}): {}", se.err().message().unwrap_or_default()))
+            }
+            other => (true, DisplayErrorContext(other).to_string().replace('\n', " ")),
+        };
+        CallError { action, code, transient, message }
+    }
+}
+
+/// A container's state as the agent reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerReport {
+    pub name: String,
+    pub runtime_id: Option<String>,
+    /// `RUNNING` or `STOPPED`.
+    pub status: &'static str,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub bindings: Vec<NetworkBinding>,
+}
+
+impl ContainerReport {
+    fn to_change(&self) -> ContainerStateChange {
+        ContainerStateChange::builder()
+            .container_name(&self.name)
+            .set_runtime_id(self.runtime_id.clone())
+            .status(self.status)
+            .set_exit_code(self.exit_code)
+            .set_reason(self.reason.clone())
+            .set_network_bindings((!self.bindings.is_empty()).then(|| self.bindings.clone()))
+            .build()
+    }
+}
+
+/// A task's state as the agent reports it.
+#[derive(Debug, Clone)]
+pub struct TaskReport {
+    pub task_arn: String,
+    /// `RUNNING` or `STOPPED`.
+    pub status: &'static str,
+    pub reason: Option<String>,
+    pub containers: Vec<ContainerReport>,
+    pub pull_started_at: Option<SystemTime>,
+    pub pull_stopped_at: Option<SystemTime>,
+    pub execution_stopped_at: Option<SystemTime>,
+}
+
+/// DescribeTasks' answer: the tasks, and the ARNs ECS no longer knows.
+pub struct Described {
+    pub tasks: Vec<Task>,
+    pub missing: Vec<String>,
+}
+
+/// The ECS client, bound to the cluster, with a cache of task definitions (immutable per ARN).
+pub struct ControlPlane {
+    client: aws_sdk_ecs::Client,
+    cluster: String,
+    definitions: Mutex<HashMap<String, TaskDefinition>>,
+}
+
+impl ControlPlane {
+    /// The agent retries on its own terms (it polls anyway), so the SDK does not retry.
+    pub async fn connect(endpoint: &str, region: &str, cluster: &str) -> ControlPlane {
+        let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "test".into());
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "test".into());
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(key, secret, None, None, "ecs-agent-standin"))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .operation_attempt_timeout(Duration::from_secs(15))
+                    .build(),
+            )
+            .load()
+            .await;
+        ControlPlane { client: aws_sdk_ecs::Client::new(&shared), cluster: cluster.to_string(), definitions: Mutex::default() }
+    }
+
+    pub async fn list_tasks(&self, container_instance: &str, desired: DesiredStatus) -> Result<Vec<String>, CallError> {
+        let out = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .container_instance(container_instance)
+            .desired_status(desired)
+            .send()
+            .await
+            .map_err(call_error("ListTasks"))?;
+        Ok(out.task_arns().to_vec())
+    }
+
+    pub async fn describe_tasks(&self, arns: &[String]) -> Result<Described, CallError> {
+        let mut described = Described { tasks: Vec::new(), missing: Vec::new() };
+        for chunk in arns.chunks(100) {
+            let out = self
+                .client
+                .describe_tasks()
+                .cluster(&self.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(call_error("DescribeTasks"))?;
+            described.tasks.extend(out.tasks().iter().cloned());
+            for f in out.failures() {
+                if f.reason() == Some("MISSING") {
+                    described.missing.extend(f.arn().map(String::from));
+                }
+            }
+        }
+        Ok(described)
+    }
+
+    pub async fn task_definition(&self, arn: &str) -> Result<TaskDefinition, CallError> {
+        if let Some(def) = self.definitions.lock().unwrap().get(arn) {
+            return Ok(def.clone());
+        }
+        let out = self
+            .client
+            .describe_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+            .map_err(call_error("DescribeTaskDefinition"))?;
+        let def = out.task_definition().cloned().ok_or_else(|| CallError {
+            action: "DescribeTaskDefinition",
+            code: None,
+            transient: false,
+            message: format!("no task definition in the answer for {arn}"),
+        })?;
+        self.definitions.lock().unwrap().insert(arn.to_string(), def.clone());
+        Ok(def)
+    }
+
+    pub async fn submit_task(&self, report: &TaskReport) -> Result<(), CallError> {
+        self.client
+            .submit_task_state_change()
+            .cluster(&self.cluster)
+            .task(&report.task_arn)
+            .status(report.status)
+            .set_reason(report.reason.clone())
+            .set_containers(Some(report.containers.iter().map(ContainerReport::to_change).collect()))
+            .set_pull_started_at(report.pull_started_at.map(DateTime::from))
+            .set_pull_stopped_at(report.pull_stopped_at.map(DateTime::from))
+            .set_execution_stopped_at(report.execution_stopped_at.map(DateTime::from))
+            .send()
+            .await
+            .map_err(call_error("SubmitTaskStateChange"))?;
+        Ok(())
+    }
+
+    pub async fn submit_container(&self, task_arn: &str, c: &ContainerReport) -> Result<(), CallError> {
+        self.client
+            .submit_container_state_change()
+            .cluster(&self.cluster)
+            .task(task_arn)
+            .container_name(&c.name)
+            .set_runtime_id(c.runtime_id.clone())
+            .status(c.status)
+            .set_exit_code(c.exit_code)
+            .set_reason(c.reason.clone())
+            .set_network_bindings((!c.bindings.is_empty()).then(|| c.bindings.clone()))
+            .send()
+            .await
+            .map_err(call_error("SubmitContainerStateChange"))?;
+        Ok(())
+    }
+}
+
+/// Calls `call` until it succeeds: transient failures are retried with back-off (100 ms
+/// doubling to 2 s) for as long as it takes (moto may be restarting); other failures three
+/// times, then given up.
+pub async fn persist<T, F, Fut>(task: &str, mut call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CallError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut refusals = 0;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                if !e.transient {
+                    refusals += 1;
+                    if refusals >= 3 {
+                        say!("task {task}: {e}; giving up");
+                        return Err(e);
+                    }
+                }
+                say!("task {task}: {e}; retrying in {} ms", delay.as_millis());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

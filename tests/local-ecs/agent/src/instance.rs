@@ -1,0 +1,225 @@
+//! The container instance's view of ECS, polled every `--poll-ms`: tasks newly placed here
+//! (ListTasks desiredStatus RUNNING), what ECS wants of the tasks being run (DescribeTasks),
+//! and tasks stopped before anyone picked them up (ListTasks desiredStatus STOPPED, less often).
+//! Each task is run by its own `TaskRun`; this loop only tells it what ECS wants.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::DesiredStatus;
+use bollard::query_parameters::{ListContainersOptions, StopContainerOptions};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::action_log::say;
+use crate::control_plane::CallError;
+use crate::docker_events::ExitRoutes;
+use crate::naming::{LABEL_CLUSTER, LABEL_TASK_ARN, task_id};
+use crate::settings::{Settings, StandinFile};
+use crate::task_run::{Agent, Desired, TaskRun, TaskSignals};
+
+/// Every this many polls, also look for tasks stopped while nobody ran them.
+const STOPPED_SCAN_EVERY: u64 = 5;
+/// Every this many polls, look for running containers of tasks ECS has forgotten or stopped.
+const ORPHAN_SCAN_EVERY: u64 = 50;
+/// `docker stop` timeout for an orphan (its task definition may be gone with the task).
+const ORPHAN_STOP_TIMEOUT_SECS: i32 = 10;
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+struct TaskHandle {
+    desired: watch::Sender<Desired>,
+    join: JoinHandle<()>,
+}
+
+pub struct InstanceLoop {
+    agent: Arc<Agent>,
+    settings: Settings,
+    routes: ExitRoutes,
+    tracked: HashMap<String, TaskHandle>,
+    /// Tasks finished here or found already STOPPED: never picked up again.
+    done: HashSet<String>,
+}
+
+impl InstanceLoop {
+    pub fn new(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes) -> InstanceLoop {
+        InstanceLoop { agent, settings, routes, tracked: HashMap::new(), done: HashSet::new() }
+    }
+
+    pub async fn run(mut self) {
+        let mut failures: u32 = 0;
+        let mut last_error = String::new();
+        for n in 0u64.. {
+            match self.poll(n).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        say!("ECS answers again after {failures} failed poll(s)");
+                    }
+                    failures = 0;
+                    last_error.clear();
+                    tokio::time::sleep(self.settings.poll).await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if e.code.as_deref() == Some("ClusterNotFoundException") {
+                        // moto was reset or restarted: the cluster's tasks are gone with it.
+                        for handle in self.tracked.values() {
+                            handle.desired.send_if_modified(|d| std::mem::replace(d, Desired::Vanished) != Desired::Vanished);
+                        }
+                    }
+                    let text = e.to_string();
+                    if text != last_error || failures.is_multiple_of(50) {
+                        say!("{text} (failure {failures}); retrying with back-off");
+                        last_error = text;
+                    }
+                    if failures.is_multiple_of(10) {
+                        self.reload_standin();
+                    }
+                    let backoff = self.settings.poll.saturating_mul(1 << failures.min(5)).min(MAX_BACKOFF);
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn poll(&mut self, n: u64) -> Result<(), CallError> {
+        self.reap();
+        if n.is_multiple_of(ORPHAN_SCAN_EVERY) {
+            self.stop_orphans().await;
+        }
+        let ecs = &self.agent.ecs;
+        let instance = &self.settings.container_instance_arn;
+        let mut new: Vec<String> = ecs
+            .list_tasks(instance, DesiredStatus::Running)
+            .await?
+            .into_iter()
+            .filter(|arn| !self.tracked.contains_key(arn) && !self.done.contains(arn))
+            .collect();
+        if n.is_multiple_of(STOPPED_SCAN_EVERY) {
+            for arn in ecs.list_tasks(instance, DesiredStatus::Stopped).await? {
+                if !self.tracked.contains_key(&arn) && !self.done.contains(&arn) && !new.contains(&arn) {
+                    new.push(arn);
+                }
+            }
+        }
+        let mut asked: Vec<String> = self.tracked.keys().cloned().collect();
+        asked.extend(new.iter().cloned());
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let described = ecs.describe_tasks(&asked).await?;
+        for task in described.tasks {
+            let Some(arn) = task.task_arn().map(String::from) else { continue };
+            let desired = if task.desired_status() == Some("STOPPED") { Desired::Stopped } else { Desired::Running };
+            if let Some(handle) = self.tracked.get(&arn) {
+                handle.desired.send_if_modified(|d| {
+                    let changed = *d == Desired::Running && desired == Desired::Stopped;
+                    if changed {
+                        *d = desired;
+                    }
+                    changed
+                });
+            } else if new.contains(&arn) {
+                if task.last_status() == Some("STOPPED") {
+                    self.done.insert(arn);
+                } else {
+                    self.start(task, desired);
+                }
+            }
+        }
+        for arn in described.missing {
+            match self.tracked.get(&arn) {
+                Some(handle) => {
+                    handle.desired.send_replace(Desired::Vanished);
+                }
+                None => {
+                    self.done.insert(arn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, task: aws_sdk_ecs::types::Task, desired: Desired) {
+        let arn = task.task_arn().unwrap_or_default().to_string();
+        if desired == Desired::Stopped {
+            say!("task {}: found stopped while {}; finishing it", task_id(&arn), task.last_status().unwrap_or("PENDING"));
+        }
+        let (desired_tx, desired_rx) = watch::channel(desired);
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        self.routes.lock().unwrap().insert(arn.clone(), exits_tx);
+        let run = TaskRun::new(self.agent.clone(), task, TaskSignals { desired: desired_rx, exits: exits_rx });
+        let join = tokio::spawn(run.run());
+        self.tracked.insert(arn, TaskHandle { desired: desired_tx, join });
+    }
+
+    /// Forgets tasks whose run has ended.
+    fn reap(&mut self) {
+        let finished: Vec<String> = self.tracked.iter().filter(|(_, h)| h.join.is_finished()).map(|(a, _)| a.clone()).collect();
+        for arn in finished {
+            self.tracked.remove(&arn);
+            self.routes.lock().unwrap().remove(&arn);
+            self.done.insert(arn);
+        }
+    }
+
+    /// Stops running containers of this cluster whose task nobody here runs and which ECS
+    /// does not know (moto was reset or restarted) or knows as STOPPED. Tasks ECS still wants
+    /// running are left to the next ListTasks, which adopts their containers.
+    async fn stop_orphans(&mut self) {
+        let docker = &self.agent.docker;
+        let filters = HashMap::from([
+            ("label".to_string(), vec![format!("{LABEL_CLUSTER}={}", self.agent.cluster)]),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let Ok(running) = docker.list_containers(Some(ListContainersOptions { filters: Some(filters), ..Default::default() })).await
+        else {
+            return;
+        };
+        let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
+        for c in running {
+            let (Some(id), Some(arn)) = (c.id, c.labels.as_ref().and_then(|l| l.get(LABEL_TASK_ARN)).cloned()) else { continue };
+            if !self.tracked.contains_key(&arn) {
+                by_task.entry(arn).or_default().push(id);
+            }
+        }
+        if by_task.is_empty() {
+            return;
+        }
+        let arns: Vec<String> = by_task.keys().cloned().collect();
+        let Ok(described) = self.agent.ecs.describe_tasks(&arns).await else { return };
+        let mut orphans: Vec<(String, &str)> = described.missing.into_iter().map(|a| (a, "is unknown to ECS")).collect();
+        for task in &described.tasks {
+            if task.last_status() == Some("STOPPED") {
+                orphans.push((task.task_arn().unwrap_or_default().to_string(), "is STOPPED in ECS"));
+            }
+        }
+        for (arn, why) in orphans {
+            let Some(ids) = by_task.remove(&arn) else { continue };
+            say!("task {}: {why} but {} container(s) of it run here; stopping them", task_id(&arn), ids.len());
+            let docker = docker.clone();
+            tokio::spawn(async move {
+                for id in ids {
+                    let options = StopContainerOptions { t: Some(ORPHAN_STOP_TIMEOUT_SECS), signal: None };
+                    let _ = docker.stop_container(&id, Some(options)).await;
+                }
+            });
+        }
+    }
+
+    /// After moto restarts, `up` may seed a new container instance; follow standin.json.
+    fn reload_standin(&mut self) {
+        let Some(path) = &self.settings.source else { return };
+        match StandinFile::read(path) {
+            Ok(file) => {
+                if let Some(arn) = file.container_instance_arn
+                    && arn != self.settings.container_instance_arn
+                {
+                    say!("{} names a new container instance {arn}; following it", path.display());
+                    self.settings.container_instance_arn = arn;
+                }
+            }
+            Err(e) => say!("re-reading {}: {e:#}", path.display()),
+        }
+    }
+}
