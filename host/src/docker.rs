@@ -162,7 +162,9 @@ fn tls_config(settings: &DockerSettings) -> Result<rustls::ClientConfig, DockerE
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| file_err(&settings.key_file, format!("not a PEM private key: {e}")))?;
 
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // ring, not aws-lc: aws-lc seeds its RNG with CPU jitter entropy, ~50 ms of CPU at start,
+    // which would double the cost of every `run` stage (the AWS SDK keeps aws-lc).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| file_err(&settings.ca_file, e.to_string()))?

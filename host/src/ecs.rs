@@ -244,7 +244,8 @@ impl Ecs {
         if let Some(vpc) = &config.awsvpc {
             let awsvpc = AwsVpcConfiguration::builder()
                 .set_subnets(Some(vpc.subnets.clone()))
-                .set_security_groups(Some(vpc.security_groups.clone()))
+                // Unset (not empty) lets ECS use the VPC's default security group.
+                .set_security_groups(Some(vpc.security_groups.clone()).filter(|g| !g.is_empty()))
                 .assign_public_ip(if vpc.assign_public_ip {
                     aws_sdk_ecs::types::AssignPublicIp::Enabled
                 } else {

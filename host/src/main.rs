@@ -85,15 +85,16 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::system(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
+        let shutdown = terminated();
         match cli.step {
             Step::Config => {
                 println!("{}", steps::config::run(&config));
                 Ok(())
             }
-            Step::Prepare => steps::prepare::run(&config, terminated()).await,
+            Step::Prepare => steps::prepare::run(&config, shutdown).await,
             Step::Run { args } => {
                 let (script, stage) = (&args[args.len() - 2], &args[args.len() - 1]);
-                steps::run::run(&config, script.as_ref(), stage, terminated()).await
+                steps::run::run(&config, script.as_ref(), stage, shutdown).await
             }
             Step::Cleanup => steps::cleanup::run(&config).await,
         }
@@ -101,14 +102,19 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Completes when gitlab-runner asks us to stop (SIGTERM to our process group) or on SIGINT.
-async fn terminated() {
+/// The handlers are installed at once (not on first poll), so no early signal kills us
+/// with the default action while a remote process is already running.
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 

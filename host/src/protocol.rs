@@ -41,9 +41,21 @@ pub struct JobResponse {
     pub id: u64,
     pub job_info: JobInfo,
     pub git_info: GitInfo,
+    #[serde(deserialize_with = "null_as_empty")]
     pub variables: Vec<JobVariable>,
     pub image: Option<JobImage>,
+    /// gitlab-runner writes Go's nil slice as `null` (a job without services).
+    #[serde(deserialize_with = "null_as_empty")]
     pub services: Vec<JobService>,
+}
+
+/// A JSON `null` where a list belongs: Go's `encoding/json` writes nil slices that way.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -91,6 +103,7 @@ pub struct JobService {
     pub alias: String,
     pub entrypoint: Option<Vec<String>>,
     pub command: Option<Vec<String>>,
+    #[serde(deserialize_with = "null_as_empty")]
     pub variables: Vec<JobVariable>,
 }
 
@@ -232,6 +245,16 @@ mod tests {
         for s in ["build_script", "step_release", "after_script", "some_future_stage"] {
             assert_eq!(StageRoute::for_stage(s), StageRoute::Build, "{s}");
         }
+    }
+
+    #[test]
+    fn nil_lists_in_the_job_response_are_empty() {
+        let text = r#"{"id":7,"variables":null,"image":{"name":"alpine"},"services":null,"artifacts":null}"#;
+        let r: JobResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(r.id, 7);
+        assert!(r.variables.is_empty() && r.services.is_empty());
+        let r: JobResponse = serde_json::from_str(r#"{"id":8,"services":[{"name":"pg","variables":null}]}"#).unwrap();
+        assert_eq!(r.services.len(), 1);
     }
 
     #[test]
