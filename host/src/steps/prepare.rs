@@ -97,7 +97,7 @@ async fn launch(
         (ecs::TAG_JOB, job.key.job_id.to_string()),
         (ecs::TAG_PROJECT, job.project_path.chars().take(256).collect()),
     ];
-    let placed = ecs.run_task(config, &td.arn, &job.key.started_by(), &tags).await;
+    let placed = run_when_capacity(config, ecs, &td.arn, &job.key.started_by(), &tags).await;
     let placed = match placed {
         Ok(p) => p,
         Err(e) => {
@@ -151,6 +151,36 @@ async fn launch(
     store.save(&job.key, &state)?;
     *launched = Some(state);
     Ok(())
+}
+
+/// RunTask, waiting while the cluster is full: a `RESOURCE:*` placement failure means the
+/// instances are busy with other jobs (or capacity is being added), which passes; the job
+/// waits for room within `start_timeout_secs` instead of failing at once.
+async fn run_when_capacity(
+    config: &Config,
+    ecs: &Ecs,
+    task_definition_arn: &str,
+    started_by: &str,
+    tags: &[(&str, String)],
+) -> Result<ecs::PlacedTask, ecs::EcsError> {
+    let deadline = Instant::now() + Duration::from_secs(config.start_timeout_secs);
+    let mut pause = Duration::from_secs(2);
+    let mut told = false;
+    loop {
+        match ecs.run_task(config, task_definition_arn, started_by, tags).await {
+            Err(ecs::EcsError::Placement { reasons, .. })
+                if reasons.contains("RESOURCE:") && Instant::now() + pause < deadline =>
+            {
+                if !told {
+                    log_note(format!("cluster {} has no room for the task yet ({reasons}); waiting", ecs.cluster()));
+                    told = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 3 / 2).min(Duration::from_secs(15));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// RunTask on EC2 places at once; this only covers a task reported without an instance.

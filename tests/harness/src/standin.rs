@@ -172,6 +172,9 @@ impl Standin {
             // bollard offers no certificate when it cannot load one.
             ClientCert::Absent => (self.state_dir.join("no-such-client-key.pem"), self.state_dir.join("no-such-client.pem")),
         };
+        // The workspace enables both of rustls' providers (the executor uses ring for Docker,
+        // the AWS SDK aws-lc), so bollard's own TLS setup needs a process default.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Docker::connect_with_ssl(address, &key, &crt, &self.certs.ca, 30, &DOCKER_API)
     }
 

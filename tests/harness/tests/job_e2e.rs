@@ -603,3 +603,25 @@ fn cancel_during_prepare_leaves_no_task() {
         assert_eq!(tasks.len(), 1, "prepare said it started a task: {}", show(prepare));
     }
 }
+
+#[test]
+fn a_full_cluster_makes_prepare_wait_then_fail_cleanly_at_the_start_timeout() {
+    // 100 000 MiB never fits the stand-in's instance (7482 MiB): RunTask reports
+    // RESOURCE:MEMORY every time, which prepare treats as "wait for room".
+    let e = E2e::with_config_edit("full", |text| {
+        text.replace("memory = 256", "memory = 100000").replace("cpu = 128", "cpu = 128\nstart_timeout_secs = 4")
+    });
+    let job = e.job().script(["true"]);
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    let started = std::time::Instant::now();
+    let prepare = r.prepare();
+    let waited = started.elapsed();
+    assert!(prepare.is_system_failure(), "{}", show(&prepare));
+    let log = prepare.log_text();
+    assert!(log.contains("has no room for the task yet"), "{log}");
+    assert!(log.contains("RESOURCE:MEMORY"), "{log}");
+    assert!(waited >= std::time::Duration::from_secs(2), "prepare gave up without waiting ({waited:?})");
+    assert!(e.tasks_of(&job).is_empty(), "no task may exist: none was ever placed");
+    assert_ok(&r.cleanup());
+}
