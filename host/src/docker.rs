@@ -121,6 +121,20 @@ impl DockerHost {
             .collect())
     }
 
+    /// How many of the task's containers are running now.
+    pub async fn running_task_containers(&self, task_arn: &str) -> Result<usize, DockerError> {
+        let filters = std::collections::HashMap::from([
+            ("label".to_string(), vec![format!("{LABEL_TASK_ARN}={task_arn}")]),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let list = self
+            .api
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .await
+            .map_err(|e| self.error(&e))?;
+        Ok(list.len())
+    }
+
     /// Require a container of the task by name.
     pub fn pick(&self, containers: &BTreeMap<String, String>, name: &str) -> Result<String, DockerError> {
         containers.get(name).cloned().ok_or_else(|| DockerError::MissingContainer {

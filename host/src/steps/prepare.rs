@@ -210,8 +210,8 @@ impl From<ecs::EcsError> for WaitError {
     }
 }
 
-/// Poll DescribeTasks about once a second, but look sooner when Docker on the instance says
-/// the task's containers have started: RUNNING is noticed quickly without a poll storm.
+/// Poll DescribeTasks once a second, and once more 100 ms after Docker on the instance says
+/// the last of the task's containers started: RUNNING is noticed quickly without a poll storm.
 /// Returns how many DescribeTasks calls it took.
 async fn wait_until_running(
     config: &Config,
@@ -221,6 +221,7 @@ async fn wait_until_running(
     container_count: usize,
 ) -> Result<u32, WaitError> {
     const STEADY: Duration = Duration::from_millis(1000);
+    const AFTER_START: Duration = Duration::from_millis(100);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.start_timeout_secs);
     let filters = HashMap::from([
         ("type".to_string(), vec!["container".to_string()]),
@@ -229,10 +230,12 @@ async fn wait_until_running(
     ]);
     let mut events = docker.api.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).boxed();
     // Containers that started before we subscribed.
-    let mut started_containers = docker.task_containers(task_arn).await.map(|c| c.len()).unwrap_or(0);
+    let mut started_containers = docker.running_task_containers(task_arn).await.unwrap_or(0);
     let mut events_open = true;
-    let mut next_poll = tokio::time::Instant::now() + if started_containers >= container_count { Duration::ZERO } else { STEADY };
-    let mut quick_follow_ups = 0u32;
+    // With the event stream open, the start events usually tell first: the first timed poll
+    // comes a little later so a quick start costs one DescribeTasks, not two.
+    let mut next_poll = tokio::time::Instant::now()
+        + if started_containers >= container_count { Duration::ZERO } else { 2 * STEADY };
     let mut polls = 0u32;
     loop {
         tokio::select! {
@@ -244,9 +247,10 @@ async fn wait_until_running(
                         if started_containers < container_count {
                             continue;
                         }
-                        // All started: the agent reports RUNNING right after.
-                        quick_follow_ups = 3;
-                        next_poll = tokio::time::Instant::now() + Duration::from_millis(50);
+                        // All started: the agent reports RUNNING shortly after. One look a
+                        // little later (not at once, which would usually be too early and cost
+                        // a second call), then back to the steady pace.
+                        next_poll = tokio::time::Instant::now() + AFTER_START;
                         continue;
                     }
                     // The event stream is only a hint; polling goes on without it.
@@ -272,13 +276,7 @@ async fn wait_until_running(
             _ if status.desired_status == "STOPPED" => return Err(Stopped(status)),
             _ => {}
         }
-        next_poll = tokio::time::Instant::now()
-            + if quick_follow_ups > 0 {
-                quick_follow_ups -= 1;
-                Duration::from_millis(200)
-            } else {
-                STEADY
-            };
+        next_poll = tokio::time::Instant::now() + STEADY;
     }
 }
 
