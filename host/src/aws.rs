@@ -46,7 +46,10 @@ impl AwsClients {
             ));
         }
         let shared = loader.load().await;
-        AwsClients { ecs: aws_sdk_ecs::Client::new(&shared), ec2: aws_sdk_ec2::Client::new(&shared) }
+        AwsClients {
+            ecs: aws_sdk_ecs::Client::new(&shared),
+            ec2: aws_sdk_ec2::Client::new(&shared),
+        }
     }
 }
 
@@ -63,6 +66,8 @@ where
             let text = aws_sdk_ecs::error::DisplayErrorContext(inner).to_string();
             text.replace('\n', " ")
         }
-        other => aws_sdk_ecs::error::DisplayErrorContext(other).to_string().replace('\n', " "),
+        other => aws_sdk_ecs::error::DisplayErrorContext(other)
+            .to_string()
+            .replace('\n', " "),
     }
 }

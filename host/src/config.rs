@@ -21,7 +21,11 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: `{key}` {problem}")]
-    Invalid { path: PathBuf, key: &'static str, problem: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
 }
 
 impl Classify for ConfigError {
@@ -113,7 +117,12 @@ pub struct AwsSettings {
 
 impl Default for AwsSettings {
     fn default() -> Self {
-        AwsSettings { profile: None, access_key_id: None, secret_access_key: None, max_attempts: default_max_attempts() }
+        AwsSettings {
+            profile: None,
+            access_key_id: None,
+            secret_access_key: None,
+            max_attempts: default_max_attempts(),
+        }
     }
 }
 
@@ -240,8 +249,10 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -263,15 +274,19 @@ impl Config {
         if self.cluster.trim().is_empty() {
             return Err(invalid("cluster", "must not be empty".into()));
         }
-        if self.region.trim().is_empty()
-            || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(invalid("region", format!("{:?} is not an AWS region name", self.region)));
+        if self.region.trim().is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(invalid(
+                "region",
+                format!("{:?} is not an AWS region name", self.region),
+            ));
         }
-        if let Some(url) = &self.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid("endpoint_url", format!("{url:?} must start with http:// or https://")));
-            }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "endpoint_url",
+                format!("{url:?} must start with http:// or https://"),
+            ));
         }
         if self.aws.access_key_id.is_some() != self.aws.secret_access_key.is_some() {
             return Err(invalid(
@@ -290,24 +305,37 @@ impl Config {
                 ));
             }
             (Some(lt), true) if lt != "EC2" => {
-                return Err(invalid("launch_type", format!("{lt:?} is not supported (only \"EC2\")")));
+                return Err(invalid(
+                    "launch_type",
+                    format!("{lt:?} is not supported (only \"EC2\")"),
+                ));
             }
             _ => {}
         }
-        if self.network_mode == NetworkMode::Awsvpc
-            && self.awsvpc.as_ref().is_none_or(|v| v.subnets.is_empty())
-        {
-            return Err(invalid("awsvpc.subnets", "must list at least one subnet when network_mode = \"awsvpc\"".into()));
+        if self.network_mode == NetworkMode::Awsvpc && self.awsvpc.as_ref().is_none_or(|v| v.subnets.is_empty()) {
+            return Err(invalid(
+                "awsvpc.subnets",
+                "must list at least one subnet when network_mode = \"awsvpc\"".into(),
+            ));
         }
         if !(128..=196_608).contains(&self.cpu) {
-            return Err(invalid("cpu", format!("{} is outside 128..=196608 CPU units", self.cpu)));
+            return Err(invalid(
+                "cpu",
+                format!("{} is outside 128..=196608 CPU units", self.cpu),
+            ));
         }
         if !(128..=1_048_576).contains(&self.memory) {
-            return Err(invalid("memory", format!("{} is outside 128..=1048576 MiB", self.memory)));
+            return Err(invalid(
+                "memory",
+                format!("{} is outside 128..=1048576 MiB", self.memory),
+            ));
         }
         let prefix_ok = !self.family_prefix.is_empty()
             && self.family_prefix.len() <= 200
-            && self.family_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && self
+                .family_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !prefix_ok {
             return Err(invalid(
                 "family_prefix",
@@ -323,7 +351,10 @@ impl Config {
             }
         }
         if !self.state_dir.is_absolute() {
-            return Err(invalid("state_dir", format!("{} must be an absolute path", self.state_dir.display())));
+            return Err(invalid(
+                "state_dir",
+                format!("{} must be an absolute path", self.state_dir.display()),
+            ));
         }
         if self.start_timeout_secs == 0 {
             return Err(invalid("start_timeout_secs", "must be at least 1".into()));
@@ -375,7 +406,9 @@ key_file = "/etc/ecs-executor/key.pem"
 
     #[test]
     fn missing_docker_tls_files_are_refused() {
-        let err = parse("cluster = \"c\"\nregion = \"us-east-1\"\n").unwrap_err().to_string();
+        let err = parse("cluster = \"c\"\nregion = \"us-east-1\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("docker"), "{err}");
     }
 

@@ -26,7 +26,10 @@ pub const LABEL_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
 
 /// Docker API 1.41 (Docker 20.10) is served by every daemon an ECS-optimized AMI has run
 /// since 2021; asking for it avoids a version negotiation round trip on every stage.
-const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+const API_VERSION: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -35,7 +38,11 @@ pub enum DockerError {
     #[error("Docker at {address}: {message}")]
     Api { address: String, message: String },
     #[error("Docker at {address}: the task has no container named {name:?} (found: {found})")]
-    MissingContainer { address: String, name: String, found: String },
+    MissingContainer {
+        address: String,
+        name: String,
+        found: String,
+    },
 }
 
 impl Classify for DockerError {
@@ -93,23 +100,34 @@ impl DockerHost {
             24 * 3600,
             &API_VERSION,
         )
-        .map_err(|e| DockerError::Api { address: endpoint.address(), message: error_chain(&e) })?;
-        Ok(DockerHost { api, address: endpoint.address() })
+        .map_err(|e| DockerError::Api {
+            address: endpoint.address(),
+            message: error_chain(&e),
+        })?;
+        Ok(DockerHost {
+            api,
+            address: endpoint.address(),
+        })
     }
 
     pub fn error(&self, err: &bollard::errors::Error) -> DockerError {
-        DockerError::Api { address: self.address.clone(), message: error_chain(err) }
+        DockerError::Api {
+            address: self.address.clone(),
+            message: error_chain(err),
+        }
     }
 
     /// The task's containers by their ECS container name (`build`, `helper`, services...).
     pub async fn task_containers(&self, task_arn: &str) -> Result<BTreeMap<String, String>, DockerError> {
-        let filters = std::collections::HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_TASK_ARN}={task_arn}")],
-        )]);
+        let filters =
+            std::collections::HashMap::from([("label".to_string(), vec![format!("{LABEL_TASK_ARN}={task_arn}")])]);
         let list = self
             .api
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await
             .map_err(|e| self.error(&e))?;
         Ok(list
@@ -129,7 +147,11 @@ impl DockerHost {
         ]);
         let list = self
             .api
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await
             .map_err(|e| self.error(&e))?;
         Ok(list.len())
@@ -137,15 +159,18 @@ impl DockerHost {
 
     /// Require a container of the task by name.
     pub fn pick(&self, containers: &BTreeMap<String, String>, name: &str) -> Result<String, DockerError> {
-        containers.get(name).cloned().ok_or_else(|| DockerError::MissingContainer {
-            address: self.address.clone(),
-            name: name.to_string(),
-            found: if containers.is_empty() {
-                "none".into()
-            } else {
-                containers.keys().cloned().collect::<Vec<_>>().join(", ")
-            },
-        })
+        containers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DockerError::MissingContainer {
+                address: self.address.clone(),
+                name: name.to_string(),
+                found: if containers.is_empty() {
+                    "none".into()
+                } else {
+                    containers.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })
     }
 }
 
@@ -160,7 +185,9 @@ fn tls_config(settings: &DockerSettings) -> Result<rustls::ClientConfig, DockerE
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_reader_iter(&mut BufReader::new(&ca[..])) {
         let cert = cert.map_err(|e| file_err(&settings.ca_file, format!("not a PEM certificate: {e}")))?;
-        roots.add(cert).map_err(|e| file_err(&settings.ca_file, e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_err(&settings.ca_file, e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(file_err(&settings.ca_file, "contains no certificate".into()));
@@ -184,7 +211,12 @@ fn tls_config(settings: &DockerSettings) -> Result<rustls::ClientConfig, DockerE
         .map_err(|e| file_err(&settings.ca_file, e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| file_err(&settings.key_file, format!("does not match the client certificate: {e}")))
+        .map_err(|e| {
+            file_err(
+                &settings.key_file,
+                format!("does not match the client certificate: {e}"),
+            )
+        })
 }
 
 /// An error and its causes on one line: TLS problems hide two or three levels down.
@@ -208,9 +240,15 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_get_brackets() {
-        let e = DockerEndpoint { host: "fd00::1".into(), port: 2376 };
+        let e = DockerEndpoint {
+            host: "fd00::1".into(),
+            port: 2376,
+        };
         assert_eq!(e.address(), "[fd00::1]:2376");
-        let e = DockerEndpoint { host: "10.0.0.1".into(), port: 2376 };
+        let e = DockerEndpoint {
+            host: "10.0.0.1".into(),
+            port: 2376,
+        };
         assert_eq!(e.address(), "10.0.0.1:2376");
     }
 
@@ -223,7 +261,10 @@ mod tests {
             key_file: "/nonexistent/key.pem".into(),
             connect_timeout_secs: 1,
         };
-        let endpoint = DockerEndpoint { host: "127.0.0.1".into(), port: 2376 };
+        let endpoint = DockerEndpoint {
+            host: "127.0.0.1".into(),
+            port: 2376,
+        };
         let err = DockerHost::connect(&settings, &endpoint).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }

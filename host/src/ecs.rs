@@ -2,9 +2,8 @@
 //! job's task (run, watch, stop, find again) — and nothing about Docker.
 
 use aws_sdk_ecs::types::{
-    AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerDefinition, HostVolumeProperties,
-    LaunchType, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode,
-    Tag, TaskDefinitionField, Volume,
+    AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerDefinition, HostVolumeProperties, LaunchType,
+    LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, Tag, TaskDefinitionField, Volume,
 };
 
 use crate::aws::describe_sdk_error;
@@ -41,7 +40,10 @@ where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    move |e| EcsError::Api { action, message: describe_sdk_error(&e) }
+    move |e| EcsError::Api {
+        action,
+        message: describe_sdk_error(&e),
+    }
 }
 
 /// A task definition the job's task will use.
@@ -88,10 +90,10 @@ impl TaskStatus {
             parts.push(r.to_string());
         }
         for c in &self.containers {
-            if let Some(r) = c.reason.as_deref().filter(|r| !r.is_empty()) {
-                if !parts.iter().any(|p| p == r) {
-                    parts.push(format!("container {}: {r}", c.name));
-                }
+            if let Some(r) = c.reason.as_deref().filter(|r| !r.is_empty())
+                && !parts.iter().any(|p| p == r)
+            {
+                parts.push(format!("container {}: {r}", c.name));
             }
         }
         if parts.is_empty() {
@@ -108,7 +110,10 @@ pub struct Ecs {
 
 impl Ecs {
     pub fn new(client: aws_sdk_ecs::Client, cluster: &str) -> Ecs {
-        Ecs { client, cluster: cluster.to_string() }
+        Ecs {
+            client,
+            cluster: cluster.to_string(),
+        }
     }
 
     pub fn cluster(&self) -> &str {
@@ -149,9 +154,14 @@ impl Ecs {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_client_exception()) => return Ok(None),
             Err(e) => return Err(api("DescribeTaskDefinition")(e)),
         };
-        let Some(td) = out.task_definition() else { return Ok(None) };
+        let Some(td) = out.task_definition() else {
+            return Ok(None);
+        };
         let active = td.status().is_some_and(|s| s.as_str() == "ACTIVE");
-        let same = out.tags().iter().any(|t| t.key() == Some(TAG_CONTENT_HASH) && t.value() == Some(hash));
+        let same = out
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some(TAG_CONTENT_HASH) && t.value() == Some(hash));
         if !(active && same) {
             return Ok(None);
         }
@@ -163,7 +173,13 @@ impl Ecs {
         }))
     }
 
-    async fn register(&self, spec: &TaskSpec, family: &str, hash: &str, prefix: &str) -> Result<TaskDefinitionUse, EcsError> {
+    async fn register(
+        &self,
+        spec: &TaskSpec,
+        family: &str,
+        hash: &str,
+        prefix: &str,
+    ) -> Result<TaskDefinitionUse, EcsError> {
         let mut req = self
             .client
             .register_task_definition()
@@ -200,7 +216,13 @@ impl Ecs {
     }
 
     pub async fn deregister(&self, arn: &str) -> Result<(), EcsError> {
-        match self.client.deregister_task_definition().task_definition(arn).send().await {
+        match self
+            .client
+            .deregister_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_client_exception()) => Ok(()),
             Err(e) => Err(api("DeregisterTaskDefinition")(e)),
@@ -273,7 +295,11 @@ impl Ecs {
             .collect();
         Err(EcsError::Placement {
             cluster: self.cluster.clone(),
-            reasons: if reasons.is_empty() { "no task and no failure returned".into() } else { reasons.join(", ") },
+            reasons: if reasons.is_empty() {
+                "no task and no failure returned".into()
+            } else {
+                reasons.join(", ")
+            },
         })
     }
 
@@ -289,9 +315,15 @@ impl Ecs {
         let Some(task) = out.tasks().first() else {
             let missing = out.failures().iter().any(|f| f.reason() == Some("MISSING"));
             if missing {
-                return Ok(TaskStatus { missing: true, ..Default::default() });
+                return Ok(TaskStatus {
+                    missing: true,
+                    ..Default::default()
+                });
             }
-            return Err(EcsError::Incomplete { action: "DescribeTasks", what: "task" });
+            return Err(EcsError::Incomplete {
+                action: "DescribeTasks",
+                what: "task",
+            });
         };
         Ok(TaskStatus {
             last_status: task.last_status().unwrap_or_default().to_string(),
@@ -313,13 +345,19 @@ impl Ecs {
 
     /// Stop a task; a task that is gone or already stopped is not an error.
     pub async fn stop_task(&self, task_arn: &str, reason: &str) -> Result<(), EcsError> {
-        let out = self.client.stop_task().cluster(&self.cluster).task(task_arn).reason(reason).send().await;
+        let out = self
+            .client
+            .stop_task()
+            .cluster(&self.cluster)
+            .task(task_arn)
+            .reason(reason)
+            .send()
+            .await;
         match out {
             Ok(_) => Ok(()),
             Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_invalid_parameter_exception() || s.is_client_exception()
-                }) =>
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invalid_parameter_exception() || s.is_client_exception()) =>
             {
                 Ok(())
             }
@@ -359,7 +397,10 @@ impl Ecs {
             .first()
             .and_then(|ci| ci.ec2_instance_id())
             .map(String::from)
-            .ok_or(EcsError::Incomplete { action: "DescribeContainerInstances", what: "EC2 instance id" })
+            .ok_or(EcsError::Incomplete {
+                action: "DescribeContainerInstances",
+                what: "EC2 instance id",
+            })
     }
 }
 
@@ -374,7 +415,11 @@ fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinit
         .essential(c.essential)
         .set_entry_point(c.entry_point.clone())
         .set_command(Some(c.command.clone()))
-        .set_links(if c.links.is_empty() { None } else { Some(c.links.clone()) })
+        .set_links(if c.links.is_empty() {
+            None
+        } else {
+            Some(c.links.clone())
+        })
         .set_docker_labels(Some(c.docker_labels.clone().into_iter().collect()))
         .privileged(c.privileged)
         // Our keep-alive exits on SIGTERM at once; a user image that ignores it gets 10 s.

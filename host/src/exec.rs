@@ -79,7 +79,13 @@ impl ExecStream<'_> {
         let started = api
             // Small on purpose: the upgraded stream zero-fills the unused capacity on every read,
             // so a large buffer costs a memset per TLS record (34% of CPU at 256 KiB).
-            .start_exec(&exec.id, Some(StartExecOptions { output_capacity: Some(16 * 1024), ..Default::default() }))
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    output_capacity: Some(16 * 1024),
+                    ..Default::default()
+                }),
+            )
             .await
             .map_err(|e| self.docker.error(&e))?;
         let StartExecResults::Attached { mut output, mut input } = started else {

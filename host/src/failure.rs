@@ -27,11 +27,19 @@ pub struct Failure {
 
 impl Failure {
     pub fn build(message: impl Into<String>) -> Self {
-        Failure { blame: Blame::Build, message: message.into(), script_exit_code: None }
+        Failure {
+            blame: Blame::Build,
+            message: message.into(),
+            script_exit_code: None,
+        }
     }
 
     pub fn system(message: impl Into<String>) -> Self {
-        Failure { blame: Blame::System, message: message.into(), script_exit_code: None }
+        Failure {
+            blame: Blame::System,
+            message: message.into(),
+            script_exit_code: None,
+        }
     }
 
     /// The user's script exited with `code` (non-zero).
@@ -68,7 +76,10 @@ pub struct ExitCodes {
 impl ExitCodes {
     pub fn from_env() -> Self {
         let read = |name: &str, default: i32| {
-            std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
         };
         ExitCodes {
             build_failure: read("BUILD_FAILURE_EXIT_CODE", 1),
@@ -92,6 +103,10 @@ pub trait Classify {
 
 impl<E: Classify + fmt::Display> From<E> for Failure {
     fn from(err: E) -> Self {
-        Failure { blame: err.blame(), message: err.to_string(), script_exit_code: None }
+        Failure {
+            blame: err.blame(),
+            message: err.to_string(),
+            script_exit_code: None,
+        }
     }
 }

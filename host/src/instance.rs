@@ -12,7 +12,11 @@ pub enum InstanceError {
     #[error("EC2 DescribeInstances failed for {instance_id}: {message}")]
     Ec2 { instance_id: String, message: String },
     #[error("EC2 instance {instance_id} has no {which} IPv4 address (use_private_ip = {use_private_ip})")]
-    NoAddress { instance_id: String, which: &'static str, use_private_ip: bool },
+    NoAddress {
+        instance_id: String,
+        which: &'static str,
+        use_private_ip: bool,
+    },
 }
 
 impl Classify for InstanceError {
@@ -37,10 +41,19 @@ impl ContainerInstance {
             .instance_ids(&instance_id)
             .send()
             .await
-            .map_err(|e| InstanceError::Ec2 { instance_id: instance_id.clone(), message: describe_sdk_error(&e) })?;
-        let instance = out.reservations().iter().flat_map(|r| r.instances()).next().ok_or_else(|| {
-            InstanceError::Ec2 { instance_id: instance_id.clone(), message: "no such instance".into() }
-        })?;
+            .map_err(|e| InstanceError::Ec2 {
+                instance_id: instance_id.clone(),
+                message: describe_sdk_error(&e),
+            })?;
+        let instance = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .ok_or_else(|| InstanceError::Ec2 {
+                instance_id: instance_id.clone(),
+                message: "no such instance".into(),
+            })?;
         Ok(ContainerInstance {
             ec2_instance_id: instance_id.clone(),
             private_ip: instance.private_ip_address().map(String::from),

@@ -90,7 +90,10 @@ pub fn validate_image(image: &str) -> Result<(), JobError> {
         None
     };
     match problem {
-        Some(problem) => Err(JobError::BadImage { shown: shown(), problem }),
+        Some(problem) => Err(JobError::BadImage {
+            shown: shown(),
+            problem,
+        }),
         None => Ok(()),
     }
 }

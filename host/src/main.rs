@@ -27,7 +27,11 @@ use crate::config::Config;
 use crate::failure::{ExitCodes, Failure};
 
 #[derive(Parser)]
-#[command(name = "ecs-executor", version, about = "GitLab custom executor that runs jobs on AWS ECS")]
+#[command(
+    name = "ecs-executor",
+    version,
+    about = "GitLab custom executor that runs jobs on AWS ECS"
+)]
 struct Cli {
     /// Executor config file [default: $ECS_EXECUTOR_CONFIG, else /etc/ecs-executor/config.toml]
     #[arg(long, global = true, value_name = "FILE")]
@@ -120,9 +124,12 @@ fn terminated() -> impl std::future::Future<Output = ()> {
 
 /// gitlab-runner reads the script's real exit code from here when we exit with BUILD_FAILURE.
 fn write_build_exit_code(code: i32) {
-    if let Some(path) = std::env::var_os("BUILD_EXIT_CODE_FILE").filter(|p| !p.is_empty()) {
-        if let Err(e) = std::fs::write(&path, code.to_string()) {
-            eprintln!("ecs-executor: cannot write BUILD_EXIT_CODE_FILE {}: {e}", PathBuf::from(path).display());
-        }
+    if let Some(path) = std::env::var_os("BUILD_EXIT_CODE_FILE").filter(|p| !p.is_empty())
+        && let Err(e) = std::fs::write(&path, code.to_string())
+    {
+        eprintln!(
+            "ecs-executor: cannot write BUILD_EXIT_CODE_FILE {}: {e}",
+            PathBuf::from(path).display()
+        );
     }
 }

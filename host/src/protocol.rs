@@ -116,10 +116,14 @@ fn job_response_path() -> Result<PathBuf, ProtocolError> {
 
 fn read_job_response<T: for<'de> Deserialize<'de>>() -> Result<T, ProtocolError> {
     let path = job_response_path()?;
-    let bytes = std::fs::read(&path)
-        .map_err(|source| ProtocolError::ReadJobResponse { path: path.clone(), source })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ProtocolError::BadJobResponse { path, message: e.to_string() })
+    let bytes = std::fs::read(&path).map_err(|source| ProtocolError::ReadJobResponse {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ProtocolError::BadJobResponse {
+        path,
+        message: e.to_string(),
+    })
 }
 
 impl JobResponse {
@@ -176,7 +180,10 @@ impl JobKey {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
             .take(16)
             .collect();
-        JobKey { job_id, runner: if runner.is_empty() { "runner".into() } else { runner } }
+        JobKey {
+            job_id,
+            runner: if runner.is_empty() { "runner".into() } else { runner },
+        }
     }
 
     /// File-name-safe identity of the job on this runner host.
@@ -205,11 +212,13 @@ pub enum StageRoute {
 impl StageRoute {
     pub fn for_stage(stage: &str) -> StageRoute {
         match stage {
-            "prepare_script" | "get_sources" | "clear_worktree" | "restore_cache"
-            | "download_artifacts" | "cleanup_file_variables" => StageRoute::Helper,
-            s if s.starts_with("archive_cache") || s.starts_with("upload_artifacts") => {
-                StageRoute::Helper
-            }
+            "prepare_script"
+            | "get_sources"
+            | "clear_worktree"
+            | "restore_cache"
+            | "download_artifacts"
+            | "cleanup_file_variables" => StageRoute::Helper,
+            s if s.starts_with("archive_cache") || s.starts_with("upload_artifacts") => StageRoute::Helper,
             // build_script, step_*, after_script and every stage we do not know yet.
             _ => StageRoute::Build,
         }
@@ -228,7 +237,11 @@ pub fn validate_stage(stage: &str) -> Result<(), ProtocolError> {
     let ok = !stage.is_empty()
         && stage.len() <= 128
         && stage.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok { Ok(()) } else { Err(ProtocolError::BadStage(stage.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadStage(stage.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -237,9 +250,18 @@ mod tests {
 
     #[test]
     fn stages_route_like_the_docker_executor() {
-        for s in ["prepare_script", "get_sources", "clear_worktree", "restore_cache",
-            "download_artifacts", "archive_cache", "archive_cache_on_failure",
-            "upload_artifacts_on_success", "upload_artifacts_on_failure", "cleanup_file_variables"] {
+        for s in [
+            "prepare_script",
+            "get_sources",
+            "clear_worktree",
+            "restore_cache",
+            "download_artifacts",
+            "archive_cache",
+            "archive_cache_on_failure",
+            "upload_artifacts_on_success",
+            "upload_artifacts_on_failure",
+            "cleanup_file_variables",
+        ] {
             assert_eq!(StageRoute::for_stage(s), StageRoute::Helper, "{s}");
         }
         for s in ["build_script", "step_release", "after_script", "some_future_stage"] {
@@ -270,7 +292,10 @@ mod tests {
         let key = JobKey::new(u64::MAX, Some("glrt-abcdefgh/../x"));
         let sb = key.started_by();
         assert!(sb.len() <= 36, "{sb}");
-        assert!(sb.chars().all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c)), "{sb}");
+        assert!(
+            sb.chars().all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c)),
+            "{sb}"
+        );
         assert_eq!(JobKey::new(7, None).file_stem(), "runner-7");
     }
 }

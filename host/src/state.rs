@@ -89,17 +89,26 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn new(state_dir: &Path) -> StateStore {
-        StateStore { dir: state_dir.to_path_buf() }
+        StateStore {
+            dir: state_dir.to_path_buf(),
+        }
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-        move |source| StateError::Io { path: path.to_path_buf(), source }
+        move |source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     fn subdir(&self, name: &str) -> Result<PathBuf, StateError> {
         let dir = self.dir.join(name);
         if !dir.is_dir() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(Self::io(&dir))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(Self::io(&dir))?;
         }
         Ok(dir)
     }
@@ -115,17 +124,25 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io(&path)(e)),
         };
-        let state: JobState = serde_json::from_slice(&bytes)
-            .map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let state: JobState = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if state.version != VERSION || state.job_id != key.job_id {
-            return Err(StateError::Corrupt { path, message: "it belongs to another job or version".into() });
+            return Err(StateError::Corrupt {
+                path,
+                message: "it belongs to another job or version".into(),
+            });
         }
         Ok(Some(state))
     }
 
     /// The state prepare left, or an error saying there is none.
     pub fn require(&self, key: &JobKey) -> Result<JobState, StateError> {
-        self.load(key)?.ok_or_else(|| StateError::Missing { job: key.file_stem(), path: self.path(key) })
+        self.load(key)?.ok_or_else(|| StateError::Missing {
+            job: key.file_stem(),
+            path: self.path(key),
+        })
     }
 
     pub fn save(&self, key: &JobKey, state: &JobState) -> Result<(), StateError> {
@@ -133,14 +150,22 @@ impl StateStore {
         let path = self.path(key);
         let tmp = dir.join(format!(".{}.{}.tmp", key.file_stem(), std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            StateError::Io { path: path.clone(), source: e }
+            StateError::Io {
+                path: path.clone(),
+                source: e,
+            }
         })
     }
 
@@ -156,11 +181,20 @@ impl StateStore {
     pub fn lock(&self, name: &str) -> Result<FileLock, StateError> {
         let dir = self.subdir("locks")?;
         let path = dir.join(format!("{name}.lock"));
-        let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(Self::io(&path))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io(&path))?;
         // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if rc != 0 {
-            return Err(StateError::Io { path, source: std::io::Error::last_os_error() });
+            return Err(StateError::Io {
+                path,
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(FileLock { _file: file })
     }

@@ -89,7 +89,10 @@ impl TaskSpec {
                 container("build", job.image.clone(), job.image_entrypoint.clone()),
                 container("helper", helper_image(config, &job.runner_version), None),
             ],
-            volumes: vec![VolumeSpec { name: BUILDS_VOLUME.into(), host_path: None }],
+            volumes: vec![VolumeSpec {
+                name: BUILDS_VOLUME.into(),
+                host_path: None,
+            }],
         }
     }
 
@@ -120,7 +123,11 @@ pub fn helper_image(config: &Config, runner_version: &str) -> String {
         "aarch64" => "arm64",
         _ => "x86_64",
     };
-    let tag = if version.is_empty() { format!("alpine-{arch}-latest") } else { format!("alpine-{arch}-v{version}") };
+    let tag = if version.is_empty() {
+        format!("alpine-{arch}-latest")
+    } else {
+        format!("alpine-{arch}-v{version}")
+    };
     format!("registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:{tag}")
 }
 
@@ -153,7 +160,13 @@ mod tests {
     fn same_content_same_hash_and_family() {
         let c = config();
         let a = TaskSpec::for_job(&c, &job("alpine:3"));
-        let b = TaskSpec::for_job(&c, &JobContext { key: JobKey::new(99, Some("zzz")), ..job("alpine:3") });
+        let b = TaskSpec::for_job(
+            &c,
+            &JobContext {
+                key: JobKey::new(99, Some("zzz")),
+                ..job("alpine:3")
+            },
+        );
         assert_eq!(a.content_hash(), b.content_hash());
         assert_eq!(a.reuse_family("ecs-executor"), b.reuse_family("ecs-executor"));
         let d = TaskSpec::for_job(&c, &job("alpine:4"));

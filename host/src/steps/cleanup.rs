@@ -39,13 +39,17 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
             stopped.push(arn);
         }
     }
-    if let Some(state) = &state {
-        if state.deregister_task_definition {
-            ecs.deregister(&state.task_definition_arn).await?;
-        }
+    if let Some(state) = &state
+        && state.deregister_task_definition
+    {
+        ecs.deregister(&state.task_definition_arn).await?;
     }
     store.remove(&key)?;
-    let what = if stopped.is_empty() { "nothing to stop".to_string() } else { format!("stopped {}", stopped.join(", ")) };
+    let what = if stopped.is_empty() {
+        "nothing to stop".to_string()
+    } else {
+        format!("stopped {}", stopped.join(", "))
+    };
     log_phase(started, format_args!("cleanup: {what}"));
     Ok(())
 }

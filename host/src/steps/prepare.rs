@@ -32,7 +32,8 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
     // A previous prepare attempt of this job may have left a task behind.
     if let Some(old) = store.load(&job.key).unwrap_or(None) {
         log_note(format!("stopping {} left by an earlier prepare attempt", old.task_arn));
-        ecs.stop_task(&old.task_arn, "ecs-executor: superseded by a new prepare attempt").await?;
+        ecs.stop_task(&old.task_arn, "ecs-executor: superseded by a new prepare attempt")
+            .await?;
         store.remove(&job.key)?;
     }
 
@@ -56,7 +57,10 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
                 log_note(format!("stopped {}", state.task_arn));
             }
             // Error texts can quote ECS or Docker, which may echo what the job gave them.
-            Err(Failure { message: job.redact(&failure.message), ..failure })
+            Err(Failure {
+                message: job.redact(&failure.message),
+                ..failure
+            })
         }
     }
 }
@@ -110,7 +114,10 @@ async fn launch(
     let mut state = JobState::new(job.key.job_id, ecs.cluster(), &placed.arn, &td.arn, per_job);
     store.save(&job.key, &state)?;
     *launched = Some(state.clone());
-    log_phase(phase, format_args!("task {} started on cluster {}", placed.arn, ecs.cluster()));
+    log_phase(
+        phase,
+        format_args!("task {} started on cluster {}", placed.arn, ecs.cluster()),
+    );
 
     // 3. The container instance and its Docker daemon.
     let phase = Instant::now();
@@ -119,7 +126,10 @@ async fn launch(
         None => wait_for_placement(ecs, &placed.arn).await?,
     };
     let instance = ContainerInstance::resolve(ecs, &clients.ec2, &ci_arn).await?;
-    let endpoint = DockerEndpoint { host: instance.docker_host(config.use_private_ip)?, port: config.docker.port };
+    let endpoint = DockerEndpoint {
+        host: instance.docker_host(config.use_private_ip)?,
+        port: config.docker.port,
+    };
     let docker = DockerHost::connect(&config.docker, &endpoint)?;
     docker.api.ping().await.map_err(|e| docker.error(&e))?;
     state.container_instance_arn = Some(ci_arn.clone());
@@ -129,7 +139,12 @@ async fn launch(
     *launched = Some(state.clone());
     log_phase(
         phase,
-        format_args!("instance {} ({}), Docker at {} over mutual TLS", instance.ec2_instance_id, ci_arn, endpoint.address()),
+        format_args!(
+            "instance {} ({}), Docker at {} over mutual TLS",
+            instance.ec2_instance_id,
+            ci_arn,
+            endpoint.address()
+        ),
     );
 
     // 4. Wait for RUNNING.
@@ -172,7 +187,10 @@ async fn run_when_capacity(
                 if reasons.contains("RESOURCE:") && Instant::now() + pause < deadline =>
             {
                 if !told {
-                    log_note(format!("cluster {} has no room for the task yet ({reasons}); waiting", ecs.cluster()));
+                    log_note(format!(
+                        "cluster {} has no room for the task yet ({reasons}); waiting",
+                        ecs.cluster()
+                    ));
                     told = true;
                 }
                 tokio::time::sleep(pause).await;
@@ -191,11 +209,16 @@ async fn wait_for_placement(ecs: &Ecs, task_arn: &str) -> Result<String, Failure
             return Ok(arn);
         }
         if status.last_status == "STOPPED" || status.missing {
-            return Err(Failure::system(format!("task {task_arn} stopped before it was placed: {}", status.stop_explanation())));
+            return Err(Failure::system(format!(
+                "task {task_arn} stopped before it was placed: {}",
+                status.stop_explanation()
+            )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Err(Failure::system(format!("task {task_arn} was not placed on a container instance within 30 s")))
+    Err(Failure::system(format!(
+        "task {task_arn} was not placed on a container instance within 30 s"
+    )))
 }
 
 enum WaitError {
@@ -228,14 +251,24 @@ async fn wait_until_running(
         ("event".to_string(), vec!["start".to_string()]),
         ("label".to_string(), vec![format!("{LABEL_TASK_ARN}={task_arn}")]),
     ]);
-    let mut events = docker.api.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).boxed();
+    let mut events = docker
+        .api
+        .events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .boxed();
     // Containers that started before we subscribed.
     let mut started_containers = docker.running_task_containers(task_arn).await.unwrap_or(0);
     let mut events_open = true;
     // With the event stream open, the start events usually tell first: the first timed poll
     // comes a little later so a quick start costs one DescribeTasks, not two.
     let mut next_poll = tokio::time::Instant::now()
-        + if started_containers >= container_count { Duration::ZERO } else { 2 * STEADY };
+        + if started_containers >= container_count {
+            Duration::ZERO
+        } else {
+            2 * STEADY
+        };
     let mut polls = 0u32;
     loop {
         tokio::select! {
@@ -268,7 +301,9 @@ async fn wait_until_running(
         polls += 1;
         let status = ecs.describe_task(task_arn).await?;
         if status.missing {
-            return Err(Other(Failure::system(format!("task {task_arn} disappeared from ECS (MISSING)"))));
+            return Err(Other(Failure::system(format!(
+                "task {task_arn} disappeared from ECS (MISSING)"
+            ))));
         }
         match status.last_status.as_str() {
             "RUNNING" => return Ok(polls),
@@ -303,12 +338,22 @@ fn stopped_failure(spec: &TaskSpec, status: &TaskStatus) -> Failure {
         .map(|c| c.image.as_str())
         .unwrap_or("?");
     let message = format!("the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}");
-    if pull_error_is_transient(&why) { Failure::system(message) } else { Failure::build(message) }
+    if pull_error_is_transient(&why) {
+        Failure::system(message)
+    } else {
+        Failure::build(message)
+    }
 }
 
 fn pull_error_is_transient(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
-    let permanent = ["not found", "manifest unknown", "repository does not exist", "pull access denied", "invalid reference format"];
+    let permanent = [
+        "not found",
+        "manifest unknown",
+        "repository does not exist",
+        "pull access denied",
+        "invalid reference format",
+    ];
     if permanent.iter().any(|p| r.contains(p)) {
         return false;
     }
@@ -326,8 +371,12 @@ mod tests {
         assert!(!pull_error_is_transient(
             "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref docker.io/library/nosuch:latest: docker.io/library/nosuch:latest: not found"
         ));
-        assert!(pull_error_is_transient("CannotPullContainerError: toomanyrequests: You have reached your pull rate limit"));
-        assert!(pull_error_is_transient("CannotPullContainerError: dial tcp 1.2.3.4:443: i/o timeout"));
+        assert!(pull_error_is_transient(
+            "CannotPullContainerError: toomanyrequests: You have reached your pull rate limit"
+        ));
+        assert!(pull_error_is_transient(
+            "CannotPullContainerError: dial tcp 1.2.3.4:443: i/o timeout"
+        ));
     }
 
     #[test]
@@ -350,11 +399,18 @@ mod tests {
         let status = TaskStatus {
             last_status: "STOPPED".into(),
             stopped_reason: Some(reason.into()),
-            containers: vec![ContainerStatus { name: "build".into(), reason: Some(reason.into()), ..Default::default() }],
+            containers: vec![ContainerStatus {
+                name: "build".into(),
+                reason: Some(reason.into()),
+            }],
             ..Default::default()
         };
         let f = stopped_failure(&spec, &status);
         assert_eq!(f.blame, crate::failure::Blame::Build);
-        assert!(f.message.contains("\"nosuch:1\"") && f.message.contains("not found"), "{}", f.message);
+        assert!(
+            f.message.contains("\"nosuch:1\"") && f.message.contains("not found"),
+            "{}",
+            f.message
+        );
     }
 }

@@ -19,12 +19,14 @@ pub async fn run(
     validate_stage(stage)?;
     let key = JobKey::load()?;
     let state = StateStore::new(&config.state_dir).require(&key)?;
-    let script = std::fs::read(script_path).map_err(|e| {
-        Failure::system(format!("cannot read the script file {}: {e}", script_path.display()))
-    })?;
+    let script = std::fs::read(script_path)
+        .map_err(|e| Failure::system(format!("cannot read the script file {}: {e}", script_path.display())))?;
     let route = StageRoute::for_stage(stage);
     let endpoint = state.docker.as_ref().filter(|_| state.is_ready()).ok_or_else(|| {
-        Failure::system(format!("prepare did not finish for job {} (task {})", key.job_id, state.task_arn))
+        Failure::system(format!(
+            "prepare did not finish for job {} (task {})",
+            key.job_id, state.task_arn
+        ))
     })?;
     let docker = DockerHost::connect(&config.docker, endpoint)?;
     let container_id = docker.pick(&state.containers, route.container_name())?;
@@ -35,7 +37,11 @@ pub async fn run(
         marker: format!("{}-{stage}-{}", key.job_id, std::process::id()),
     };
     let end = exec.run(script, shutdown).await.map_err(|e| {
-        Failure::from(e).context(format_args!("stage {stage} in the {} container of task {}", route.container_name(), state.task_arn))
+        Failure::from(e).context(format_args!(
+            "stage {stage} in the {} container of task {}",
+            route.container_name(),
+            state.task_arn
+        ))
     })?;
     match end {
         ExecEnd::Exited(0) => Ok(()),
