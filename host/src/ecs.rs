@@ -2,8 +2,9 @@
 //! job's task (run, watch, stop, find again) — and nothing about Docker.
 
 use aws_sdk_ecs::types::{
-    AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerDefinition, HostVolumeProperties, LaunchType,
-    LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, Tag, TaskDefinitionField, Volume,
+    AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerDefinition, HostEntry, HostVolumeProperties,
+    KeyValuePair, LaunchType, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, Tag,
+    TaskDefinitionField, TaskDefinitionPlacementConstraint, TaskDefinitionPlacementConstraintType, Volume,
 };
 
 use crate::aws::describe_sdk_error;
@@ -192,6 +193,17 @@ impl Ecs {
             .set_execution_role_arn(spec.execution_role_arn.clone())
             .tags(tag(TAG_CONTENT_HASH, hash))
             .tags(tag(TAG_MANAGED_BY, prefix));
+        for (k, v) in &spec.tags {
+            req = req.tags(tag(k, v));
+        }
+        for p in &spec.placement_constraints {
+            req = req.placement_constraints(
+                TaskDefinitionPlacementConstraint::builder()
+                    .r#type(TaskDefinitionPlacementConstraintType::from(p.kind.as_str()))
+                    .set_expression(p.expression.clone())
+                    .build(),
+            );
+        }
         for c in &spec.containers {
             req = req.container_definitions(container_definition(c));
         }
@@ -413,6 +425,9 @@ fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinit
         .name(&c.name)
         .image(&c.image)
         .essential(c.essential)
+        .set_cpu(c.cpu.map(|v| v as i32))
+        .set_memory(c.memory.map(|v| v as i32))
+        .set_memory_reservation(c.memory_reservation.map(|v| v as i32))
         .set_entry_point(c.entry_point.clone())
         .set_command(Some(c.command.clone()))
         .set_links(if c.links.is_empty() {
@@ -424,6 +439,18 @@ fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinit
         .privileged(c.privileged)
         // Our keep-alive exits on SIGTERM at once; a user image that ignores it gets 10 s.
         .stop_timeout(10);
+    for (name, value) in &c.environment {
+        def = def.environment(KeyValuePair::builder().name(name).value(value).build());
+    }
+    for (host, ip) in &c.extra_hosts {
+        def = def.extra_hosts(
+            HostEntry::builder()
+                .hostname(host)
+                .ip_address(ip)
+                .build()
+                .expect("both fields are set"),
+        );
+    }
     for m in &c.mount_points {
         def = def.mount_points(
             MountPoint::builder()

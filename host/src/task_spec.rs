@@ -28,6 +28,9 @@ pub struct TaskSpec {
     pub execution_role_arn: Option<String>,
     pub containers: Vec<ContainerSpec>,
     pub volumes: Vec<VolumeSpec>,
+    pub placement_constraints: Vec<PlacementConstraint>,
+    /// Tags of the task definition (beside the executor's own content-hash and managed-by).
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -35,10 +38,21 @@ pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub essential: bool,
+    /// CPU units reserved for this container; `None`: none (shares the task's).
+    pub cpu: Option<u32>,
+    /// Hard memory limit in MiB.
+    pub memory: Option<u32>,
+    /// Soft memory limit in MiB.
+    pub memory_reservation: Option<u32>,
     pub entry_point: Option<Vec<String>>,
     pub command: Vec<String>,
+    /// Never job variables or secrets (they are readable through the ECS API); only values
+    /// from the executor config or site plugins.
+    pub environment: BTreeMap<String, String>,
     pub mount_points: Vec<MountPoint>,
     pub links: Vec<String>,
+    /// `/etc/hosts` entries: (host name, IP address).
+    pub extra_hosts: Vec<(String, String)>,
     pub docker_labels: BTreeMap<String, String>,
     pub log_configuration: Option<LogConfiguration>,
     pub privileged: bool,
@@ -58,6 +72,14 @@ pub struct VolumeSpec {
     pub host_path: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlacementConstraint {
+    /// `memberOf` or `distinctInstance`.
+    pub kind: String,
+    /// Cluster query language expression (for `memberOf`).
+    pub expression: Option<String>,
+}
+
 impl TaskSpec {
     /// The executor's built-in task for a job (before any site plugin changes it).
     pub fn for_job(config: &Config, job: &JobContext) -> TaskSpec {
@@ -71,10 +93,15 @@ impl TaskSpec {
             name: name.into(),
             image,
             essential: true,
+            cpu: None,
+            memory: None,
+            memory_reservation: None,
             entry_point,
             command: keep_alive.clone(),
+            environment: BTreeMap::new(),
             mount_points: vec![builds_mount.clone()],
             links: vec![],
+            extra_hosts: vec![],
             docker_labels: BTreeMap::from([("ecs-executor.role".to_string(), name.to_string())]),
             log_configuration: config.log_configuration.clone(),
             privileged: false,
@@ -93,6 +120,8 @@ impl TaskSpec {
                 name: BUILDS_VOLUME.into(),
                 host_path: None,
             }],
+            placement_constraints: vec![],
+            tags: BTreeMap::new(),
         }
     }
 

@@ -28,13 +28,10 @@ pub mod script;
 mod wire;
 
 pub use custom::{
-    BUILD_FAILURE_EXIT_CODE, CallOutcome, ConfigOutput, GITLAB_PREPARE_RETRY_PAUSE,
-    PREPARE_ATTEMPTS, Runner, SYSTEM_FAILURE_EXIT_CODE, StageResult, Verb,
+    BUILD_FAILURE_EXIT_CODE, CallOutcome, ConfigOutput, GITLAB_PREPARE_RETRY_PAUSE, PREPARE_ATTEMPTS, Runner,
+    SYSTEM_FAILURE_EXIT_CODE, StageResult, Verb,
 };
-pub use job::{
-    BuildDirs, DEFAULT_RUNNER_VERSION, GitInfo, Image, JobSpec, JobState, Port, Step, Variable,
-    go_json,
-};
+pub use job::{BuildDirs, DEFAULT_RUNNER_VERSION, GitInfo, Image, JobSpec, JobState, Port, Step, Variable, go_json};
 pub use job_flow::{JobOutcome, JobStatus, LogEntry, run_job};
 pub use process::{KillReason, LogChunk, ProcessStatus, Stream, Termination};
 pub use script::stages;

@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 pub const UP_HINT: &str = "run `tests/local-ecs/up` (as root) first; it starts dockerd, moto and the agent stand-in";
 
 /// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
-pub const DOCKER_API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+pub const DOCKER_API: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 
 /// The state directory: `$ECS_LOCAL_STATE`, else `/var/tmp/ecs-executor/local-ecs`.
 pub fn state_dir() -> PathBuf {
@@ -99,7 +102,11 @@ impl Standin {
         let health = format!("{}/_standin/health", standin.endpoint);
         match http().get(&health).call() {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => not_up(&format!("moto at {} answers {} to {health}", standin.endpoint, r.status())),
+            Ok(r) => not_up(&format!(
+                "moto at {} answers {} to {health}",
+                standin.endpoint,
+                r.status()
+            )),
             Err(e) => not_up(&format!("moto at {} does not answer: {e}", standin.endpoint)),
         }
         let socket = standin.docker_socket();
@@ -108,11 +115,16 @@ impl Standin {
         }
         if agent {
             let pid_file = standin.state_dir.join("pids/agent.pid");
-            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok());
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
             match pid {
                 // SAFETY: signal 0 only checks that the process exists.
                 Some(pid) if unsafe { libc::kill(pid, 0) } == 0 => {}
-                Some(pid) => not_up(&format!("the agent stand-in (pid {pid} in {}) is not running", pid_file.display())),
+                Some(pid) => not_up(&format!(
+                    "the agent stand-in (pid {pid} in {}) is not running",
+                    pid_file.display()
+                )),
                 None => not_up(&format!("no agent stand-in: {} is missing", pid_file.display())),
             }
         }
@@ -136,11 +148,19 @@ impl Standin {
     }
 
     async fn aws_config(&self, max_attempts: u32) -> aws_config::SdkConfig {
-        let retry = RetryConfig::standard().with_max_attempts(max_attempts).with_initial_backoff(Duration::from_millis(200));
+        let retry = RetryConfig::standard()
+            .with_max_attempts(max_attempts)
+            .with_initial_backoff(Duration::from_millis(200));
         aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_ecs::config::Credentials::new("test", "test", None, None, "local-ecs-standin"))
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "local-ecs-standin",
+            ))
             .retry_config(retry)
             .timeout_config(
                 TimeoutConfig::builder()
@@ -170,7 +190,10 @@ impl Standin {
         let (key, crt) = match cert {
             ClientCert::Present => (self.certs.key.clone(), self.certs.cert.clone()),
             // bollard offers no certificate when it cannot load one.
-            ClientCert::Absent => (self.state_dir.join("no-such-client-key.pem"), self.state_dir.join("no-such-client.pem")),
+            ClientCert::Absent => (
+                self.state_dir.join("no-such-client-key.pem"),
+                self.state_dir.join("no-such-client.pem"),
+            ),
         };
         // The workspace enables both of rustls' providers (the executor uses ring for Docker,
         // the AWS SDK aws-lc), so bollard's own TLS setup needs a process default.
@@ -181,12 +204,24 @@ impl Standin {
     /// Adds a fault rule to moto; it is removed when the guard drops (if not used up before).
     pub fn inject(&self, fault: &Fault) -> FaultGuard {
         let url = format!("{}/_standin/faults", self.endpoint);
-        let mut response = http().post(&url).send_json(fault).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let mut response = http()
+            .post(&url)
+            .send_json(fault)
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
         let status = response.status();
-        let body: serde_json::Value = response.body_mut().read_json().unwrap_or_else(|e| panic!("POST {url}: {status}, {e}"));
+        let body: serde_json::Value = response
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|e| panic!("POST {url}: {status}, {e}"));
         assert!(status.is_success(), "POST {url} {fault:?}: {status} {body}");
-        let id = body["id"].as_str().unwrap_or_else(|| panic!("POST {url}: no id in {body}")).to_string();
-        FaultGuard { endpoint: self.endpoint.clone(), id }
+        let id = body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST {url}: no id in {body}"))
+            .to_string();
+        FaultGuard {
+            endpoint: self.endpoint.clone(),
+            id,
+        }
     }
 
     /// All fault rules with their remaining counts (`GET /_standin/faults`).
@@ -216,14 +251,20 @@ impl Standin {
         let url = format!("{}{path}", self.endpoint);
         let mut response = http().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert!(response.status().is_success(), "GET {url}: {}", response.status());
-        response.body_mut().read_json().unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        response
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
     /// StopTask without the SDK or an async runtime, for cleanup in `Drop` (also while a test
     /// panics). Errors are ignored: the task may be gone already.
     pub fn stop_task_blocking(&self, task_arn: &str, reason: &str) {
         let body = serde_json::json!({ "cluster": self.cluster, "task": task_arn, "reason": reason });
-        let day = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0);
+        let day = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() / 86_400)
+            .unwrap_or(0);
         // moto reads the region (and our recorder the service) from the credential scope;
         // it does not check signatures.
         let auth = format!(
@@ -241,7 +282,10 @@ impl Standin {
 }
 
 fn not_up(why: &str) -> ! {
-    panic!("the local ECS stand-in is not up: {why}.\n{UP_HINT} (state dir: {})", state_dir().display())
+    panic!(
+        "the local ECS stand-in is not up: {why}.\n{UP_HINT} (state dir: {})",
+        state_dir().display()
+    )
 }
 
 /// A blocking HTTP client for moto's control endpoints: no proxy, statuses as values.
@@ -306,7 +350,11 @@ impl Fault {
 
     /// The next `count` ECS `action` calls are served `delay_ms` late.
     pub fn ecs_delay(action: &str, delay_ms: u64, count: i64) -> Fault {
-        Fault { error: None, delay_ms, ..Fault::ecs_error(action, "", count) }
+        Fault {
+            error: None,
+            delay_ms,
+            ..Fault::ecs_error(action, "", count)
+        }
     }
 
     /// Only calls whose body contains `text`.
@@ -335,7 +383,9 @@ pub struct FaultGuard {
 
 impl Drop for FaultGuard {
     fn drop(&mut self) {
-        let _ = http().delete(&format!("{}/_standin/faults/{}", self.endpoint, self.id)).call();
+        let _ = http()
+            .delete(&format!("{}/_standin/faults/{}", self.endpoint, self.id))
+            .call();
     }
 }
 
@@ -370,7 +420,10 @@ pub struct TaskGuard {
 
 impl TaskGuard {
     pub fn new(standin: &Standin, arn: &str) -> TaskGuard {
-        TaskGuard { standin: standin.clone(), arn: arn.to_string() }
+        TaskGuard {
+            standin: standin.clone(),
+            arn: arn.to_string(),
+        }
     }
 }
 
@@ -385,8 +438,20 @@ impl Drop for TaskGuard {
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
-    let clean: String = prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let clean: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     format!("{clean}-{:x}-{n}-{:x}", std::process::id(), micros & 0xff_ffff)
 }
 
@@ -413,7 +478,10 @@ mod tests {
                                "delay_ms":0,"match":"family-x"})
         );
         let d = serde_json::to_value(Fault::ecs_delay("DescribeTasks", 500, 1)).unwrap();
-        assert_eq!(d, serde_json::json!({"service":"ecs","action":"DescribeTasks","count":1,"delay_ms":500}));
+        assert_eq!(
+            d,
+            serde_json::json!({"service":"ecs","action":"DescribeTasks","count":1,"delay_ms":500})
+        );
     }
 
     #[test]

@@ -58,20 +58,32 @@ fn a_job_shares_files_between_helper_and_build_stages_and_runs_after_script() {
         ),
     );
     assert_ok(&get_sources);
-    assert!(get_sources.stdout_text().contains("get_sources-wrote-the-file"), "{}", show(&get_sources));
+    assert!(
+        get_sources.stdout_text().contains("get_sources-wrote-the-file"),
+        "{}",
+        show(&get_sources)
+    );
 
     let build = r.run(stages::BUILD_SCRIPT).expect("the job has a script");
     assert_ok(&build);
     let out = build.stdout_text();
     // The file came from the helper container (its hostname is its short container id)...
-    assert!(out.contains(&format!("from get_sources in {} (debian ", &helper_id[..12])), "{}", show(&build));
+    assert!(
+        out.contains(&format!("from get_sources in {} (debian ", &helper_id[..12])),
+        "{}",
+        show(&build)
+    );
     // ...was written with umask 0000 (so a non-root build user could change it)...
     assert!(out.contains("-rw-rw-rw-"), "{}", show(&build));
 
     // after_script runs in the build container and sees what build_script left.
     let after = r.run(stages::AFTER_SCRIPT).expect("the job has an after_script");
     assert_ok(&after);
-    assert!(after.stdout_text().contains(&format!("built in {}", &build_id[..12])), "{}", show(&after));
+    assert!(
+        after.stdout_text().contains(&format!("built in {}", &build_id[..12])),
+        "{}",
+        show(&after)
+    );
     assert!(after.stdout_text().contains("after_script-ran"), "{}", show(&after));
 
     let cleanup = r.cleanup();
@@ -93,12 +105,23 @@ fn a_failing_script_is_a_build_failure_with_its_exit_code_and_after_script_still
     assert_eq!(outcome.status, JobStatus::Failed { exit_code: 3 }, "{log}");
     let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
     assert_eq!(build.exit_code(), Some(1), "BUILD_FAILURE_EXIT_CODE: {}", show(build));
-    assert_eq!(build.build_exit_code_file.as_deref().map(str::trim), Some("3"), "{}", show(build));
+    assert_eq!(
+        build.build_exit_code_file.as_deref().map(str::trim),
+        Some("3"),
+        "{}",
+        show(build)
+    );
     assert!(build.stdout_text().contains("before-the-failure"), "{}", show(build));
     assert!(!log.contains("never-printed"), "{log}");
     let after = outcome.stage(stages::AFTER_SCRIPT).expect("after_script ran");
     assert_ok(after);
-    assert!(after.stdout_text().contains("after_script ran with CI_JOB_STATUS=failed"), "{}", show(after));
+    assert!(
+        after
+            .stdout_text()
+            .contains("after_script ran with CI_JOB_STATUS=failed"),
+        "{}",
+        show(after)
+    );
     assert_eq!(outcome.prepare_attempts, 1);
     assert!(log.trim_end().ends_with("ERROR: Job failed: exit status 3"), "{log}");
     assert_eq!(outcome.call_sequence().last().map(String::as_str), Some("cleanup"));
@@ -120,16 +143,28 @@ fn a_missing_image_fails_prepare_as_a_build_failure_quoting_ecs_and_leaves_no_ta
     let prepare = &outcome.calls[1];
     assert_eq!(prepare.exit_code(), Some(1), "{}", show(prepare));
     let said = prepare.stderr_text();
-    assert!(said.contains(&format!("\"{image}\"")), "the message names the image:\n{}", show(prepare));
+    assert!(
+        said.contains(&format!("\"{image}\"")),
+        "the message names the image:\n{}",
+        show(prepare)
+    );
     // ECS's own reason, quoted: the agent's CannotPullContainerError with the normalised ref.
-    let reason = format!("CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref docker.io/{image}");
-    assert!(said.contains(&reason) && said.contains("not found"), "ECS's reason is quoted:\n{}", show(prepare));
+    let reason = format!(
+        "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref docker.io/{image}"
+    );
+    assert!(
+        said.contains(&reason) && said.contains("not found"),
+        "ECS's reason is quoted:\n{}",
+        show(prepare)
+    );
     assert!(log.contains(&reason), "the reason reaches the job log:\n{log}");
     assert!(!log.contains("never-runs\n"), "{log}");
     assert_ok(&outcome.calls[2]);
     let tasks = e.assert_tasks_stopped(&job, 1);
     assert!(
-        tasks[0].stopped_reason().is_some_and(|r| r.starts_with("CannotPullContainerError")),
+        tasks[0]
+            .stopped_reason()
+            .is_some_and(|r| r.starts_with("CannotPullContainerError")),
         "{:#?}",
         tasks[0]
     );
@@ -165,12 +200,19 @@ fn a_transient_pull_failure_is_a_system_failure() {
     // Wait until the agent tried (and failed) to report the pull failure, then report ours.
     let deadline = Instant::now() + Duration::from_secs(60);
     let arn = loop {
-        let held = e.standin.faults().iter().any(|f| f["id"] == fault.id.as_str() && f["hits"].as_u64().unwrap_or(0) > 0);
+        let held = e
+            .standin
+            .faults()
+            .iter()
+            .any(|f| f["id"] == fault.id.as_str() && f["hits"].as_u64().unwrap_or(0) > 0);
         let tasks = e.tasks_of(&job);
         if held && let Some(t) = tasks.first() {
             break t.task_arn().unwrap().to_string();
         }
-        assert!(Instant::now() < deadline && !preparing.is_finished(), "the agent never reported the pull failure: {tasks:#?}");
+        assert!(
+            Instant::now() < deadline && !preparing.is_finished(),
+            "the agent never reported the pull failure: {tasks:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     e.block_on(
@@ -180,15 +222,29 @@ fn a_transient_pull_failure_is_a_system_failure() {
             .task(&arn)
             .status("STOPPED")
             .reason(REASON)
-            .containers(ContainerStateChange::builder().container_name("build").status("STOPPED").reason(REASON).build())
+            .containers(
+                ContainerStateChange::builder()
+                    .container_name("build")
+                    .status("STOPPED")
+                    .reason(REASON)
+                    .build(),
+            )
             .send(),
     )
     .expect("SubmitTaskStateChange");
 
     let (mut r, prepare) = preparing.join().unwrap();
-    assert!(prepare.is_system_failure(), "a throttled pull may pass: SYSTEM_FAILURE so gitlab-runner retries\n{}", show(&prepare));
+    assert!(
+        prepare.is_system_failure(),
+        "a throttled pull may pass: SYSTEM_FAILURE so gitlab-runner retries\n{}",
+        show(&prepare)
+    );
     let said = prepare.stderr_text();
-    assert!(said.contains(&format!("\"{image}\"")) && said.contains("toomanyrequests"), "{}", show(&prepare));
+    assert!(
+        said.contains(&format!("\"{image}\"")) && said.contains("toomanyrequests"),
+        "{}",
+        show(&prepare)
+    );
     drop(fault);
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
@@ -222,26 +278,64 @@ fn cancel_kills_the_remote_script_runs_after_script_and_stops_the_task() {
 
     assert_eq!(outcome.status, JobStatus::Canceled, "{log}");
     let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
-    assert!(build.stdout_text().contains("build-started"), "the script was running when the cancel came:\n{log}");
-    assert_eq!(build.termination.map(|t| t.reason), Some(KillReason::Cancel), "{}", show(build));
-    assert!(!build.is_success(), "a cancelled stage never reports success: {}", show(build));
+    assert!(
+        build.stdout_text().contains("build-started"),
+        "the script was running when the cancel came:\n{log}"
+    );
+    assert_eq!(
+        build.termination.map(|t| t.reason),
+        Some(KillReason::Cancel),
+        "{}",
+        show(build)
+    );
+    assert!(
+        !build.is_success(),
+        "a cancelled stage never reports success: {}",
+        show(build)
+    );
     assert!(!log.contains("never-printed\n"), "{log}");
 
     let seen = samples.iter().find(|s| s.1 == Some(true)).map(|s| s.0);
-    let seen = seen.unwrap_or_else(|| panic!("the marker process was never seen in the build container:\n{samples:?}\n{log}"));
-    assert!(seen < cancelled_at, "prepare took longer than {cancel_after:?}; the test needs the script running before the cancel:\n{log}");
-    let gone = samples.iter().find(|s| s.0 > cancelled_at && s.1 == Some(false)).map(|s| s.0);
-    let gone = gone.unwrap_or_else(|| panic!("the script's processes never disappeared from the running container:\n{samples:?}\n{log}"));
+    let seen =
+        seen.unwrap_or_else(|| panic!("the marker process was never seen in the build container:\n{samples:?}\n{log}"));
+    assert!(
+        seen < cancelled_at,
+        "prepare took longer than {cancel_after:?}; the test needs the script running before the cancel:\n{log}"
+    );
+    let gone = samples
+        .iter()
+        .find(|s| s.0 > cancelled_at && s.1 == Some(false))
+        .map(|s| s.0);
+    let gone = gone.unwrap_or_else(|| {
+        panic!("the script's processes never disappeared from the running container:\n{samples:?}\n{log}")
+    });
     let took = gone.duration_since(cancelled_at);
     eprintln!("script processes gone {:.2} s after the cancel", took.as_secs_f64());
-    assert!(took < Duration::from_secs(5), "the remote processes took {took:?} to go after SIGTERM");
+    assert!(
+        took < Duration::from_secs(5),
+        "the remote processes took {took:?} to go after SIGTERM"
+    );
 
-    let after = outcome.stage(stages::AFTER_SCRIPT).expect("after_script runs after a graceful cancel");
+    let after = outcome
+        .stage(stages::AFTER_SCRIPT)
+        .expect("after_script runs after a graceful cancel");
     assert_ok(after);
     let after_out = after.stdout_text();
-    assert!(after_out.contains("after_script: CI_JOB_STATUS=canceled"), "{}", show(after));
-    assert!(after_out.lines().any(|l| l.trim() == "no-leftover-processes"), "{}", show(after));
-    assert_eq!(outcome.call_sequence().last().map(String::as_str), Some("cleanup"), "{log}");
+    assert!(
+        after_out.contains("after_script: CI_JOB_STATUS=canceled"),
+        "{}",
+        show(after)
+    );
+    assert!(
+        after_out.lines().any(|l| l.trim() == "no-leftover-processes"),
+        "{}",
+        show(after)
+    );
+    assert_eq!(
+        outcome.call_sequence().last().map(String::as_str),
+        Some("cleanup"),
+        "{log}"
+    );
     assert_ok(outcome.calls.last().unwrap());
     e.assert_tasks_stopped(&job, 1);
 }
@@ -250,7 +344,10 @@ fn cancel_kills_the_remote_script_runs_after_script_and_stops_the_task() {
 /// the script's processes are there, Some(false) when the container runs without them, None
 /// when the container cannot be asked).
 fn watch_build_processes(standin: &Standin, started_by: &str, done: &AtomicBool) -> Vec<(Instant, Option<bool>)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let ecs = rt.block_on(standin.ecs(3));
     let docker = standin.docker();
     let mut container = None;
@@ -258,7 +355,11 @@ fn watch_build_processes(standin: &Standin, started_by: &str, done: &AtomicBool)
     while !done.load(Ordering::SeqCst) {
         if container.is_none() {
             let listed = rt.block_on(
-                ecs.list_tasks().cluster(&standin.cluster).started_by(started_by).desired_status(DesiredStatus::Running).send(),
+                ecs.list_tasks()
+                    .cluster(&standin.cluster)
+                    .started_by(started_by)
+                    .desired_status(DesiredStatus::Running)
+                    .send(),
             );
             if let Some(arn) = listed.ok().and_then(|l| l.task_arns().first().cloned()) {
                 container = rt.block_on(support::container_id(&docker, &arn, "build"));
@@ -279,7 +380,10 @@ fn watch_build_processes(standin: &Standin, started_by: &str, done: &AtomicBool)
 #[test]
 fn cleanup_after_a_failed_prepare_exits_0_and_is_idempotent() {
     let e = E2e::new("cleanfail");
-    let job = e.job().image(Image::new(format!("ecs-executor-test/{}:1", unique_name("missing")))).script(["true"]);
+    let job = e
+        .job()
+        .image(Image::new(format!("ecs-executor-test/{}:1", unique_name("missing"))))
+        .script(["true"]);
     let mut r = e.runner(&job);
     assert_ok(&r.config());
     let prepare = r.prepare();
@@ -318,7 +422,11 @@ fn cleanup_finds_the_task_when_the_state_file_is_lost() {
     std::fs::remove_file(e.state_file(&job)).expect("prepare wrote a state file");
     let cleanup = r.cleanup();
     assert_ok(&cleanup);
-    assert!(cleanup.stdout_text().contains(&format!("stopped {arn}")), "{}", show(&cleanup));
+    assert!(
+        cleanup.stdout_text().contains(&format!("stopped {arn}")),
+        "{}",
+        show(&cleanup)
+    );
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
 }
@@ -326,7 +434,14 @@ fn cleanup_finds_the_task_when_the_state_file_is_lost() {
 #[test]
 fn unknown_stage_names_run_in_the_build_container() {
     let e = E2e::new("stages");
-    let job = e.job().step("release", ["echo \"release step in $(hostname)\"", "test ! -e /etc/debian_version", "test -x /bin/busybox"]);
+    let job = e.job().step(
+        "release",
+        [
+            "echo \"release step in $(hostname)\"",
+            "test ! -e /etc/debian_version",
+            "test -x /bin/busybox",
+        ],
+    );
     let mut r = e.runner(&job);
     assert_ok(&r.config());
     assert_ok(&r.prepare());
@@ -336,16 +451,31 @@ fn unknown_stage_names_run_in_the_build_container() {
 
     let release = r.run("step_release").expect("the job has a release step");
     assert_ok(&release);
-    assert!(release.stdout_text().contains(&format!("release step in {}", &build_id[..12])), "{}", show(&release));
+    assert!(
+        release
+            .stdout_text()
+            .contains(&format!("release step in {}", &build_id[..12])),
+        "{}",
+        show(&release)
+    );
 
     let body = script::user_lines_body(
         r.job(),
         r.state(),
-        &["echo \"future stage in $(hostname)\"".to_string(), "test ! -e /etc/debian_version".to_string()],
+        &[
+            "echo \"future stage in $(hostname)\"".to_string(),
+            "test ! -e /etc/debian_version".to_string(),
+        ],
     );
     let future = r.run_script("some_future_stage", &stage_script(&r, &body));
     assert_ok(&future);
-    assert!(future.stdout_text().contains(&format!("future stage in {}", &build_id[..12])), "{}", show(&future));
+    assert!(
+        future
+            .stdout_text()
+            .contains(&format!("future stage in {}", &build_id[..12])),
+        "{}",
+        show(&future)
+    );
 
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
@@ -366,12 +496,19 @@ fn jobs_with_the_same_image_reuse_one_task_definition_and_a_new_image_registers_
         let outcome = e.runner(job).run_job();
         assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
         let tasks = e.assert_tasks_stopped(job, 1);
-        (registrations(mark), tasks[0].task_definition_arn().unwrap().to_string(), outcome.log_text())
+        (
+            registrations(mark),
+            tasks[0].task_definition_arn().unwrap().to_string(),
+            outcome.log_text(),
+        )
     };
 
     let first = e.job().script(["echo first"]);
     let (registered, td_first, log) = run(&first);
-    assert_eq!(registered, 1, "a new family prefix registers its first task definition:\n{log}");
+    assert_eq!(
+        registered, 1,
+        "a new family prefix registers its first task definition:\n{log}"
+    );
     assert!(log.contains(" registered ("), "{log}");
 
     let second = e.job().script(["echo second"]);
@@ -380,7 +517,10 @@ fn jobs_with_the_same_image_reuse_one_task_definition_and_a_new_image_registers_
     assert_eq!(td_second, td_first);
     assert!(log.contains(" reused ("), "{log}");
 
-    let other = e.job().image(Image::new(&e.standin.images.helper)).script(["echo other image"]);
+    let other = e
+        .job()
+        .image(Image::new(&e.standin.images.helper))
+        .script(["echo other image"]);
     let (registered, td_other, log) = run(&other);
     assert_eq!(registered, 1, "another image is another task definition:\n{log}");
     assert_ne!(td_other, td_first);
@@ -394,14 +534,23 @@ fn masked_values_never_reach_ecs_the_task_definition_the_executor_log_or_the_sta
     let file_secret = format!("Fv7-{}-file", unique_name("sec"));
     let job_token = format!("glcbt-{}", unique_name("tok"));
     let registry_password = format!("Rp3-{}-pw", unique_name("sec"));
-    let secrets = [secret.as_str(), file_secret.as_str(), job_token.as_str(), registry_password.as_str()];
+    let secrets = [
+        secret.as_str(),
+        file_secret.as_str(),
+        job_token.as_str(),
+        registry_password.as_str(),
+    ];
     let job = e
         .job()
         .masked_variable("E2E_SECRET", &secret)
         .file_variable("E2E_FILE_SECRET", &file_secret)
         .job_token(&job_token)
         .registry_credentials("registry.example.com", "ci", &registry_password)
-        .script(["echo \"script sees $E2E_SECRET\"", "cat \"$E2E_FILE_SECRET\"; echo", "echo \"to stderr $E2E_SECRET\" >&2"])
+        .script([
+            "echo \"script sees $E2E_SECRET\"",
+            "cat \"$E2E_FILE_SECRET\"; echo",
+            "echo \"to stderr $E2E_SECRET\" >&2",
+        ])
         .after_script(["echo \"after_script sees $E2E_SECRET\""]);
     let leaks = |what: &str, text: &str| {
         for s in secrets {
@@ -417,20 +566,38 @@ fn masked_values_never_reach_ecs_the_task_definition_the_executor_log_or_the_sta
     leaks("the state file", &state);
     let task = e.running_task(&job);
     let arn = task.task_arn().unwrap().to_string();
-    for stage in [stages::GET_SOURCES, stages::BUILD_SCRIPT, stages::AFTER_SCRIPT, stages::CLEANUP_FILE_VARIABLES] {
+    for stage in [
+        stages::GET_SOURCES,
+        stages::BUILD_SCRIPT,
+        stages::AFTER_SCRIPT,
+        stages::CLEANUP_FILE_VARIABLES,
+    ] {
         let call = r.run(stage).unwrap_or_else(|| panic!("{stage} runs for this job"));
         assert_ok(&call);
         calls.push(call);
     }
-    leaks("the state file after the stages", &std::fs::read_to_string(e.state_file(&job)).unwrap());
+    leaks(
+        "the state file after the stages",
+        &std::fs::read_to_string(e.state_file(&job)).unwrap(),
+    );
     // The script itself got the values (so the test would notice them if they leaked).
     let build = &calls[3];
-    assert!(build.stdout_text().contains(&format!("script sees {secret}")), "{}", show(build));
+    assert!(
+        build.stdout_text().contains(&format!("script sees {secret}")),
+        "{}",
+        show(build)
+    );
     assert!(build.stdout_text().contains(&file_secret), "{}", show(build));
-    assert!(build.stderr_text().contains(&format!("to stderr {secret}")), "{}", show(build));
+    assert!(
+        build.stderr_text().contains(&format!("to stderr {secret}")),
+        "{}",
+        show(build)
+    );
 
     // What ECS and Docker hold about the job.
-    let described = e.block_on(e.ecs.describe_tasks().cluster(&e.standin.cluster).tasks(&arn).send()).expect("DescribeTasks");
+    let described = e
+        .block_on(e.ecs.describe_tasks().cluster(&e.standin.cluster).tasks(&arn).send())
+        .expect("DescribeTasks");
     leaks("DescribeTasks", &format!("{described:?}"));
     let td = e
         .block_on(
@@ -445,24 +612,48 @@ fn masked_values_never_reach_ecs_the_task_definition_the_executor_log_or_the_sta
     let docker = e.standin.docker();
     for name in ["build", "helper"] {
         let id = e.container_id(&arn, name);
-        let inspected = e.block_on(docker.inspect_container(&id, None::<InspectContainerOptions>)).expect("docker inspect");
-        leaks(&format!("the {name} container"), &serde_json::to_string(&inspected).unwrap());
+        let inspected = e
+            .block_on(docker.inspect_container(&id, None::<InspectContainerOptions>))
+            .expect("docker inspect");
+        leaks(
+            &format!("the {name} container"),
+            &serde_json::to_string(&inspected).unwrap(),
+        );
     }
 
     let cleanup = r.cleanup();
     assert_ok(&cleanup);
     calls.push(cleanup);
     for call in &calls {
-        leaks(&format!("the executor's own lines of {}", call.describe()), &executor_lines(call).join("\n"));
+        leaks(
+            &format!("the executor's own lines of {}", call.describe()),
+            &executor_lines(call).join("\n"),
+        );
         if call.verb != Verb::Run {
-            leaks(&format!("the output of {}", call.describe()), &format!("{}{}", call.stdout_text(), call.stderr_text()));
+            leaks(
+                &format!("the output of {}", call.describe()),
+                &format!("{}{}", call.stdout_text(), call.stderr_text()),
+            );
         }
     }
     e.assert_tasks_stopped(&job, 1);
     let requests = e.standin.requests_since(mark);
-    assert!(requests.iter().any(|q| q.action.as_deref() == Some("RunTask") && q.body.contains(&e.started_by(&job))), "the job's calls were recorded");
+    assert!(
+        requests
+            .iter()
+            .any(|q| q.action.as_deref() == Some("RunTask") && q.body.contains(&e.started_by(&job))),
+        "the job's calls were recorded"
+    );
     for q in &requests {
-        leaks(&format!("recorded {} {} request #{}", q.service, q.action.as_deref().unwrap_or("?"), q.seq), &q.body);
+        leaks(
+            &format!(
+                "recorded {} {} request #{}",
+                q.service,
+                q.action.as_deref().unwrap_or("?"),
+                q.seq
+            ),
+            &q.body,
+        );
     }
 }
 
@@ -485,7 +676,11 @@ fn output_arrives_byte_exact() {
     // Each body writes the bytes to a file, prints the container's sha256sum of it on stderr
     // and the bytes on stdout; the wrapper adds nothing to either stream.
     let cases: [(&str, String, Vec<u8>); 3] = [
-        ("1 MiB of text", "{ yes abcdefgh || true; } | head -c 1048576 > /tmp/e2e-out".into(), yes_bytes(1 << 20)),
+        (
+            "1 MiB of text",
+            "{ yes abcdefgh || true; } | head -c 1048576 > /tmp/e2e-out".into(),
+            yes_bytes(1 << 20),
+        ),
         (
             "1 MiB of every byte value",
             r#"i=0; while [ $i -lt 256 ]; do printf "\\$(printf %o $i)"; i=$((i+1)); done > /tmp/e2e-out
@@ -493,18 +688,38 @@ for k in 1 2 3 4 5 6 7 8 9 10 11 12; do cat /tmp/e2e-out /tmp/e2e-out > /tmp/e2e
                 .into(),
             (0..=255u8).cycle().take(1 << 20).collect(),
         ),
-        ("64 MiB of text", "{ yes abcdefgh || true; } | head -c 67108864 > /tmp/e2e-out".into(), yes_bytes(64 << 20)),
+        (
+            "64 MiB of text",
+            "{ yes abcdefgh || true; } | head -c 67108864 > /tmp/e2e-out".into(),
+            yes_bytes(64 << 20),
+        ),
     ];
     for (what, produce, expected) in cases {
         let body = format!("{produce}\nsha256sum /tmp/e2e-out >&2\ncat /tmp/e2e-out\nrm -f /tmp/e2e-out\n");
         let call = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, &body));
         assert!(call.is_success(), "{what}: {:?}\n{}", call.status, call.stderr_text());
-        let in_container = call.stderr_text().split_whitespace().next().unwrap_or_default().to_string();
+        let in_container = call
+            .stderr_text()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let expected_hash = sha256_hex(&expected);
-        assert_eq!(in_container, expected_hash, "{what}: the container made other bytes than expected");
+        assert_eq!(
+            in_container, expected_hash,
+            "{what}: the container made other bytes than expected"
+        );
         assert_eq!(call.stdout.len(), expected.len(), "{what}: stdout length");
-        assert_eq!(sha256_hex(&call.stdout), expected_hash, "{what}: stdout differs from what the container wrote");
-        eprintln!("{what}: {} bytes byte-exact in {:.2} s", call.stdout.len(), call.duration.as_secs_f64());
+        assert_eq!(
+            sha256_hex(&call.stdout),
+            expected_hash,
+            "{what}: stdout differs from what the container wrote"
+        );
+        eprintln!(
+            "{what}: {} bytes byte-exact in {:.2} s",
+            call.stdout.len(),
+            call.duration.as_secs_f64()
+        );
     }
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
@@ -536,11 +751,21 @@ fn each_streams_own_line_order_is_preserved() {
 #[test]
 fn an_unknown_config_key_is_a_system_failure_naming_the_key_and_the_file() {
     for (case, edit) in [
-        ("top-level", Box::new(|t: String| format!("bogus_key = 1\n{t}")) as Box<dyn FnOnce(String) -> String>),
-        ("in [docker]", Box::new(|t: String| t.replace("[docker]\n", "[docker]\nverify_server = false\n"))),
+        (
+            "top-level",
+            Box::new(|t: String| format!("bogus_key = 1\n{t}")) as Box<dyn FnOnce(String) -> String>,
+        ),
+        (
+            "in [docker]",
+            Box::new(|t: String| t.replace("[docker]\n", "[docker]\nverify_server = false\n")),
+        ),
     ] {
         let e = E2e::with_config_edit("badconfig", edit);
-        let key = if case == "top-level" { "bogus_key" } else { "verify_server" };
+        let key = if case == "top-level" {
+            "bogus_key"
+        } else {
+            "verify_server"
+        };
         let job = e.job().script(["true"]);
         let mut r = e.runner(&job);
         let config = r.config();
@@ -548,12 +773,24 @@ fn an_unknown_config_key_is_a_system_failure_naming_the_key_and_the_file() {
         assert!(config.stdout.is_empty(), "{case}: no JSON on stdout: {}", show(&config));
         let said = config.stderr_text();
         assert!(said.contains(key), "{case}: names the key: {}", show(&config));
-        assert!(said.contains(&e.config.display().to_string()), "{case}: names the file: {}", show(&config));
+        assert!(
+            said.contains(&e.config.display().to_string()),
+            "{case}: names the file: {}",
+            show(&config)
+        );
 
         // The whole job: a system failure, every prepare attempt fails at config.
         let outcome = e.runner(&job).run_job();
-        assert!(matches!(outcome.status, JobStatus::SystemFailure { .. }), "{case}: {}", outcome.log_text());
-        assert!(!outcome.call_sequence().contains(&"prepare".to_string()), "{case}: {:?}", outcome.call_sequence());
+        assert!(
+            matches!(outcome.status, JobStatus::SystemFailure { .. }),
+            "{case}: {}",
+            outcome.log_text()
+        );
+        assert!(
+            !outcome.call_sequence().contains(&"prepare".to_string()),
+            "{case}: {:?}",
+            outcome.call_sequence()
+        );
         assert!(e.tasks_of(&job).is_empty());
     }
 }
@@ -576,8 +813,19 @@ fn two_jobs_starting_together_register_one_task_definition() {
         .into_iter()
         .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
         .count();
-    assert_eq!(registered, 1, "racing jobs on one runner host register one revision, not one each");
-    let tds: Vec<String> = jobs.iter().map(|j| e.assert_tasks_stopped(j, 1)[0].task_definition_arn().unwrap().to_string()).collect();
+    assert_eq!(
+        registered, 1,
+        "racing jobs on one runner host register one revision, not one each"
+    );
+    let tds: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            e.assert_tasks_stopped(j, 1)[0]
+                .task_definition_arn()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(tds[0], tds[1]);
 }
 
@@ -589,12 +837,31 @@ fn cancel_during_prepare_leaves_no_task() {
     let outcome = e.runner(&job).cancel_after(Duration::from_millis(600)).run_job();
     let log = outcome.log_text();
     assert_eq!(outcome.status, JobStatus::Canceled, "{log}");
-    let prepare = outcome.calls.iter().find(|c| c.verb == Verb::Prepare).expect("prepare ran");
-    assert_eq!(prepare.termination.map(|t| t.reason), Some(KillReason::Cancel), "{}", show(prepare));
+    let prepare = outcome
+        .calls
+        .iter()
+        .find(|c| c.verb == Verb::Prepare)
+        .expect("prepare ran");
+    assert_eq!(
+        prepare.termination.map(|t| t.reason),
+        Some(KillReason::Cancel),
+        "{}",
+        show(prepare)
+    );
     assert!(!prepare.is_success(), "{}", show(prepare));
-    assert!(prepare.termination.is_some_and(|t| !t.sigkill), "prepare ended on SIGTERM, without SIGKILL: {}", show(prepare));
+    assert!(
+        prepare.termination.is_some_and(|t| !t.sigkill),
+        "prepare ended on SIGTERM, without SIGKILL: {}",
+        show(prepare)
+    );
     assert!(outcome.stages_run().is_empty(), "{log}");
-    assert_ok(outcome.calls.last().filter(|c| c.verb == Verb::Cleanup).expect("cleanup ran last"));
+    assert_ok(
+        outcome
+            .calls
+            .last()
+            .filter(|c| c.verb == Verb::Cleanup)
+            .expect("cleanup ran last"),
+    );
     assert!(!e.state_file(&job).exists());
     // Whether RunTask had happened yet or not, nothing of the job runs on.
     let tasks = e.assert_no_task_left(&job);
@@ -609,7 +876,8 @@ fn a_full_cluster_makes_prepare_wait_then_fail_cleanly_at_the_start_timeout() {
     // 100 000 MiB never fits the stand-in's instance (7482 MiB): RunTask reports
     // RESOURCE:MEMORY every time, which prepare treats as "wait for room".
     let e = E2e::with_config_edit("full", |text| {
-        text.replace("memory = 256", "memory = 100000").replace("cpu = 128", "cpu = 128\nstart_timeout_secs = 4")
+        text.replace("memory = 256", "memory = 100000")
+            .replace("cpu = 128", "cpu = 128\nstart_timeout_secs = 4")
     });
     let job = e.job().script(["true"]);
     let mut r = e.runner(&job);
@@ -621,7 +889,10 @@ fn a_full_cluster_makes_prepare_wait_then_fail_cleanly_at_the_start_timeout() {
     let log = prepare.log_text();
     assert!(log.contains("has no room for the task yet"), "{log}");
     assert!(log.contains("RESOURCE:MEMORY"), "{log}");
-    assert!(waited >= std::time::Duration::from_secs(2), "prepare gave up without waiting ({waited:?})");
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "prepare gave up without waiting ({waited:?})"
+    );
     assert!(e.tasks_of(&job).is_empty(), "no task may exist: none was ever placed");
     assert_ok(&r.cleanup());
 }

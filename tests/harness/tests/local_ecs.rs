@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_ecs::Client;
 use aws_sdk_ecs::error::ProvideErrorMetadata;
 use aws_sdk_ecs::types::{
-    ContainerCondition, ContainerDefinition, ContainerDependency, HostEntry, KeyValuePair, LinuxParameters, MountPoint, NetworkMode,
-    Task, Ulimit, UlimitName, Volume,
+    ContainerCondition, ContainerDefinition, ContainerDependency, HostEntry, KeyValuePair, LinuxParameters, MountPoint,
+    NetworkMode, Task, Ulimit, UlimitName, Volume,
 };
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -36,11 +36,20 @@ fn sh(script: &str) -> Vec<String> {
 }
 
 fn container(name: &str, image: &str, script: &str) -> aws_sdk_ecs::types::builders::ContainerDefinitionBuilder {
-    ContainerDefinition::builder().name(name).image(image).memory(64).set_command(Some(sh(script)))
+    ContainerDefinition::builder()
+        .name(name)
+        .image(image)
+        .memory(64)
+        .set_command(Some(sh(script)))
 }
 
 /// Registers `family` (bridge networking) and returns its ARN and revision.
-async fn register(ecs: &Client, family: &str, containers: Vec<ContainerDefinition>, volumes: Vec<Volume>) -> (String, i32) {
+async fn register(
+    ecs: &Client,
+    family: &str,
+    containers: Vec<ContainerDefinition>,
+    volumes: Vec<Volume>,
+) -> (String, i32) {
     let out = ecs
         .register_task_definition()
         .family(family)
@@ -71,13 +80,29 @@ async fn run_task(standin: &Standin, ecs: &Client, task_definition: &str) -> (Ta
 }
 
 async fn describe(standin: &Standin, ecs: &Client, arn: &str) -> Task {
-    let out = ecs.describe_tasks().cluster(&standin.cluster).tasks(arn).send().await.expect("DescribeTasks");
-    out.tasks().first().unwrap_or_else(|| panic!("DescribeTasks does not know {arn}: {:?}", out.failures())).clone()
+    let out = ecs
+        .describe_tasks()
+        .cluster(&standin.cluster)
+        .tasks(arn)
+        .send()
+        .await
+        .expect("DescribeTasks");
+    out.tasks()
+        .first()
+        .unwrap_or_else(|| panic!("DescribeTasks does not know {arn}: {:?}", out.failures()))
+        .clone()
 }
 
 /// Polls DescribeTasks every 20 ms until `done` holds; on timeout, panics with the task as last
 /// seen and the agent stand-in's log lines about it.
-async fn wait_for(standin: &Standin, ecs: &Client, arn: &str, what: &str, timeout: Duration, done: impl Fn(&Task) -> bool) -> Task {
+async fn wait_for(
+    standin: &Standin,
+    ecs: &Client,
+    arn: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Task) -> bool,
+) -> Task {
     let start = Instant::now();
     loop {
         let task = describe(standin, ecs, arn).await;
@@ -106,14 +131,24 @@ fn last_status(task: &Task) -> &str {
 }
 
 fn container_of<'a>(task: &'a Task, name: &str) -> &'a aws_sdk_ecs::types::Container {
-    task.containers().iter().find(|c| c.name() == Some(name)).unwrap_or_else(|| panic!("no container {name} in {task:#?}"))
+    task.containers()
+        .iter()
+        .find(|c| c.name() == Some(name))
+        .unwrap_or_else(|| panic!("no container {name} in {task:#?}"))
 }
 
 /// The task's containers in Docker, found by the label the ECS agent puts on them.
 async fn docker_containers(docker: &Docker, task_arn: &str) -> Vec<ContainerSummary> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("com.amazonaws.ecs.task-arn={task_arn}")])]);
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("com.amazonaws.ecs.task-arn={task_arn}")],
+    )]);
     docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
         .await
         .expect("docker ps")
 }
@@ -123,17 +158,29 @@ async fn exec(docker: &Docker, container: &str, script: &str) -> (i64, String) {
     let created = docker
         .create_exec(
             container,
-            CreateExecOptions { attach_stdout: Some(true), attach_stderr: Some(true), cmd: Some(sh(script)), ..Default::default() },
+            CreateExecOptions {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(sh(script)),
+                ..Default::default()
+            },
         )
         .await
         .expect("docker exec create");
     let mut text = String::new();
-    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await.expect("docker exec start") {
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None).await.expect("docker exec start")
+    {
         while let Some(chunk) = output.next().await {
             text.push_str(&chunk.expect("docker exec output").to_string());
         }
     }
-    let code = docker.inspect_exec(&created.id).await.expect("docker exec inspect").exit_code.unwrap_or(-1);
+    let code = docker
+        .inspect_exec(&created.id)
+        .await
+        .expect("docker exec inspect")
+        .exit_code
+        .unwrap_or(-1);
     (code, text)
 }
 
@@ -151,9 +198,13 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
     let docker = standin.docker();
     let family = unique_name("linked");
     let image = &standin.images.build;
-    let server = container("server", image, &format!("trap 'exit 0' TERM; nc -ll -p 7777 -e echo pong & wait $!; {KEEP_ALIVE}"))
-        .docker_labels("ecs-executor-test.family", &family)
-        .build();
+    let server = container(
+        "server",
+        image,
+        &format!("trap 'exit 0' TERM; nc -ll -p 7777 -e echo pong & wait $!; {KEEP_ALIVE}"),
+    )
+    .docker_labels("ecs-executor-test.family", &family)
+    .build();
     let client = container("client", image, KEEP_ALIVE).links("server:backend").build();
     let (td, revision) = register(&ecs, &family, vec![server, client], vec![]).await;
 
@@ -163,16 +214,25 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
     assert_eq!(last_status(&placed), "PENDING", "RunTask answers with a PENDING task");
     assert_eq!(placed.desired_status(), Some("RUNNING"));
 
-    let running = wait_for(&standin, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| last_status(t) != "PENDING").await;
+    let running = wait_for(&standin, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| {
+        last_status(t) != "PENDING"
+    })
+    .await;
     eprintln!("RunTask -> RUNNING observed after {:?}", started.elapsed());
     assert_eq!(last_status(&running), "RUNNING", "{running:#?}");
-    assert!(running.started_at().is_some(), "startedAt is set when the agent reports RUNNING");
+    assert!(
+        running.started_at().is_some(),
+        "startedAt is set when the agent reports RUNNING"
+    );
     let ids: HashMap<&str, &str> = running
         .containers()
         .iter()
         .map(|c| {
             assert_eq!(c.last_status(), Some("RUNNING"), "{c:#?}");
-            (c.name().unwrap(), c.runtime_id().unwrap_or_else(|| panic!("no runtimeId: {c:#?}")))
+            (
+                c.name().unwrap(),
+                c.runtime_id().unwrap_or_else(|| panic!("no runtimeId: {c:#?}")),
+            )
         })
         .collect();
     assert_eq!(ids.len(), 2, "{running:#?}");
@@ -183,13 +243,24 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
         let labels = c.labels.as_ref().unwrap();
         let name = labels["com.amazonaws.ecs.container-name"].as_str();
         // Names also lists link aliases (`/<client>/backend`); the container's own has one '/'.
-        let docker_name = c.names.iter().flatten().find(|n| n.matches('/').count() == 1).expect("a name");
-        assert!(has_agent_name(docker_name, &family, revision, name), "{docker_name} is not ecs-{family}-{revision}-{name}-<hex>");
+        let docker_name = c
+            .names
+            .iter()
+            .flatten()
+            .find(|n| n.matches('/').count() == 1)
+            .expect("a name");
+        assert!(
+            has_agent_name(docker_name, &family, revision, name),
+            "{docker_name} is not ecs-{family}-{revision}-{name}-<hex>"
+        );
         assert_eq!(c.id.as_deref(), Some(ids[name]), "runtimeId of {name} is its Docker id");
         assert_eq!(labels["com.amazonaws.ecs.cluster"], standin.cluster);
         assert_eq!(labels["com.amazonaws.ecs.task-arn"], arn);
         assert_eq!(labels["com.amazonaws.ecs.task-definition-family"], family);
-        assert_eq!(labels["com.amazonaws.ecs.task-definition-version"], revision.to_string());
+        assert_eq!(
+            labels["com.amazonaws.ecs.task-definition-version"],
+            revision.to_string()
+        );
         if name == "server" {
             assert_eq!(labels["ecs-executor-test.family"], family, "dockerLabels are applied");
         }
@@ -202,24 +273,44 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
         if code == 0 && out.contains("pong") {
             break;
         }
-        assert!(Instant::now() < deadline, "client could not reach server as `backend`: exit {code}, output {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "client could not reach server as `backend`: exit {code}, output {out:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     let stopping = Instant::now();
-    ecs.stop_task().cluster(&standin.cluster).task(&arn).reason("done with it").send().await.expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+    ecs.stop_task()
+        .cluster(&standin.cluster)
+        .task(&arn)
+        .reason("done with it")
+        .send()
+        .await
+        .expect("StopTask");
+    let stopped = wait_for(&standin, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
     eprintln!("StopTask -> STOPPED observed after {:?}", stopping.elapsed());
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
     assert_eq!(stopped.stopped_reason(), Some("done with it"));
     for name in ["server", "client"] {
         let c = container_of(&stopped, name);
-        assert_eq!((c.last_status(), c.exit_code()), (Some("STOPPED"), Some(0)), "SIGTERM ends {name} at once: {c:#?}");
+        assert_eq!(
+            (c.last_status(), c.exit_code()),
+            (Some("STOPPED"), Some(0)),
+            "SIGTERM ends {name} at once: {c:#?}"
+        );
     }
     // As on a real instance, stopped containers stay (the agent removes them hours later).
     let kept = docker_containers(&docker, &arn).await;
     assert_eq!(kept.len(), 2);
-    assert!(kept.iter().all(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("exited")), "{kept:#?}");
+    assert!(
+        kept.iter()
+            .all(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("exited")),
+        "{kept:#?}"
+    );
 }
 
 #[tokio::test]
@@ -228,11 +319,20 @@ async fn a_task_whose_image_is_missing_stops_with_cannot_pull_container_error() 
     let ecs = standin.ecs(3).await;
     let family = unique_name("no-image");
     let image = format!("ecs-executor-test/{}:1", unique_name("absent").to_lowercase());
-    let (td, _) = register(&ecs, &family, vec![container("main", &image, KEEP_ALIVE).build()], vec![]).await;
+    let (td, _) = register(
+        &ecs,
+        &family,
+        vec![container("main", &image, KEEP_ALIVE).build()],
+        vec![],
+    )
+    .await;
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     let arn = placed.task_arn().unwrap();
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", START_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", START_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
 
     let reference = format!("docker.io/{image}");
     let expected = format!(
@@ -258,12 +358,22 @@ async fn an_essential_container_that_exits_stops_the_task_with_its_exit_code() {
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     let arn = placed.task_arn().unwrap();
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", START_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", START_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
 
-    assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+    assert_eq!(
+        stopped.stop_code().map(|c| c.as_str()),
+        Some("EssentialContainerExited")
+    );
     assert_eq!(stopped.stopped_reason(), Some("Essential container in task exited"));
     assert_eq!(container_of(&stopped, "main").exit_code(), Some(3));
-    assert_eq!(container_of(&stopped, "sidecar").exit_code(), Some(0), "the agent stopped the sidecar with SIGTERM");
+    assert_eq!(
+        container_of(&stopped, "sidecar").exit_code(),
+        Some(0),
+        "the agent stopped the sidecar with SIGTERM"
+    );
     assert!(stopped.started_at().is_some(), "the task ran before it stopped");
 }
 
@@ -286,10 +396,22 @@ async fn a_non_essential_container_that_exits_is_reported_and_the_task_goes_on()
     assert_eq!(container_of(&task, "setup").exit_code(), Some(5));
     assert_eq!(container_of(&task, "worker").last_status(), Some("RUNNING"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(last_status(&describe(&standin, &ecs, arn).await), "RUNNING", "the task goes on");
+    assert_eq!(
+        last_status(&describe(&standin, &ecs, arn).await),
+        "RUNNING",
+        "the task goes on"
+    );
 
-    ecs.stop_task().cluster(&standin.cluster).task(arn).send().await.expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+    ecs.stop_task()
+        .cluster(&standin.cluster)
+        .task(arn)
+        .send()
+        .await
+        .expect("StopTask");
+    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
     assert_eq!(stopped.stopped_reason(), Some("Task stopped by user"));
     assert_eq!(container_of(&stopped, "worker").exit_code(), Some(0));
@@ -301,7 +423,13 @@ async fn a_task_stopped_while_pending_stops_without_starting_containers() {
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
     let family = unique_name("stop-pending");
-    let (td, _) = register(&ecs, &family, vec![container("main", &standin.images.build, KEEP_ALIVE).build()], vec![]).await;
+    let (td, _) = register(
+        &ecs,
+        &family,
+        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
+        vec![],
+    )
+    .await;
     // Hold the agent at its DescribeTaskDefinition for this family, so the task stays PENDING.
     let _slow = standin.inject(&Fault::ecs_delay("DescribeTaskDefinition", 2000, 1).matching(&family));
 
@@ -309,12 +437,23 @@ async fn a_task_stopped_while_pending_stops_without_starting_containers() {
     let arn = placed.task_arn().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(last_status(&describe(&standin, &ecs, arn).await), "PENDING");
-    ecs.stop_task().cluster(&standin.cluster).task(arn).send().await.expect("StopTask");
+    ecs.stop_task()
+        .cluster(&standin.cluster)
+        .task(arn)
+        .send()
+        .await
+        .expect("StopTask");
 
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
     assert!(stopped.started_at().is_none(), "it never ran: {stopped:#?}");
-    assert!(docker_containers(&standin.docker(), arn).await.is_empty(), "no container was created");
+    assert!(
+        docker_containers(&standin.docker(), arn).await.is_empty(),
+        "no container was created"
+    );
 }
 
 #[tokio::test]
@@ -326,32 +465,93 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
     let image = &standin.images.build;
     let init = container("init", image, "sleep 1; echo ready > /data/flag")
         .essential(false)
-        .mount_points(MountPoint::builder().source_volume("data").container_path("/data").build())
+        .mount_points(
+            MountPoint::builder()
+                .source_volume("data")
+                .container_path("/data")
+                .build(),
+        )
         .build();
-    let writer = container("writer", image, &format!("cat /data/flag > seen; echo \"$GREETING\" > greeting; {KEEP_ALIVE}"))
-        .environment(KeyValuePair::builder().name("GREETING").value("hello").build())
-        .working_directory("/data")
-        .mount_points(MountPoint::builder().source_volume("data").container_path("/data").build())
-        .extra_hosts(HostEntry::builder().hostname("gitlab.local").ip_address("10.1.2.3").build().unwrap())
-        .ulimits(Ulimit::builder().name(UlimitName::Nofile).soft_limit(1024).hard_limit(2048).build().unwrap())
-        .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
-        .depends_on(ContainerDependency::builder().container_name("init").condition(ContainerCondition::Complete).build().unwrap())
-        .build();
+    let writer = container(
+        "writer",
+        image,
+        &format!("cat /data/flag > seen; echo \"$GREETING\" > greeting; {KEEP_ALIVE}"),
+    )
+    .environment(KeyValuePair::builder().name("GREETING").value("hello").build())
+    .working_directory("/data")
+    .mount_points(
+        MountPoint::builder()
+            .source_volume("data")
+            .container_path("/data")
+            .build(),
+    )
+    .extra_hosts(
+        HostEntry::builder()
+            .hostname("gitlab.local")
+            .ip_address("10.1.2.3")
+            .build()
+            .unwrap(),
+    )
+    .ulimits(
+        Ulimit::builder()
+            .name(UlimitName::Nofile)
+            .soft_limit(1024)
+            .hard_limit(2048)
+            .build()
+            .unwrap(),
+    )
+    .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
+    .depends_on(
+        ContainerDependency::builder()
+            .container_name("init")
+            .condition(ContainerCondition::Complete)
+            .build()
+            .unwrap(),
+    )
+    .build();
     let reader = container("reader", image, KEEP_ALIVE)
         .user("1000")
-        .mount_points(MountPoint::builder().source_volume("data").container_path("/data").read_only(true).build())
-        .depends_on(ContainerDependency::builder().container_name("writer").condition(ContainerCondition::Start).build().unwrap())
+        .mount_points(
+            MountPoint::builder()
+                .source_volume("data")
+                .container_path("/data")
+                .read_only(true)
+                .build(),
+        )
+        .depends_on(
+            ContainerDependency::builder()
+                .container_name("writer")
+                .condition(ContainerCondition::Start)
+                .build()
+                .unwrap(),
+        )
         .build();
-    let (td, revision) = register(&ecs, &family, vec![init, writer, reader], vec![Volume::builder().name("data").build()]).await;
+    let (td, revision) = register(
+        &ecs,
+        &family,
+        vec![init, writer, reader],
+        vec![Volume::builder().name("data").build()],
+    )
+    .await;
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     let arn = placed.task_arn().unwrap();
-    let running = wait_for(&standin, &ecs, arn, "RUNNING", START_TIMEOUT, |t| last_status(t) != "PENDING").await;
+    let running = wait_for(&standin, &ecs, arn, "RUNNING", START_TIMEOUT, |t| {
+        last_status(t) != "PENDING"
+    })
+    .await;
     assert_eq!(last_status(&running), "RUNNING", "{running:#?}");
-    assert_eq!(container_of(&running, "init").exit_code(), Some(0), "init ran to completion first");
+    assert_eq!(
+        container_of(&running, "init").exit_code(),
+        Some(0),
+        "init ran to completion first"
+    );
     let id = |name: &str| container_of(&running, name).runtime_id().unwrap().to_string();
 
-    let writer = docker.inspect_container(&id("writer"), None::<InspectContainerOptions>).await.unwrap();
+    let writer = docker
+        .inspect_container(&id("writer"), None::<InspectContainerOptions>)
+        .await
+        .unwrap();
     let config = writer.config.unwrap();
     let host = writer.host_config.unwrap();
     assert!(config.env.unwrap().contains(&"GREETING=hello".to_string()));
@@ -359,26 +559,53 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
     assert_eq!(host.init, Some(true));
     assert_eq!(host.extra_hosts, Some(vec!["gitlab.local:10.1.2.3".to_string()]));
     let ulimit = &host.ulimits.unwrap()[0];
-    assert_eq!((ulimit.name.as_deref(), ulimit.soft, ulimit.hard), (Some("nofile"), Some(1024), Some(2048)));
+    assert_eq!(
+        (ulimit.name.as_deref(), ulimit.soft, ulimit.hard),
+        (Some("nofile"), Some(1024), Some(2048))
+    );
     assert_eq!(host.memory, Some(64 << 20));
 
     // One task-scoped volume, named as the agent names it, shared by all three containers.
     let filters = HashMap::from([("label".to_string(), vec![format!("com.amazonaws.ecs.task-arn={arn}")])]);
-    let volumes = docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await.unwrap().volumes.unwrap_or_default();
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default();
     assert_eq!(volumes.len(), 1, "{volumes:#?}");
-    assert!(has_agent_name(&volumes[0].name, &family, revision, "data"), "{}", volumes[0].name);
+    assert!(
+        has_agent_name(&volumes[0].name, &family, revision, "data"),
+        "{}",
+        volumes[0].name
+    );
 
     let reader_id = id("reader");
     let (_, uid) = exec(&docker, &reader_id, "id -u").await;
     assert_eq!(uid.trim(), "1000");
     let (_, seen) = exec(&docker, &reader_id, "cat /data/seen /data/greeting").await;
-    assert_eq!(seen, "ready\nhello\n", "writer started after init completed and wrote to the shared volume");
+    assert_eq!(
+        seen, "ready\nhello\n",
+        "writer started after init completed and wrote to the shared volume"
+    );
     let (code, _) = exec(&docker, &reader_id, "touch /data/x").await;
     assert_ne!(code, 0, "the reader's mount is read-only");
 
-    ecs.stop_task().cluster(&standin.cluster).task(arn).send().await.expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
-    assert_eq!(container_of(&stopped, "writer").exit_code(), Some(0), "docker --init passes SIGTERM on");
+    ecs.stop_task()
+        .cluster(&standin.cluster)
+        .task(arn)
+        .send()
+        .await
+        .expect("StopTask");
+    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
+    assert_eq!(
+        container_of(&stopped, "writer").exit_code(),
+        Some(0),
+        "docker --init passes SIGTERM on"
+    );
     assert_eq!(container_of(&stopped, "reader").exit_code(), Some(0));
 }
 
@@ -387,8 +614,18 @@ async fn two_throttled_run_tasks_are_absorbed_by_the_sdk_standard_retry() {
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
     let family = unique_name("throttle-absorbed");
-    let (td, _) = register(&ecs, &family, vec![container("main", &standin.images.build, KEEP_ALIVE).build()], vec![]).await;
-    let fault = standin.inject(&Fault::ecs_error("RunTask", "ThrottlingException", 2).message("Rate exceeded").matching(&family));
+    let (td, _) = register(
+        &ecs,
+        &family,
+        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
+        vec![],
+    )
+    .await;
+    let fault = standin.inject(
+        &Fault::ecs_error("RunTask", "ThrottlingException", 2)
+            .message("Rate exceeded")
+            .matching(&family),
+    );
     let mark = standin.request_mark();
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
@@ -399,10 +636,24 @@ async fn two_throttled_run_tasks_are_absorbed_by_the_sdk_standard_retry() {
         .into_iter()
         .filter(|r| r.action.as_deref() == Some("RunTask") && r.body.contains(&family))
         .collect();
-    assert_eq!(calls.len(), 3, "two throttled attempts and one that went through: {calls:#?}");
-    assert_eq!(calls.iter().map(|c| c.fault.is_some()).collect::<Vec<_>>(), vec![true, true, false]);
-    assert_eq!(calls.iter().map(|c| c.status).collect::<Vec<_>>(), vec![Some(400), Some(400), Some(200)]);
-    let rule = standin.faults().into_iter().find(|f| f["id"] == fault.id.as_str()).expect("the rule is listed");
+    assert_eq!(
+        calls.len(),
+        3,
+        "two throttled attempts and one that went through: {calls:#?}"
+    );
+    assert_eq!(
+        calls.iter().map(|c| c.fault.is_some()).collect::<Vec<_>>(),
+        vec![true, true, false]
+    );
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        vec![Some(400), Some(400), Some(200)]
+    );
+    let rule = standin
+        .faults()
+        .into_iter()
+        .find(|f| f["id"] == fault.id.as_str())
+        .expect("the rule is listed");
     assert_eq!(rule["remaining"], 0);
 }
 
@@ -411,14 +662,34 @@ async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error(
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
     let family = unique_name("throttle-surfaced");
-    let (td, _) = register(&ecs, &family, vec![container("main", &standin.images.build, KEEP_ALIVE).build()], vec![]).await;
-    let _fault = standin.inject(&Fault::ecs_error("RunTask", "ThrottlingException", 3).message("Rate exceeded").matching(&family));
+    let (td, _) = register(
+        &ecs,
+        &family,
+        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
+        vec![],
+    )
+    .await;
+    let _fault = standin.inject(
+        &Fault::ecs_error("RunTask", "ThrottlingException", 3)
+            .message("Rate exceeded")
+            .matching(&family),
+    );
     let mark = standin.request_mark();
 
-    let err = ecs.run_task().cluster(&standin.cluster).task_definition(&td).count(1).send().await.expect_err("RunTask is throttled");
+    let err = ecs
+        .run_task()
+        .cluster(&standin.cluster)
+        .task_definition(&td)
+        .count(1)
+        .send()
+        .await
+        .expect_err("RunTask is throttled");
     assert_eq!(err.code(), Some("ThrottlingException"), "{err:?}");
     assert_eq!(err.message(), Some("Rate exceeded"));
-    assert!(err.as_service_error().is_some_and(|e| e.meta().code() == Some("ThrottlingException")));
+    assert!(
+        err.as_service_error()
+            .is_some_and(|e| e.meta().code() == Some("ThrottlingException"))
+    );
 
     let calls = standin
         .requests_since(mark)
@@ -426,8 +697,18 @@ async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error(
         .filter(|r| r.action.as_deref() == Some("RunTask") && r.body.contains(&family))
         .count();
     assert_eq!(calls, 3, "max_attempts = 3");
-    let tasks = ecs.list_tasks().cluster(&standin.cluster).family(&family).send().await.unwrap();
-    assert!(tasks.task_arns().is_empty(), "no task was started: {:?}", tasks.task_arns());
+    let tasks = ecs
+        .list_tasks()
+        .cluster(&standin.cluster)
+        .family(&family)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tasks.task_arns().is_empty(),
+        "no task was started: {:?}",
+        tasks.task_arns()
+    );
 }
 
 #[tokio::test]
@@ -436,9 +717,15 @@ async fn docker_tls_admits_clients_with_the_certificate_on_both_addresses() {
     for ip in [&standin.private_ip, &standin.public_ip] {
         let address = format!("{ip}:{}", standin.docker_port);
         let docker = standin.docker_tls(&address, ClientCert::Present).expect("TLS client");
-        let pong = docker.ping().await.unwrap_or_else(|e| panic!("ping {address} with the client certificate: {e}"));
+        let pong = docker
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("ping {address} with the client certificate: {e}"));
         assert_eq!(pong, "OK", "{address}");
-        let version = docker.version().await.unwrap_or_else(|e| panic!("version at {address}: {e}"));
+        let version = docker
+            .version()
+            .await
+            .unwrap_or_else(|e| panic!("version at {address}: {e}"));
         assert_eq!(version.api_version.as_deref(), Some("1.41"), "{address}");
     }
 }
@@ -450,7 +737,10 @@ async fn docker_tls_refuses_clients_without_a_certificate() {
         let address = format!("{ip}:{}", standin.docker_port);
         let docker = standin.docker_tls(&address, ClientCert::Absent).expect("TLS client");
         let refused = docker.ping().await;
-        assert!(refused.is_err(), "{address} answered a client without a certificate: {refused:?}");
+        assert!(
+            refused.is_err(),
+            "{address} answered a client without a certificate: {refused:?}"
+        );
     }
 }
 
@@ -461,17 +751,34 @@ async fn the_agent_reacts_to_run_task_and_stop_task_within_a_second_or_two() {
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
     let family = unique_name("reaction");
-    let (td, _) = register(&ecs, &family, vec![container("main", &standin.images.build, KEEP_ALIVE).build()], vec![]).await;
+    let (td, _) = register(
+        &ecs,
+        &family,
+        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
+        vec![],
+    )
+    .await;
     let (mut to_running, mut to_stopped) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
         let (placed, _guard) = run_task(&standin, &ecs, &td).await;
         let arn = placed.task_arn().unwrap();
-        wait_for(&standin, &ecs, arn, "RUNNING", START_TIMEOUT, |t| last_status(t) == "RUNNING").await;
+        wait_for(&standin, &ecs, arn, "RUNNING", START_TIMEOUT, |t| {
+            last_status(t) == "RUNNING"
+        })
+        .await;
         to_running.push(started.elapsed());
         let stopping = Instant::now();
-        ecs.stop_task().cluster(&standin.cluster).task(arn).send().await.expect("StopTask");
-        wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+        ecs.stop_task()
+            .cluster(&standin.cluster)
+            .task(arn)
+            .send()
+            .await
+            .expect("StopTask");
+        wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
+            last_status(t) == "STOPPED"
+        })
+        .await;
         to_stopped.push(stopping.elapsed());
     }
     to_running.sort();
@@ -505,8 +812,16 @@ impl Drop for OwnAgent {
 /// target directory as this test).
 fn agent_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target/debug").join("ecs-agent-standin");
-    assert!(bin.is_file(), "{} is missing: run tests/local-ecs/up (or cargo build -p ecs-agent-standin)", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug")
+        .join("ecs-agent-standin");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run tests/local-ecs/up (or cargo build -p ecs-agent-standin)",
+        bin.display()
+    );
     bin
 }
 
@@ -519,7 +834,11 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
     let ecs = standin.ecs(3).await;
     let docker = standin.docker();
     let cluster = unique_name("agent-check");
-    ecs.create_cluster().cluster_name(&cluster).send().await.expect("CreateCluster");
+    ecs.create_cluster()
+        .cluster_name(&cluster)
+        .send()
+        .await
+        .expect("CreateCluster");
     let instance = ecs
         .register_container_instance()
         .cluster(&cluster)
@@ -527,43 +846,102 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
         .send()
         .await
         .expect("RegisterContainerInstance");
-    let instance_arn = instance.container_instance().and_then(|ci| ci.container_instance_arn()).unwrap().to_string();
+    let instance_arn = instance
+        .container_instance()
+        .and_then(|ci| ci.container_instance_arn())
+        .unwrap()
+        .to_string();
 
     // Its first ListTasks calls fail; it must log, back off and carry on.
-    let _errors = standin.inject(&Fault::ecs_error("ListTasks", "ServerException", 3).status(500).message("boom").matching(&cluster));
+    let _errors = standin.inject(
+        &Fault::ecs_error("ListTasks", "ServerException", 3)
+            .status(500)
+            .message("boom")
+            .matching(&cluster),
+    );
     let log = std::env::temp_dir().join(format!("{cluster}.log"));
     let child = std::process::Command::new(agent_binary())
         .args(["--standin", &standin.state_dir.join("standin.json").to_string_lossy()])
-        .args(["--cluster", &cluster, "--container-instance", &instance_arn, "--cleanup-after", "2"])
+        .args([
+            "--cluster",
+            &cluster,
+            "--container-instance",
+            &instance_arn,
+            "--cleanup-after",
+            "2",
+        ])
         .stderr(std::fs::File::create(&log).expect("agent log file"))
         .spawn()
         .expect("start ecs-agent-standin");
     let mut agent = OwnAgent { child, log };
 
     let family = unique_name("own-agent");
-    let (td, _) = register(&ecs, &family, vec![container("main", &standin.images.build, KEEP_ALIVE).build()], vec![]).await;
-    let out = ecs.run_task().cluster(&cluster).task_definition(&td).send().await.expect("RunTask");
+    let (td, _) = register(
+        &ecs,
+        &family,
+        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
+        vec![],
+    )
+    .await;
+    let out = ecs
+        .run_task()
+        .cluster(&cluster)
+        .task_definition(&td)
+        .send()
+        .await
+        .expect("RunTask");
     let arn = out.tasks()[0].task_arn().unwrap().to_string();
-    let on_own_cluster = Standin { cluster: cluster.clone(), ..standin.clone() };
+    let on_own_cluster = Standin {
+        cluster: cluster.clone(),
+        ..standin.clone()
+    };
     let _guard = TaskGuard::new(&on_own_cluster, &arn);
-    let running = wait_for(&on_own_cluster, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| last_status(t) == "RUNNING").await;
+    let running = wait_for(&on_own_cluster, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| {
+        last_status(t) == "RUNNING"
+    })
+    .await;
     let labels = docker_containers(&docker, &arn).await[0].labels.clone().unwrap();
     assert_eq!(labels["com.amazonaws.ecs.cluster"], cluster);
-    assert!(agent.log().contains("ListTasks failed: ServerException (HTTP 500): boom"), "{}", agent.log());
+    assert!(
+        agent
+            .log()
+            .contains("ListTasks failed: ServerException (HTTP 500): boom"),
+        "{}",
+        agent.log()
+    );
     assert!(agent.log().contains("ECS answers again"), "{}", agent.log());
 
-    ecs.stop_task().cluster(&cluster).task(&arn).send().await.expect("StopTask");
-    let stopped = wait_for(&on_own_cluster, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
-    assert_eq!(container_of(&stopped, "main").runtime_id(), container_of(&running, "main").runtime_id());
+    ecs.stop_task()
+        .cluster(&cluster)
+        .task(&arn)
+        .send()
+        .await
+        .expect("StopTask");
+    let stopped = wait_for(&on_own_cluster, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
+    assert_eq!(
+        container_of(&stopped, "main").runtime_id(),
+        container_of(&running, "main").runtime_id()
+    );
 
     // Kept for --cleanup-after 2 s, then removed (with the task's volumes).
-    assert_eq!(docker_containers(&docker, &arn).await.len(), 1, "stopped containers are kept at first");
+    assert_eq!(
+        docker_containers(&docker, &arn).await.len(),
+        1,
+        "stopped containers are kept at first"
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     while !docker_containers(&docker, &arn).await.is_empty() {
         assert!(Instant::now() < deadline, "not cleaned up; agent log:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(agent.log().contains("cleanup: removed 1 container(s)"), "{}", agent.log());
+    assert!(
+        agent.log().contains("cleanup: removed 1 container(s)"),
+        "{}",
+        agent.log()
+    );
 
     // SIGTERM: out at once, status 0.
     let pid = agent.child.id() as i32;
@@ -574,14 +952,24 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
         if let Some(status) = agent.child.try_wait().expect("wait for the agent") {
             break status;
         }
-        assert!(signalled.elapsed() < Duration::from_secs(2), "the agent ignores SIGTERM; log:\n{}", agent.log());
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "the agent ignores SIGTERM; log:\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     eprintln!("SIGTERM -> exit after {:?}", signalled.elapsed());
     assert!(status.success(), "{status:?}");
     assert!(agent.log().contains("SIGTERM: exiting"), "{}", agent.log());
 
-    let _ = ecs.deregister_container_instance().cluster(&cluster).container_instance(&instance_arn).force(true).send().await;
+    let _ = ecs
+        .deregister_container_instance()
+        .cluster(&cluster)
+        .container_instance(&instance_arn)
+        .force(true)
+        .send()
+        .await;
     let _ = ecs.delete_cluster().cluster(&cluster).send().await;
     let _ = std::fs::remove_file(&agent.log);
 }
@@ -596,7 +984,12 @@ async fn awsvpc_containers_share_one_network_namespace() {
     let docker = standin.docker();
     let family = unique_name("awsvpc");
     let image = &standin.images.build;
-    let server = container("server", image, &format!("trap 'exit 0' TERM; nc -ll -p 7777 -e echo pong & wait $!; {KEEP_ALIVE}")).build();
+    let server = container(
+        "server",
+        image,
+        &format!("trap 'exit 0' TERM; nc -ll -p 7777 -e echo pong & wait $!; {KEEP_ALIVE}"),
+    )
+    .build();
     let client = container("client", image, KEEP_ALIVE).build();
     let out = ecs
         .register_task_definition()
@@ -607,38 +1000,77 @@ async fn awsvpc_containers_share_one_network_namespace() {
         .send()
         .await
         .expect("RegisterTaskDefinition");
-    let td = out.task_definition().unwrap().task_definition_arn().unwrap().to_string();
-    let subnet = ec2.describe_subnets().send().await.unwrap().subnets()[0].subnet_id().unwrap().to_string();
-    let group = ec2.describe_security_groups().send().await.unwrap().security_groups()[0].group_id().unwrap().to_string();
-    let vpc = aws_sdk_ecs::types::AwsVpcConfiguration::builder().subnets(subnet).security_groups(group).build().unwrap();
+    let td = out
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_string();
+    let subnet = ec2.describe_subnets().send().await.unwrap().subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_string();
+    let group = ec2.describe_security_groups().send().await.unwrap().security_groups()[0]
+        .group_id()
+        .unwrap()
+        .to_string();
+    let vpc = aws_sdk_ecs::types::AwsVpcConfiguration::builder()
+        .subnets(subnet)
+        .security_groups(group)
+        .build()
+        .unwrap();
     let out = ecs
         .run_task()
         .cluster(&standin.cluster)
         .task_definition(&td)
-        .network_configuration(aws_sdk_ecs::types::NetworkConfiguration::builder().awsvpc_configuration(vpc).build())
+        .network_configuration(
+            aws_sdk_ecs::types::NetworkConfiguration::builder()
+                .awsvpc_configuration(vpc)
+                .build(),
+        )
         .send()
         .await
         .expect("RunTask");
     let arn = out.tasks()[0].task_arn().unwrap().to_string();
     let _guard = TaskGuard::new(&standin, &arn);
 
-    let running = wait_for(&standin, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| last_status(t) == "RUNNING").await;
+    let running = wait_for(&standin, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| {
+        last_status(t) == "RUNNING"
+    })
+    .await;
     let server_id = container_of(&running, "server").runtime_id().unwrap();
     let client_id = container_of(&running, "client").runtime_id().unwrap();
-    let client = docker.inspect_container(client_id, None::<InspectContainerOptions>).await.unwrap();
-    assert_eq!(client.host_config.unwrap().network_mode, Some(format!("container:{server_id}")));
+    let client = docker
+        .inspect_container(client_id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.host_config.unwrap().network_mode,
+        Some(format!("container:{server_id}"))
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (code, out) = exec(&docker, client_id, "nc 127.0.0.1 7777 </dev/null").await;
         if code == 0 && out.contains("pong") {
             break;
         }
-        assert!(Instant::now() < deadline, "client could not reach server on localhost: exit {code}, output {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "client could not reach server on localhost: exit {code}, output {out:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    ecs.stop_task().cluster(&standin.cluster).task(&arn).send().await.expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| last_status(t) == "STOPPED").await;
+    ecs.stop_task()
+        .cluster(&standin.cluster)
+        .task(&arn)
+        .send()
+        .await
+        .expect("StopTask");
+    let stopped = wait_for(&standin, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| {
+        last_status(t) == "STOPPED"
+    })
+    .await;
     assert_eq!(container_of(&stopped, "client").exit_code(), Some(0));
     assert_eq!(container_of(&stopped, "server").exit_code(), Some(0));
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ecs_executor_tests::runner::{
-    CallOutcome, ConfigOutput, Image, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port,
-    ProcessStatus, Runner, Stream, Verb, script, stages,
+    CallOutcome, ConfigOutput, Image, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port, ProcessStatus, Runner,
+    Stream, Verb, script, stages,
 };
 
 const FAKE_EXECUTOR: &str = r#"#!/bin/sh
@@ -130,12 +130,7 @@ impl Fake {
                     .collect();
                 let trimmed = |f: &str| self.read(n, f).map(|s| s.trim().to_owned());
                 Recorded {
-                    argv: self
-                        .read(n, "argv")
-                        .unwrap()
-                        .lines()
-                        .map(str::to_owned)
-                        .collect(),
+                    argv: self.read(n, "argv").unwrap().lines().map(str::to_owned).collect(),
                     env,
                     cwd: PathBuf::from(trimmed("cwd").unwrap()),
                     stdin: trimmed("stdin").unwrap(),
@@ -188,24 +183,13 @@ fn argv_has_config_file_and_verb_args_first_and_the_runners_own_args_last() {
     let config = ["--config", "/etc/ecs/x.toml"];
     assert_eq!(argvs[0], [&config[..], &["config"]].concat());
     assert_eq!(argvs[1], [&config[..], &["prepare"]].concat());
-    let runs: Vec<&Vec<String>> = argvs
+    let runs: Vec<&Vec<String>> = argvs.iter().filter(|a| a.contains(&"run".to_owned())).collect();
+    assert_eq!(runs.len(), 3, "prepare_script, get_sources, build_script: {argvs:?}");
+    for (run, stage) in runs
         .iter()
-        .filter(|a| a.contains(&"run".to_owned()))
-        .collect();
-    assert_eq!(
-        runs.len(),
-        3,
-        "prepare_script, get_sources, build_script: {argvs:?}"
-    );
-    for (run, stage) in runs.iter().zip([
-        stages::PREPARE_SCRIPT,
-        stages::GET_SOURCES,
-        stages::BUILD_SCRIPT,
-    ]) {
-        assert_eq!(
-            run[..4],
-            ["--config", "/etc/ecs/x.toml", "--verbose", "run"]
-        );
+        .zip([stages::PREPARE_SCRIPT, stages::GET_SOURCES, stages::BUILD_SCRIPT])
+    {
+        assert_eq!(run[..4], ["--config", "/etc/ecs/x.toml", "--verbose", "run"]);
         assert!(run[4].ends_with("/script.sh"), "{run:?}");
         assert_eq!(run[5], stage);
         assert_eq!(run.len(), 6);
@@ -214,13 +198,7 @@ fn argv_has_config_file_and_verb_args_first_and_the_runners_own_args_last() {
 
     // The script lives in the call's temp dir.
     let build = outcome.stage(stages::BUILD_SCRIPT).unwrap();
-    assert!(
-        build
-            .script_path
-            .as_ref()
-            .unwrap()
-            .starts_with(&build.temp_dir)
-    );
+    assert!(build.script_path.as_ref().unwrap().starts_with(&build.temp_dir));
 }
 
 #[test]
@@ -265,10 +243,7 @@ fn every_call_gets_the_runner_variables_and_the_job_as_custom_env() {
         assert_eq!(get("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN"), Some("abcd1234"));
         assert_eq!(get("CUSTOM_ENV_CI_RUNNER_VERSION"), Some("19.4.0"));
         // Expanded, as gitlab-runner does it.
-        assert_eq!(
-            get("CUSTOM_ENV_CI_JOB_IMAGE"),
-            Some("registry.example.com/app:1")
-        );
+        assert_eq!(get("CUSTOM_ENV_CI_JOB_IMAGE"), Some("registry.example.com/app:1"));
         assert_eq!(
             get("CUSTOM_ENV_CI_JOB_SERVICES"),
             Some(
@@ -305,21 +280,12 @@ fn every_call_gets_the_runner_variables_and_the_job_as_custom_env() {
 
     // config runs before gitlab-runner knows the builds dir and before job_env exists.
     let config = &calls[0].env;
-    assert_eq!(
-        config.get("CUSTOM_ENV_CI_BUILDS_DIR").map(String::as_str),
-        Some("")
-    );
-    assert_eq!(
-        config.get("CUSTOM_ENV_CI_PROJECT_DIR").map(String::as_str),
-        Some("")
-    );
+    assert_eq!(config.get("CUSTOM_ENV_CI_BUILDS_DIR").map(String::as_str), Some(""));
+    assert_eq!(config.get("CUSTOM_ENV_CI_PROJECT_DIR").map(String::as_str), Some(""));
     assert!(!config.contains_key("FAKE_JOB_ENV"));
     let prepare = &calls[1].env;
     let builds = format!("{}/builds", fake.dir.display());
-    assert_eq!(
-        prepare.get("FAKE_JOB_ENV").map(String::as_str),
-        Some("from-config")
-    );
+    assert_eq!(prepare.get("FAKE_JOB_ENV").map(String::as_str), Some("from-config"));
     assert_eq!(prepare.get("CUSTOM_ENV_CI_BUILDS_DIR"), Some(&builds));
     assert_eq!(
         prepare.get("CUSTOM_ENV_CI_PROJECT_DIR"),
@@ -331,10 +297,7 @@ fn every_call_gets_the_runner_variables_and_the_job_as_custom_env() {
     bare.runner(&simple_job()).run_job();
     let env = &bare.calls()[0].env;
     assert!(!env.contains_key("CUSTOM_ENV_CI_JOB_IMAGE"));
-    assert_eq!(
-        env.get("CUSTOM_ENV_CI_JOB_SERVICES").map(String::as_str),
-        Some("")
-    );
+    assert_eq!(env.get("CUSTOM_ENV_CI_JOB_SERVICES").map(String::as_str), Some(""));
 }
 
 #[test]
@@ -380,14 +343,8 @@ fn job_response_file_has_gitlabs_shape() {
         json["image"]["name"], "alpine:$TAG",
         "the response keeps the unexpanded name"
     );
-    assert_eq!(
-        json["image"]["entrypoint"],
-        serde_json::json!(["/bin/sh", "-c"])
-    );
-    assert_eq!(
-        json["image"]["pull_policy"],
-        serde_json::json!(["if-not-present"])
-    );
+    assert_eq!(json["image"]["entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(json["image"]["pull_policy"], serde_json::json!(["if-not-present"]));
     assert_eq!(
         json["image"]["ports"],
         serde_json::json!([{"number": 8080, "protocol": "http", "name": "web"}])
@@ -396,22 +353,13 @@ fn job_response_file_has_gitlabs_shape() {
         json["services"][0]["alias"], "db,pg",
         "all aliases, as GitLab writes them"
     );
-    assert_eq!(
-        json["services"][0]["variables"][0]["key"],
-        "POSTGRES_PASSWORD"
-    );
-    assert_eq!(
-        json["services"][0]["ports"],
-        serde_json::json!([{"number": 5432}])
-    );
+    assert_eq!(json["services"][0]["variables"][0]["key"], "POSTGRES_PASSWORD");
+    assert_eq!(json["services"][0]["ports"], serde_json::json!([{"number": 5432}]));
     assert_eq!(
         json["credentials"],
         serde_json::json!([{"type": "registry", "url": "registry.example.com", "username": "gitlab-ci-token", "password": "job-token"}])
     );
-    assert_eq!(
-        json["git_info"]["sha"],
-        "0123456789abcdef0123456789abcdef01234567"
-    );
+    assert_eq!(json["git_info"]["sha"], "0123456789abcdef0123456789abcdef01234567");
     let secret = json["variables"]
         .as_array()
         .unwrap()
@@ -439,21 +387,11 @@ fn masked_values_travel_only_inside_the_script_and_are_masked_in_the_log() {
     assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
 
     for call in &outcome.calls {
-        assert!(
-            !call.args.iter().any(|a| a.contains("hunter2")),
-            "{:?}",
-            call.args
-        );
+        assert!(!call.args.iter().any(|a| a.contains("hunter2")), "{:?}", call.args);
     }
     let build = outcome.stage(stages::BUILD_SCRIPT).unwrap();
     assert!(build.script.as_ref().unwrap().contains("export SECRET="));
-    assert!(
-        build
-            .script
-            .as_ref()
-            .unwrap()
-            .contains("hunter2-very-secret")
-    );
+    assert!(build.script.as_ref().unwrap().contains("hunter2-very-secret"));
     assert!(
         build.stdout_text().contains("token=hunter2-very-secret"),
         "the driver printed it"
@@ -474,17 +412,11 @@ fn calls_run_in_the_temp_dir_with_stdin_from_dev_null_in_their_own_process_group
     for (seen, result) in fake.calls().iter().zip(&outcome.calls) {
         assert_eq!(
             seen.cwd,
-            result
-                .temp_dir
-                .canonicalize()
-                .unwrap_or(result.temp_dir.clone())
+            result.temp_dir.canonicalize().unwrap_or(result.temp_dir.clone())
         );
         assert_eq!(Path::new(&seen.env["TMPDIR"]), seen.cwd);
         assert_eq!(seen.stdin, "/dev/null");
-        assert_eq!(
-            seen.pgid, seen.pid,
-            "the driver leads its own process group"
-        );
+        assert_eq!(seen.pgid, seen.pid, "the driver leads its own process group");
         assert_ne!(seen.pgid, our_group);
         assert_eq!(result.pid as i32, seen.pid);
     }
@@ -505,15 +437,9 @@ sleep 30 &
 wait
 "#,
     );
-    let mut runner = fake
-        .runner(&simple_job())
-        .cancel_after(Duration::from_millis(700));
+    let mut runner = fake.runner(&simple_job()).cancel_after(Duration::from_millis(700));
     let result = runner.run_script(stages::BUILD_SCRIPT, "#!/usr/bin/env bash\n");
-    assert!(
-        result.duration < Duration::from_secs(5),
-        "{:?}",
-        result.duration
-    );
+    assert!(result.duration < Duration::from_secs(5), "{:?}", result.duration);
     let termination = result.termination.expect("the harness ended the call");
     assert_eq!(termination.reason, KillReason::Cancel);
     assert!(!termination.sigkill, "SIGTERM was enough");
@@ -546,10 +472,7 @@ fn sigkill_follows_when_the_group_ignores_sigterm() {
     assert_eq!(termination.reason, KillReason::Timeout);
     assert!(termination.sigkill);
     assert_eq!(result.status, ProcessStatus::Signaled(libc::SIGKILL));
-    assert_eq!(
-        result.outcome(),
-        CallOutcome::UnknownFailure { exit_code: -1 }
-    );
+    assert_eq!(result.outcome(), CallOutcome::UnknownFailure { exit_code: -1 });
     assert_eq!(
         result.failure_message().unwrap(),
         "unknown Custom executor executable exit code -1; executable execution terminated with: signal: killed"
@@ -603,25 +526,15 @@ echo prepared
         "every attempt's dir is deleted after its cleanup"
     );
     // The failed attempts' cleanups got job_env: their config had succeeded.
-    assert_eq!(
-        outcome.calls[2].env_var("FAKE_JOB_ENV"),
-        Some("from-config")
-    );
+    assert_eq!(outcome.calls[2].env_var("FAKE_JOB_ENV"), Some("from-config"));
     let log = outcome.log_text();
     assert_eq!(
-        log.matches("WARNING: Preparation failed: exit status 2")
-            .count(),
+        log.matches("WARNING: Preparation failed: exit status 2").count(),
         2,
         "{log}"
     );
-    assert!(
-        log.contains("no capacity"),
-        "prepare's stderr is in the job log: {log}"
-    );
-    assert!(
-        !log.contains("cleaned up"),
-        "cleanup's output is not: {log}"
-    );
+    assert!(log.contains("no capacity"), "prepare's stderr is in the job log: {log}");
+    assert!(!log.contains("cleaned up"), "cleanup's output is not: {log}");
 }
 
 #[test]
@@ -640,17 +553,12 @@ fn bad_config_output_fails_every_attempt_and_cleanup_runs_without_job_env() {
     let outcome = fake.runner(&simple_job()).run_job();
     assert_eq!(
         outcome.call_sequence(),
-        [
-            "config", "cleanup", "config", "cleanup", "config", "cleanup"
-        ]
+        ["config", "cleanup", "config", "cleanup", "config", "cleanup"]
     );
     let JobStatus::SystemFailure { message } = &outcome.status else {
         panic!("{:?}", outcome.status)
     };
-    assert!(
-        message.starts_with("error while parsing JSON output"),
-        "{message}"
-    );
+    assert!(message.starts_with("error while parsing JSON output"), "{message}");
     for cleanup in outcome.calls.iter().filter(|c| c.verb == Verb::Cleanup) {
         assert_eq!(cleanup.env_var("FAKE_JOB_ENV"), None);
         assert_eq!(cleanup.env_var("CUSTOM_ENV_CI_BUILDS_DIR"), Some(""));
@@ -660,10 +568,7 @@ fn bad_config_output_fails_every_attempt_and_cleanup_runs_without_job_env() {
 #[test]
 fn config_output_is_parsed_with_gos_rules() {
     assert_eq!(ConfigOutput::parse(b"").unwrap(), ConfigOutput::default());
-    assert_eq!(
-        ConfigOutput::parse(b"null").unwrap(),
-        ConfigOutput::default()
-    );
+    assert_eq!(ConfigOutput::parse(b"null").unwrap(), ConfigOutput::default());
     assert!(
         ConfigOutput::parse(b"\n").is_err(),
         "whitespace only is not empty to Go"
@@ -700,9 +605,7 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
             stages::UPLOAD_ARTIFACTS_ON_FAILURE,
         ]
         .into_iter()
-        .fold(job, |job, stage| {
-            job.stage_lines(stage, [format!("echo in {stage}")])
-        })
+        .fold(job, |job, stage| job.stage_lines(stage, [format!("echo in {stage}")]))
     };
 
     let fake = Fake::new("order-failure");
@@ -728,11 +631,7 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     );
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
     let after = outcome.stage(stages::AFTER_SCRIPT).unwrap();
-    assert!(
-        after.stdout_text().contains("status=failed"),
-        "{}",
-        after.log_text()
-    );
+    assert!(after.stdout_text().contains("status=failed"), "{}", after.log_text());
     assert_eq!(
         outcome
             .stage(stages::BUILD_SCRIPT)
@@ -741,20 +640,13 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
         Some("running")
     );
     assert_eq!(
-        outcome
-            .calls
-            .last()
-            .unwrap()
-            .env_var("CUSTOM_ENV_CI_JOB_STATUS"),
+        outcome.calls.last().unwrap().env_var("CUSTOM_ENV_CI_JOB_STATUS"),
         Some("failed"),
         "and it stays"
     );
     let log = outcome.log_text();
     assert!(log.contains("Running after_script"), "{log}");
-    assert!(
-        log.trim_end().ends_with("ERROR: Job failed: exit status 3"),
-        "{log}"
-    );
+    assert!(log.trim_end().ends_with("ERROR: Job failed: exit status 3"), "{log}");
 
     let fake = Fake::new("order-success");
     let job = with_stage_lines(JobSpec::new(1, "group/project"))
@@ -819,25 +711,15 @@ esac
     assert!(code42.is_build_failure(42));
     assert_eq!(code42.build_exit_code_file.as_deref(), Some("42\n"));
     assert_eq!(code42.failure_message().unwrap(), "exit status 42");
-    assert_eq!(
-        run("crlf").outcome(),
-        CallOutcome::BuildFailure { exit_code: 7 }
-    );
+    assert_eq!(run("crlf").outcome(), CallOutcome::BuildFailure { exit_code: 7 });
 
     let nofile = run("nofile");
     assert!(nofile.is_build_failure(1), "no file: the exit code is 1");
-    assert_eq!(
-        nofile.build_exit_code_file, None,
-        "each call gets a fresh file path"
-    );
+    assert_eq!(nofile.build_exit_code_file, None, "each call gets a fresh file path");
 
     for mode in ["garbage", "empty"] {
         let bad = run(mode);
-        assert_eq!(
-            bad.outcome(),
-            CallOutcome::UnknownFailure { exit_code: 2 },
-            "{mode}"
-        );
+        assert_eq!(bad.outcome(), CallOutcome::UnknownFailure { exit_code: 2 }, "{mode}");
         assert!(bad.is_unknown_failure());
     }
 
@@ -846,10 +728,7 @@ esac
     assert_eq!(system.failure_message().unwrap(), "exit status 2");
 
     let unknown = run("unknown");
-    assert_eq!(
-        unknown.outcome(),
-        CallOutcome::UnknownFailure { exit_code: 255 }
-    );
+    assert_eq!(unknown.outcome(), CallOutcome::UnknownFailure { exit_code: 255 });
     assert_eq!(
         unknown.failure_message().unwrap(),
         "unknown Custom executor executable exit code 255; executable execution terminated with: exit status 255"
@@ -881,36 +760,21 @@ fn generated_scripts_have_gitlabs_shape_and_run_under_bash_and_sh() {
     for shell in ["bash", "sh"] {
         let fake = Fake::new(&format!("script-{shell}"));
         if shell == "sh" {
-            fake.hook(
-                "config",
-                r#"printf '{"builds_dir":"%s/builds","shell":"sh"}' "$dir""#,
-            );
+            fake.hook("config", r#"printf '{"builds_dir":"%s/builds","shell":"sh"}' "$dir""#);
         }
         let job = JobSpec::new(1, "group/project")
             .file_variable("MY_FILE", "file content")
             .variable("QUOTED", "it's \"quoted\" $HOME")
-            .script([
-                "echo hello",
-                "cat \"$MY_FILE\"; echo",
-                "echo \"$QUOTED\"",
-                "pwd",
-            ]);
+            .script(["echo hello", "cat \"$MY_FILE\"; echo", "echo \"$QUOTED\"", "pwd"]);
         let outcome = fake.runner(&job).run_job();
-        assert_eq!(
-            outcome.status,
-            JobStatus::Success,
-            "{shell}: {}",
-            outcome.log_text()
-        );
+        assert_eq!(outcome.status, JobStatus::Success, "{shell}: {}", outcome.log_text());
 
         let build = outcome.stage(stages::BUILD_SCRIPT).unwrap();
         let text = build.script.clone().unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], format!("#!/usr/bin/env {shell}"));
         assert!(lines.contains(&"trap 'exit 1' TERM"));
-        assert!(lines.contains(
-            &"case \"$(set -o)\" in *\"pipefail\"*) set -o pipefail;; esac; set -o errexit"
-        ));
+        assert!(lines.contains(&"case \"$(set -o)\" in *\"pipefail\"*) set -o pipefail;; esac; set -o errexit"));
         assert!(lines.contains(&"set +o noclobber"));
         assert!(text.contains("( trap 'exit 1' TERM; eval '"));
         assert!(text.ends_with("' ) < /dev/null\nexit 0\n"));
@@ -968,9 +832,7 @@ fn merged_log_keeps_arrival_order_and_exact_bytes() {
 fn output_held_open_by_a_leftover_process_is_reported() {
     let fake = Fake::new("held-open");
     fake.hook("run", "(sleep 30 &)\necho done\n");
-    let mut runner = fake
-        .runner(&simple_job())
-        .drain_limit(Duration::from_millis(300));
+    let mut runner = fake.runner(&simple_job()).drain_limit(Duration::from_millis(300));
     let result = runner.run_script(stages::BUILD_SCRIPT, "#!/usr/bin/env bash\n");
     assert!(result.is_success());
     assert!(result.pipes_held_open, "gitlab-runner would hang here");
@@ -986,24 +848,11 @@ fn graceful_cancel_kills_the_script_and_still_runs_after_script() {
         .after_script(["sleep 2", "echo \"status=$CI_JOB_STATUS\""])
         .stage_lines(stages::ARCHIVE_CACHE_ON_FAILURE, ["echo caching"])
         .stage_lines(stages::UPLOAD_ARTIFACTS_ON_FAILURE, ["echo uploading"]);
-    let outcome = fake
-        .runner(&job)
-        .cancel_after(Duration::from_millis(1500))
-        .run_job();
-    assert_eq!(
-        outcome.status,
-        JobStatus::Canceled,
-        "{}",
-        outcome.log_text()
-    );
+    let outcome = fake.runner(&job).cancel_after(Duration::from_millis(1500)).run_job();
+    assert_eq!(outcome.status, JobStatus::Canceled, "{}", outcome.log_text());
     assert_eq!(
         outcome.stages_run(),
-        [
-            "prepare_script",
-            "get_sources",
-            "build_script",
-            "after_script"
-        ]
+        ["prepare_script", "get_sources", "build_script", "after_script"]
     );
     let build = outcome.stage(stages::BUILD_SCRIPT).unwrap();
     assert_eq!(build.termination.unwrap().reason, KillReason::Cancel);
@@ -1015,12 +864,7 @@ fn graceful_cancel_kills_the_script_and_still_runs_after_script() {
             .contains("status=canceled")
     );
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
-    assert!(
-        outcome
-            .log_text()
-            .trim_end()
-            .ends_with("ERROR: Job failed: canceled")
-    );
+    assert!(outcome.log_text().trim_end().ends_with("ERROR: Job failed: canceled"));
 }
 
 #[test]
@@ -1050,12 +894,7 @@ fn abort_and_job_timeout_run_no_further_stage_but_cleanup() {
                 "cleanup"
             ]
         );
-        let reason = outcome
-            .stage(stages::BUILD_SCRIPT)
-            .unwrap()
-            .termination
-            .unwrap()
-            .reason;
+        let reason = outcome.stage(stages::BUILD_SCRIPT).unwrap().termination.unwrap().reason;
         assert_eq!(
             reason,
             if abort {
@@ -1066,9 +905,7 @@ fn abort_and_job_timeout_run_no_further_stage_but_cleanup() {
         );
         if !abort {
             assert!(
-                outcome
-                    .log_text()
-                    .contains("execution took longer than 1.5s seconds"),
+                outcome.log_text().contains("execution took longer than 1.5s seconds"),
                 "{}",
                 outcome.log_text()
             );
@@ -1092,14 +929,7 @@ fn variables_are_expanded_and_ordered_like_gitlab_runner() {
         ..JobState::default()
     };
     let vars = job.all_variables(&state);
-    let value = |k: &str| {
-        vars.iter()
-            .rev()
-            .find(|v| v.key == k)
-            .unwrap()
-            .value
-            .clone()
-    };
+    let value = |k: &str| vars.iter().rev().find(|v| v.key == k).unwrap().value.clone();
     assert_eq!(
         value("CI_JOB_IMAGE"),
         "registry.example.com/app:2.0",
@@ -1114,10 +944,7 @@ fn variables_are_expanded_and_ordered_like_gitlab_runner() {
     assert_eq!(value("CERT"), "pem");
     assert_eq!(value("RAW"), "$TAG");
     assert_eq!(value("CI_PROJECT_DIR"), "/builds/group/project");
-    assert_eq!(
-        value("RUNNER_TEMP_PROJECT_DIR"),
-        "/builds/group/project.tmp"
-    );
+    assert_eq!(value("RUNNER_TEMP_PROJECT_DIR"), "/builds/group/project.tmp");
     let keys: Vec<&str> = vars.iter().map(|v| v.key.as_str()).collect();
     let pos = |k: &str| keys.iter().position(|x| *x == k).unwrap();
     assert!(pos("CI_JOB_IMAGE") < pos("CI_RUNNER_SHORT_TOKEN"));
@@ -1147,11 +974,7 @@ fn user_lines_can_be_run_in_any_stage() {
         runner.run(stages::ARCHIVE_CACHE).is_none(),
         "gitlab-runner would skip it"
     );
-    let body = script::user_lines_body(
-        runner.job(),
-        runner.state(),
-        &["echo custom stage".to_owned()],
-    );
+    let body = script::user_lines_body(runner.job(), runner.state(), &["echo custom stage".to_owned()]);
     let result = runner.run_script("step_custom", &script::wrap("bash", &body));
     assert!(result.is_success(), "{}", result.log_text());
     assert!(result.stdout_text().contains("custom stage"));
@@ -1199,8 +1022,5 @@ printf '{"builds_dir":"%s/builds","driver":{"name":"fake","version":"0.1"}}' "$d
             .unwrap_or_else(|| panic!("{needle:?} not after byte {from} in:\n{log}"));
         from += at + needle.len();
     }
-    assert!(
-        !log.contains("cleaned up"),
-        "cleanup output stays out of the job log"
-    );
+    assert!(!log.contains("cleaned up"), "cleanup output stays out of the job log");
 }

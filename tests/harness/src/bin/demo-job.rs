@@ -26,7 +26,10 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { config: None, executor: None };
+    let mut args = Args {
+        config: None,
+        executor: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -37,7 +40,11 @@ fn parse_args() -> Result<Args, String> {
                 println!("usage: demo-job [--config FILE] [--executor PATH]");
                 std::process::exit(0);
             }
-            other => return Err(format!("unknown argument {other:?} (usage: demo-job [--config FILE] [--executor PATH])")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (usage: demo-job [--config FILE] [--executor PATH])"
+                ));
+            }
         }
     }
     Ok(args)
@@ -95,16 +102,30 @@ fn main() -> ExitCode {
         let sibling = std::env::current_exe().ok()?.parent()?.join("ecs-executor");
         sibling.is_file().then_some(sibling)
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let ecs = rt.block_on(standin.ecs(3));
-    let base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) % 1_000_000_000;
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 1_000_000_000;
     let base = i64::try_from(base).unwrap_or(1) * 10;
 
     let mut all_as_expected = true;
     for (n, failing) in [(1, false), (2, true)] {
         let job = sample_job(base + n, &standin, failing);
-        let variant = if failing { "failing variant: the test step exits 3" } else { "passing variant" };
-        println!("\n{BOLD}==================== job #{} ({variant}) ===================={RESET}\n", job.id());
+        let variant = if failing {
+            "failing variant: the test step exits 3"
+        } else {
+            "passing variant"
+        };
+        println!(
+            "\n{BOLD}==================== job #{} ({variant}) ===================={RESET}\n",
+            job.id()
+        );
         let mut runner = Runner::new(&job).config_file(&config);
         if let Some(exe) = &executor {
             runner = runner.executor(exe);
@@ -112,7 +133,11 @@ fn main() -> ExitCode {
         let outcome = runner.run_job();
         outcome.print_log();
 
-        let expected = if failing { JobStatus::Failed { exit_code: 3 } } else { JobStatus::Success };
+        let expected = if failing {
+            JobStatus::Failed { exit_code: 3 }
+        } else {
+            JobStatus::Success
+        };
         let left = tasks_left_running(&rt, &ecs, &standin, &job);
         let ok = outcome.status == expected && left == Some(0);
         println!(
@@ -145,10 +170,21 @@ fn describe(outcome: &JobOutcome) -> String {
 }
 
 /// How many of the job's tasks ECS still means to run (after cleanup: 0).
-fn tasks_left_running(rt: &tokio::runtime::Runtime, ecs: &aws_sdk_ecs::Client, standin: &Standin, job: &JobSpec) -> Option<usize> {
+fn tasks_left_running(
+    rt: &tokio::runtime::Runtime,
+    ecs: &aws_sdk_ecs::Client,
+    standin: &Standin,
+    job: &JobSpec,
+) -> Option<usize> {
     let started_by = format!("gl/demo/{}", job.id());
     let out = rt
-        .block_on(ecs.list_tasks().cluster(&standin.cluster).started_by(started_by).desired_status(DesiredStatus::Running).send())
+        .block_on(
+            ecs.list_tasks()
+                .cluster(&standin.cluster)
+                .started_by(started_by)
+                .desired_status(DesiredStatus::Running)
+                .send(),
+        )
         .ok()?;
     Some(out.task_arns().len())
 }

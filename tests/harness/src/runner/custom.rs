@@ -85,8 +85,8 @@ impl ConfigOutput {
         if stdout.is_empty() {
             return Ok(ConfigOutput::default());
         }
-        let value: Value = serde_json::from_slice(stdout)
-            .map_err(|e| format!("error while parsing JSON output: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(stdout).map_err(|e| format!("error while parsing JSON output: {e}"))?;
         let object = match value {
             Value::Null => return Ok(ConfigOutput::default()),
             Value::Object(object) => object,
@@ -264,13 +264,11 @@ impl StageResult {
         let exit = go_exit_error(self.status);
         match self.outcome() {
             CallOutcome::Success => None,
-            CallOutcome::BuildFailure { exit_code } => {
-                Some(if self.build_exit_code_file.is_some() {
-                    format!("exit status {exit_code}")
-                } else {
-                    exit
-                })
-            }
+            CallOutcome::BuildFailure { exit_code } => Some(if self.build_exit_code_file.is_some() {
+                format!("exit status {exit_code}")
+            } else {
+                exit
+            }),
             CallOutcome::SystemFailure => Some(exit),
             CallOutcome::UnknownFailure { exit_code } => Some(format!(
                 "unknown Custom executor executable exit code {exit_code}; executable execution terminated with: {exit}"
@@ -288,21 +286,13 @@ impl StageResult {
 
     /// stdout and stderr merged in arrival order.
     pub fn log_text(&self) -> String {
-        let bytes: Vec<u8> = self
-            .log
-            .iter()
-            .flat_map(|c| c.bytes.iter().copied())
-            .collect();
+        let bytes: Vec<u8> = self.log.iter().flat_map(|c| c.bytes.iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The value the call saw for `key` (the last occurrence wins, as for the child).
     pub fn env_var(&self, key: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// `config`, `prepare`, `run build_script`, `cleanup`.
@@ -421,8 +411,7 @@ impl Runner {
     }
     /// `[runners.custom] <verb>_args`: extra arguments before the verb.
     pub fn args<S: Into<String>>(mut self, verb: Verb, args: impl IntoIterator<Item = S>) -> Self {
-        self.extra_args
-            .insert(verb, args.into_iter().map(Into::into).collect());
+        self.extra_args.insert(verb, args.into_iter().map(Into::into).collect());
         self
     }
     /// Adds to the clean base environment (PATH and HOME of the test process).
@@ -492,10 +481,7 @@ impl Runner {
     }
     /// `job_env` from this attempt's config output.
     pub fn job_env(&self) -> BTreeMap<String, String> {
-        self.config
-            .as_ref()
-            .map(|c| c.job_env.clone())
-            .unwrap_or_default()
+        self.config.as_ref().map(|c| c.job_env.clone()).unwrap_or_default()
     }
     /// The current attempt's temp dir, if one exists.
     pub fn temp_dir(&self) -> Option<&Path> {
@@ -569,12 +555,7 @@ impl Runner {
         }
     }
 
-    pub(crate) fn call(
-        &mut self,
-        verb: Verb,
-        run: Option<(String, String)>,
-        limits: CallLimits,
-    ) -> StageResult {
+    pub(crate) fn call(&mut self, verb: Verb, run: Option<(String, String)>, limits: CallLimits) -> StageResult {
         if self.temp_dir.is_none() {
             self.new_attempt();
         }
@@ -628,9 +609,7 @@ impl Runner {
             tighten(started + timeout, KillReason::Timeout);
         }
         // Direct calls: cancel counts from the call's start. Cleanup never gets cancelled.
-        if let (Some(after), true, false) =
-            (self.cancel_after, verb != Verb::Cleanup, limits.in_job_flow)
-        {
+        if let (Some(after), true, false) = (self.cancel_after, verb != Verb::Cleanup, limits.in_job_flow) {
             tighten(started + after, KillReason::Cancel);
         }
 
@@ -714,26 +693,12 @@ impl Runner {
     /// The call's environment in gitlab-runner's order (later entries win): the base, the
     /// runner's own variables, job_env (not for config: it does not exist yet), then every
     /// job variable as `CUSTOM_ENV_*`.
-    fn call_env(
-        &self,
-        verb: Verb,
-        temp_dir: &Path,
-        exit_code_file: &Path,
-    ) -> Vec<(String, String)> {
+    fn call_env(&self, verb: Verb, temp_dir: &Path, exit_code_file: &Path) -> Vec<(String, String)> {
         let mut env = self.base_env.clone();
         env.push(("TMPDIR".into(), temp_dir.display().to_string()));
-        env.push((
-            "BUILD_FAILURE_EXIT_CODE".into(),
-            BUILD_FAILURE_EXIT_CODE.to_string(),
-        ));
-        env.push((
-            "SYSTEM_FAILURE_EXIT_CODE".into(),
-            SYSTEM_FAILURE_EXIT_CODE.to_string(),
-        ));
-        env.push((
-            "BUILD_EXIT_CODE_FILE".into(),
-            exit_code_file.display().to_string(),
-        ));
+        env.push(("BUILD_FAILURE_EXIT_CODE".into(), BUILD_FAILURE_EXIT_CODE.to_string()));
+        env.push(("SYSTEM_FAILURE_EXIT_CODE".into(), SYSTEM_FAILURE_EXIT_CODE.to_string()));
+        env.push(("BUILD_EXIT_CODE_FILE".into(), exit_code_file.display().to_string()));
         env.push((
             "JOB_RESPONSE_FILE".into(),
             temp_dir.join("response.json").display().to_string(),

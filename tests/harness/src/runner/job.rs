@@ -350,8 +350,7 @@ impl JobSpec {
         self
     }
     pub fn file_variable(mut self, key: impl Into<String>, content: impl Into<String>) -> Self {
-        self.variables
-            .push(Variable::new(key, content).file().public(false));
+        self.variables.push(Variable::new(key, content).file().public(false));
         self
     }
     pub fn add_variable(mut self, variable: Variable) -> Self {
@@ -360,12 +359,7 @@ impl JobSpec {
     }
     /// Enables get_sources (clone strategy unless `GIT_STRATEGY` says otherwise). Without it
     /// get_sources behaves as `GIT_STRATEGY=none`, so tests need no git server.
-    pub fn git(
-        mut self,
-        repo_url: impl Into<String>,
-        sha: impl Into<String>,
-        git_ref: impl Into<String>,
-    ) -> Self {
+    pub fn git(mut self, repo_url: impl Into<String>, sha: impl Into<String>, git_ref: impl Into<String>) -> Self {
         self.git = Some(GitInfo {
             repo_url: repo_url.into(),
             sha: sha.into(),
@@ -380,8 +374,7 @@ impl JobSpec {
         username: impl Into<String>,
         password: impl Into<String>,
     ) -> Self {
-        self.credentials
-            .push((url.into(), username.into(), password.into()));
+        self.credentials.push((url.into(), username.into(), password.into()));
         self
     }
     /// The job's `script:` (with `before_script:` already merged in, as GitLab sends it).
@@ -413,11 +406,7 @@ impl JobSpec {
     /// run with these shell lines, shaped like gitlab-runner's scripts for it (exports, `cd`,
     /// the lines). The real commands need `gitlab-runner` in the build environment; tests of
     /// stage routing need only something that runs.
-    pub fn stage_lines<S: Into<String>>(
-        mut self,
-        stage: &str,
-        lines: impl IntoIterator<Item = S>,
-    ) -> Self {
+    pub fn stage_lines<S: Into<String>>(mut self, stage: &str, lines: impl IntoIterator<Item = S>) -> Self {
         self.extra_stage_lines
             .insert(stage.into(), lines.into_iter().map(Into::into).collect());
         self
@@ -467,17 +456,9 @@ impl JobSpec {
     pub fn gitlab_variables(&self) -> Vec<Variable> {
         let (sha, git_ref) = match &self.git {
             Some(git) => (git.sha.clone(), git.git_ref.clone()),
-            None => (
-                "0123456789abcdef0123456789abcdef01234567".into(),
-                "main".into(),
-            ),
+            None => ("0123456789abcdef0123456789abcdef01234567".into(), "main".into()),
         };
-        let project_name = self
-            .project_path
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_owned();
+        let project_name = self.project_path.rsplit('/').next().unwrap_or("").to_owned();
         let namespace = self
             .project_path
             .rsplit_once('/')
@@ -507,13 +488,9 @@ impl JobSpec {
     /// slug from the repository URL, under `<short token>/<concurrent project id>/` when the
     /// builds dir is shared.
     pub fn build_dirs(&self, builds_dir: &str, shared: bool) -> BuildDirs {
-        let slug = project_slug(&self.repo_url())
-            .unwrap_or_else(|| format!("project-{}", self.project_id));
+        let slug = project_slug(&self.repo_url()).unwrap_or_else(|| format!("project-{}", self.project_id));
         let unique = if shared {
-            format!(
-                "{}/{}/{}",
-                self.runner_short_token, self.concurrent_project_id, slug
-            )
+            format!("{}/{}/{}", self.runner_short_token, self.concurrent_project_id, slug)
         } else {
             slug
         };
@@ -540,19 +517,13 @@ impl JobSpec {
         if let Some(image) = self.image.as_ref().filter(|i| !i.name.is_empty()) {
             vars.push(internal("CI_JOB_IMAGE", image.name.clone()));
         }
-        vars.push(internal(
-            "CI_RUNNER_SHORT_TOKEN",
-            self.runner_short_token.clone(),
-        ));
+        vars.push(internal("CI_RUNNER_SHORT_TOKEN", self.runner_short_token.clone()));
         vars.extend(self.runner_environment.iter().cloned());
         vars.extend([
             internal("CI_BUILDS_DIR", builds_dir),
             internal("CI_PROJECT_DIR", project_dir.clone()),
             internal("CI_CONCURRENT_ID", self.concurrent_id.to_string()),
-            internal(
-                "CI_CONCURRENT_PROJECT_ID",
-                self.concurrent_project_id.to_string(),
-            ),
+            internal("CI_CONCURRENT_PROJECT_ID", self.concurrent_project_id.to_string()),
             internal("CI_SERVER", "yes".into()),
             internal("CI_JOB_STATUS", state.job_status.clone()),
             internal("CI_JOB_TIMEOUT", self.timeout_secs.to_string()),
@@ -565,10 +536,7 @@ impl JobSpec {
             internal("CI_RUNNER_REVISION", self.runner_revision.clone()),
             internal("CI_RUNNER_EXECUTABLE_ARCH", format!("linux/{}", go_arch())),
         ]);
-        vars.push(internal(
-            "RUNNER_TEMP_PROJECT_DIR",
-            format!("{project_dir}.tmp"),
-        ));
+        vars.push(internal("RUNNER_TEMP_PROJECT_DIR", format!("{project_dir}.tmp")));
         expand_all(&vars)
     }
 
@@ -596,13 +564,8 @@ impl JobSpec {
                 alias: s.aliases().into_iter().next().unwrap_or_default(),
                 entrypoint: Some(s.entrypoint.as_slice()).filter(|e| !e.is_empty()),
                 command: Some(s.command.as_slice()).filter(|c| !c.is_empty()),
-                variables: Some(
-                    s.variables
-                        .iter()
-                        .map(|v| (v.key.as_str(), v.value.as_str()))
-                        .collect(),
-                )
-                .filter(|vars: &BTreeMap<&str, &str>| !vars.is_empty()),
+                variables: Some(s.variables.iter().map(|v| (v.key.as_str(), v.value.as_str())).collect())
+                    .filter(|vars: &BTreeMap<&str, &str>| !vars.is_empty()),
             })
             .collect();
         go_json(&services)
@@ -679,9 +642,7 @@ impl JobSpec {
                 sha,
                 before_sha: "0000000000000000000000000000000000000000",
                 ref_type: "branch",
-                refspecs: vec![format!(
-                    "+refs/heads/{git_ref}:refs/remotes/origin/{git_ref}"
-                )],
+                refspecs: vec![format!("+refs/heads/{git_ref}:refs/remotes/origin/{git_ref}")],
                 depth: 20,
                 protected: Some(false),
             },
@@ -702,8 +663,7 @@ impl JobSpec {
                 })
                 .collect(),
             image: self.image.as_ref().unwrap_or(&NO_IMAGE).wire(),
-            services: Some(self.services.iter().map(Image::wire).collect())
-                .filter(|s: &Vec<_>| !s.is_empty()),
+            services: Some(self.services.iter().map(Image::wire).collect()).filter(|s: &Vec<_>| !s.is_empty()),
             artifacts: None,
             cache: None,
             credentials: Some(
@@ -791,8 +751,7 @@ fn expand_all(vars: &[Variable]) -> Vec<Variable> {
     let lookup = |name: &str| -> String {
         match name {
             "$" => return "$".into(),
-            "*" | "#" | "@" | "!" | "?" | "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8"
-            | "9" => {
+            "*" | "#" | "@" | "!" | "?" | "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" => {
                 return String::new();
             }
             _ => {}
@@ -849,12 +808,7 @@ pub fn os_expand(s: &str, mapping: &dyn Fn(&str) -> String) -> String {
 }
 
 fn shell_name(s: &[u8]) -> (&str, usize) {
-    let special = |c: u8| {
-        matches!(
-            c,
-            b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9'
-        )
-    };
+    let special = |c: u8| matches!(c, b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9');
     fn text(b: &[u8]) -> &str {
         std::str::from_utf8(b).unwrap_or("")
     }

@@ -72,10 +72,7 @@ impl JobOutcome {
 
     /// The last `run` of `stage`.
     pub fn stage(&self, stage: &str) -> Option<&StageResult> {
-        self.calls
-            .iter()
-            .rev()
-            .find(|c| c.stage.as_deref() == Some(stage))
+        self.calls.iter().rev().find(|c| c.stage.as_deref() == Some(stage))
     }
 
     /// The job log as GitLab shows it: masked values replaced by `[MASKED]`.
@@ -124,10 +121,7 @@ enum Failure {
 
 impl Failure {
     fn from_call(result: &StageResult) -> Option<Failure> {
-        if result
-            .termination
-            .is_some_and(|t| t.reason != KillReason::Timeout)
-        {
+        if result.termination.is_some_and(|t| t.reason != KillReason::Timeout) {
             return Some(Failure::Interrupted);
         }
         let message = result.failure_message()?;
@@ -191,12 +185,7 @@ impl Flow {
 
     /// One driver call under the job's deadlines; `None` when the job's context had already
     /// ended. `cancelable`: a graceful cancel ends this call too.
-    fn call(
-        &mut self,
-        verb: Verb,
-        run: Option<(String, String)>,
-        cancelable: bool,
-    ) -> Option<usize> {
+    fn call(&mut self, verb: Verb, run: Option<(String, String)>, cancelable: bool) -> Option<usize> {
         let mut deadline = if verb == Verb::Cleanup {
             None
         } else {
@@ -274,11 +263,7 @@ impl Flow {
 
     fn attempts(&self, variable: &str) -> u32 {
         let vars = self.runner.job.all_variables(&self.runner.state);
-        let value = vars
-            .iter()
-            .rev()
-            .find(|v| v.key == variable)
-            .map(|v| v.value.clone());
+        let value = vars.iter().rev().find(|v| v.key == variable).map(|v| v.value.clone());
         value
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|n| (1..=10).contains(n))
@@ -299,12 +284,10 @@ impl Flow {
         match config.config_output.clone() {
             Some(Err(message)) => return Some(Failure::System { message }),
             Some(Ok(output)) => match (output.driver_name, output.driver_version) {
-                (Some(name), Some(version)) => self.log_line(format!(
-                    "Using Custom executor with driver {name} {version}..."
-                )),
-                (Some(name), None) => {
-                    self.log_line(format!("Using Custom executor with driver {name}..."))
+                (Some(name), Some(version)) => {
+                    self.log_line(format!("Using Custom executor with driver {name} {version}..."))
                 }
+                (Some(name), None) => self.log_line(format!("Using Custom executor with driver {name}...")),
                 _ => self.log_line("Using Custom executor..."),
             },
             None => self.log_line("Using Custom executor..."),
@@ -359,10 +342,7 @@ impl Flow {
         let (archive, upload) = if failure.is_none() {
             (stages::ARCHIVE_CACHE, stages::UPLOAD_ARTIFACTS_ON_SUCCESS)
         } else {
-            (
-                stages::ARCHIVE_CACHE_ON_FAILURE,
-                stages::UPLOAD_ARTIFACTS_ON_FAILURE,
-            )
+            (stages::ARCHIVE_CACHE_ON_FAILURE, stages::UPLOAD_ARTIFACTS_ON_FAILURE)
         };
         let archive_failure = if self.cancel_fired() {
             None
@@ -400,9 +380,7 @@ fn stage_description(stage: &str) -> String {
     match stage {
         stages::PREPARE_SCRIPT => "Preparing environment".into(),
         stages::GET_SOURCES => "Getting source from Git repository".into(),
-        stages::CLEAR_WORKTREE => {
-            "Deleting all tracked and untracked files due to source fetching failure".into()
-        }
+        stages::CLEAR_WORKTREE => "Deleting all tracked and untracked files due to source fetching failure".into(),
         stages::RESTORE_CACHE => "Restoring cache".into(),
         stages::DOWNLOAD_ARTIFACTS => "Downloading artifacts".into(),
         stages::AFTER_SCRIPT => "Running after_script".into(),
@@ -410,9 +388,7 @@ fn stage_description(stage: &str) -> String {
         stages::ARCHIVE_CACHE_ON_FAILURE => "Saving cache for failed job".into(),
         stages::UPLOAD_ARTIFACTS_ON_SUCCESS => "Uploading artifacts for successful job".into(),
         stages::UPLOAD_ARTIFACTS_ON_FAILURE => "Uploading artifacts for failed job".into(),
-        stages::CLEANUP_FILE_VARIABLES => {
-            "Cleaning up project directory and file based variables".into()
-        }
+        stages::CLEANUP_FILE_VARIABLES => "Cleaning up project directory and file based variables".into(),
         stages::BUILD_SCRIPT => "Executing \"step_script\" stage of the job script".into(),
         other => format!("Executing \"{other}\" stage of the job script"),
     }
@@ -425,8 +401,7 @@ impl Runner {
         let started = Instant::now();
         let hard_deadline = [
             self.abort_after.map(|d| (started + d, KillReason::Cancel)),
-            self.job_timeout
-                .map(|d| (started + d, KillReason::JobTimeout)),
+            self.job_timeout.map(|d| (started + d, KillReason::JobTimeout)),
         ]
         .into_iter()
         .flatten()
@@ -467,10 +442,8 @@ impl Runner {
                 }
                 Some(attempt_failure) => {
                     flow.call(Verb::Cleanup, None, false);
-                    let stop = matches!(
-                        attempt_failure,
-                        Failure::Build { .. } | Failure::Interrupted
-                    ) || flow.hard_fired().is_some()
+                    let stop = matches!(attempt_failure, Failure::Build { .. } | Failure::Interrupted)
+                        || flow.hard_fired().is_some()
                         || flow.cancel_fired();
                     let message = attempt_failure.message();
                     failure = Some(attempt_failure);
@@ -499,9 +472,7 @@ impl Runner {
         } else {
             match &failure {
                 None => JobStatus::Success,
-                Some(Failure::Build { exit_code, .. }) => JobStatus::Failed {
-                    exit_code: *exit_code,
-                },
+                Some(Failure::Build { exit_code, .. }) => JobStatus::Failed { exit_code: *exit_code },
                 Some(Failure::System { message }) => JobStatus::SystemFailure {
                     message: message.clone(),
                 },

@@ -95,17 +95,11 @@ pub(crate) fn run(spawn: Spawn<'_>) -> std::io::Result<Captured> {
     for (stream, pipe) in [
         (
             Stream::Stdout,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
         ),
         (
             Stream::Stderr,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
         ),
     ] {
         let Some(mut pipe) = pipe else { continue };
@@ -168,10 +162,7 @@ pub(crate) fn run(spawn: Spawn<'_>) -> std::io::Result<Captured> {
         {
             signal_group(pid, libc::SIGTERM);
             term_sent_at = Some(now);
-            termination = Some(Termination {
-                reason,
-                sigkill: false,
-            });
+            termination = Some(Termination { reason, sigkill: false });
         }
         if let (Some(sent), Some(t)) = (term_sent_at, termination.as_mut())
             && !t.sigkill

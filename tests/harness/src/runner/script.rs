@@ -108,11 +108,7 @@ fn stage_body(job: &JobSpec, state: &JobState, stage: &str) -> Option<String> {
             Some(w.finish())
         }
         stages::CLEANUP_FILE_VARIABLES => {
-            let files: Vec<Variable> = job
-                .all_variables(state)
-                .into_iter()
-                .filter(|v| v.file)
-                .collect();
+            let files: Vec<Variable> = job.all_variables(state).into_iter().filter(|v| v.file).collect();
             if files.is_empty() {
                 return None;
             }
@@ -278,10 +274,7 @@ impl<'a> Writer<'a> {
                 ));
                 self.line(&format!(
                     "git fetch origin {} --prune --quiet",
-                    single_quote(&format!(
-                        "+refs/heads/{r}:refs/remotes/origin/{r}",
-                        r = git.git_ref
-                    ))
+                    single_quote(&format!("+refs/heads/{r}:refs/remotes/origin/{r}", r = git.git_ref))
                 ));
                 let short = &git.sha[..git.sha.len().min(8)];
                 self.notice(&format!(

@@ -54,7 +54,10 @@ impl E2e {
         std::fs::create_dir_all(&dir).expect("create the test dir");
         let state_dir = dir.join("state");
         // ECS families: letters, digits, '-' and '_'; the executor adds `-<16 hex>`.
-        let family_prefix: String = unique.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+        let family_prefix: String = unique
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .collect();
         let base = std::fs::read_to_string(standin.executor_config())
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", standin.executor_config().display()));
         // Small tasks: the stand-in's one instance has 4096 CPU units and 7482 MiB, and the
@@ -63,7 +66,11 @@ impl E2e {
         let rest: Vec<&str> = base
             .lines()
             .take_while(|l| !l.trim_start().starts_with('['))
-            .filter(|l| !ours.iter().any(|k| l.split('=').next().is_some_and(|key| key.trim() == *k)))
+            .filter(|l| {
+                !ours
+                    .iter()
+                    .any(|k| l.split('=').next().is_some_and(|key| key.trim() == *k))
+            })
             .chain(base.lines().skip_while(|l| !l.trim_start().starts_with('[')))
             .collect();
         let text = format!(
@@ -74,7 +81,10 @@ impl E2e {
         );
         let config = dir.join("executor.toml");
         std::fs::write(&config, edit(text)).expect("write the config copy");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         let ecs = rt.block_on(standin.ecs(3));
         E2e {
             standin,
@@ -117,7 +127,9 @@ impl E2e {
 
     /// The job's state file (present between prepare and cleanup).
     pub fn state_file(&self, job: &JobSpec) -> PathBuf {
-        self.state_dir.join("jobs").join(format!("{}-{}.json", self.runner_token, job.id()))
+        self.state_dir
+            .join("jobs")
+            .join(format!("{}-{}.json", self.runner_token, job.id()))
     }
 
     /// Every task the job started, whatever its state.
@@ -140,15 +152,31 @@ impl E2e {
             if arns.is_empty() {
                 return Vec::new();
             }
-            let out = self.ecs.describe_tasks().cluster(&self.standin.cluster).set_tasks(Some(arns)).send().await.expect("DescribeTasks");
+            let out = self
+                .ecs
+                .describe_tasks()
+                .cluster(&self.standin.cluster)
+                .set_tasks(Some(arns))
+                .send()
+                .await
+                .expect("DescribeTasks");
             out.tasks().to_vec()
         })
     }
 
     /// The job's one task that is meant to run (prepare finished, cleanup not yet).
     pub fn running_task(&self, job: &JobSpec) -> Task {
-        let running: Vec<Task> = self.tasks_of(job).into_iter().filter(|t| t.desired_status() == Some("RUNNING")).collect();
-        assert_eq!(running.len(), 1, "expected exactly one running task for {}: {running:#?}", self.started_by(job));
+        let running: Vec<Task> = self
+            .tasks_of(job)
+            .into_iter()
+            .filter(|t| t.desired_status() == Some("RUNNING"))
+            .collect();
+        assert_eq!(
+            running.len(),
+            1,
+            "expected exactly one running task for {}: {running:#?}",
+            self.started_by(job)
+        );
         running.into_iter().next().unwrap()
     }
 
@@ -171,7 +199,10 @@ impl E2e {
                 return tasks;
             }
             if Instant::now() >= deadline {
-                let agent: Vec<String> = tasks.iter().map(|t| self.agent_log_about(t.task_arn().unwrap_or_default())).collect();
+                let agent: Vec<String> = tasks
+                    .iter()
+                    .map(|t| self.agent_log_about(t.task_arn().unwrap_or_default()))
+                    .collect();
                 panic!(
                     "tasks of {started_by} did not reach STOPPED within {STOP_TIMEOUT:?}: {tasks:#?}\nagent stand-in log:\n{}",
                     agent.join("\n")
@@ -191,7 +222,8 @@ impl E2e {
     /// The task's container `name` (`build`, `helper`) in Docker: its id.
     pub fn container_id(&self, task_arn: &str, name: &str) -> String {
         let docker = self.standin.docker();
-        self.block_on(container_id(&docker, task_arn, name)).unwrap_or_else(|| panic!("no {name} container for {task_arn}"))
+        self.block_on(container_id(&docker, task_arn, name))
+            .unwrap_or_else(|| panic!("no {name} container for {task_arn}"))
     }
 
     /// The agent stand-in's log lines about a task (for failure messages).
@@ -232,7 +264,11 @@ impl Drop for E2e {
 pub fn job_id() -> i64 {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed) % 1000;
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0) % 10_000_000_000;
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+        % 10_000_000_000;
     i64::try_from(millis).unwrap() * 1000 + i64::from(n)
 }
 
@@ -245,17 +281,28 @@ fn runner_token() -> String {
 pub async fn container_id(docker: &Docker, task_arn: &str, name: &str) -> Option<String> {
     let filters = HashMap::from([(
         "label".to_string(),
-        vec![format!("com.amazonaws.ecs.task-arn={task_arn}"), format!("com.amazonaws.ecs.container-name={name}")],
+        vec![
+            format!("com.amazonaws.ecs.task-arn={task_arn}"),
+            format!("com.amazonaws.ecs.container-name={name}"),
+        ],
     )]);
     let list = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
         .await
         .ok()?;
     list.into_iter().next().and_then(|c| c.id)
 }
 
 /// `docker exec` without a TTY: (exit code, stdout and stderr together).
-pub async fn docker_exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<(i64, String), bollard::errors::Error> {
+pub async fn docker_exec(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+) -> Result<(i64, String), bollard::errors::Error> {
     let created = docker
         .create_exec(
             container,
@@ -285,7 +332,13 @@ pub fn stage_script(runner: &Runner, body: &str) -> String {
 
 /// The project dir gitlab-runner uses for the job (after config).
 pub fn project_dir(runner: &Runner) -> String {
-    runner.state().dirs.as_ref().expect("config ran: the build dirs are known").project_dir.clone()
+    runner
+        .state()
+        .dirs
+        .as_ref()
+        .expect("config ran: the build dirs are known")
+        .project_dir
+        .clone()
 }
 
 /// Lines the executor itself wrote (`ecs-executor: ...`) on stdout or stderr of a call.

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions};
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+};
 
 use crate::action_log::{parse_rfc3339, say, unix_now};
 use crate::docker_events::ExitRoutes;
@@ -28,7 +30,11 @@ async fn sweep(agent: &Agent, routes: &ExitRoutes, after: i64) -> Result<(), bol
     let docker = &agent.docker;
     let cluster_filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_CLUSTER}={}", agent.cluster)])]);
     let containers = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(cluster_filter.clone()), ..Default::default() }))
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(cluster_filter.clone()),
+            ..Default::default()
+        }))
         .await?;
     let mut by_task: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
     for c in containers {
@@ -70,7 +76,11 @@ async fn sweep(agent: &Agent, routes: &ExitRoutes, after: i64) -> Result<(), bol
         }
         for c in members {
             let Some(id) = &c.id else { continue };
-            let options = RemoveContainerOptions { force: true, v: true, link: false };
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
             if let Err(e) = docker.remove_container(id, Some(options)).await {
                 say!("cleanup: removing container {id} of task {}: {e}", task_id(arn));
             }
@@ -84,9 +94,15 @@ async fn sweep(agent: &Agent, routes: &ExitRoutes, after: i64) -> Result<(), bol
         );
     }
     // Task volumes whose containers are gone (e.g. the task failed before creating any).
-    let volumes = docker.list_volumes(Some(ListVolumesOptions { filters: Some(cluster_filter) })).await?;
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(cluster_filter),
+        }))
+        .await?;
     for v in volumes.volumes.unwrap_or_default() {
-        let Some(arn) = v.labels.get(LABEL_TASK_ARN) else { continue };
+        let Some(arn) = v.labels.get(LABEL_TASK_ARN) else {
+            continue;
+        };
         if by_task.contains_key(arn) || routes.lock().unwrap().contains_key(arn) {
             continue;
         }
@@ -103,7 +119,13 @@ async fn sweep(agent: &Agent, routes: &ExitRoutes, after: i64) -> Result<(), bol
 
 async fn remove_task_volumes(agent: &Agent, arn: &str) -> usize {
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_TASK_ARN}={arn}")])]);
-    let Ok(list) = agent.docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await else { return 0 };
+    let Ok(list) = agent
+        .docker
+        .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+        .await
+    else {
+        return 0;
+    };
     let mut removed = 0;
     for v in list.volumes.unwrap_or_default() {
         match agent.docker.remove_volume(&v.name, None::<RemoveVolumeOptions>).await {

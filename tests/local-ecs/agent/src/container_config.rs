@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use aws_sdk_ecs::types::{ContainerDefinition, ContainerOverride};
 use bollard::models::{
-    ContainerCreateBody, DeviceMapping, HealthConfig, HostConfig, HostConfigLogConfig, PortBinding, PortMap, ResourcesUlimits,
+    ContainerCreateBody, DeviceMapping, HealthConfig, HostConfig, HostConfigLogConfig, PortBinding, PortMap,
+    ResourcesUlimits,
 };
 
 use crate::naming::TaskIdentity;
@@ -73,7 +74,10 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     let ov = input.overrides;
     let mut notes = Vec::new();
 
-    let mut host = HostConfig { network_mode: Some(input.network.docker_mode()), ..Default::default() };
+    let mut host = HostConfig {
+        network_mode: Some(input.network.docker_mode()),
+        ..Default::default()
+    };
     let bridge_like = matches!(input.network, NetworkPlacement::Mode(m) if m == "bridge");
 
     // Resources: CPU units are Docker CPU shares (2 is Docker's floor); memory is MiB.
@@ -154,10 +158,16 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     // Storage: definition volumes (bind or Docker volume), then other containers' volumes.
     let mut binds = Vec::new();
     for mp in def.mount_points() {
-        let (Some(source), Some(path)) = (mp.source_volume(), mp.container_path()) else { continue };
+        let (Some(source), Some(path)) = (mp.source_volume(), mp.container_path()) else {
+            continue;
+        };
         let from = match input.volumes.get(source) {
             Some(VolumeSource::Bind(p)) | Some(VolumeSource::Named(p)) => p,
-            None => return Err(format!("mount point of container {name} refers to unknown volume {source}")),
+            None => {
+                return Err(format!(
+                    "mount point of container {name} refers to unknown volume {source}"
+                ));
+            }
         };
         let ro = if mp.read_only() == Some(true) { ":ro" } else { "" };
         binds.push(format!("{from}:{path}{ro}"));
@@ -166,7 +176,10 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     let mut volumes_from = Vec::new();
     for vf in def.volumes_from() {
         let Some(source) = vf.source_container() else { continue };
-        let docker = input.docker_names.get(source).ok_or_else(|| format!("volumesFrom of {name} refers to unknown container {source}"))?;
+        let docker = input
+            .docker_names
+            .get(source)
+            .ok_or_else(|| format!("volumesFrom of {name} refers to unknown container {source}"))?;
         let ro = if vf.read_only() == Some(true) { ":ro" } else { "" };
         volumes_from.push(format!("{docker}{ro}"));
     }
@@ -179,7 +192,10 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
             let mut links = Vec::new();
             for link in def.links() {
                 let (target, alias) = link.split_once(':').unwrap_or((link, link));
-                let docker = input.docker_names.get(target).ok_or_else(|| format!("link of {name} refers to unknown container {target}"))?;
+                let docker = input
+                    .docker_names
+                    .get(target)
+                    .ok_or_else(|| format!("link of {name} refers to unknown container {target}"))?;
                 links.push(format!("{docker}:{alias}"));
             }
             host.links = Some(links);
@@ -198,11 +214,18 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
         let key = format!("{port}/{proto}");
         exposed.push(key.clone());
         if bridge_like {
-            let host_port = pm.host_port().filter(|&p| p > 0).map_or(String::new(), |p| p.to_string());
-            bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
-                host_ip: None,
-                host_port: Some(host_port),
-            });
+            let host_port = pm
+                .host_port()
+                .filter(|&p| p > 0)
+                .map_or(String::new(), |p| p.to_string());
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: None,
+                    host_port: Some(host_port),
+                });
         }
     }
     if !bindings.is_empty() {
@@ -210,7 +233,12 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     }
     if input.network.owns_namespace() {
         if !def.extra_hosts().is_empty() {
-            host.extra_hosts = Some(def.extra_hosts().iter().map(|h| format!("{}:{}", h.hostname(), h.ip_address())).collect());
+            host.extra_hosts = Some(
+                def.extra_hosts()
+                    .iter()
+                    .map(|h| format!("{}:{}", h.hostname(), h.ip_address()))
+                    .collect(),
+            );
         }
         host.dns = (!def.dns_servers().is_empty()).then(|| def.dns_servers().to_vec());
         host.dns_search = (!def.dns_search_domains().is_empty()).then(|| def.dns_search_domains().to_vec());
@@ -219,9 +247,14 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     if let Some(log) = def.log_configuration() {
         let driver = log.log_driver().as_str();
         if LOCAL_LOG_DRIVERS.contains(&driver) {
-            host.log_config = Some(HostConfigLogConfig { typ: Some(driver.to_string()), config: log.options().cloned() });
+            host.log_config = Some(HostConfigLogConfig {
+                typ: Some(driver.to_string()),
+                config: log.options().cloned(),
+            });
         } else {
-            notes.push(format!("log driver {driver} is not available locally; Docker's default is used"));
+            notes.push(format!(
+                "log driver {driver} is not available locally; Docker's default is used"
+            ));
         }
     }
 
@@ -229,7 +262,9 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     let mut env: Vec<(String, String)> = Vec::new();
     let overriding = ov.map(|o| o.environment()).unwrap_or_default();
     for kv in def.environment().iter().chain(overriding) {
-        let (Some(k), v) = (kv.name(), kv.value().unwrap_or_default()) else { continue };
+        let (Some(k), v) = (kv.name(), kv.value().unwrap_or_default()) else {
+            continue;
+        };
         match env.iter_mut().find(|(name, _)| name == k) {
             Some(slot) => slot.1 = v.to_string(),
             None => env.push((k.to_string(), v.to_string())),
@@ -260,7 +295,10 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
         env: (!env.is_empty()).then(|| env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: def.working_directory().map(String::from),
         user: def.user().map(String::from),
-        hostname: def.hostname().filter(|_| input.network.owns_namespace()).map(String::from),
+        hostname: def
+            .hostname()
+            .filter(|_| input.network.owns_namespace())
+            .map(String::from),
         labels: Some(input.task.container_labels(name, def.docker_labels())),
         exposed_ports: (!exposed.is_empty() && input.network.owns_namespace()).then_some(exposed),
         network_disabled: def.disable_networking(),
@@ -281,12 +319,17 @@ fn seconds_to_nanos(s: i32) -> i64 {
 mod tests {
     use super::*;
     use aws_sdk_ecs::types::{
-        HostEntry, KeyValuePair, LinuxParameters, LogConfiguration, LogDriver, MountPoint, PortMapping, TransportProtocol, Ulimit,
-        UlimitName, VolumeFrom,
+        HostEntry, KeyValuePair, LinuxParameters, LogConfiguration, LogDriver, MountPoint, PortMapping,
+        TransportProtocol, Ulimit, UlimitName, VolumeFrom,
     };
 
     fn identity() -> TaskIdentity {
-        TaskIdentity { cluster: "local".into(), task_arn: "arn:task/local/abc".into(), family: "fam".into(), revision: 3 }
+        TaskIdentity {
+            cluster: "local".into(),
+            task_arn: "arn:task/local/abc".into(),
+            family: "fam".into(),
+            revision: 3,
+        }
     }
 
     fn kv(k: &str, v: &str) -> KeyValuePair {
@@ -295,7 +338,10 @@ mod tests {
 
     fn plan(def: &ContainerDefinition, ov: Option<&ContainerOverride>, network: NetworkPlacement) -> ContainerPlan {
         let task = identity();
-        let names = HashMap::from([("db".to_string(), "ecs-fam-3-db-00".to_string()), ("data".to_string(), "ecs-fam-3-data-00".to_string())]);
+        let names = HashMap::from([
+            ("db".to_string(), "ecs-fam-3-db-00".to_string()),
+            ("data".to_string(), "ecs-fam-3-data-00".to_string()),
+        ]);
         let volumes = HashMap::from([
             ("builds".to_string(), VolumeSource::Named("ecs-fam-3-builds-00".into())),
             ("cache".to_string(), VolumeSource::Bind("/srv/cache".into())),
@@ -329,14 +375,43 @@ mod tests {
             .user("1000:1000")
             .links("db:database")
             .volumes_from(VolumeFrom::builder().source_container("data").read_only(true).build())
-            .mount_points(MountPoint::builder().source_volume("builds").container_path("/builds").build())
-            .mount_points(MountPoint::builder().source_volume("cache").container_path("/cache").read_only(true).build())
-            .extra_hosts(HostEntry::builder().hostname("gitlab.local").ip_address("10.0.0.1").build().unwrap())
+            .mount_points(
+                MountPoint::builder()
+                    .source_volume("builds")
+                    .container_path("/builds")
+                    .build(),
+            )
+            .mount_points(
+                MountPoint::builder()
+                    .source_volume("cache")
+                    .container_path("/cache")
+                    .read_only(true)
+                    .build(),
+            )
+            .extra_hosts(
+                HostEntry::builder()
+                    .hostname("gitlab.local")
+                    .ip_address("10.0.0.1")
+                    .build()
+                    .unwrap(),
+            )
             .privileged(true)
-            .ulimits(Ulimit::builder().name(UlimitName::Nofile).soft_limit(1024).hard_limit(4096).build().unwrap())
+            .ulimits(
+                Ulimit::builder()
+                    .name(UlimitName::Nofile)
+                    .soft_limit(1024)
+                    .hard_limit(4096)
+                    .build()
+                    .unwrap(),
+            )
             .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
             .port_mappings(PortMapping::builder().container_port(80).host_port(8080).build())
-            .port_mappings(PortMapping::builder().container_port(53).protocol(TransportProtocol::Udp).build())
+            .port_mappings(
+                PortMapping::builder()
+                    .container_port(53)
+                    .protocol(TransportProtocol::Udp)
+                    .build(),
+            )
             .docker_security_options("no-new-privileges")
             .docker_labels("team", "ci")
             .build()
@@ -358,7 +433,13 @@ mod tests {
         assert_eq!(h.network_mode.as_deref(), Some("bridge"));
         assert_eq!(h.links, Some(vec!["ecs-fam-3-db-00:database".to_string()]));
         assert_eq!(h.volumes_from, Some(vec!["ecs-fam-3-data-00:ro".to_string()]));
-        assert_eq!(h.binds, Some(vec!["ecs-fam-3-builds-00:/builds".to_string(), "/srv/cache:/cache:ro".to_string()]));
+        assert_eq!(
+            h.binds,
+            Some(vec![
+                "ecs-fam-3-builds-00:/builds".to_string(),
+                "/srv/cache:/cache:ro".to_string()
+            ])
+        );
         assert_eq!(h.extra_hosts, Some(vec!["gitlab.local:10.0.0.1".to_string()]));
         assert_eq!(h.privileged, Some(true));
         assert_eq!(h.init, Some(true));
@@ -367,10 +448,17 @@ mod tests {
         assert_eq!(h.memory_reservation, Some(64 << 20));
         assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
         let ul = &h.ulimits.as_ref().unwrap()[0];
-        assert_eq!((ul.name.as_deref(), ul.soft, ul.hard), (Some("nofile"), Some(1024), Some(4096)));
+        assert_eq!(
+            (ul.name.as_deref(), ul.soft, ul.hard),
+            (Some("nofile"), Some(1024), Some(4096))
+        );
         let ports = h.port_bindings.as_ref().unwrap();
         assert_eq!(ports["80/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("8080"));
-        assert_eq!(ports["53/udp"].as_ref().unwrap()[0].host_port.as_deref(), Some(""), "dynamic host port");
+        assert_eq!(
+            ports["53/udp"].as_ref().unwrap()[0].host_port.as_deref(),
+            Some(""),
+            "dynamic host port"
+        );
         assert_eq!(b.exposed_ports, Some(vec!["80/tcp".to_string(), "53/udp".to_string()]));
         assert!(p.notes.is_empty(), "{:?}", p.notes);
     }
@@ -387,8 +475,14 @@ mod tests {
             .memory(256)
             .build();
         let p = plan(&full_definition(), Some(&ov), NetworkPlacement::Mode("bridge".into()));
-        assert_eq!(p.body.cmd, Some(vec!["sh".to_string(), "-c".to_string(), "exit 0".to_string()]));
-        assert_eq!(p.body.env, Some(vec!["A=1".to_string(), "B=override".to_string(), "C=3".to_string()]));
+        assert_eq!(
+            p.body.cmd,
+            Some(vec!["sh".to_string(), "-c".to_string(), "exit 0".to_string()])
+        );
+        assert_eq!(
+            p.body.env,
+            Some(vec!["A=1".to_string(), "B=override".to_string(), "C=3".to_string()])
+        );
         assert_eq!(p.body.host_config.unwrap().memory, Some(256 << 20));
     }
 
@@ -397,7 +491,10 @@ mod tests {
         let p = plan(&full_definition(), None, NetworkPlacement::Join("0123abc".into()));
         let h = p.body.host_config.as_ref().unwrap();
         assert_eq!(h.network_mode.as_deref(), Some("container:0123abc"));
-        assert_eq!((h.links.as_ref(), h.port_bindings.as_ref(), h.extra_hosts.as_ref()), (None, None, None));
+        assert_eq!(
+            (h.links.as_ref(), h.port_bindings.as_ref(), h.extra_hosts.as_ref()),
+            (None, None, None)
+        );
         assert_eq!(p.body.exposed_ports, None);
         assert!(p.notes.iter().any(|n| n.contains("links ignored")), "{:?}", p.notes);
     }
@@ -421,7 +518,12 @@ mod tests {
         let def = ContainerDefinition::builder()
             .name("app")
             .image("x")
-            .log_configuration(LogConfiguration::builder().log_driver(LogDriver::Awslogs).build().unwrap())
+            .log_configuration(
+                LogConfiguration::builder()
+                    .log_driver(LogDriver::Awslogs)
+                    .build()
+                    .unwrap(),
+            )
             .build();
         let p = plan(&def, None, NetworkPlacement::Mode("bridge".into()));
         assert!(p.body.host_config.as_ref().unwrap().log_config.is_none());

@@ -46,11 +46,19 @@ where
                 let status = se.raw().status().as_u16();
                 let code = code.as_deref().unwrap_or("Unknown");
                 let throttled = code.contains("Throttl") || code == "RequestLimitExceeded";
-                (status >= 500 || throttled, format!("{code} (HTTP {status}): {}", se.err().message().unwrap_or_default()))
+                (
+                    status >= 500 || throttled,
+                    format!("{code} (HTTP {status}): {}", se.err().message().unwrap_or_default()),
+                )
             }
             other => (true, DisplayErrorContext(other).to_string().replace('\n', " ")),
         };
-        CallError { action, code, transient, message }
+        CallError {
+            action,
+            code,
+            transient,
+            message,
+        }
     }
 }
 
@@ -113,7 +121,13 @@ impl ControlPlane {
         let shared = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_ecs::config::Credentials::new(key, secret, None, None, "ecs-agent-standin"))
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "ecs-agent-standin",
+            ))
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -123,7 +137,11 @@ impl ControlPlane {
             )
             .load()
             .await;
-        ControlPlane { client: aws_sdk_ecs::Client::new(&shared), cluster: cluster.to_string(), definitions: Mutex::default() }
+        ControlPlane {
+            client: aws_sdk_ecs::Client::new(&shared),
+            cluster: cluster.to_string(),
+            definitions: Mutex::default(),
+        }
     }
 
     pub async fn list_tasks(&self, container_instance: &str, desired: DesiredStatus) -> Result<Vec<String>, CallError> {
@@ -140,7 +158,10 @@ impl ControlPlane {
     }
 
     pub async fn describe_tasks(&self, arns: &[String]) -> Result<Described, CallError> {
-        let mut described = Described { tasks: Vec::new(), missing: Vec::new() };
+        let mut described = Described {
+            tasks: Vec::new(),
+            missing: Vec::new(),
+        };
         for chunk in arns.chunks(100) {
             let out = self
                 .client

@@ -36,7 +36,11 @@ pub async fn route_exits(docker: Docker, cluster: String, routes: ExitRoutes) {
             ("event".to_string(), vec!["die".to_string()]),
             ("label".to_string(), vec![format!("{LABEL_CLUSTER}={cluster}")]),
         ]);
-        let options = EventsOptions { since: since.map(|s| s.to_string()), until: None, filters: Some(filters) };
+        let options = EventsOptions {
+            since: since.map(|s| s.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
         let mut stream = docker.events(Some(options));
         while let Some(item) = stream.next().await {
             match item {
@@ -47,11 +51,16 @@ pub async fn route_exits(docker: Docker, cluster: String, routes: ExitRoutes) {
                     }
                     since = event.time.or(since);
                     let Some(actor) = event.actor else { continue };
-                    let (Some(id), Some(attrs)) = (actor.id, actor.attributes) else { continue };
+                    let (Some(id), Some(attrs)) = (actor.id, actor.attributes) else {
+                        continue;
+                    };
                     let Some(arn) = attrs.get(LABEL_TASK_ARN) else { continue };
                     let exit_code = attrs.get("exitCode").and_then(|c| c.parse().ok());
                     if let Some(route) = routes.lock().unwrap().get(arn) {
-                        let _ = route.send(ContainerExit { docker_id: id, exit_code });
+                        let _ = route.send(ContainerExit {
+                            docker_id: id,
+                            exit_code,
+                        });
                     }
                 }
                 Err(e) => {

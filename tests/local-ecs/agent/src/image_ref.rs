@@ -17,13 +17,23 @@ pub fn normalize(name: &str) -> String {
         None => (named, None),
     };
     let (domain, remainder) = match path.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) => {
+        Some((first, rest))
+            if first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
             (first, rest.to_string())
         }
         _ => ("docker.io", path.to_string()),
     };
-    let domain = if domain == "index.docker.io" { "docker.io" } else { domain };
-    let remainder = if domain == "docker.io" && !remainder.contains('/') { format!("library/{remainder}") } else { remainder };
+    let domain = if domain == "index.docker.io" {
+        "docker.io"
+    } else {
+        domain
+    };
+    let remainder = if domain == "docker.io" && !remainder.contains('/') {
+        format!("library/{remainder}")
+    } else {
+        remainder
+    };
     let mut out = format!("{domain}/{remainder}");
     match (tag, digest) {
         (Some(t), _) => {
@@ -44,7 +54,9 @@ pub fn normalize(name: &str) -> String {
 /// words a pull of a reference the registry does not know.
 pub fn cannot_pull_reason(image: &str) -> String {
     let r = normalize(image);
-    format!("CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref {r}: {r}: not found")
+    format!(
+        "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref {r}: {r}: not found"
+    )
 }
 
 #[cfg(test)]
@@ -56,13 +68,22 @@ mod tests {
         assert_eq!(normalize("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(normalize("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(normalize("docker.io/busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(normalize("index.docker.io/library/busybox:1"), "docker.io/library/busybox:1");
+        assert_eq!(
+            normalize("index.docker.io/library/busybox:1"),
+            "docker.io/library/busybox:1"
+        );
     }
 
     #[test]
     fn user_images_get_registry_only() {
-        assert_eq!(normalize("ecs-executor-test/build:1"), "docker.io/ecs-executor-test/build:1");
-        assert_eq!(normalize("gitlab/gitlab-runner"), "docker.io/gitlab/gitlab-runner:latest");
+        assert_eq!(
+            normalize("ecs-executor-test/build:1"),
+            "docker.io/ecs-executor-test/build:1"
+        );
+        assert_eq!(
+            normalize("gitlab/gitlab-runner"),
+            "docker.io/gitlab/gitlab-runner:latest"
+        );
     }
 
     #[test]
@@ -79,8 +100,14 @@ mod tests {
     #[test]
     fn digests_are_kept_and_suppress_latest() {
         let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(normalize(&format!("alpine@{d}")), format!("docker.io/library/alpine@{d}"));
-        assert_eq!(normalize(&format!("alpine:3@{d}")), format!("docker.io/library/alpine:3@{d}"));
+        assert_eq!(
+            normalize(&format!("alpine@{d}")),
+            format!("docker.io/library/alpine@{d}")
+        );
+        assert_eq!(
+            normalize(&format!("alpine:3@{d}")),
+            format!("docker.io/library/alpine:3@{d}")
+        );
     }
 
     #[test]

@@ -43,7 +43,13 @@ pub struct InstanceLoop {
 
 impl InstanceLoop {
     pub fn new(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes) -> InstanceLoop {
-        InstanceLoop { agent, settings, routes, tracked: HashMap::new(), done: HashSet::new() }
+        InstanceLoop {
+            agent,
+            settings,
+            routes,
+            tracked: HashMap::new(),
+            done: HashSet::new(),
+        }
     }
 
     pub async fn run(mut self) {
@@ -64,7 +70,9 @@ impl InstanceLoop {
                     if e.code.as_deref() == Some("ClusterNotFoundException") {
                         // moto was reset or restarted: the cluster's tasks are gone with it.
                         for handle in self.tracked.values() {
-                            handle.desired.send_if_modified(|d| std::mem::replace(d, Desired::Vanished) != Desired::Vanished);
+                            handle
+                                .desired
+                                .send_if_modified(|d| std::mem::replace(d, Desired::Vanished) != Desired::Vanished);
                         }
                     }
                     let text = e.to_string();
@@ -109,8 +117,14 @@ impl InstanceLoop {
         }
         let described = ecs.describe_tasks(&asked).await?;
         for task in described.tasks {
-            let Some(arn) = task.task_arn().map(String::from) else { continue };
-            let desired = if task.desired_status() == Some("STOPPED") { Desired::Stopped } else { Desired::Running };
+            let Some(arn) = task.task_arn().map(String::from) else {
+                continue;
+            };
+            let desired = if task.desired_status() == Some("STOPPED") {
+                Desired::Stopped
+            } else {
+                Desired::Running
+            };
             if let Some(handle) = self.tracked.get(&arn) {
                 handle.desired.send_if_modified(|d| {
                     let changed = *d == Desired::Running && desired == Desired::Stopped;
@@ -143,19 +157,41 @@ impl InstanceLoop {
     fn start(&mut self, task: aws_sdk_ecs::types::Task, desired: Desired) {
         let arn = task.task_arn().unwrap_or_default().to_string();
         if desired == Desired::Stopped {
-            say!("task {}: found stopped while {}; finishing it", task_id(&arn), task.last_status().unwrap_or("PENDING"));
+            say!(
+                "task {}: found stopped while {}; finishing it",
+                task_id(&arn),
+                task.last_status().unwrap_or("PENDING")
+            );
         }
         let (desired_tx, desired_rx) = watch::channel(desired);
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         self.routes.lock().unwrap().insert(arn.clone(), exits_tx);
-        let run = TaskRun::new(self.agent.clone(), task, TaskSignals { desired: desired_rx, exits: exits_rx });
+        let run = TaskRun::new(
+            self.agent.clone(),
+            task,
+            TaskSignals {
+                desired: desired_rx,
+                exits: exits_rx,
+            },
+        );
         let join = tokio::spawn(run.run());
-        self.tracked.insert(arn, TaskHandle { desired: desired_tx, join });
+        self.tracked.insert(
+            arn,
+            TaskHandle {
+                desired: desired_tx,
+                join,
+            },
+        );
     }
 
     /// Forgets tasks whose run has ended.
     fn reap(&mut self) {
-        let finished: Vec<String> = self.tracked.iter().filter(|(_, h)| h.join.is_finished()).map(|(a, _)| a.clone()).collect();
+        let finished: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, h)| h.join.is_finished())
+            .map(|(a, _)| a.clone())
+            .collect();
         for arn in finished {
             self.tracked.remove(&arn);
             self.routes.lock().unwrap().remove(&arn);
@@ -169,16 +205,26 @@ impl InstanceLoop {
     async fn stop_orphans(&mut self) {
         let docker = &self.agent.docker;
         let filters = HashMap::from([
-            ("label".to_string(), vec![format!("{LABEL_CLUSTER}={}", self.agent.cluster)]),
+            (
+                "label".to_string(),
+                vec![format!("{LABEL_CLUSTER}={}", self.agent.cluster)],
+            ),
             ("status".to_string(), vec!["running".to_string()]),
         ]);
-        let Ok(running) = docker.list_containers(Some(ListContainersOptions { filters: Some(filters), ..Default::default() })).await
+        let Ok(running) = docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
         else {
             return;
         };
         let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
         for c in running {
-            let (Some(id), Some(arn)) = (c.id, c.labels.as_ref().and_then(|l| l.get(LABEL_TASK_ARN)).cloned()) else { continue };
+            let (Some(id), Some(arn)) = (c.id, c.labels.as_ref().and_then(|l| l.get(LABEL_TASK_ARN)).cloned()) else {
+                continue;
+            };
             if !self.tracked.contains_key(&arn) {
                 by_task.entry(arn).or_default().push(id);
             }
@@ -187,8 +233,14 @@ impl InstanceLoop {
             return;
         }
         let arns: Vec<String> = by_task.keys().cloned().collect();
-        let Ok(described) = self.agent.ecs.describe_tasks(&arns).await else { return };
-        let mut orphans: Vec<(String, &str)> = described.missing.into_iter().map(|a| (a, "is unknown to ECS")).collect();
+        let Ok(described) = self.agent.ecs.describe_tasks(&arns).await else {
+            return;
+        };
+        let mut orphans: Vec<(String, &str)> = described
+            .missing
+            .into_iter()
+            .map(|a| (a, "is unknown to ECS"))
+            .collect();
         for task in &described.tasks {
             if task.last_status() == Some("STOPPED") {
                 orphans.push((task.task_arn().unwrap_or_default().to_string(), "is STOPPED in ECS"));
@@ -196,11 +248,18 @@ impl InstanceLoop {
         }
         for (arn, why) in orphans {
             let Some(ids) = by_task.remove(&arn) else { continue };
-            say!("task {}: {why} but {} container(s) of it run here; stopping them", task_id(&arn), ids.len());
+            say!(
+                "task {}: {why} but {} container(s) of it run here; stopping them",
+                task_id(&arn),
+                ids.len()
+            );
             let docker = docker.clone();
             tokio::spawn(async move {
                 for id in ids {
-                    let options = StopContainerOptions { t: Some(ORPHAN_STOP_TIMEOUT_SECS), signal: None };
+                    let options = StopContainerOptions {
+                        t: Some(ORPHAN_STOP_TIMEOUT_SECS),
+                        signal: None,
+                    };
                     let _ = docker.stop_container(&id, Some(options)).await;
                 }
             });

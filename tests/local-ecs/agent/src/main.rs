@@ -39,12 +39,18 @@ use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
 use crate::task_run::Agent;
 
 /// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
-const DOCKER_API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+const DOCKER_API: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 /// Longer than any `stopTimeout` (ECS allows 120 s), since `docker stop` waits that long.
 const DOCKER_TIMEOUT_SECS: u64 = 300;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Test-only stand-in for the Amazon ECS container agent (never shipped)")]
+#[command(
+    version,
+    about = "Test-only stand-in for the Amazon ECS container agent (never shipped)"
+)]
 struct Cli {
     /// standin.json written by tests/local-ecs/up [default: $ECS_LOCAL_STATE/standin.json]
     #[arg(long)]
@@ -88,13 +94,22 @@ async fn main() -> anyhow::Result<()> {
         container_instance_arn: cli.container_instance,
         docker_host: cli.docker_host,
     };
-    let mut settings = Settings::resolve(file, flags, Duration::from_secs(cli.cleanup_after), Duration::from_millis(cli.poll_ms))?;
+    let mut settings = Settings::resolve(
+        file,
+        flags,
+        Duration::from_secs(cli.cleanup_after),
+        Duration::from_millis(cli.poll_ms),
+    )?;
     if !follow_file {
         settings.source = None;
     }
 
-    let docker = Docker::connect_with_unix(&settings.docker_socket.to_string_lossy(), DOCKER_TIMEOUT_SECS, &DOCKER_API)
-        .with_context(|| format!("Docker at {}", settings.docker_socket.display()))?;
+    let docker = Docker::connect_with_unix(
+        &settings.docker_socket.to_string_lossy(),
+        DOCKER_TIMEOUT_SECS,
+        &DOCKER_API,
+    )
+    .with_context(|| format!("Docker at {}", settings.docker_socket.display()))?;
     let ecs = ControlPlane::connect(&settings.endpoint, &settings.region, &settings.cluster).await;
     say!(
         "ecs-agent-standin {}: cluster {}, container instance {}, ECS {}, Docker {}, poll {} ms, cleanup after {} s",
@@ -106,11 +121,23 @@ async fn main() -> anyhow::Result<()> {
         settings.poll.as_millis(),
         settings.cleanup_after.as_secs()
     );
-    let agent = Arc::new(Agent { ecs, docker: docker.clone(), cluster: settings.cluster.clone() });
+    let agent = Arc::new(Agent {
+        ecs,
+        docker: docker.clone(),
+        cluster: settings.cluster.clone(),
+    });
     let routes = ExitRoutes::default();
 
-    tokio::spawn(docker_events::route_exits(docker, settings.cluster.clone(), routes.clone()));
-    tokio::spawn(cleanup::sweep_forever(agent.clone(), routes.clone(), settings.cleanup_after));
+    tokio::spawn(docker_events::route_exits(
+        docker,
+        settings.cluster.clone(),
+        routes.clone(),
+    ));
+    tokio::spawn(cleanup::sweep_forever(
+        agent.clone(),
+        routes.clone(),
+        settings.cleanup_after,
+    ));
     let instance = tokio::spawn(instance::InstanceLoop::new(agent, settings, routes).run());
 
     let mut term = signal(SignalKind::terminate())?;

@@ -36,7 +36,11 @@ impl TaskIdentity {
 
     /// The labels the agent puts on every container of the task. The definition's
     /// `dockerLabels` are applied first, so these win on a clash (as with the real agent).
-    pub fn container_labels(&self, container: &str, docker_labels: Option<&HashMap<String, String>>) -> HashMap<String, String> {
+    pub fn container_labels(
+        &self,
+        container: &str,
+        docker_labels: Option<&HashMap<String, String>>,
+    ) -> HashMap<String, String> {
         let mut labels = docker_labels.cloned().unwrap_or_default();
         labels.insert(LABEL_CLUSTER.into(), self.cluster.clone());
         labels.insert(LABEL_TASK_ARN.into(), self.task_arn.clone());
@@ -65,9 +69,15 @@ pub fn task_id(task_arn: &str) -> &str {
 /// 10-byte buffer, in hex — always 20 hex digits, the tail often `00`.
 pub fn rand_hex() -> String {
     let mut raw = [0u8; 8];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .is_err()
+    {
         // Never expected on Linux; the clock still makes names unique enough for a test host.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         raw = (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
     }
     varint_hex(i64::from_le_bytes(raw) & i64::MAX)
@@ -136,7 +146,10 @@ mod tests {
         let expected = HashMap::from([
             ("team".to_string(), "ci".to_string()),
             (LABEL_CLUSTER.to_string(), "local".to_string()),
-            (LABEL_TASK_ARN.to_string(), "arn:aws:ecs:us-east-1:123456789012:task/local/0123abcd".to_string()),
+            (
+                LABEL_TASK_ARN.to_string(),
+                "arn:aws:ecs:us-east-1:123456789012:task/local/0123abcd".to_string(),
+            ),
             (LABEL_CONTAINER_NAME.to_string(), "build".to_string()),
             (LABEL_FAMILY.to_string(), "web-app".to_string()),
             (LABEL_VERSION.to_string(), "7".to_string()),
@@ -146,7 +159,10 @@ mod tests {
 
     #[test]
     fn task_id_is_the_last_arn_segment() {
-        assert_eq!(task_id("arn:aws:ecs:us-east-1:123456789012:task/local/0123abcd"), "0123abcd");
+        assert_eq!(
+            task_id("arn:aws:ecs:us-east-1:123456789012:task/local/0123abcd"),
+            "0123abcd"
+        );
         assert_eq!(task_id("0123abcd"), "0123abcd");
     }
 }

@@ -50,16 +50,31 @@ pub struct Overrides {
 }
 
 impl Settings {
-    pub fn resolve(file: Option<(PathBuf, StandinFile)>, flags: Overrides, cleanup_after: Duration, poll: Duration) -> anyhow::Result<Settings> {
+    pub fn resolve(
+        file: Option<(PathBuf, StandinFile)>,
+        flags: Overrides,
+        cleanup_after: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<Settings> {
         let (source, from_file) = match file {
             Some((path, f)) => (Some(path), Some(f)),
             None => (None, None),
         };
         let pick = |flag: Option<String>, file: Option<String>, what: &str| -> anyhow::Result<String> {
-            flag.or(file).with_context(|| format!("no {what}: give --{what} or a standin.json that has it"))
+            flag.or(file)
+                .with_context(|| format!("no {what}: give --{what} or a standin.json that has it"))
         };
-        let f = from_file.unwrap_or(StandinFile { endpoint: None, region: None, cluster: None, container_instance_arn: None, docker_host: None });
-        let docker_host = flags.docker_host.or(f.docker_host).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let f = from_file.unwrap_or(StandinFile {
+            endpoint: None,
+            region: None,
+            cluster: None,
+            container_instance_arn: None,
+            docker_host: None,
+        });
+        let docker_host = flags
+            .docker_host
+            .or(f.docker_host)
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
         let Some(socket) = docker_host.strip_prefix("unix://") else {
             bail!("docker host {docker_host}: only unix:// sockets are supported");
         };
@@ -67,7 +82,11 @@ impl Settings {
             endpoint: pick(flags.endpoint, f.endpoint, "endpoint")?,
             region: flags.region.or(f.region).unwrap_or_else(|| "us-east-1".into()),
             cluster: pick(flags.cluster, f.cluster, "cluster")?,
-            container_instance_arn: pick(flags.container_instance_arn, f.container_instance_arn, "container-instance")?,
+            container_instance_arn: pick(
+                flags.container_instance_arn,
+                f.container_instance_arn,
+                "container-instance",
+            )?,
             docker_socket: PathBuf::from(socket),
             cleanup_after,
             poll,
@@ -79,7 +98,8 @@ impl Settings {
 /// `$ECS_LOCAL_STATE/standin.json`, the state directory defaulting to
 /// `/var/tmp/ecs-executor/local-ecs`.
 pub fn default_standin_path() -> PathBuf {
-    let state = std::env::var_os("ECS_LOCAL_STATE").map_or_else(|| PathBuf::from("/var/tmp/ecs-executor/local-ecs"), PathBuf::from);
+    let state = std::env::var_os("ECS_LOCAL_STATE")
+        .map_or_else(|| PathBuf::from("/var/tmp/ecs-executor/local-ecs"), PathBuf::from);
     state.join("standin.json")
 }
 
@@ -94,8 +114,17 @@ mod tests {
                 "container_instance_arn":"arn:ci","instance_id":"i-1","certs":{"ca":"x"}}"#,
         )
         .unwrap();
-        let flags = Overrides { cluster: Some("other".into()), ..Default::default() };
-        let s = Settings::resolve(Some(("/s.json".into(), file)), flags, Duration::from_secs(5), Duration::from_millis(100)).unwrap();
+        let flags = Overrides {
+            cluster: Some("other".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(
+            Some(("/s.json".into(), file)),
+            flags,
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )
+        .unwrap();
         assert_eq!(s.cluster, "other");
         assert_eq!(s.endpoint, "http://127.0.0.1:4580");
         assert_eq!(s.container_instance_arn, "arn:ci");

@@ -88,11 +88,14 @@ impl StartOrder {
         for (name, declared) in containers {
             let mut resolved = Vec::new();
             for (on, condition) in declared {
-                let idx = names
-                    .iter()
-                    .position(|n| n == on)
-                    .ok_or_else(|| OrderError::Unknown { container: name.clone(), missing: on.clone() })?;
-                resolved.push(Dependency { on: idx, condition: *condition });
+                let idx = names.iter().position(|n| n == on).ok_or_else(|| OrderError::Unknown {
+                    container: name.clone(),
+                    missing: on.clone(),
+                })?;
+                resolved.push(Dependency {
+                    on: idx,
+                    condition: *condition,
+                });
             }
             deps.push(resolved);
         }
@@ -105,7 +108,10 @@ impl StartOrder {
     pub fn all_wait_for(&mut self, owner: usize) {
         for (i, deps) in self.deps.iter_mut().enumerate() {
             if i != owner && !deps.iter().any(|d| d.on == owner) {
-                deps.push(Dependency { on: owner, condition: Condition::Start });
+                deps.push(Dependency {
+                    on: owner,
+                    condition: Condition::Start,
+                });
             }
         }
         // `owner` was first in creation order; it must stay first.
@@ -150,7 +156,13 @@ impl StartOrder {
         }
         let top = wave.iter().copied().max().unwrap_or(0);
         (0..=top)
-            .map(|w| self.creation.iter().copied().filter(|&i| wave[i] == w).collect::<Vec<_>>())
+            .map(|w| {
+                self.creation
+                    .iter()
+                    .copied()
+                    .filter(|&i| wave[i] == w)
+                    .collect::<Vec<_>>()
+            })
             .filter(|group| !group.is_empty())
             .collect()
     }
@@ -182,7 +194,10 @@ mod tests {
     use aws_sdk_ecs::types::{ContainerCondition, ContainerDependency, VolumeFrom};
 
     fn spec(name: &str, deps: &[(&str, Condition)]) -> (String, Vec<(String, Condition)>) {
-        (name.to_string(), deps.iter().map(|(n, c)| (n.to_string(), *c)).collect())
+        (
+            name.to_string(),
+            deps.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+        )
     }
 
     #[test]
@@ -193,13 +208,25 @@ mod tests {
             .links("cache")
             .volumes_from(VolumeFrom::builder().source_container("data").build())
             .depends_on(
-                ContainerDependency::builder().container_name("migrate").condition(ContainerCondition::Success).build().unwrap(),
+                ContainerDependency::builder()
+                    .container_name("migrate")
+                    .condition(ContainerCondition::Success)
+                    .build()
+                    .unwrap(),
             )
             .depends_on(
-                ContainerDependency::builder().container_name("proxy").condition(ContainerCondition::Healthy).build().unwrap(),
+                ContainerDependency::builder()
+                    .container_name("proxy")
+                    .condition(ContainerCondition::Healthy)
+                    .build()
+                    .unwrap(),
             )
             .depends_on(
-                ContainerDependency::builder().container_name("init").condition(ContainerCondition::Complete).build().unwrap(),
+                ContainerDependency::builder()
+                    .container_name("init")
+                    .condition(ContainerCondition::Complete)
+                    .build()
+                    .unwrap(),
             )
             .build();
         assert_eq!(
@@ -243,10 +270,17 @@ mod tests {
     fn unknown_references_and_cycles_are_refused() {
         assert_eq!(
             StartOrder::new(&[spec("a", &[("ghost", Condition::Start)])]),
-            Err(OrderError::Unknown { container: "a".into(), missing: "ghost".into() })
+            Err(OrderError::Unknown {
+                container: "a".into(),
+                missing: "ghost".into()
+            })
         );
         assert_eq!(
-            StartOrder::new(&[spec("a", &[("b", Condition::Start)]), spec("b", &[("a", Condition::Start)]), spec("c", &[])]),
+            StartOrder::new(&[
+                spec("a", &[("b", Condition::Start)]),
+                spec("b", &[("a", Condition::Start)]),
+                spec("c", &[])
+            ]),
             Err(OrderError::Cycle("a, b".into()))
         );
     }
@@ -262,12 +296,24 @@ mod tests {
         .unwrap();
         let at = |p: Progress| [p, Progress::NotStarted, Progress::NotStarted, Progress::NotStarted];
         let all = |p: Progress| (1..4).map(|i| order.readiness(i, &at(p))).collect::<Vec<_>>();
-        assert_eq!(all(Progress::NotStarted), vec![Readiness::Wait, Readiness::Wait, Readiness::Wait]);
-        assert_eq!(all(Progress::Running), vec![Readiness::Ready, Readiness::Wait, Readiness::Wait]);
-        assert_eq!(all(Progress::Exited(Some(0))), vec![Readiness::Ready, Readiness::Ready, Readiness::Ready]);
+        assert_eq!(
+            all(Progress::NotStarted),
+            vec![Readiness::Wait, Readiness::Wait, Readiness::Wait]
+        );
+        assert_eq!(
+            all(Progress::Running),
+            vec![Readiness::Ready, Readiness::Wait, Readiness::Wait]
+        );
+        assert_eq!(
+            all(Progress::Exited(Some(0))),
+            vec![Readiness::Ready, Readiness::Ready, Readiness::Ready]
+        );
         let failed = all(Progress::Exited(Some(2)));
         assert_eq!(failed[..2], [Readiness::Ready, Readiness::Ready]);
-        assert!(matches!(&failed[2], Readiness::Never(why) if why.contains("init") && why.contains("code 2")), "{failed:?}");
+        assert!(
+            matches!(&failed[2], Readiness::Never(why) if why.contains("init") && why.contains("code 2")),
+            "{failed:?}"
+        );
     }
 
     #[test]
@@ -275,8 +321,14 @@ mod tests {
         let mut order = StartOrder::new(&[spec("build", &[]), spec("helper", &[])]).unwrap();
         order.all_wait_for(0);
         assert_eq!(order.creation, vec![0, 1]);
-        assert_eq!(order.readiness(1, &[Progress::NotStarted, Progress::NotStarted]), Readiness::Wait);
-        assert_eq!(order.readiness(1, &[Progress::Running, Progress::NotStarted]), Readiness::Ready);
+        assert_eq!(
+            order.readiness(1, &[Progress::NotStarted, Progress::NotStarted]),
+            Readiness::Wait
+        );
+        assert_eq!(
+            order.readiness(1, &[Progress::Running, Progress::NotStarted]),
+            Readiness::Ready
+        );
         assert_eq!(order.stop_waves(), vec![vec![1], vec![0]]);
     }
 }

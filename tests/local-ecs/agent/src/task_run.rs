@@ -155,8 +155,12 @@ impl TaskRun {
 
     fn plan(&mut self, def: &TaskDefinition) -> Result<(), StopCause> {
         let family = def.family().unwrap_or_default().to_string();
-        let identity =
-            TaskIdentity { cluster: self.agent.cluster.clone(), task_arn: self.arn.clone(), family, revision: def.revision() };
+        let identity = TaskIdentity {
+            cluster: self.agent.cluster.clone(),
+            task_arn: self.arn.clone(),
+            family,
+            revision: def.revision(),
+        };
         say!(
             "task {}: placed here ({}:{}, {} container(s), network mode {})",
             self.id,
@@ -185,7 +189,11 @@ impl TaskRun {
                         .iter()
                         .filter_map(|p| {
                             let cp = p.container_port()?;
-                            Some((cp, p.host_port().filter(|&h| h > 0).unwrap_or(cp), p.protocol().map_or("tcp", |x| x.as_str()).to_string()))
+                            Some((
+                                cp,
+                                p.host_port().filter(|&h| h > 0).unwrap_or(cp),
+                                p.protocol().map_or("tcp", |x| x.as_str()).to_string(),
+                            ))
                         })
                         .collect(),
                     bindings: Vec::new(),
@@ -199,7 +207,8 @@ impl TaskRun {
             .iter()
             .map(|c| (c.name().unwrap_or_default().to_string(), declared_dependencies(c)))
             .collect();
-        let mut order = StartOrder::new(&specs).map_err(|e| StopCause::Failed(format!("CannotCreateContainerError: {e}")))?;
+        let mut order =
+            StartOrder::new(&specs).map_err(|e| StopCause::Failed(format!("CannotCreateContainerError: {e}")))?;
         if network_mode(def) == "awsvpc"
             && let Some(&owner) = order.creation.first()
         {
@@ -215,25 +224,48 @@ impl TaskRun {
         let listed = self
             .agent
             .docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await;
         let Ok(listed) = listed else { return };
         for summary in listed {
             let Some(id) = summary.id else { continue };
-            let Some(ecs_name) = summary.labels.as_ref().and_then(|l| l.get(LABEL_CONTAINER_NAME)) else { continue };
-            let Some(c) = self.containers.iter_mut().find(|c| &c.name == ecs_name) else { continue };
-            let Ok(info) = self.agent.docker.inspect_container(&id, None::<InspectContainerOptions>).await else { continue };
+            let Some(ecs_name) = summary.labels.as_ref().and_then(|l| l.get(LABEL_CONTAINER_NAME)) else {
+                continue;
+            };
+            let Some(c) = self.containers.iter_mut().find(|c| &c.name == ecs_name) else {
+                continue;
+            };
+            let Ok(info) = self
+                .agent
+                .docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            else {
+                continue;
+            };
             let state = info.state.unwrap_or_default();
             c.progress = match state.status {
                 Some(ContainerStateStatusEnum::CREATED) => Progress::NotStarted,
-                Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING | ContainerStateStatusEnum::PAUSED) => {
-                    Progress::Running
-                }
+                Some(
+                    ContainerStateStatusEnum::RUNNING
+                    | ContainerStateStatusEnum::RESTARTING
+                    | ContainerStateStatusEnum::PAUSED,
+                ) => Progress::Running,
                 _ => Progress::Exited(state.exit_code),
             };
             c.docker_name = info.name.unwrap_or_default().trim_start_matches('/').to_string();
             c.docker_id = Some(id.clone());
-            say!("task {}: adopted existing container {} ({}) for {}", self.id, c.docker_name, short(&id), c.name);
+            say!(
+                "task {}: adopted existing container {} ({}) for {}",
+                self.id,
+                c.docker_name,
+                short(&id),
+                c.name
+            );
         }
     }
 
@@ -246,7 +278,12 @@ impl TaskRun {
                 Ok(_) => {}
                 Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
                     let reason = cannot_pull_reason(&c.image);
-                    say!("task {}: image {} of container {} is not on this host", self.id, c.image, c.name);
+                    say!(
+                        "task {}: image {} of container {} is not on this host",
+                        self.id,
+                        c.image,
+                        c.name
+                    );
                     c.reason = Some(reason.clone());
                     failure.get_or_insert(reason);
                 }
@@ -269,7 +306,10 @@ impl TaskRun {
         let fail = |what: String| StopCause::Failed(format!("CannotCreateContainerError: {what}"));
         let mut existing = HashMap::new();
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_TASK_ARN}={}", self.arn)])]);
-        if let Ok(list) = docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await {
+        if let Ok(list) = docker
+            .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+            .await
+        {
             for v in list.volumes.unwrap_or_default() {
                 if let Some(name) = v.labels.get(LABEL_VOLUME_NAME) {
                     existing.insert(name.clone(), v.name.clone());
@@ -279,7 +319,8 @@ impl TaskRun {
         let mut sources = HashMap::new();
         for vol in def.volumes() {
             let Some(name) = vol.name() else { continue };
-            if vol.efs_volume_configuration().is_some() || vol.fsx_windows_file_server_volume_configuration().is_some() {
+            if vol.efs_volume_configuration().is_some() || vol.fsx_windows_file_server_volume_configuration().is_some()
+            {
                 return Err(fail(format!("volume {name}: EFS and FSx volumes are not emulated")));
             }
             if let Some(path) = vol.host().and_then(|h| h.source_path()) {
@@ -297,10 +338,15 @@ impl TaskRun {
             if shared {
                 if docker.inspect_volume(name).await.is_err() {
                     if !config.and_then(|c| c.autoprovision()).unwrap_or(false) {
-                        return Err(fail(format!("shared volume {name} does not exist and autoprovision is off")));
+                        return Err(fail(format!(
+                            "shared volume {name} does not exist and autoprovision is off"
+                        )));
                     }
                     request.name = Some(name.to_string());
-                    docker.create_volume(request).await.map_err(|e| fail(docker_message(&e)))?;
+                    docker
+                        .create_volume(request)
+                        .await
+                        .map_err(|e| fail(docker_message(&e)))?;
                     say!("task {}: created shared volume {name}", self.id);
                 }
                 sources.insert(name.to_string(), VolumeSource::Named(name.to_string()));
@@ -315,29 +361,45 @@ impl TaskRun {
             labels.extend(identity.volume_labels(name));
             request.labels = Some(labels);
             request.name = Some(docker_name.clone());
-            docker.create_volume(request).await.map_err(|e| fail(docker_message(&e)))?;
+            docker
+                .create_volume(request)
+                .await
+                .map_err(|e| fail(docker_message(&e)))?;
             say!("task {}: created task volume {docker_name} for {name}", self.id);
             sources.insert(name.to_string(), VolumeSource::Named(docker_name));
         }
         Ok(sources)
     }
 
-    async fn create_containers(&mut self, def: &TaskDefinition, volumes: &HashMap<String, VolumeSource>) -> Result<(), StopCause> {
+    async fn create_containers(
+        &mut self,
+        def: &TaskDefinition,
+        volumes: &HashMap<String, VolumeSource>,
+    ) -> Result<(), StopCause> {
         let identity = self.identity.clone().expect("planned");
         let order = self.order.clone().expect("planned");
         let mode = network_mode(def);
-        let docker_names: HashMap<String, String> =
-            self.containers.iter().map(|c| (c.name.clone(), c.docker_name.clone())).collect();
+        let docker_names: HashMap<String, String> = self
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), c.docker_name.clone()))
+            .collect();
         let host_only = |m: Option<&str>| m.filter(|m| *m == "host").map(String::from);
         let pid_mode = host_only(def.pid_mode().map(|m| m.as_str()));
         let ipc_mode = host_only(def.ipc_mode().map(|m| m.as_str()));
-        if def.pid_mode().is_some_and(|m| m.as_str() == "task") || def.ipc_mode().is_some_and(|m| m.as_str() == "task") {
-            say!("task {}: pidMode/ipcMode \"task\" is not emulated; each container keeps its own", self.id);
+        if def.pid_mode().is_some_and(|m| m.as_str() == "task") || def.ipc_mode().is_some_and(|m| m.as_str() == "task")
+        {
+            say!(
+                "task {}: pidMode/ipcMode \"task\" is not emulated; each container keeps its own",
+                self.id
+            );
         }
         let owner = order.creation.first().copied();
         for &idx in &order.creation {
             let placement = if mode == "awsvpc" && Some(idx) != owner {
-                let owner_id = owner.and_then(|o| self.containers[o].docker_id.clone()).unwrap_or_default();
+                let owner_id = owner
+                    .and_then(|o| self.containers[o].docker_id.clone())
+                    .unwrap_or_default();
                 NetworkPlacement::Join(owner_id)
             } else if mode == "awsvpc" {
                 NetworkPlacement::Mode("bridge".into())
@@ -368,10 +430,19 @@ impl TaskRun {
             for note in plan.notes {
                 say!("task {}: container {}: {note}", self.id, c.name);
             }
-            let options = CreateContainerOptions { name: Some(c.docker_name.clone()), ..Default::default() };
+            let options = CreateContainerOptions {
+                name: Some(c.docker_name.clone()),
+                ..Default::default()
+            };
             match self.agent.docker.create_container(Some(options), plan.body).await {
                 Ok(created) => {
-                    say!("task {}: created container {} ({}) for {}", self.id, c.docker_name, short(&created.id), c.name);
+                    say!(
+                        "task {}: created container {} ({}) for {}",
+                        self.id,
+                        c.docker_name,
+                        short(&created.id),
+                        c.name
+                    );
                     c.docker_id = Some(created.id);
                 }
                 Err(e) => {
@@ -492,8 +563,16 @@ impl TaskRun {
                 continue;
             }
             let report = self.container_report(c);
-            if persist(&self.id, || agent.ecs.submit_container(&self.arn, &report)).await.is_ok() {
-                say!("task {}: reported container {} STOPPED (exit code {:?}); the task goes on", self.id, report.name, report.exit_code);
+            if persist(&self.id, || agent.ecs.submit_container(&self.arn, &report))
+                .await
+                .is_ok()
+            {
+                say!(
+                    "task {}: reported container {} STOPPED (exit code {:?}); the task goes on",
+                    self.id,
+                    report.name,
+                    report.exit_code
+                );
             }
             self.containers[i].reported_stopped = true;
         }
@@ -519,24 +598,44 @@ impl TaskRun {
     }
 
     async fn apply_exit(&mut self, exit: ContainerExit) {
-        let Some(c) = self.containers.iter_mut().find(|c| c.docker_id.as_deref() == Some(exit.docker_id.as_str())) else { return };
+        let Some(c) = self
+            .containers
+            .iter_mut()
+            .find(|c| c.docker_id.as_deref() == Some(exit.docker_id.as_str()))
+        else {
+            return;
+        };
         if c.progress != Progress::Running {
             return;
         }
         let code = match exit.exit_code {
             Some(code) => Some(code),
-            None => inspect_exit(&self.agent.docker, &exit.docker_id).await.and_then(|(_, code)| code),
+            None => inspect_exit(&self.agent.docker, &exit.docker_id)
+                .await
+                .and_then(|(_, code)| code),
         };
         c.progress = Progress::Exited(code);
-        say!("task {}: container {} exited with code {}", self.id, c.name, code.map_or("?".into(), |c| c.to_string()));
+        say!(
+            "task {}: container {} exited with code {}",
+            self.id,
+            c.name,
+            code.map_or("?".into(), |c| c.to_string())
+        );
     }
 
     /// The fallback for a missed Docker event: inspect every container believed running.
     async fn poll_exits(&mut self) {
         for i in 0..self.containers.len() {
-            let (Progress::Running, Some(id)) = (self.containers[i].progress, self.containers[i].docker_id.clone()) else { continue };
+            let (Progress::Running, Some(id)) = (self.containers[i].progress, self.containers[i].docker_id.clone())
+            else {
+                continue;
+            };
             if let Some((false, code)) = inspect_exit(&self.agent.docker, &id).await {
-                self.apply_exit(ContainerExit { docker_id: id, exit_code: code }).await;
+                self.apply_exit(ContainerExit {
+                    docker_id: id,
+                    exit_code: code,
+                })
+                .await;
             }
         }
     }
@@ -560,7 +659,11 @@ impl TaskRun {
             status,
             exit_code,
             reason: c.reason.clone(),
-            bindings: if status == "RUNNING" { c.bindings.clone() } else { Vec::new() },
+            bindings: if status == "RUNNING" {
+                c.bindings.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -574,7 +677,10 @@ impl TaskRun {
         say!("task {}: stopping ({why})", self.id);
         self.stop_containers().await;
         if matches!(cause, StopCause::Vanished) {
-            say!("task {}: containers stopped; nothing reported (the task is gone from ECS)", self.id);
+            say!(
+                "task {}: containers stopped; nothing reported (the task is gone from ECS)",
+                self.id
+            );
             return;
         }
         let reason = match cause {
@@ -585,7 +691,11 @@ impl TaskRun {
         let containers = self
             .containers
             .iter()
-            .map(|c| ContainerReport { status: "STOPPED", bindings: Vec::new(), ..self.container_report(c) })
+            .map(|c| ContainerReport {
+                status: "STOPPED",
+                bindings: Vec::new(),
+                ..self.container_report(c)
+            })
             .collect();
         let report = TaskReport {
             task_arn: self.arn.clone(),
@@ -598,8 +708,11 @@ impl TaskRun {
         };
         let agent = self.agent.clone();
         if persist(&self.id, || agent.ecs.submit_task(&report)).await.is_ok() {
-            let codes: Vec<String> =
-                report.containers.iter().map(|c| format!("{}={}", c.name, c.exit_code.map_or("-".into(), |x| x.to_string()))).collect();
+            let codes: Vec<String> = report
+                .containers
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.exit_code.map_or("-".into(), |x| x.to_string())))
+                .collect();
             say!("task {}: reported STOPPED (exit codes {})", self.id, codes.join(" "));
         }
     }
@@ -617,7 +730,10 @@ impl TaskRun {
                     let docker = docker.clone();
                     let timeout = c.stop_timeout;
                     async move {
-                        let options = StopContainerOptions { t: Some(timeout), signal: None };
+                        let options = StopContainerOptions {
+                            t: Some(timeout),
+                            signal: None,
+                        };
                         let stopped = docker.stop_container(&id, Some(options)).await;
                         let state = inspect_exit(&docker, &id).await;
                         (i, stopped, state)
@@ -627,11 +743,21 @@ impl TaskRun {
             for (i, stopped, state) in join_all(stops).await {
                 let c = &mut self.containers[i];
                 if let Err(e) = stopped {
-                    say!("task {}: docker stop of {} answered: {}", self.id, c.name, docker_message(&e));
+                    say!(
+                        "task {}: docker stop of {} answered: {}",
+                        self.id,
+                        c.name,
+                        docker_message(&e)
+                    );
                 }
                 let code = state.and_then(|(_, code)| code);
                 c.progress = Progress::Exited(code);
-                say!("task {}: stopped container {} (exit code {})", self.id, c.name, code.map_or("?".into(), |c| c.to_string()));
+                say!(
+                    "task {}: stopped container {} (exit code {})",
+                    self.id,
+                    c.name,
+                    code.map_or("?".into(), |c| c.to_string())
+                );
             }
         }
         // Exits seen by event without a code: ask Docker.
@@ -662,15 +788,26 @@ async fn inspect_exit(docker: &Docker, id: &str) -> Option<(bool, Option<i64>)> 
 
 /// The host ports Docker published for a bridge-mode container.
 async fn published_ports(docker: &Docker, id: &str) -> Vec<NetworkBinding> {
-    let Ok(info) = docker.inspect_container(id, None::<InspectContainerOptions>).await else { return Vec::new() };
+    let Ok(info) = docker.inspect_container(id, None::<InspectContainerOptions>).await else {
+        return Vec::new();
+    };
     let ports = info.network_settings.and_then(|n| n.ports).unwrap_or_default();
     let mut out = Vec::new();
     for (key, bindings) in ports {
         let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
-        let Ok(container_port) = port.parse::<i32>() else { continue };
+        let Ok(container_port) = port.parse::<i32>() else {
+            continue;
+        };
         for b in bindings.unwrap_or_default() {
-            let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse::<i32>().ok()) else { continue };
-            out.push(binding(b.host_ip.as_deref().unwrap_or("0.0.0.0"), container_port, host_port, proto));
+            let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            out.push(binding(
+                b.host_ip.as_deref().unwrap_or("0.0.0.0"),
+                container_port,
+                host_port,
+                proto,
+            ));
         }
     }
     out.sort_by_key(|b| (b.container_port(), b.bind_ip().map(String::from)));
@@ -689,7 +826,9 @@ fn binding(ip: &str, container_port: i32, host_port: i32, proto: &str) -> Networ
 /// Docker's answer as the real agent quotes it in reasons.
 fn docker_message(e: &DockerError) -> String {
     match e {
-        DockerError::DockerResponseServerError { message, .. } => format!("Error response from daemon: {}", message.trim()),
+        DockerError::DockerResponseServerError { message, .. } => {
+            format!("Error response from daemon: {}", message.trim())
+        }
         other => other.to_string(),
     }
 }
