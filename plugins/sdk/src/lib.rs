@@ -65,6 +65,10 @@ pub mod bindings {
 
 pub use bindings::ecs_executor::plugin::types;
 
+pub mod fixtures;
+pub mod image;
+pub mod settings;
+
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
