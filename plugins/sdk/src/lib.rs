@@ -59,6 +59,8 @@ pub mod bindings {
         path: "../../wit",
         world: "plugin-base",
         runtime_path: "::ecs_executor_plugin_sdk::__wit_bindgen::rt",
+        // Comparable records, so plugins' unit tests can assert on whole values.
+        additional_derives: [PartialEq, Eq],
         generate_all,
     });
 }
