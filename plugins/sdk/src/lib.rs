@@ -11,8 +11,9 @@
 //! A plugin is a `cdylib` crate built for `wasm32-wasip2`. Put the component side in a
 //! module compiled for wasm32 only (`#[cfg(target_arch = "wasm32")] mod component;`): a
 //! native build cannot link component-model export names, and the native build is what
-//! runs the unit tests of the plugin's decision logic. `plugins/image-allowlist` is the
-//! worked example.
+//! runs the unit tests of the plugin's decision logic. `plugins/template` is the crate to
+//! copy; `plugins/image-allowlist`, `role-mapper`, `address-picker` and `dind-services` are
+//! worked examples, and [`fixtures`] gives their unit tests realistic inputs.
 //!
 //! ```ignore
 //! // src/component.rs
