@@ -17,6 +17,10 @@ use crate::types::{
 /// The helper image the fixtures use (GitLab's, as the executor picks by default).
 pub const HELPER_IMAGE: &str = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:alpine-latest";
 
+/// The keep-alive command of `build` and `helper` (after `sh -c`); the job's script is
+/// executed into them later.
+pub const KEEP_ALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
 /// A `key-value` pair.
 pub fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -65,9 +69,10 @@ pub fn container(name: &str, image: &str) -> ContainerDefinition {
     }
 }
 
-/// The executor's built-in shape for `job`: essential containers `build` (the job's image)
-/// and `helper`, both mounting volume `builds` at `/builds`; bridge mode, 1024 CPU units,
-/// 2048 MiB.
+/// The executor's built-in shape for `job` (as `host/src/task_spec.rs` builds it with the
+/// default config): essential containers `build` (the job's image) and `helper`, each running
+/// a keep-alive loop, labelled `ecs-executor.role` = its name and mounting volume `builds` at
+/// `/builds`; bridge mode, 1024 CPU units, 2048 MiB.
 pub fn task(job: &JobContext) -> TaskDefinition {
     let builds = MountPoint {
         source_volume: "builds".into(),
@@ -76,8 +81,9 @@ pub fn task(job: &JobContext) -> TaskDefinition {
     };
     let essential = |mut container: ContainerDefinition| {
         container.essential = true;
-        container.command = vec!["sleep".into(), "infinity".into()];
+        container.command = vec!["sh".into(), "-c".into(), KEEP_ALIVE.into()];
         container.mount_points = vec![builds.clone()];
+        container.docker_labels = vec![kv("ecs-executor.role", &container.name)];
         container
     };
     let mut build = essential(container("build", &job.image));

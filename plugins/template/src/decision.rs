@@ -51,9 +51,10 @@ mod tests {
         let mut task = fixtures::task(&job);
         settings.label(&job, &mut task);
         for container in &task.containers {
+            let role = fixtures::kv("ecs-executor.role", &container.name);
             assert_eq!(
                 container.docker_labels,
-                [fixtures::kv("com.example.project", "team/app")]
+                [role, fixtures::kv("com.example.project", "team/app")]
             );
         }
         assert!(Settings::parse(r#"{"label": ""}"#).unwrap_err().starts_with("label: "));
