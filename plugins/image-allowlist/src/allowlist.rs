@@ -1,6 +1,7 @@
 //! The decision, free of bindings and host calls so it unit-tests natively: settings parsing
 //! and validation, Docker reference normalisation, and the registry check.
 
+use ecs_executor_plugin_sdk::image::{canonical_registry, normalise as normalise_image};
 use serde::Deserialize;
 
 /// The plugin's settings, from the executor config's `settings` table for this plugin.
@@ -22,9 +23,8 @@ impl Allowlist {
     /// Parse and validate `{"allowed_registries": ["docker.io", "registry.example.com/team"]}`.
     /// Errors say which entry is wrong and why, for the executor's start-up message.
     pub fn from_settings(json: &str) -> Result<Allowlist, String> {
-        let raw: RawSettings = serde_json::from_str(json).map_err(|e| {
-            format!("settings must be {{\"allowed_registries\": [\"registry\", ...]}}: {e}")
-        })?;
+        let raw: RawSettings = serde_json::from_str(json)
+            .map_err(|e| format!("settings must be {{\"allowed_registries\": [\"registry\", ...]}}: {e}"))?;
         if raw.allowed_registries.is_empty() {
             return Err("allowed_registries is empty: every job would be refused".into());
         }
@@ -75,54 +75,6 @@ pub fn first_refusal<'a>(
         })
 }
 
-/// `registry/repository` of a Docker reference, without tag or digest, with Docker Hub's
-/// short forms spelled out (`alpine` → `docker.io/library/alpine`, `user/app` →
-/// `docker.io/user/app`, `index.docker.io/...` → `docker.io/...`) and the registry host
-/// lower-cased. `None` for a reference that is empty or malformed.
-pub fn normalise_image(image: &str) -> Option<String> {
-    let image = image.trim();
-    // The digest first (`@sha256:...`), then a tag: a `:` after the last `/`.
-    let name = image.split_once('@').map_or(image, |(name, _)| name);
-    let name = match name.rfind(':') {
-        Some(colon) if !name[colon..].contains('/') => &name[..colon],
-        _ => name,
-    };
-    if name.is_empty() || name.starts_with('/') || name.ends_with('/') || name.contains("//") {
-        return None;
-    }
-    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return None;
-    }
-    let (first, rest) = match name.split_once('/') {
-        // Docker's rule: the first component is a registry if it has a `.` or a `:` or is
-        // `localhost`; otherwise the whole name is a Docker Hub repository.
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-            (first, Some(rest))
-        }
-        _ => ("docker.io", None),
-    };
-    let registry = canonical_registry(first);
-    Some(match rest {
-        Some(rest) if registry == "docker.io" && !rest.contains('/') => {
-            format!("docker.io/library/{rest}")
-        }
-        Some(rest) => format!("{registry}/{rest}"),
-        None if name.contains('/') => format!("docker.io/{name}"),
-        None => format!("docker.io/library/{name}"),
-    })
-}
-
-/// Docker Hub's aliases all mean `docker.io`; hosts are case-insensitive.
-fn canonical_registry(host: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".into()
-        }
-        _ => host,
-    }
-}
-
 /// An allowlist entry: a registry host, optionally with a repository path prefix.
 fn normalise_prefix(entry: &str) -> Result<String, String> {
     let trimmed = entry.trim().trim_end_matches('/');
@@ -160,54 +112,8 @@ mod tests {
     }
 
     #[test]
-    fn docker_hub_short_names_are_spelled_out() {
-        assert_eq!(
-            normalise_image("alpine").unwrap(),
-            "docker.io/library/alpine"
-        );
-        assert_eq!(
-            normalise_image("alpine:3.20").unwrap(),
-            "docker.io/library/alpine"
-        );
-        assert_eq!(
-            normalise_image("bitnami/redis:7").unwrap(),
-            "docker.io/bitnami/redis"
-        );
-        assert_eq!(
-            normalise_image("docker.io/alpine").unwrap(),
-            "docker.io/library/alpine"
-        );
-        assert_eq!(
-            normalise_image("index.docker.io/library/alpine").unwrap(),
-            "docker.io/library/alpine"
-        );
-        assert_eq!(
-            normalise_image("Registry-1.Docker.IO/user/app").unwrap(),
-            "docker.io/user/app"
-        );
-    }
-
-    #[test]
-    fn tags_digests_and_ports_are_told_apart() {
-        assert_eq!(
-            normalise_image("registry.example.com:5000/team/app:1.2").unwrap(),
-            "registry.example.com:5000/team/app"
-        );
-        assert_eq!(
-            normalise_image("localhost:5000/app").unwrap(),
-            "localhost:5000/app"
-        );
-        assert_eq!(normalise_image("localhost/app").unwrap(), "localhost/app");
-        assert_eq!(
-            normalise_image("ghcr.io/org/app:v1@sha256:0123456789abcdef").unwrap(),
-            "ghcr.io/org/app"
-        );
-    }
-
-    #[test]
     fn malformed_references_are_never_allowed() {
-        for bad in ["", "   ", "/app", "app/", "a//b", "docker.io/ app"] {
-            assert_eq!(normalise_image(bad), None, "{bad:?}");
+        for bad in ["", "   ", "/app", "app/", "a//b", "docker.io/ app", "app:"] {
             assert!(!allowlist(&["docker.io"]).allows(bad), "{bad:?}");
         }
     }
@@ -240,20 +146,13 @@ mod tests {
     #[test]
     fn the_refusal_names_the_container_and_what_is_allowed() {
         let list = allowlist(&["registry.example.com"]);
-        let message = first_refusal(
-            &list,
-            [("build", "registry.example.com/app"), ("svc-0", "redis:7")],
-        )
-        .unwrap();
+        let message = first_refusal(&list, [("build", "registry.example.com/app"), ("svc-0", "redis:7")]).unwrap();
         assert_eq!(
             message,
             "image `redis:7` of container `svc-0` is not from an allowed registry; \
              this runner only runs images from: registry.example.com"
         );
-        assert_eq!(
-            first_refusal(&list, [("build", "registry.example.com/app")]),
-            None
-        );
+        assert_eq!(first_refusal(&list, [("build", "registry.example.com/app")]), None);
     }
 
     #[test]
@@ -261,12 +160,8 @@ mod tests {
         let err = |json: &str| Allowlist::from_settings(json).unwrap_err();
         assert!(err("{}").contains("allowed_registries"));
         assert!(err(r#"{"allowed_registries": []}"#).contains("empty"));
-        assert!(
-            err(r#"{"allowed_registries": ["docker.io"], "extra": 1}"#).contains("unknown field")
-        );
-        assert!(
-            err(r#"{"allowed_registries": ["https://r.example"]}"#).contains("without a scheme")
-        );
+        assert!(err(r#"{"allowed_registries": ["docker.io"], "extra": 1}"#).contains("unknown field"));
+        assert!(err(r#"{"allowed_registries": ["https://r.example"]}"#).contains("without a scheme"));
         assert!(err(r#"{"allowed_registries": [""]}"#).contains("is empty"));
         assert!(err(r#"{"allowed_registries": ["r.example/app:1"]}"#).contains("no tag"));
         assert!(err("not json").contains("settings must be"));

@@ -11,8 +11,9 @@
 //! A plugin is a `cdylib` crate built for `wasm32-wasip2`. Put the component side in a
 //! module compiled for wasm32 only (`#[cfg(target_arch = "wasm32")] mod component;`): a
 //! native build cannot link component-model export names, and the native build is what
-//! runs the unit tests of the plugin's decision logic. `plugins/image-allowlist` is the
-//! worked example.
+//! runs the unit tests of the plugin's decision logic. `plugins/template` is the crate to
+//! copy; `plugins/image-allowlist`, `role-mapper`, `address-picker` and `dind-services` are
+//! worked examples, and [`fixtures`] gives their unit tests realistic inputs.
 //!
 //! ```ignore
 //! // src/component.rs
@@ -59,11 +60,17 @@ pub mod bindings {
         path: "../../wit",
         world: "plugin-base",
         runtime_path: "::ecs_executor_plugin_sdk::__wit_bindgen::rt",
+        // Comparable records, so plugins' unit tests can assert on whole values.
+        additional_derives: [PartialEq, Eq],
         generate_all,
     });
 }
 
 pub use bindings::ecs_executor::plugin::types;
+
+pub mod fixtures;
+pub mod image;
+pub mod settings;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
