@@ -112,8 +112,10 @@ async fn launch(
         }
     };
     let mut state = JobState::new(job.key.job_id, ecs.cluster(), &placed.arn, &td.arn, per_job);
-    store.save(&job.key, &state)?;
+    // Known to the failure path before the save: a state dir that cannot take the file must
+    // not leave the task running.
     *launched = Some(state.clone());
+    store.save(&job.key, &state)?;
     log_phase(
         phase,
         format_args!("task {} started on cluster {}", placed.arn, ecs.cluster()),
