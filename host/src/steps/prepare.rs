@@ -81,7 +81,10 @@ async fn launch(
     let td = {
         // Jobs racing on one runner host register one revision, not one each.
         let _lock = store.lock(&format!("taskdef-{}", &spec.content_hash()[..16]))?;
-        ecs.ensure_task_definition(&spec, config, &per_job_family).await?
+        let td = ecs.ensure_task_definition(&spec, config, &per_job_family).await?;
+        // Under the same lock `gc` takes before removing it: in use from now on.
+        store.note_use(&job.key.runner, &td.family)?;
+        td
     };
     log_phase(
         phase,
