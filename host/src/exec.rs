@@ -125,7 +125,7 @@ impl ExecStream<'_> {
                     .await
                     .map_err(|e| self.lost(self.docker.error(&e).to_string()))?;
                 match (inspect.running, inspect.exit_code) {
-                    (Some(false), Some(code)) if code != 0 => match self.container_stopped().await {
+                    (Some(false), Some(code)) if code != 0 => match self.container_stopped(code > 128).await {
                         Some(state) => Ok(ExecEnd::ContainerStopped { exit_code: code, state }),
                         None => Ok(ExecEnd::Exited(code)),
                     },
@@ -157,8 +157,23 @@ impl ExecStream<'_> {
         }
     }
 
-    /// `Some(Docker's state)` when the container is no longer running (or gone).
-    async fn container_stopped(&self) -> Option<String> {
+    /// `Some(Docker's state)` when the container is no longer running (or gone). `by_signal`:
+    /// the script died of a signal, as it does when its container is killed; Docker may still
+    /// show the container running for a moment then, so look again for up to 3 s.
+    async fn container_stopped(&self, by_signal: bool) -> Option<String> {
+        let looks = if by_signal { 15 } else { 1 };
+        for look in 0..looks {
+            if look > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if let Some(state) = self.container_state_if_stopped().await {
+                return Some(state);
+            }
+        }
+        None
+    }
+
+    async fn container_state_if_stopped(&self) -> Option<String> {
         match self
             .docker
             .api
