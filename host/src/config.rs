@@ -97,7 +97,50 @@ pub struct Config {
     /// How long prepare waits for the task to reach RUNNING (image pulls included).
     #[serde(default = "default_start_timeout")]
     pub start_timeout_secs: u64,
+    /// `ecs-executor gc`: what counts as abandoned (see `steps::gc`).
+    #[serde(default)]
+    pub gc: GcSettings,
 }
+
+// ---- [gc] (ecs-executor gc / unregister) -------------------------------------------------
+
+/// `[gc]`: when `ecs-executor gc` stops a task or removes a task definition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcSettings {
+    /// A task of this runner with no job state on this host is collected once it is older than
+    /// this: prepare writes the state right after RunTask, so a younger task may be a prepare
+    /// that has not written it yet.
+    #[serde(default = "default_gc_start_grace")]
+    pub start_grace_secs: u64,
+    /// Any task of this runner older than this is stopped, even with live job state (a job
+    /// that outlived every timeout). Unset: no age limit.
+    #[serde(default)]
+    pub max_task_age_secs: Option<u64>,
+    /// A task definition no prepare on this host used for this long, with no task of its
+    /// family meant to run, is deregistered and deleted.
+    #[serde(default = "default_gc_task_definition_idle")]
+    pub task_definition_idle_secs: u64,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        GcSettings {
+            start_grace_secs: default_gc_start_grace(),
+            max_task_age_secs: None,
+            task_definition_idle_secs: default_gc_task_definition_idle(),
+        }
+    }
+}
+
+fn default_gc_start_grace() -> u64 {
+    300
+}
+fn default_gc_task_definition_idle() -> u64 {
+    7 * 24 * 3600
+}
+
+// ---- end [gc] ------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,10 +223,21 @@ pub struct DockerSettings {
     #[serde(default = "default_docker_port")]
     pub port: u16,
     /// CA that signed the daemons' server certificates (the only CA trusted).
+    /// Required unless `tls = false`.
+    #[serde(default)]
     pub ca_file: PathBuf,
-    /// Client certificate and key presented to the daemons.
+    /// Client certificate and key presented to the daemons. Required unless `tls = false`.
+    #[serde(default)]
     pub cert_file: PathBuf,
+    #[serde(default)]
     pub key_file: PathBuf,
+    /// Mutual TLS to the daemons (the default). `false` means plain TCP, which anyone on the
+    /// network path can use to run anything as root on the instance: refused unless
+    /// `allow_plain_tcp = true`, and then warned about on every connection.
+    #[serde(default = "yes")]
+    pub tls: bool,
+    #[serde(default)]
+    pub allow_plain_tcp: bool,
     /// Seconds to wait for a connection to the daemon.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
@@ -359,6 +413,24 @@ impl Config {
         if self.start_timeout_secs == 0 {
             return Err(invalid("start_timeout_secs", "must be at least 1".into()));
         }
+        if self.docker.tls {
+            for (key, file) in [
+                ("docker.ca_file", &self.docker.ca_file),
+                ("docker.cert_file", &self.docker.cert_file),
+                ("docker.key_file", &self.docker.key_file),
+            ] {
+                if file.as_os_str().is_empty() {
+                    return Err(invalid(key, "is required (mutual TLS to the Docker daemons)".into()));
+                }
+            }
+        } else if !self.docker.allow_plain_tcp {
+            return Err(invalid(
+                "docker.tls",
+                "= false (plain TCP to Docker, unauthenticated root on every instance) is refused; \
+                 set `docker.allow_plain_tcp = true` to accept that risk"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -410,6 +482,31 @@ key_file = "/etc/ecs-executor/key.pem"
             .unwrap_err()
             .to_string();
         assert!(err.contains("docker"), "{err}");
+    }
+
+    #[test]
+    fn plain_tcp_needs_explicit_consent() {
+        let text = MINIMAL.replace("[docker]", "[docker]\ntls = false");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("docker.tls") && err.contains("allow_plain_tcp"), "{err}");
+        let text = MINIMAL.replace("[docker]", "[docker]\ntls = false\nallow_plain_tcp = true");
+        assert!(!parse(&text).unwrap().docker.tls);
+        let text = "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("docker.cert_file"), "{err}");
+    }
+
+    #[test]
+    fn gc_settings_have_defaults_and_refuse_unknown_keys() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.gc.start_grace_secs, 300);
+        assert_eq!(c.gc.max_task_age_secs, None);
+        let c = parse(&format!("{MINIMAL}\n[gc]\nmax_task_age_secs = 60\n")).unwrap();
+        assert_eq!(c.gc.max_task_age_secs, Some(60));
+        let err = parse(&format!("{MINIMAL}\n[gc]\nmax_age = 60\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_age"), "{err}");
     }
 
     #[test]

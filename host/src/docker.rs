@@ -73,33 +73,66 @@ impl DockerEndpoint {
 pub struct DockerHost {
     pub api: Docker,
     pub address: String,
+    /// The TLS files in use (for hints in error messages); `None` on plain TCP.
+    tls_files: Option<TlsFiles>,
+}
+
+#[derive(Clone)]
+struct TlsFiles {
+    ca: String,
+    cert: String,
 }
 
 impl DockerHost {
-    /// A mutual-TLS client for `endpoint`. Nothing is sent until the first request.
+    /// A client for `endpoint`: mutual TLS, or plain TCP when the config explicitly allows it
+    /// (with a warning on every use). Nothing is sent until the first request.
     pub fn connect(settings: &DockerSettings, endpoint: &DockerEndpoint) -> Result<DockerHost, DockerError> {
-        let tls = tls_config(settings)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(settings.connect_timeout_secs)));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
+        // A stage can stream for hours with nothing to say: TCP keepalive notices a peer that
+        // vanished (instance gone, network partition) within about half a minute instead of never.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(5)));
+        http.set_keepalive_retries(Some(3));
         let address = endpoint.address();
-        let api = Docker::connect_with_custom_transport(
-            move |req: BollardRequest| {
-                let client = Arc::clone(&client);
-                async move { client.request(req).await.map_err(bollard::errors::Error::from) }
-            },
-            Some(format!("https://{address}")),
-            // bollard's per-request timeout: long, because exec output streams for hours.
-            24 * 3600,
-            &API_VERSION,
-        )
+        // bollard's per-request timeout: long, because exec output streams for hours.
+        const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
+        let api = if settings.tls {
+            let tls = tls_config(settings)?;
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http1()
+                .wrap_connector(http);
+            let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
+            Docker::connect_with_custom_transport(
+                move |req: BollardRequest| {
+                    let client = Arc::clone(&client);
+                    async move { client.request(req).await.map_err(bollard::errors::Error::from) }
+                },
+                Some(format!("https://{address}")),
+                REQUEST_TIMEOUT_SECS,
+                &API_VERSION,
+            )
+        } else {
+            // Config validation only lets this through with `allow_plain_tcp = true`.
+            eprintln!(
+                "ecs-executor: WARNING: Docker at {address} over PLAIN TCP (docker.tls = false): no encryption, \
+                 no authentication; anyone who can reach this port controls the instance as root"
+            );
+            let client = Arc::new(Client::builder(TokioExecutor::new()).build(http));
+            Docker::connect_with_custom_transport(
+                move |req: BollardRequest| {
+                    let client = Arc::clone(&client);
+                    async move { client.request(req).await.map_err(bollard::errors::Error::from) }
+                },
+                Some(format!("http://{address}")),
+                REQUEST_TIMEOUT_SECS,
+                &API_VERSION,
+            )
+        }
         .map_err(|e| DockerError::Api {
             address: endpoint.address(),
             message: error_chain(&e),
@@ -107,14 +140,61 @@ impl DockerHost {
         Ok(DockerHost {
             api,
             address: endpoint.address(),
+            tls_files: settings.tls.then(|| TlsFiles {
+                ca: settings.ca_file.display().to_string(),
+                cert: settings.cert_file.display().to_string(),
+            }),
         })
     }
 
     pub fn error(&self, err: &bollard::errors::Error) -> DockerError {
+        let chain = error_chain(err);
+        let message = match self.hint(&chain) {
+            Some(hint) => format!("{hint} ({chain})"),
+            None => chain,
+        };
         DockerError::Api {
             address: self.address.clone(),
-            message: error_chain(err),
+            message,
         }
+    }
+
+    /// What an error from the transport means for the admin, in words: the TLS problems hide
+    /// several causes down and read like riddles.
+    fn hint(&self, chain: &str) -> Option<String> {
+        let c = chain.to_ascii_lowercase();
+        let files = self.tls_files.as_ref();
+        let (ca, cert) = files.map_or(("-", "-"), |f| (f.ca.as_str(), f.cert.as_str()));
+        if c.contains("connection refused") {
+            return Some("cannot connect: nothing listens there (is dockerd's TCP listener on this port?)".into());
+        }
+        if c.contains("timed out") || (c.contains("timeout") && c.contains("connect")) {
+            return Some("cannot connect: timed out (a firewall or security group in the way?)".into());
+        }
+        if c.contains("unknownissuer") || c.contains("unknown issuer") {
+            return Some(format!(
+                "TLS: the daemon's server certificate is not signed by the CA in docker.ca_file {ca} (wrong CA?)"
+            ));
+        }
+        if c.contains("notvalidforname") || c.contains("not valid for name") {
+            return Some("TLS: the daemon's server certificate does not name this address".into());
+        }
+        if c.contains("invalid peer certificate") && c.contains("expired") {
+            return Some("TLS: the daemon's server certificate has expired".into());
+        }
+        if c.contains("received fatal alert") || c.contains("certificaterequired") {
+            return Some(format!(
+                "TLS: the daemon refused our client certificate docker.cert_file {cert} \
+                 (expired, not yet valid, or not signed by a CA the daemon trusts)"
+            ));
+        }
+        if c.contains("invalid peer certificate") || c.contains("tls handshake") {
+            return Some("TLS handshake failed".into());
+        }
+        if c.contains("connection reset") || c.contains("broken pipe") || c.contains("connection closed") {
+            return Some("the connection to the daemon was lost".into());
+        }
+        None
     }
 
     /// The task's containers by their ECS container name (`build`, `helper`, services...).
@@ -260,6 +340,8 @@ mod tests {
             cert_file: "/nonexistent/cert.pem".into(),
             key_file: "/nonexistent/key.pem".into(),
             connect_timeout_secs: 1,
+            tls: true,
+            allow_plain_tcp: false,
         };
         let endpoint = DockerEndpoint {
             host: "127.0.0.1".into(),

@@ -471,3 +471,226 @@ fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinit
     }
     def.build()
 }
+
+// ---- Listing and removing what this executor made (gc, unregister, check) -----------------
+
+/// A task of the cluster as `gc` judges it.
+#[derive(Debug, Clone)]
+pub struct TaskSummary {
+    pub arn: String,
+    pub started_by: String,
+    /// Seconds since the epoch (ECS `createdAt`).
+    pub created_at: Option<f64>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl TaskSummary {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A task definition revision with its tags.
+#[derive(Debug, Clone)]
+pub struct TaskDefinitionSummary {
+    pub arn: String,
+    pub tags: Vec<(String, String)>,
+}
+
+impl TaskDefinitionSummary {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Is this AWS error "it is not there (any more)"? Two hosts running gc race on the same
+/// resources: the loser's answer is one of these, and that is success.
+fn already_gone(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("not found") || m.contains("does not exist") || m.contains("unable to describe")
+}
+
+impl Ecs {
+    /// Every task of the cluster that is meant to run, with tags and creation time.
+    pub async fn tasks_meant_to_run(&self) -> Result<Vec<TaskSummary>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListTasks"))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        let mut tasks = Vec::with_capacity(arns.len());
+        for chunk in arns.chunks(100) {
+            let out = self
+                .client
+                .describe_tasks()
+                .cluster(&self.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(aws_sdk_ecs::types::TaskField::Tags)
+                .send()
+                .await
+                .map_err(api("DescribeTasks"))?;
+            tasks.extend(out.tasks().iter().map(|t| {
+                TaskSummary {
+                    arn: t.task_arn().unwrap_or_default().to_string(),
+                    started_by: t.started_by().unwrap_or_default().to_string(),
+                    created_at: t.created_at().map(|d| d.as_secs_f64()),
+                    tags: t
+                        .tags()
+                        .iter()
+                        .map(|tag| {
+                            (
+                                tag.key().unwrap_or_default().to_string(),
+                                tag.value().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect(),
+                }
+            }));
+        }
+        Ok(tasks)
+    }
+
+    /// Task definition families whose name starts with `prefix` (any status).
+    pub async fn families_with_prefix(&self, prefix: &str) -> Result<Vec<String>, EcsError> {
+        let mut families = Vec::new();
+        let mut pages = self
+            .client
+            .list_task_definition_families()
+            .family_prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListTaskDefinitionFamilies"))?;
+            families.extend(page.families().iter().filter(|f| f.starts_with(prefix)).cloned());
+        }
+        Ok(families)
+    }
+
+    /// The revisions of `family` with `status` (ACTIVE or INACTIVE), tags included.
+    pub async fn task_definitions_of(
+        &self,
+        family: &str,
+        status: aws_sdk_ecs::types::TaskDefinitionStatus,
+    ) -> Result<Vec<TaskDefinitionSummary>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_task_definitions()
+            .family_prefix(family)
+            .status(status.clone())
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListTaskDefinitions"))?;
+            arns.extend(page.task_definition_arns().iter().cloned());
+        }
+        let mut out = Vec::new();
+        for arn in arns {
+            let described = self
+                .client
+                .describe_task_definition()
+                .task_definition(&arn)
+                .include(TaskDefinitionField::Tags)
+                .send()
+                .await;
+            let described = match described {
+                Ok(d) => d,
+                Err(e) if already_gone(&describe_sdk_error(&e)) => continue,
+                Err(e) => return Err(api("DescribeTaskDefinition")(e)),
+            };
+            let Some(td) = described.task_definition() else {
+                continue;
+            };
+            if td.family() != Some(family) {
+                continue;
+            }
+            out.push(TaskDefinitionSummary {
+                arn,
+                tags: described
+                    .tags()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Tasks of `family` meant to run (any startedBy).
+    pub async fn running_tasks_of_family(&self, family: &str) -> Result<Vec<String>, EcsError> {
+        let out = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .family(family)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .send()
+            .await
+            .map_err(api("ListTasks"))?;
+        Ok(out.task_arns().to_vec())
+    }
+
+    /// DeleteTaskDefinitions (INACTIVE revisions only; at most 10 per call). Revisions that
+    /// are already gone count as deleted. Returns the failures worth reporting.
+    pub async fn delete_task_definitions(&self, arns: &[String]) -> Result<Vec<String>, EcsError> {
+        let mut problems = Vec::new();
+        for chunk in arns.chunks(10) {
+            let out = self
+                .client
+                .delete_task_definitions()
+                .set_task_definitions(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(api("DeleteTaskDefinitions"))?;
+            for f in out.failures() {
+                let reason = f.reason().unwrap_or("unknown reason");
+                if !already_gone(reason) {
+                    problems.push(format!("{}: {reason}", f.arn().unwrap_or("?")));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// DescribeClusters: the cluster's status (ACTIVE when usable).
+    pub async fn cluster_status(&self) -> Result<Option<String>, EcsError> {
+        let out = self
+            .client
+            .describe_clusters()
+            .clusters(&self.cluster)
+            .send()
+            .await
+            .map_err(api("DescribeClusters"))?;
+        Ok(out.clusters().first().and_then(|c| c.status()).map(String::from))
+    }
+
+    /// The cluster's container instances (ARNs).
+    pub async fn container_instances(&self) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_container_instances()
+            .cluster(&self.cluster)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListContainerInstances"))?;
+            arns.extend(page.container_instance_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+}
+
+// ---- end of listing and removing ----------------------------------------------------------

@@ -34,12 +34,16 @@ exit 1"#;
 /// How long the script's processes get between SIGTERM and SIGKILL on cancel.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEnd {
     /// The script ended with this exit code.
     Exited(i64),
     /// We were told to stop; the script's processes were killed in the container.
     Cancelled,
+    /// The script died with its container: the task was stopped under it (StopTask, the
+    /// instance went away, an essential container exited). `state` is Docker's word on the
+    /// container ("exited (137)", "removed", ...).
+    ContainerStopped { exit_code: i64, state: String },
 }
 
 /// One stage's script in one container.
@@ -104,7 +108,7 @@ impl ExecStream<'_> {
                     Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => out.stdout(&message),
                     Ok(LogOutput::StdErr { message }) => out.stderr(&message),
                     Ok(LogOutput::StdIn { .. }) => {}
-                    Err(e) => return Err(self.docker.error(&e)),
+                    Err(e) => return Err(self.lost(self.docker.error(&e).to_string())),
                 }
             }
             Ok(())
@@ -116,13 +120,17 @@ impl ExecStream<'_> {
         tokio::select! {
             result = &mut streamed => {
                 result?;
-                let inspect = api.inspect_exec(&exec.id).await.map_err(|e| self.docker.error(&e))?;
+                let inspect = api
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(|e| self.lost(self.docker.error(&e).to_string()))?;
                 match (inspect.running, inspect.exit_code) {
+                    (Some(false), Some(code)) if code != 0 => match self.container_stopped(code > 128).await {
+                        Some(state) => Ok(ExecEnd::ContainerStopped { exit_code: code, state }),
+                        None => Ok(ExecEnd::Exited(code)),
+                    },
                     (Some(false), Some(code)) => Ok(ExecEnd::Exited(code)),
-                    _ => Err(DockerError::Api {
-                        address: self.docker.address.clone(),
-                        message: "the connection ended while the script was still running: output after this point was lost".into(),
-                    }),
+                    _ => Err(self.lost("the output stream ended while the script was still running".into())),
                 }
             }
             () = &mut cancel => {
@@ -134,6 +142,65 @@ impl ExecStream<'_> {
                 }
                 Ok(ExecEnd::Cancelled)
             }
+        }
+    }
+
+    /// The connection to Docker broke mid-stage: say what that costs the job.
+    fn lost(&self, why: String) -> DockerError {
+        DockerError::Api {
+            address: self.docker.address.clone(),
+            message: format!(
+                "connection lost while the stage ran: {why}. Output after this point was lost and the \
+                 script's exit status is unknown (it may still be running in the container until cleanup \
+                 stops the task)"
+            ),
+        }
+    }
+
+    /// `Some(Docker's state)` when the container is no longer running (or gone). `by_signal`:
+    /// the script died of a signal, as it does when its container is killed; Docker may still
+    /// show the container running for a moment then, so look again for up to 3 s.
+    async fn container_stopped(&self, by_signal: bool) -> Option<String> {
+        let looks = if by_signal { 15 } else { 1 };
+        for look in 0..looks {
+            if look > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if let Some(state) = self.container_state_if_stopped().await {
+                return Some(state);
+            }
+        }
+        None
+    }
+
+    async fn container_state_if_stopped(&self) -> Option<String> {
+        match self
+            .docker
+            .api
+            .inspect_container(
+                self.container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(c) => {
+                let state = c.state?;
+                if state.running == Some(true) {
+                    return None;
+                }
+                let mut text = format!(
+                    "{} ({})",
+                    state.status.map(|s| s.to_string()).unwrap_or_else(|| "stopped".into()),
+                    state.exit_code.unwrap_or(-1)
+                );
+                if state.oom_killed == Some(true) {
+                    text.push_str(", killed for lack of memory");
+                }
+                Some(text)
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Some("removed".into()),
+            // Docker unreachable: nothing is known, the exit code stands.
+            Err(_) => None,
         }
     }
 

@@ -54,6 +54,25 @@ enum Step {
     },
     /// Stop the job's task and remove its state (cleanup_exec).
     Cleanup,
+    // ---- admin commands (not called by gitlab-runner) ----
+    /// Stop this host's abandoned tasks and remove unused task definitions (cron-safe).
+    Gc {
+        /// Only list what would be done, one line each.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also judge tasks of this runner short token (this host's runners are known).
+        #[arg(long = "runner", value_name = "SHORT_TOKEN")]
+        runners: Vec<String>,
+    },
+    /// The runner is being removed: stop its tasks, deregister and delete its task definitions.
+    Unregister {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long = "runner", value_name = "SHORT_TOKEN")]
+        runners: Vec<String>,
+    },
+    /// Check config, AWS access and cluster, and Docker on every container instance.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +83,9 @@ fn main() -> ExitCode {
         Step::Prepare => "prepare",
         Step::Run { .. } => "run",
         Step::Cleanup => "cleanup",
+        Step::Gc { .. } => "gc",
+        Step::Unregister { .. } => "unregister",
+        Step::Check => "check",
     };
     match run_step(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,11 +105,18 @@ fn main() -> ExitCode {
 
 fn run_step(cli: Cli) -> Result<(), Failure> {
     let path = Config::resolve_path(cli.config.as_deref());
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::system(format!("cannot start the async runtime: {e}")))
+    };
+    if let Step::Check = cli.step {
+        // check reports a bad config as one of its lines.
+        return runtime()?.block_on(steps::check::run(&path));
+    }
     let config = Config::load(&path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::system(format!("cannot start the async runtime: {e}")))?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let shutdown = terminated();
         match cli.step {
@@ -101,6 +130,9 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
                 steps::run::run(&config, script.as_ref(), stage, shutdown).await
             }
             Step::Cleanup => steps::cleanup::run(&config).await,
+            Step::Gc { dry_run, runners } => steps::gc::gc(&config, dry_run, &runners).await,
+            Step::Unregister { dry_run, runners } => steps::gc::unregister(&config, dry_run, &runners).await,
+            Step::Check => unreachable!("handled above"),
         }
     })
 }

@@ -200,6 +200,59 @@ impl StateStore {
     }
 }
 
+// ---- What `gc` needs to know on this host: runners served, task definitions last used -----
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl StateStore {
+    /// prepare, under the task definition's lock, before RunTask: this host serves `runner`
+    /// (`runners/<runner>`, so `gc` knows whose tasks are its to judge) and uses `family` now
+    /// (`taskdefs/<family>` holds the time, so `gc` leaves it registered while in use).
+    pub fn note_use(&self, runner: &str, family: &str) -> Result<(), StateError> {
+        let runners = self.subdir("runners")?;
+        let marker = runners.join(runner);
+        if !marker.exists() {
+            fs::write(&marker, b"").map_err(Self::io(&marker))?;
+        }
+        self.touch_task_definition(family, unix_now())
+    }
+
+    /// Record `family` as used at `when`.
+    pub fn touch_task_definition(&self, family: &str, when: u64) -> Result<(), StateError> {
+        let dir = self.subdir("taskdefs")?;
+        let path = dir.join(family);
+        fs::write(&path, when.to_string()).map_err(Self::io(&path))
+    }
+
+    /// When a prepare on this host last used `family` (None: never recorded).
+    pub fn task_definition_last_used(&self, family: &str) -> Option<u64> {
+        let text = fs::read_to_string(self.dir.join("taskdefs").join(family)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    pub fn forget_task_definition(&self, family: &str) {
+        let _ = fs::remove_file(self.dir.join("taskdefs").join(family));
+    }
+
+    /// The runner short tokens this host has served (`runners/`).
+    pub fn known_runners(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.dir.join("runners")) else {
+            return Vec::new();
+        };
+        let mut runners: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        runners.sort();
+        runners
+    }
+}
+
+// ---- end of gc records ----------------------------------------------------------------------
+
 /// Held while it lives; the kernel releases the flock when the file closes (even on SIGKILL).
 pub struct FileLock {
     _file: File,

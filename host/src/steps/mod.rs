@@ -2,8 +2,10 @@
 //! Each step returns `Ok` or a classified [`Failure`](crate::failure::Failure); `main` turns that
 //! into the exit code.
 
+pub mod check;
 pub mod cleanup;
 pub mod config;
+pub mod gc;
 pub mod prepare;
 pub mod run;
 

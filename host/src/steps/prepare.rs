@@ -81,7 +81,10 @@ async fn launch(
     let td = {
         // Jobs racing on one runner host register one revision, not one each.
         let _lock = store.lock(&format!("taskdef-{}", &spec.content_hash()[..16]))?;
-        ecs.ensure_task_definition(&spec, config, &per_job_family).await?
+        let td = ecs.ensure_task_definition(&spec, config, &per_job_family).await?;
+        // Under the same lock `gc` takes before removing it: in use from now on.
+        store.note_use(&job.key.runner, &td.family)?;
+        td
     };
     log_phase(
         phase,
@@ -112,8 +115,10 @@ async fn launch(
         }
     };
     let mut state = JobState::new(job.key.job_id, ecs.cluster(), &placed.arn, &td.arn, per_job);
-    store.save(&job.key, &state)?;
+    // Known to the failure path before the save: a state dir that cannot take the file must
+    // not leave the task running.
     *launched = Some(state.clone());
+    store.save(&job.key, &state)?;
     log_phase(
         phase,
         format_args!("task {} started on cluster {}", placed.arn, ecs.cluster()),

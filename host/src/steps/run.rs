@@ -46,10 +46,53 @@ pub async fn run(
     match end {
         ExecEnd::Exited(0) => Ok(()),
         ExecEnd::Exited(code) => Err(Failure::script(i32::try_from(code).unwrap_or(1))),
+        ExecEnd::ContainerStopped {
+            exit_code,
+            state: docker_state,
+        } => {
+            let why = ecs_stop_reason(config, &state.task_arn).await;
+            Err(Failure::system(format!(
+                "the {} container stopped while stage {stage} ran (script exit code {exit_code}, container {docker_state}): \
+                 task {} was stopped. ECS says: {why}",
+                route.container_name(),
+                state.task_arn
+            )))
+        }
         ExecEnd::Cancelled => Err(Failure {
             blame: Blame::Build,
             message: format!("stage {stage} was cancelled; its processes in the container were killed"),
             script_exit_code: Some(143),
         }),
     }
+}
+
+/// ECS's reason for stopping the task. Only on this failure path does a run stage talk to
+/// AWS: the agent reports a stop a moment after the containers die, so look for a few seconds.
+async fn ecs_stop_reason(config: &Config, task_arn: &str) -> String {
+    use std::time::Duration;
+    let clients = crate::aws::AwsClients::load(config).await;
+    let ecs = crate::ecs::Ecs::new(clients.ecs, &config.cluster);
+    let look = async {
+        let mut last = String::from("no answer");
+        for _ in 0..20 {
+            match ecs.describe_task(task_arn).await {
+                Ok(status) if status.missing => return "the task is unknown to ECS (MISSING)".to_string(),
+                Ok(status) if status.desired_status == "STOPPED" || status.last_status == "STOPPED" => {
+                    return status.stop_explanation();
+                }
+                Ok(status) => {
+                    last = format!(
+                        "the task is still {} (desired {})",
+                        status.last_status, status.desired_status
+                    )
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        last
+    };
+    tokio::time::timeout(Duration::from_secs(15), look)
+        .await
+        .unwrap_or_else(|_| "ECS did not answer within 15 s".into())
 }

@@ -1,0 +1,168 @@
+//! `check`: is this runner host ready to run jobs? One line per check on stdout, `ok` or
+//! `FAIL` with what to fix; fails (SYSTEM_FAILURE's code) unless every check passed.
+//!
+//! Checks: the config file; (plugins: see the hook below); AWS credentials and the cluster
+//! (DescribeClusters); for each registered container instance, its address as prepare picks
+//! it and a Docker ping over mutual TLS (or plain TCP where the config allows it).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::aws::AwsClients;
+use crate::config::Config;
+use crate::docker::{DockerEndpoint, DockerHost};
+use crate::ecs::Ecs;
+use crate::failure::Failure;
+use crate::instance::ContainerInstance;
+
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: impl std::fmt::Display) {
+        self.passed += 1;
+        println!("ok   {what}");
+    }
+
+    fn fail(&mut self, what: impl std::fmt::Display, fix: impl std::fmt::Display) {
+        self.failed += 1;
+        println!("FAIL {what}\n     fix: {fix}");
+    }
+}
+
+pub async fn run(config_path: &Path) -> Result<(), Failure> {
+    let mut report = Report::default();
+    let config = match Config::load(config_path) {
+        Ok(c) => {
+            report.ok(format_args!(
+                "config {}: cluster {}, region {}, family_prefix {}",
+                config_path.display(),
+                c.cluster,
+                c.region,
+                c.family_prefix
+            ));
+            c
+        }
+        Err(e) => {
+            report.fail(
+                format_args!("config: {e}"),
+                "correct the file (or pass --config / set ECS_EXECUTOR_CONFIG)",
+            );
+            return finish(report);
+        }
+    };
+
+    // PLUGIN CHECK HOOK (lead, issue 4): load each configured plugin here and report one
+    // `ok`/`FAIL` line per plugin. Nothing is checked for plugins yet.
+
+    let clients = AwsClients::load(&config).await;
+    let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);
+    match ecs.cluster_status().await {
+        Ok(Some(status)) if status == "ACTIVE" => report.ok(format_args!(
+            "AWS credentials and cluster {} in {} (ACTIVE)",
+            config.cluster, config.region
+        )),
+        Ok(Some(status)) => report.fail(
+            format_args!("cluster {} in {} is {status}", config.cluster, config.region),
+            "use an ACTIVE cluster in `cluster`",
+        ),
+        Ok(None) => report.fail(
+            format_args!("cluster {} not found in {}", config.cluster, config.region),
+            "check `cluster` and `region`",
+        ),
+        Err(e) => {
+            report.fail(
+                format_args!("AWS: {e}"),
+                "check the credentials (aws.profile, the environment or the instance role; they need \
+                 ecs:DescribeClusters) and `region` / `endpoint_url`",
+            );
+            return finish(report);
+        }
+    }
+
+    let instances = match ecs.container_instances().await {
+        Ok(i) => i,
+        Err(e) => {
+            report.fail(format_args!("{e}"), "the credentials need ecs:ListContainerInstances");
+            return finish(report);
+        }
+    };
+    if instances.is_empty() {
+        report.fail(
+            format_args!("cluster {} has no container instances", config.cluster),
+            "start instances with the ECS agent joined to this cluster (or check the capacity provider)",
+        );
+    }
+    for arn in instances {
+        check_instance(&config, &ecs, &clients.ec2, &arn, &mut report).await;
+    }
+    finish(report)
+}
+
+async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, arn: &str, report: &mut Report) {
+    let instance = match ContainerInstance::resolve(ecs, ec2, arn).await {
+        Ok(i) => i,
+        Err(e) => {
+            return report.fail(
+                format_args!("container instance {arn}: {e}"),
+                "the credentials need ecs:DescribeContainerInstances and ec2:DescribeInstances",
+            );
+        }
+    };
+    let host = match instance.docker_host(config.use_private_ip) {
+        Ok(h) => h,
+        Err(e) => {
+            return report.fail(
+                format_args!("{e}"),
+                "set `use_private_ip` to the address the runner can reach",
+            );
+        }
+    };
+    let endpoint = DockerEndpoint {
+        host,
+        port: config.docker.port,
+    };
+    let transport = if config.docker.tls { "mutual TLS" } else { "PLAIN TCP" };
+    let what = format!(
+        "Docker at {} on {} ({transport})",
+        endpoint.address(),
+        instance.ec2_instance_id
+    );
+    let docker = match DockerHost::connect(&config.docker, &endpoint) {
+        Ok(d) => d,
+        Err(e) => return report.fail(format_args!("{what}: {e}"), "fix the docker.* TLS files"),
+    };
+    let limit = Duration::from_secs(config.docker.connect_timeout_secs + 5);
+    match tokio::time::timeout(limit, docker.api.version()).await {
+        Ok(Ok(v)) => report.ok(format_args!(
+            "{what}: Docker {} (API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        )),
+        Ok(Err(e)) => report.fail(
+            format_args!("{what}: {}", docker.error(&e)),
+            "make dockerd listen with --tlsverify on docker.port, signed by docker.ca_file, trusting the CA of \
+             docker.cert_file (and let the runner host through the security group)",
+        ),
+        Err(_) => report.fail(
+            format_args!("{what}: no answer within {} s", limit.as_secs()),
+            "check the security group / firewall between this host and the instance",
+        ),
+    }
+}
+
+fn finish(report: Report) -> Result<(), Failure> {
+    if report.failed == 0 {
+        println!("all {} checks passed", report.passed);
+        Ok(())
+    } else {
+        Err(Failure::system(format!(
+            "{} of {} checks failed",
+            report.failed,
+            report.failed + report.passed
+        )))
+    }
+}
