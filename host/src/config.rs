@@ -91,6 +91,11 @@ pub struct Config {
     pub builds_dir: String,
     #[serde(default = "default_cache_dir")]
     pub cache_dir: String,
+    /// Directory on the container instance mounted at `cache_dir` in the helper and build
+    /// containers: it outlives the task, like the Docker executor's cache volume. Shared by
+    /// every job on the instance (gitlab-runner keeps each project's caches in its own subdir).
+    #[serde(default = "default_cache_host_path")]
+    pub cache_host_path: String,
     /// The shell gitlab-runner generates scripts for: `bash` or `sh`.
     #[serde(default = "default_shell")]
     pub shell: String,
@@ -100,6 +105,34 @@ pub struct Config {
     /// `ecs-executor gc`: what counts as abandoned (see `steps::gc`).
     #[serde(default)]
     pub gc: GcSettings,
+    /// `[services]`: limits on a job's CI services and the wait for their ports.
+    #[serde(default)]
+    pub services: ServiceSettings,
+}
+
+/// The `[services]` table: admin limits on CI services and how long prepare waits for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Most services one job may have; a job with more is refused (build failure). 0: none.
+    #[serde(default = "default_max_services")]
+    pub max_per_job: usize,
+    /// Image patterns a service may use (`*` within a path segment, `**` across); empty: any.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+    /// How long prepare waits for each service's TCP ports before it warns and goes on.
+    #[serde(default = "default_wait_for_services")]
+    pub wait_timeout_secs: u64,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            max_per_job: default_max_services(),
+            allowed_images: Vec::new(),
+            wait_timeout_secs: default_wait_for_services(),
+        }
+    }
 }
 
 // ---- [gc] (ecs-executor gc / unregister) -------------------------------------------------
@@ -274,6 +307,15 @@ fn default_builds_dir() -> String {
 fn default_cache_dir() -> String {
     "/cache".into()
 }
+fn default_cache_host_path() -> String {
+    "/var/cache/ecs-executor".into()
+}
+fn default_max_services() -> usize {
+    10
+}
+fn default_wait_for_services() -> u64 {
+    30
+}
 fn default_shell() -> String {
     "bash".into()
 }
@@ -399,7 +441,11 @@ impl Config {
         if self.shell != "bash" && self.shell != "sh" {
             return Err(invalid("shell", format!("{:?} must be \"bash\" or \"sh\"", self.shell)));
         }
-        for (key, dir) in [("builds_dir", &self.builds_dir), ("cache_dir", &self.cache_dir)] {
+        for (key, dir) in [
+            ("builds_dir", &self.builds_dir),
+            ("cache_dir", &self.cache_dir),
+            ("cache_host_path", &self.cache_host_path),
+        ] {
             if !dir.starts_with('/') || dir.contains("..") {
                 return Err(invalid(key, format!("{dir:?} must be an absolute path without `..`")));
             }
@@ -409,6 +455,15 @@ impl Config {
                 "state_dir",
                 format!("{} must be an absolute path", self.state_dir.display()),
             ));
+        }
+        if let Some(bad) = self.services.allowed_images.iter().find(|p| p.trim().is_empty()) {
+            return Err(invalid(
+                "services.allowed_images",
+                format!("{bad:?} is not an image pattern"),
+            ));
+        }
+        if self.services.wait_timeout_secs > 3600 {
+            return Err(invalid("services.wait_timeout_secs", "must be at most 3600".into()));
         }
         if self.start_timeout_secs == 0 {
             return Err(invalid("start_timeout_secs", "must be at least 1".into()));
@@ -460,6 +515,20 @@ key_file = "/etc/ecs-executor/key.pem"
         assert!(c.use_private_ip);
         assert_eq!(c.docker.port, 2376);
         assert_eq!(c.builds_dir, "/builds");
+        assert_eq!(c.cache_host_path, "/var/cache/ecs-executor");
+        assert_eq!(c.services.max_per_job, 10);
+        assert_eq!(c.services.wait_timeout_secs, 30);
+        assert!(c.services.allowed_images.is_empty());
+    }
+
+    #[test]
+    fn service_settings_are_checked() {
+        let text = format!("{MINIMAL}\n[services]\nallowed_images = [\"\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("services.allowed_images"), "{err}");
+        let text = format!("{MINIMAL}\n[services]\nmax_per_job = 2\nallowed_images = [\"docker.io/library/*\"]\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.services.max_per_job, 2);
     }
 
     #[test]
@@ -519,6 +588,7 @@ key_file = "/etc/ecs-executor/key.pem"
             ("shell = \"pwsh\"", "shell"),
             ("builds_dir = \"relative\"", "builds_dir"),
             ("network_mode = \"awsvpc\"", "awsvpc.subnets"),
+            ("cache_host_path = \"cache\"", "cache_host_path"),
         ] {
             let text = MINIMAL.replacen("region", &format!("{line}\nregion"), 1);
             let err = parse(&text).unwrap_err().to_string();

@@ -31,6 +31,12 @@ done
 echo "shell not found" >&2
 exit 1"#;
 
+/// GitLab's helper images ship `gitlab-runner-helper`; the cache and artifact stages call
+/// `gitlab-runner`. Where only the former exists, a link to it goes first on PATH.
+const HELPER_PATH: &str = r#"if ! command -v gitlab-runner >/dev/null 2>&1 && h=$(command -v gitlab-runner-helper); then
+  d=/tmp/.ecs-executor-bin; mkdir -p "$d" && ln -sf "$h" "$d/gitlab-runner" && PATH="$d:$PATH" && export PATH
+fi"#;
+
 /// How long the script's processes get between SIGTERM and SIGKILL on cancel.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
@@ -62,7 +68,7 @@ impl ExecStream<'_> {
         let api = &self.docker.api;
         let wrapper = match self.route {
             // The helper writes with umask 0000 so a non-root build user can use the checkout.
-            StageRoute::Helper => format!("umask 0000\n{DETECT_SHELL}"),
+            StageRoute::Helper => format!("umask 0000\n{HELPER_PATH}\n{DETECT_SHELL}"),
             StageRoute::Build => DETECT_SHELL.to_string(),
         };
         let exec = api

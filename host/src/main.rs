@@ -14,6 +14,7 @@ mod failure;
 mod instance;
 mod job;
 mod protocol;
+mod services;
 mod state;
 mod steps;
 mod task_spec;

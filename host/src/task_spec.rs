@@ -1,5 +1,6 @@
 //! The ECS task definition we build for a job: a build container from the job's image and a
-//! helper container (git, gitlab-runner-helper), sharing a task-scoped builds volume.
+//! helper container (git, gitlab-runner-helper), sharing a task-scoped builds volume and a
+//! cache directory on the container instance; CI services are added by `services`.
 //!
 //! No job variable or secret ever goes in here: task definitions are readable by anyone who
 //! may describe them. The same content gives the same hash, so task definitions are reused.
@@ -18,6 +19,9 @@ pub const KEEP_ALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & w
 
 /// Name of the task-scoped volume holding the checkout and build outputs.
 pub const BUILDS_VOLUME: &str = "builds";
+
+/// Name of the host-path volume holding caches (it outlives the task).
+pub const CACHE_VOLUME: &str = "cache";
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskSpec {
@@ -88,6 +92,11 @@ impl TaskSpec {
             container_path: config.builds_dir.clone(),
             read_only: false,
         };
+        let cache_mount = MountPoint {
+            source_volume: CACHE_VOLUME.into(),
+            container_path: config.cache_dir.clone(),
+            read_only: false,
+        };
         let keep_alive = vec!["sh".to_string(), "-c".to_string(), KEEP_ALIVE.to_string()];
         let container = |name: &str, image: String, entry_point: Option<Vec<String>>| ContainerSpec {
             name: name.into(),
@@ -99,7 +108,7 @@ impl TaskSpec {
             entry_point,
             command: keep_alive.clone(),
             environment: BTreeMap::new(),
-            mount_points: vec![builds_mount.clone()],
+            mount_points: vec![builds_mount.clone(), cache_mount.clone()],
             links: vec![],
             extra_hosts: vec![],
             docker_labels: BTreeMap::from([("ecs-executor.role".to_string(), name.to_string())]),
@@ -116,10 +125,16 @@ impl TaskSpec {
                 container("build", job.image.clone(), job.image_entrypoint.clone()),
                 container("helper", helper_image(config, &job.runner_version), None),
             ],
-            volumes: vec![VolumeSpec {
-                name: BUILDS_VOLUME.into(),
-                host_path: None,
-            }],
+            volumes: vec![
+                VolumeSpec {
+                    name: BUILDS_VOLUME.into(),
+                    host_path: None,
+                },
+                VolumeSpec {
+                    name: CACHE_VOLUME.into(),
+                    host_path: Some(config.cache_host_path.clone()),
+                },
+            ],
             placement_constraints: vec![],
             tags: BTreeMap::new(),
         }

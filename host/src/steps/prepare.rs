@@ -17,6 +17,8 @@ use crate::ecs::{self, Ecs, TaskStatus};
 use crate::failure::Failure;
 use crate::instance::ContainerInstance;
 use crate::job::JobContext;
+use crate::protocol::JobResponse;
+use crate::services::{self, JobServices};
 use crate::state::{JobState, StateStore};
 use crate::task_spec::TaskSpec;
 
@@ -75,7 +77,15 @@ async fn launch(
 ) -> Result<(), Failure> {
     // 1. The task definition: reuse one with the same content, else register it.
     let phase = Instant::now();
-    let spec = TaskSpec::for_job(config, job);
+    let mut spec = TaskSpec::for_job(config, job);
+    // Services: validated (limits, allowlist, aliases) before any ECS call.
+    let services = JobServices::load(config, &JobResponse::load()?)?;
+    for note in &services.notes {
+        log_note(note);
+    }
+    for service in &services.services {
+        services::add_to_spec(&mut spec, service, services::builtin_containers(config, service));
+    }
     let per_job = config.task_definition_mode == TaskDefinitionMode::PerJob;
     let per_job_family = format!("{}-job-{}", config.family_prefix, job.key.job_id);
     let td = {
@@ -166,6 +176,24 @@ async fn launch(
     let containers = docker.task_containers(&placed.arn).await?;
     for c in &spec.containers {
         docker.pick(&containers, &c.name)?;
+    }
+    // 6. Services: launch them with their variables (over Docker exec, never through ECS) and
+    // wait for their ports; a service that does not come up is a warning, as with GitLab.
+    if !services.is_empty() {
+        let phase = Instant::now();
+        let reports = services::start(config, &docker, &containers, &services, &|t| job.redact(t)).await?;
+        let up = reports.iter().filter(|r| r.problem.is_none()).count();
+        let down: Vec<String> = reports
+            .iter()
+            .filter(|r| r.problem.is_some())
+            .map(|r| format!("{} ({})", r.container, r.image))
+            .collect();
+        let down = if down.is_empty() {
+            String::new()
+        } else {
+            format!("; not up: {}", down.join(", "))
+        };
+        log_phase(phase, format_args!("services: {up} of {} up{down}", reports.len()));
     }
     state.containers = containers;
     store.save(&job.key, &state)?;
