@@ -677,7 +677,19 @@ done"#,
         host = host,
     );
     let shell = "if command -v bash >/dev/null 2>&1; then exec bash -c \"$0\"; else exec sh -c \"$0\"; fi";
-    let (code, out) = exec_with_input(docker, helper, None, &["sh", "-c", shell, &probe], b"").await?;
+    // A connect that hangs (a dropped SYN) must not hold prepare past the deadline.
+    let cmd = ["sh", "-c", shell, probe.as_str()];
+    let probing = exec_with_input(docker, helper, None, &cmd, b"");
+    let (code, out) = match tokio::time::timeout(timeout + Duration::from_secs(10), probing).await {
+        Ok(result) => result?,
+        Err(_) => (
+            -1,
+            format!(
+                "the port check of {host} did not finish within {} s",
+                timeout.as_secs() + 10
+            ),
+        ),
+    };
     if code == 0 {
         return Ok(None);
     }

@@ -47,7 +47,8 @@ fn a_job_reaches_its_services_by_every_alias_and_derived_name_and_no_variable_re
         .masked_variable("SETTINGS_SECRET", &settings_secret)
         .service(
             Image::new(ECHO)
-                .alias("db,pg")
+                // A dotted alias cannot be an ECS link: it reaches /etc/hosts instead.
+                .alias("db,pg db.svc.local")
                 .variable("SERVICE_GREETING", "hi-from-db")
                 .variable("SERVICE_TOKEN", &service_secret)
                 .variable("FROM_JOB", "$JOB_PUBLIC-expanded"),
@@ -61,7 +62,7 @@ fn a_job_reaches_its_services_by_every_alias_and_derived_name_and_no_variable_re
                 .variable("HEALTHCHECK_TCP_PORT", "7001"),
         )
         .script([
-            "for h in db pg ecs-executor-test__svc-echo ecs-executor-test-svc-echo; do",
+            "for h in db pg db.svc.local ecs-executor-test__svc-echo ecs-executor-test-svc-echo; do",
             // Whole replies to files: `nc | head` would end in SIGPIPE under pipefail.
             "  nc \"$h\" 6379 </dev/null > \"reply-$h.txt\"; printf '%s: ' \"$h\"; head -n 1 \"reply-$h.txt\"",
             "done",
@@ -83,6 +84,7 @@ fn a_job_reaches_its_services_by_every_alias_and_derived_name_and_no_variable_re
     for name in [
         "db",
         "pg",
+        "db.svc.local",
         "ecs-executor-test__svc-echo",
         "ecs-executor-test-svc-echo",
         "other",
@@ -408,4 +410,86 @@ fn a_build_image_without_git_gets_a_checkout_through_the_helper_writable_by_a_no
         cache_host.display()
     );
     let _ = std::fs::remove_dir_all(&cache_host);
+}
+
+/// `awsvpc` mode: the agent stand-in puts all of the task's containers in one network
+/// namespace (as ECS does with one ENI); every name resolves to 127.0.0.1 through /etc/hosts.
+#[test]
+fn in_awsvpc_mode_services_are_reached_by_every_name_on_localhost() {
+    // A subnet and security group moto knows (the first ones: moto's default VPC, which has
+    // DNS host names on, as moto's awsvpc RunTask needs).
+    let standin = ecs_executor_tests::standin::Standin::require();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ec2 = rt.block_on(standin.ec2(3));
+    let subnets = rt.block_on(ec2.describe_subnets().send()).expect("DescribeSubnets");
+    let subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
+    let groups = rt
+        .block_on(ec2.describe_security_groups().send())
+        .expect("DescribeSecurityGroups");
+    let group = groups.security_groups()[0].group_id().unwrap().to_string();
+    let e = E2e::with_config_edit("svc-awsvpc", move |text| {
+        let text = top_level(&text, "network_mode = \"awsvpc\"");
+        format!("{text}\n[awsvpc]\nsubnets = [\"{subnet}\"]\nsecurity_groups = [\"{group}\"]\n")
+    });
+    let job = e
+        .job()
+        .service(
+            Image::new(ECHO)
+                .alias("db db.svc.local")
+                .variable("SERVICE_GREETING", "hi-awsvpc"),
+        )
+        // One namespace: the second service needs a port of its own.
+        .service(
+            Image::new(ECHO)
+                .alias("other")
+                .variable("PORT", "7001")
+                .variable("HEALTHCHECK_TCP_PORT", "7001"),
+        )
+        .script([
+            "for h in db db.svc.local ecs-executor-test__svc-echo ecs-executor-test-svc-echo; do",
+            "  nc \"$h\" 6379 </dev/null > \"reply-$h.txt\"; printf '%s: ' \"$h\"; head -n 1 \"reply-$h.txt\"",
+            "done",
+            "grep '^env: SERVICE_GREETING=hi-awsvpc$' reply-db.txt",
+            "nc other 7001 </dev/null > other.txt; printf 'other: '; head -n 1 other.txt",
+            "grep '^127.0.0.1' /etc/hosts",
+        ]);
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
+    let out = build.stdout_text();
+    for name in [
+        "db",
+        "db.svc.local",
+        "ecs-executor-test__svc-echo",
+        "ecs-executor-test-svc-echo",
+        "other",
+    ] {
+        assert!(
+            out.contains(&format!("{name}: hello from ")),
+            "{name} is reachable:\n{}",
+            show(build)
+        );
+    }
+    assert!(outcome.calls[1].stdout_text().contains("services: 2 of 2 up"), "{log}");
+    let tasks = e.assert_tasks_stopped(&job, 1);
+    let td = e
+        .block_on(
+            e.ecs
+                .describe_task_definition()
+                .task_definition(tasks[0].task_definition_arn().unwrap())
+                .send(),
+        )
+        .expect("DescribeTaskDefinition");
+    let td = td.task_definition().unwrap();
+    assert_eq!(td.network_mode().map(|m| m.as_str()), Some("awsvpc"));
+    for c in td.container_definitions() {
+        assert!(
+            c.links().is_empty() && c.extra_hosts().is_empty(),
+            "awsvpc takes neither: {c:?}"
+        );
+    }
 }
