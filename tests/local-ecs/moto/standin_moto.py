@@ -584,6 +584,25 @@ def _validate_container_defs(memory: Any, container_definitions: list[dict[str, 
             raise TaskDefinitionMemoryError(cd.get("name") or cd.get("Name"))
 
 
+_orig_register_td = Backend.register_task_definition
+
+
+def _register_task_definition(self: Backend, *args: Any, **kwargs: Any) -> Any:
+    """ECS never reuses a revision number. moto numbered from the revisions still present, so
+    after DeleteTaskDefinitions removed every revision of a family (as `ecs-executor gc` does)
+    the next registration was `:1` again, an ARN an old task may still name."""
+    highest: dict[str, int] = self.__dict__.setdefault("_standin_td_highest", {})
+    td = _orig_register_td(self, *args, **kwargs)
+    if td.revision <= highest.get(td.family, 0):
+        del self.task_definitions[td.family][td.revision]
+        td.revision = highest[td.family] + 1
+        td.arn = f"{td.arn.rsplit(':', 1)[0]}:{td.revision}"
+        self.task_definitions[td.family][td.revision] = td
+    highest[td.family] = td.revision
+    return td
+
+
+Backend.register_task_definition = _register_task_definition  # type: ignore[method-assign]
 Backend.run_task = _run_task  # type: ignore[method-assign]
 Backend.standin_run_task = standin_run_task  # type: ignore[attr-defined]
 Backend.describe_tasks = _describe_tasks  # type: ignore[method-assign]

@@ -152,6 +152,21 @@ class StandinMotoTest(unittest.TestCase):
 
     # ---------------------------------------------------------------- seed
 
+    def test_revisions_are_never_reused_after_delete(self) -> None:
+        containers = [{"name": "c", "image": "busybox", "memory": 64}]
+        first = self.register("gcfam", containers)
+        self.assertTrue(first.endswith(":1"), first)
+        self.ecs.deregister_task_definition(taskDefinition=first)
+        deleted = self.ecs.delete_task_definitions(taskDefinitions=[first])
+        self.assertEqual(deleted["failures"], [])
+        second = self.register("gcfam", containers, tags=[{"key": "k", "value": "v"}])
+        self.assertTrue(second.endswith(":2"), second)
+        td = self.ecs.describe_task_definition(taskDefinition="gcfam", include=["TAGS"])
+        self.assertEqual(td["taskDefinition"]["revision"], 2)
+        self.assertEqual(td["taskDefinition"]["taskDefinitionArn"], second)
+        self.assertEqual(td["tags"], [{"key": "k", "value": "v"}])
+        self.assertTrue(self.register("gcfam", containers).endswith(":3"))
+
     def test_seed_is_idempotent_and_sets_ips(self) -> None:
         again = seed.seed(self.endpoint, REGION, self.ecs, self.ec2)
         self.assertEqual(again, self.seeded)
