@@ -493,3 +493,34 @@ fn in_awsvpc_mode_services_are_reached_by_every_name_on_localhost() {
         );
     }
 }
+
+#[test]
+fn service_aliases_that_are_not_host_names_are_refused_before_any_task_runs() {
+    // (Whitespace separates aliases, as in GitLab: `alias: db pg` is two.)
+    for (name, alias) in [
+        ("slash", "../etc"),
+        ("shell", "db;rm"),
+        ("long", &"a".repeat(64)[..]),
+        ("ctl", "db\u{7}"),
+    ] {
+        let e = E2e::new(&format!("svc-alias-{name}"));
+        let mark = e.standin.request_mark();
+        let job = e
+            .job()
+            .service(Image::new(ECHO).alias(alias))
+            .script(["echo never-runs"]);
+        let outcome = e.runner(&job).run_job();
+        let log = outcome.log_text();
+        assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{alias:?}: {log}");
+        assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
+        let prepare = &outcome.calls[1];
+        let stderr = prepare.stderr_text();
+        assert!(
+            stderr.contains("is not a valid host name") && stderr.contains(&format!("{alias:?}")),
+            "{alias:?}: {}",
+            show(prepare)
+        );
+        assert!(e.tasks_of(&job).is_empty(), "no task ran");
+        assert_no_ecs_write_by(&e, mark);
+    }
+}
