@@ -415,8 +415,11 @@ impl Plugin {
         hook: Hook,
         settings: &str,
         log: Option<&dyn JobLog>,
-        f: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
+        f: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R> + Send,
+    ) -> Result<R, PluginError>
+    where
+        R: Send,
+    {
         let stdout = MemoryOutputPipe::new(STDIO_CAP);
         let stderr = MemoryOutputPipe::new(STDIO_CAP);
         let wasi = WasiCtxBuilder::new()
@@ -436,19 +439,32 @@ impl Plugin {
             log_bytes: 0,
             log_dropped: false,
         };
-        let mut store = Store::new(&self.engine.engine, state);
-        store.limiter(|s| &mut s.limits);
-        let ticks = self.limits.deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        let result = {
-            let _ticking = self.engine.ticking();
-            match self.pre.instantiate(&mut store) {
-                Ok(instance) => f(&mut store, &instance),
-                Err(e) => Err(e),
-            }
-        };
+        // On a thread of its own: WASI's sync stdio blocks on tokio internally, which panics on
+        // a thread that already drives a tokio runtime (as `prepare`'s does).
+        let (result, logs) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut store = Store::new(&self.engine.engine, state);
+                    store.limiter(|s| &mut s.limits);
+                    let ticks = self.limits.deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
+                    store.set_epoch_deadline(ticks);
+                    let _ticking = self.engine.ticking();
+                    let result = match self.pre.instantiate(&mut store) {
+                        Ok(instance) => f(&mut store, &instance),
+                        Err(e) => Err(e),
+                    };
+                    (result, std::mem::take(&mut store.data_mut().logs))
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    (
+                        Err(wasmtime::format_err!("the plugin call's thread panicked")),
+                        Vec::new(),
+                    )
+                })
+        });
         if let Some(log) = log {
-            for (level, line) in std::mem::take(&mut store.data_mut().logs) {
+            for (level, line) in logs {
                 log.write(&self.name, level, &log.redact(&line));
             }
         }
