@@ -61,6 +61,13 @@ impl task_definition::Guest for Misbehave {
             }),
             "other-error" => return Err(task_definition::Error::Other("broken on purpose".into())),
             "reject" => Err(reject("refused on purpose by test-misbehave"))?,
+            "add-tag" => {
+                task.tags.push(KeyValue {
+                    key: "misbehave".into(),
+                    value: "1".into(),
+                });
+                task.extra = Some(r#"{"pidMode":"task"}"#.into());
+            }
             _ => {}
         }
         Ok(task)

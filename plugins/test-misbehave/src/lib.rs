@@ -6,7 +6,8 @@
 //! `loop` (spin forever), `allocate` (grow memory without bound), `panic`, `busy` (burn CPU
 //! on real work for a long time, without sleeping), `remove-build` (drop the `build`
 //! container), `oversize` (a 100 KiB environment value), `other-error` (`err(other)`),
-//! `reject` (`err(rejected)`), `log-flood` (log 200 KiB, then accept).
+//! `reject` (`err(rejected)`), `log-flood` (log 200 KiB, then accept), `add-tag` (a
+//! well-behaved change: tag `misbehave=1`, task `extra` `{"pidMode": "task"}`).
 
 #[cfg(target_arch = "wasm32")]
 mod component;

@@ -17,6 +17,7 @@ pub struct Settings {
 
 pub const MODES: &[&str] = &[
     "accept",
+    "add-tag",
     "loop",
     "allocate",
     "panic",

@@ -462,3 +462,134 @@ fn the_address_picker_makes_the_executor_connect_to_the_public_listener() {
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
 }
+
+// ---- The admin commands (no gitlab-runner, no AWS).
+
+fn executor_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ECS_EXECUTOR_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    // Test binaries live in <target>/debug/deps/.
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("ecs-executor");
+    assert!(bin.is_file(), "build the executor first: {} is missing", bin.display());
+    bin
+}
+
+fn command(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(executor_bin())
+        .args(args)
+        .output()
+        .expect("run ecs-executor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_test_exits_0_1_or_2_and_prints_a_diff() {
+    let wasm = plugin_wasm("image-allowlist");
+    let cases = repo_root().join("plugin-host/tests/cases");
+    let wasm_s = wasm.display().to_string();
+    let good = cases.join("image-allowlist.json").display().to_string();
+    let wrong = cases.join("wrong-expectations.json").display().to_string();
+    let (code, out, err) = command(&["plugin", "test", &wasm_s, &good]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok      an image from another registry is refused") && out.contains("7 passed, 0 failed"),
+        "{out}"
+    );
+    let (code, out, err) = command(&["plugin", "test", &wasm_s, &good, &wrong]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAILED  expects the wrong image") && out.contains("$.containers[0].image: differs"),
+        "{out}"
+    );
+    assert!(out.contains("7 passed, 2 failed"), "{out}");
+    let (code, _, err) = command(&["plugin", "test", &wasm_s, "/nonexistent/cases.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/cases.json"), "{err}");
+    let (code, _, err) = command(&["plugin", "test", "/nonexistent/p.wasm", &good]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/p.wasm"), "{err}");
+}
+
+#[test]
+fn plan_and_compile_show_the_task_definition_after_the_plugins_without_calling_aws() {
+    let allowlist = plugin_wasm("image-allowlist");
+    let misbehave = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "plan",
+        &[
+            plugin_entry(
+                "allowlist",
+                &allowlist,
+                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
+                "",
+            ),
+            plugin_entry("tagger", &misbehave, r#"{"customize": "add-tag"}"#, ""),
+        ],
+    );
+    let mark = e.standin.request_mark();
+    let config = e.config.display().to_string();
+    let (code, out, err) = command(&["--config", &config, "plugin", "compile"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("allowlist") && out.contains("tagger") && out.contains("settings accepted"),
+        "{out}"
+    );
+    let (_, again, _) = command(&["--config", &config, "plugin", "compile"]);
+    assert!(
+        again.contains("already compiled allowlist"),
+        "the second run uses the cache: {again}"
+    );
+
+    let response = e.dir.join("response.json");
+    let write = |image: &str| {
+        std::fs::write(
+            &response,
+            format!(r#"{{"id": 7, "image": {{"name": "{image}"}}, "variables": [{{"key": "CI_PROJECT_PATH", "value": "g/p", "public": true}}]}}"#),
+        )
+        .unwrap()
+    };
+    write(&e.standin.images.build);
+    let response_s = response.display().to_string();
+    let (code, out, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("plan prints JSON");
+    let td = &plan["register_task_definition"];
+    assert_eq!(td["pidMode"], "task", "{td:#}");
+    assert!(
+        td["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "misbehave" && t["value"] == "1"),
+        "{td:#}"
+    );
+    assert!(td["family"].as_str().unwrap().starts_with(&e.family_prefix), "{td:#}");
+    assert_eq!(td["containerDefinitions"][0]["image"], e.standin.images.build.as_str());
+    assert_eq!(plan["address"]["plugins_in_order"], serde_json::json!(["tagger"]));
+
+    write("evil.io/x:1");
+    let (code, _, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
+    assert_eq!(code, 1, "a refused job: {err}");
+    assert!(
+        err.contains("plugin `allowlist` refused the job") && err.contains("evil.io/x:1"),
+        "{err}"
+    );
+
+    let calls: Vec<_> = e
+        .standin
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| r.body.contains(&e.family_prefix))
+        .collect();
+    assert!(calls.is_empty(), "plan and compile call no AWS API: {calls:#?}");
+}
