@@ -108,7 +108,39 @@ pub struct Config {
     /// `[services]`: limits on a job's CI services and the wait for their ports.
     #[serde(default)]
     pub services: ServiceSettings,
+    /// Site plugins (WebAssembly components), in the order their hooks run.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// Where compiled plugins are cached (created 0700). Default: `<state_dir>/plugin-cache`.
+    #[serde(default)]
+    pub plugin_cache_dir: Option<PathBuf>,
 }
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Names the plugin in logs and errors: letters, digits, '-' and '_'.
+    pub name: String,
+    /// The component (`.wasm`), an absolute path.
+    pub path: PathBuf,
+    /// Handed to the plugin as JSON (checked by its `validate-settings` at load).
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Deadline of one hook call in milliseconds (default 1000).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Memory cap of one hook call in MiB (default 64).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Extra capabilities for the plugin. None exist yet: plugins get only the job log,
+    /// their settings and captured stdio; any name here is refused.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+/// Capabilities a `[[plugins]]` entry may grant (none yet).
+pub const PLUGIN_GRANTS: &[&str] = &[];
 
 /// The `[services]` table: admin limits on CI services and how long prepare waits for them.
 #[derive(Debug, Clone, Deserialize)]
@@ -485,6 +517,62 @@ impl Config {
                  set `docker.allow_plain_tcp = true` to accept that risk"
                     .into(),
             ));
+        }
+        self.validate_plugins(path)
+    }
+
+    fn validate_plugins(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |name: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: "plugins",
+            problem: format!("entry `{name}`: {problem}"),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.plugins {
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(invalid(
+                    &p.name,
+                    "`name` must be 1-64 letters, digits, '-' or '_'".into(),
+                ));
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(invalid(&p.name, "the name is used by two entries".into()));
+            }
+            if !p.path.is_absolute() {
+                return Err(invalid(
+                    &p.name,
+                    format!("`path` {} must be absolute", p.path.display()),
+                ));
+            }
+            if p.deadline_ms.is_some_and(|d| !(1..=60_000).contains(&d)) {
+                return Err(invalid(&p.name, "`deadline_ms` must be 1..=60000".into()));
+            }
+            if p.memory_mib.is_some_and(|m| !(1..=4096).contains(&m)) {
+                return Err(invalid(&p.name, "`memory_mib` must be 1..=4096".into()));
+            }
+            if let Some(grant) = p.grants.iter().find(|g| !PLUGIN_GRANTS.contains(&g.as_str())) {
+                return Err(invalid(
+                    &p.name,
+                    format!(
+                        "unknown grant `{grant}`: this executor grants plugins nothing beyond the job log, \
+                         their settings and captured stdio (known grants: none)"
+                    ),
+                ));
+            }
+        }
+        if let Some(dir) = &self.plugin_cache_dir
+            && !dir.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "plugin_cache_dir",
+                problem: format!("{} must be an absolute path", dir.display()),
+            });
         }
         Ok(())
     }

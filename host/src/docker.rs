@@ -56,6 +56,10 @@ impl Classify for DockerError {
 pub struct DockerEndpoint {
     pub host: String,
     pub port: u16,
+    /// The name the daemon's certificate must carry when it is not `host` (an address
+    /// plugin's `tls-server-name`); `None`: `host` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 impl DockerEndpoint {
@@ -101,11 +105,22 @@ impl DockerHost {
         const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
         let api = if settings.tls {
             let tls = tls_config(settings)?;
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
-                .https_only()
-                .enable_http1()
-                .wrap_connector(http);
+                .https_only();
+            // A plugin may name the certificate's server name when the address is not it.
+            let builder = match &endpoint.tls_server_name {
+                Some(name) => {
+                    let server_name =
+                        rustls_pki_types::ServerName::try_from(name.clone()).map_err(|e| DockerError::Api {
+                            address: endpoint.address(),
+                            message: format!("TLS server name {name:?} is not valid: {e}"),
+                        })?;
+                    builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(server_name))
+                }
+                None => builder,
+            };
+            let https = builder.enable_http1().wrap_connector(http);
             let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
             Docker::connect_with_custom_transport(
                 move |req: BollardRequest| {
@@ -323,11 +338,13 @@ mod tests {
         let e = DockerEndpoint {
             host: "fd00::1".into(),
             port: 2376,
+            tls_server_name: None,
         };
         assert_eq!(e.address(), "[fd00::1]:2376");
         let e = DockerEndpoint {
             host: "10.0.0.1".into(),
             port: 2376,
+            tls_server_name: None,
         };
         assert_eq!(e.address(), "10.0.0.1:2376");
     }
@@ -346,6 +363,7 @@ mod tests {
         let endpoint = DockerEndpoint {
             host: "127.0.0.1".into(),
             port: 2376,
+            tls_server_name: None,
         };
         let err = DockerHost::connect(&settings, &endpoint).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");

@@ -131,9 +131,14 @@ impl Ecs {
     ) -> Result<TaskDefinitionUse, EcsError> {
         let hash = spec.content_hash();
         if config.task_definition_mode == TaskDefinitionMode::PerJob {
-            return self.register(spec, per_job_family, &hash, &config.family_prefix).await;
+            let family = spec.family.as_deref().unwrap_or(per_job_family);
+            return self.register(spec, family, &hash, &config.family_prefix).await;
         }
-        let family = spec.reuse_family(&config.family_prefix);
+        // A family a plugin chose is still reused by content hash (the tag), like ours.
+        let family = spec
+            .family
+            .clone()
+            .unwrap_or_else(|| spec.reuse_family(&config.family_prefix));
         if let Some(found) = self.find_by_content(&family, &hash).await? {
             return Ok(found);
         }
@@ -195,6 +200,14 @@ impl Ecs {
             .tags(tag(TAG_MANAGED_BY, prefix));
         for (k, v) in &spec.tags {
             req = req.tags(tag(k, v));
+        }
+        // Plugins' `extra` (only keys the plugin host validated: pidMode, ipcMode).
+        let extra_str = |key: &str| spec.extra.as_ref().and_then(|e| e.get(key)).and_then(|v| v.as_str());
+        if let Some(mode) = extra_str("pidMode") {
+            req = req.pid_mode(aws_sdk_ecs::types::PidMode::from(mode));
+        }
+        if let Some(mode) = extra_str("ipcMode") {
+            req = req.ipc_mode(aws_sdk_ecs::types::IpcMode::from(mode));
         }
         for p in &spec.placement_constraints {
             req = req.placement_constraints(
@@ -416,6 +429,87 @@ impl Ecs {
     }
 }
 
+/// The RegisterTaskDefinition request `register` sends for `spec`, as the ECS API's JSON
+/// (`ecs-executor plan`). Keep in step with `register` and `container_definition`.
+pub fn register_request_json(spec: &TaskSpec, family: &str, hash: &str, prefix: &str) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut tags = vec![
+        json!({"key": TAG_CONTENT_HASH, "value": hash}),
+        json!({"key": TAG_MANAGED_BY, "value": prefix}),
+    ];
+    tags.extend(spec.tags.iter().map(|(k, v)| json!({"key": k, "value": v})));
+    let containers: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            let mut def = json!({
+                "name": c.name, "image": c.image, "essential": c.essential,
+                "command": c.command, "privileged": c.privileged, "stopTimeout": 10,
+                "dockerLabels": c.docker_labels,
+                "environment": c.environment.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+                "extraHosts": c.extra_hosts.iter().map(|(h, ip)| json!({"hostname": h, "ipAddress": ip})).collect::<Vec<_>>(),
+                "mountPoints": c.mount_points.iter().map(|m| json!({
+                    "sourceVolume": m.source_volume, "containerPath": m.container_path, "readOnly": m.read_only,
+                })).collect::<Vec<_>>(),
+            });
+            let obj = def.as_object_mut().expect("object");
+            let mut put = |k: &str, v: Value| {
+                obj.insert(k.to_string(), v);
+            };
+            if let Some(v) = c.cpu {
+                put("cpu", json!(v));
+            }
+            if let Some(v) = c.memory {
+                put("memory", json!(v));
+            }
+            if let Some(v) = c.memory_reservation {
+                put("memoryReservation", json!(v));
+            }
+            if let Some(v) = &c.entry_point {
+                put("entryPoint", json!(v));
+            }
+            if !c.links.is_empty() {
+                put("links", json!(c.links));
+            }
+            if let Some(l) = &c.log_configuration {
+                put("logConfiguration", json!({"logDriver": l.driver, "options": l.options}));
+            }
+            for (k, v) in c.extra.iter().flatten() {
+                put(k, v.clone());
+            }
+            def
+        })
+        .collect();
+    let mut req = json!({
+        "family": family,
+        "networkMode": spec.network_mode.as_str(),
+        "requiresCompatibilities": ["EC2"],
+        "cpu": spec.cpu.to_string(),
+        "memory": spec.memory.to_string(),
+        "containerDefinitions": containers,
+        "volumes": spec.volumes.iter().map(|v| match &v.host_path {
+            Some(p) => json!({"name": v.name, "host": {"sourcePath": p}}),
+            None => json!({"name": v.name}),
+        }).collect::<Vec<_>>(),
+        "placementConstraints": spec.placement_constraints.iter().map(|p| match &p.expression {
+            Some(e) => json!({"type": p.kind, "expression": e}),
+            None => json!({"type": p.kind}),
+        }).collect::<Vec<_>>(),
+        "tags": tags,
+    });
+    let obj = req.as_object_mut().expect("object");
+    if let Some(r) = &spec.task_role_arn {
+        obj.insert("taskRoleArn".into(), json!(r));
+    }
+    if let Some(r) = &spec.execution_role_arn {
+        obj.insert("executionRoleArn".into(), json!(r));
+    }
+    for (k, v) in spec.extra.iter().flatten() {
+        obj.insert(k.clone(), v.clone());
+    }
+    req
+}
+
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
@@ -439,6 +533,31 @@ fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinit
         .privileged(c.privileged)
         // Our keep-alive exits on SIGTERM at once; a user image that ignores it gets 10 s.
         .stop_timeout(10);
+    // Plugins' `extra` (only keys the plugin host validated).
+    if let Some(extra) = &c.extra {
+        if let Some(user) = extra.get("user").and_then(|v| v.as_str()) {
+            def = def.user(user);
+        }
+        if let Some(dir) = extra.get("workingDirectory").and_then(|v| v.as_str()) {
+            def = def.working_directory(dir);
+        }
+        if let Some(secs) = extra.get("stopTimeout").and_then(|v| v.as_i64()) {
+            def = def.stop_timeout(secs as i32);
+        }
+        for u in extra.get("ulimits").and_then(|v| v.as_array()).into_iter().flatten() {
+            let limit = |k: &str| u.get(k).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
+            if let Ok(ulimit) = aws_sdk_ecs::types::Ulimit::builder()
+                .name(aws_sdk_ecs::types::UlimitName::from(
+                    u.get("name").and_then(|v| v.as_str()).unwrap_or_default(),
+                ))
+                .soft_limit(limit("softLimit"))
+                .hard_limit(limit("hardLimit"))
+                .build()
+            {
+                def = def.ulimits(ulimit);
+            }
+        }
+    }
     for (name, value) in &c.environment {
         def = def.environment(KeyValuePair::builder().name(name).value(value).build());
     }

@@ -1,5 +1,5 @@
 //! The container instance a task landed on, and the address of its Docker daemon.
-//! (A later plugin hook makes the address choice pluggable; `use_private_ip` is the built-in rule.)
+//! Address plugins (`crate::plugins`) may choose another address; `use_private_ip` is the built-in rule.
 
 use crate::aws::describe_sdk_error;
 use crate::ecs::{Ecs, EcsError};
@@ -28,9 +28,17 @@ impl Classify for InstanceError {
 /// A container instance as the executor sees it.
 #[derive(Debug, Clone)]
 pub struct ContainerInstance {
+    pub container_instance_arn: String,
     pub ec2_instance_id: String,
     pub private_ip: Option<String>,
     pub public_ip: Option<String>,
+    /// What address plugins see besides the addresses.
+    pub ipv6: Vec<String>,
+    pub subnet_id: Option<String>,
+    pub vpc_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub instance_type: Option<String>,
+    pub tags: Vec<(String, String)>,
 }
 
 impl ContainerInstance {
@@ -55,9 +63,29 @@ impl ContainerInstance {
                 message: "no such instance".into(),
             })?;
         Ok(ContainerInstance {
+            container_instance_arn: arn.to_string(),
             ec2_instance_id: instance_id.clone(),
             private_ip: instance.private_ip_address().map(String::from),
             public_ip: instance.public_ip_address().map(String::from),
+            ipv6: instance
+                .network_interfaces()
+                .iter()
+                .take(1)
+                .flat_map(|n| n.ipv6_addresses())
+                .filter_map(|a| a.ipv6_address().map(String::from))
+                .collect(),
+            subnet_id: instance.subnet_id().map(String::from),
+            vpc_id: instance.vpc_id().map(String::from),
+            availability_zone: instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(String::from),
+            instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
+            tags: instance
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+                .collect(),
         })
     }
 

@@ -40,8 +40,13 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    pub fn load(config: &Config) -> Result<JobContext, JobError> {
+    /// The job and the job response it was read from (plugins see more of the response).
+    pub fn load_with_response(config: &Config) -> Result<(JobContext, JobResponse), JobError> {
         let response = JobResponse::load()?;
+        Ok((Self::from_response(config, &response)?, response))
+    }
+
+    pub fn from_response(config: &Config, response: &JobResponse) -> Result<JobContext, JobError> {
         let key = JobKey::new(response.id, custom_env("CI_RUNNER_SHORT_TOKEN").as_deref());
         let job_image = response.image.as_ref().filter(|i| !i.name.trim().is_empty());
         let image = match job_image {
@@ -49,9 +54,18 @@ impl JobContext {
             None => config.default_image.clone().ok_or(JobError::NoImage)?,
         };
         validate_image(&image)?;
+        let from_response = |name: &str| {
+            response
+                .variables
+                .iter()
+                .find(|v| v.key == name && v.public && !v.masked && !v.file)
+                .map(|v| v.value.clone())
+        };
         Ok(JobContext {
             key,
-            project_path: custom_env("CI_PROJECT_PATH").unwrap_or_default(),
+            project_path: custom_env("CI_PROJECT_PATH")
+                .or_else(|| from_response("CI_PROJECT_PATH"))
+                .unwrap_or_default(),
             runner_version: custom_env("CI_RUNNER_VERSION").unwrap_or_default(),
             image_entrypoint: job_image.and_then(|i| i.entrypoint.clone()).filter(|e| !e.is_empty()),
             image,

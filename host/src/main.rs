@@ -13,11 +13,13 @@ mod exec;
 mod failure;
 mod instance;
 mod job;
+mod plugins;
 mod protocol;
 mod services;
 mod state;
 mod steps;
 mod task_spec;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,10 +76,54 @@ enum Step {
     },
     /// Check config, AWS access and cluster, and Docker on every container instance.
     Check,
+    /// Site plugin tools (not called by gitlab-runner).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Print the task definition a job would get (after every plugin, exactly as
+    /// RegisterTaskDefinition would get it) and the address rule, without calling AWS.
+    Plan {
+        /// A job response JSON, as gitlab-runner writes JOB_RESPONSE_FILE.
+        #[arg(long, value_name = "FILE")]
+        job_response: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Compile every configured plugin into the cache and check its settings.
+    Compile,
+    /// Run plugin test case files; exit 0 when all pass, 1 when one fails, 2 on unusable input.
+    Test {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Case files (JSON, see docs/plugins.md).
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Admin commands: their own exit codes, no async runtime, no AWS.
+    match &cli.step {
+        Step::Plugin(PluginCommand::Test { plugin, cases }) => return tools::plugin_test(plugin, cases),
+        Step::Plugin(PluginCommand::Compile) | Step::Plan { .. } => {
+            let result = Config::load(&Config::resolve_path(cli.config.as_deref()))
+                .map_err(Failure::from)
+                .and_then(|config| match &cli.step {
+                    Step::Plan { job_response } => tools::plan(&config, job_response),
+                    _ => tools::plugin_compile(&config),
+                });
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(failure) => {
+                    eprintln!("ecs-executor: {failure}");
+                    tools::exit_code(&failure)
+                }
+            };
+        }
+        _ => {}
+    }
     let codes = ExitCodes::from_env();
     let step_name = match &cli.step {
         Step::Config => "config",
@@ -87,6 +133,7 @@ fn main() -> ExitCode {
         Step::Gc { .. } => "gc",
         Step::Unregister { .. } => "unregister",
         Step::Check => "check",
+        Step::Plugin(_) | Step::Plan { .. } => unreachable!("handled above"),
     };
     match run_step(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +181,7 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             Step::Gc { dry_run, runners } => steps::gc::gc(&config, dry_run, &runners).await,
             Step::Unregister { dry_run, runners } => steps::gc::unregister(&config, dry_run, &runners).await,
             Step::Check => unreachable!("handled above"),
+            Step::Plugin(_) | Step::Plan { .. } => unreachable!("handled in main"),
         }
     })
 }

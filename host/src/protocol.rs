@@ -128,10 +128,22 @@ fn read_job_response<T: for<'de> Deserialize<'de>>() -> Result<T, ProtocolError>
 
 impl JobResponse {
     pub fn load() -> Result<JobResponse, ProtocolError> {
-        let response: JobResponse = read_job_response()?;
+        Self::from_file(&job_response_path()?)
+    }
+
+    /// A job response from a file (`ecs-executor plan --job-response`).
+    pub fn from_file(path: &std::path::Path) -> Result<JobResponse, ProtocolError> {
+        let bytes = std::fs::read(path).map_err(|source| ProtocolError::ReadJobResponse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let response: JobResponse = serde_json::from_slice(&bytes).map_err(|e| ProtocolError::BadJobResponse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if response.id == 0 {
             return Err(ProtocolError::BadJobResponse {
-                path: job_response_path()?,
+                path: path.to_path_buf(),
                 message: "it has no job `id`".into(),
             });
         }

@@ -35,6 +35,13 @@ pub struct TaskSpec {
     pub placement_constraints: Vec<PlacementConstraint>,
     /// Tags of the task definition (beside the executor's own content-hash and managed-by).
     pub tags: BTreeMap<String, String>,
+    /// A family a site plugin chose; `None`: the executor's (`reuse_family` or per-job).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// Task-level API fields from plugins' `extra` (keys in the plugin host's
+    /// `validate::TASK_EXTRA_KEYS`), applied to RegisterTaskDefinition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -60,6 +67,9 @@ pub struct ContainerSpec {
     pub docker_labels: BTreeMap<String, String>,
     pub log_configuration: Option<LogConfiguration>,
     pub privileged: bool,
+    /// Container API fields from plugins' `extra` (keys in `validate::CONTAINER_EXTRA_KEYS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -114,6 +124,7 @@ impl TaskSpec {
             docker_labels: BTreeMap::from([("ecs-executor.role".to_string(), name.to_string())]),
             log_configuration: config.log_configuration.clone(),
             privileged: false,
+            extra: None,
         };
         TaskSpec {
             network_mode: config.network_mode,
@@ -137,6 +148,8 @@ impl TaskSpec {
             ],
             placement_constraints: vec![],
             tags: BTreeMap::new(),
+            family: None,
+            extra: None,
         }
     }
 

@@ -124,6 +124,7 @@ async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, a
     let endpoint = DockerEndpoint {
         host,
         port: config.docker.port,
+        tls_server_name: None,
     };
     let transport = if config.docker.tls { "mutual TLS" } else { "PLAIN TCP" };
     let what = format!(

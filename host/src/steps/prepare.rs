@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use crate::aws::AwsClients;
 use crate::config::{Config, TaskDefinitionMode};
-use crate::docker::{DockerEndpoint, DockerHost, LABEL_TASK_ARN};
+use crate::docker::{DockerHost, LABEL_TASK_ARN};
 use crate::ecs::{self, Ecs, TaskStatus};
 use crate::failure::Failure;
 use crate::instance::ContainerInstance;
@@ -21,12 +21,18 @@ use crate::protocol::JobResponse;
 use crate::services::{self, JobServices};
 use crate::state::{JobState, StateStore};
 use crate::task_spec::TaskSpec;
+use ecs_executor_plugin_host::PluginSet;
 
 use super::{log_note, log_phase};
 
 pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
     let started = Instant::now();
-    let job = JobContext::load(config)?;
+    let (job, response) = JobContext::load_with_response(config)?;
+    // Site plugins: loaded (and their settings checked) before anything is created.
+    let plugins = crate::plugins::load(config).map_err(|f| Failure {
+        message: job.redact(&f.message),
+        ..f
+    })?;
     let store = StateStore::new(&config.state_dir);
     let clients = AwsClients::load(config).await;
     let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);
@@ -41,7 +47,7 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
 
     let mut launched: Option<JobState> = None;
     let result = tokio::select! {
-        r = launch(config, &job, &store, &ecs, &clients, &mut launched) => r,
+        r = launch(config, (&job, &response, &plugins), &store, &ecs, &clients, &mut launched) => r,
         () = shutdown => Err(Failure::system("prepare was interrupted (SIGTERM); the task is being stopped")),
     };
     match result {
@@ -69,7 +75,7 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
 
 async fn launch(
     config: &Config,
-    job: &JobContext,
+    (job, response, plugins): (&JobContext, &JobResponse, &PluginSet),
     store: &StateStore,
     ecs: &Ecs,
     clients: &AwsClients,
@@ -77,15 +83,45 @@ async fn launch(
 ) -> Result<(), Failure> {
     // 1. The task definition: reuse one with the same content, else register it.
     let phase = Instant::now();
-    let mut spec = TaskSpec::for_job(config, job);
-    // Services: validated (limits, allowlist, aliases) before any ECS call.
-    let services = JobServices::load(config, &JobResponse::load()?)?;
+    // Services: validated (limits, allowlist, aliases) before any ECS call. A site plugin may
+    // map a service (`services` hook); the others get the built-in mapping, and only those are
+    // launched and waited for by the executor after the task runs.
+    let mut services = JobServices::load(config, response)?;
     for note in &services.notes {
         log_note(note);
     }
-    for service in &services.services {
-        services::add_to_spec(&mut spec, service, services::builtin_containers(config, service));
+    let mut spec = TaskSpec::for_job(config, job);
+    let mapped = crate::plugins::map_services(plugins, job, response)?;
+    let mut builtin = Vec::new();
+    for (i, service) in services.services.iter().enumerate() {
+        match mapped.get(i).cloned().flatten() {
+            Some(defs) => {
+                let containers = defs
+                    .iter()
+                    .map(|d| crate::plugins::container_from_wit(d, None))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Failure::system(format!("the services plugins' mapping of {}: {e}", service.image)))?;
+                if let Some(dup) = containers
+                    .iter()
+                    .find(|c| spec.containers.iter().any(|o| o.name == c.name))
+                {
+                    return Err(Failure::system(format!(
+                        "the services plugins' mapping of {}: container name {:?} is already taken",
+                        service.image, dup.name
+                    )));
+                }
+                services::add_to_spec(&mut spec, service, containers);
+            }
+            None => {
+                services::add_to_spec(&mut spec, service, services::builtin_containers(config, service));
+                builtin.push(service.clone());
+            }
+        }
     }
+    services.services = builtin;
+    // Site plugins change the definition (or refuse the job) before anything is registered;
+    // the reuse hash below is taken from their answer.
+    let spec = crate::plugins::customize_task(plugins, config, job, response, spec)?;
     let per_job = config.task_definition_mode == TaskDefinitionMode::PerJob;
     let per_job_family = format!("{}-job-{}", config.family_prefix, job.key.job_id);
     let td = {
@@ -141,10 +177,11 @@ async fn launch(
         None => wait_for_placement(ecs, &placed.arn).await?,
     };
     let instance = ContainerInstance::resolve(ecs, &clients.ec2, &ci_arn).await?;
-    let endpoint = DockerEndpoint {
-        host: instance.docker_host(config.use_private_ip)?,
-        port: config.docker.port,
-    };
+    // An address plugin may choose the address (and TLS name); else `use_private_ip`.
+    let (endpoint, chosen_by) = crate::plugins::docker_endpoint(plugins, config, job, response, &instance)?;
+    if let Some(plugin) = &chosen_by {
+        log_note(format!("plugin {plugin} chose Docker address {}", endpoint.address()));
+    }
     let docker = DockerHost::connect(&config.docker, &endpoint)?;
     docker.api.ping().await.map_err(|e| docker.error(&e))?;
     state.container_instance_arn = Some(ci_arn.clone());

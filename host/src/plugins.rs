@@ -1,0 +1,468 @@
+//! Site plugins in the executor: loading the configured `[[plugins]]` (once per `prepare`
+//! process; `run` and `cleanup` never load them), and the conversions between the executor's
+//! own types and the plugin interface's records. Everything wasmtime lives in the
+//! `ecs-executor-plugin-host` crate; what a plugin failure means for the job is decided here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ecs_executor_plugin_host::types::{
+    self as wit, ContainerDefinition, KeyValue, LogConfiguration as WitLog, MountPoint as WitMount,
+    NetworkMode as WitNetworkMode,
+};
+use ecs_executor_plugin_host::{CompiledCache, JobLog, Level, Limits, PluginError, PluginSet, PluginSpec};
+
+use crate::config::{Config, LogConfiguration, NetworkMode};
+use crate::docker::DockerEndpoint;
+use crate::failure::{Blame, Classify, Failure};
+use crate::instance::ContainerInstance;
+use crate::job::JobContext;
+use crate::protocol::JobResponse;
+use crate::task_spec::{ContainerSpec, MountPoint, PlacementConstraint, TaskSpec, VolumeSpec};
+
+impl Classify for PluginError {
+    fn blame(&self) -> Blame {
+        if self.is_rejection() {
+            Blame::Build
+        } else {
+            Blame::System
+        }
+    }
+}
+
+/// The compiled-plugin cache of this config.
+pub fn cache(config: &Config) -> CompiledCache {
+    CompiledCache::new(
+        config
+            .plugin_cache_dir
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("plugin-cache")),
+    )
+}
+
+/// The `[[plugins]]` entries as the plugin host takes them.
+pub fn specs(config: &Config) -> Result<Vec<PluginSpec>, PluginError> {
+    config
+        .plugins
+        .iter()
+        .map(|p| {
+            let settings_json = serde_json::to_string(&p.settings).map_err(|e| PluginError::Config {
+                plugin: p.name.clone(),
+                message: format!("settings cannot be expressed as JSON: {e}"),
+            })?;
+            let defaults = Limits::default();
+            Ok(PluginSpec {
+                name: p.name.clone(),
+                path: PathBuf::from(&p.path),
+                settings_json,
+                limits: Limits {
+                    deadline: p.deadline_ms.map_or(defaults.deadline, Duration::from_millis),
+                    memory_bytes: p.memory_mib.map_or(defaults.memory_bytes, |m| (m as usize) << 20),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Load every configured plugin (none configured: nothing is loaded, no engine is made).
+pub fn load(config: &Config) -> Result<PluginSet, Failure> {
+    if config.plugins.is_empty() {
+        return Ok(PluginSet::default());
+    }
+    Ok(PluginSet::load(&cache(config), &specs(config)?)?)
+}
+
+/// Plugin log lines go to the job log (stderr), the job's secrets redacted; debug lines only
+/// when the job sets `CI_DEBUG_TRACE`.
+pub struct JobLogSink<'a> {
+    pub job: &'a JobContext,
+}
+
+impl JobLog for JobLogSink<'_> {
+    fn redact(&self, text: &str) -> String {
+        self.job.redact(text)
+    }
+
+    fn write(&self, plugin: &str, level: Level, message: &str) {
+        let debug = crate::protocol::custom_env("CI_DEBUG_TRACE").is_some_and(|v| v == "true");
+        if level == Level::Debug && !debug {
+            return;
+        }
+        let level = match level {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warning",
+            Level::Error => "error",
+        };
+        for line in message.lines() {
+            eprintln!("ecs-executor: plugin {plugin} {level}: {line}");
+        }
+    }
+}
+
+/// The task-definition chain: the configured plugins change `spec` (or refuse the job).
+/// Without a `customize` plugin, `spec` comes back unchanged.
+pub fn customize_task(
+    plugins: &PluginSet,
+    config: &Config,
+    job: &JobContext,
+    response: &JobResponse,
+    spec: TaskSpec,
+) -> Result<TaskSpec, Failure> {
+    if !plugins
+        .plugins()
+        .iter()
+        .any(|p| p.has(ecs_executor_plugin_host::Hook::Customize))
+    {
+        return Ok(spec);
+    }
+    let ours = spec.reuse_family(&config.family_prefix);
+    let input = task_to_wit(&spec, &ours);
+    let out = plugins.customize(&job_to_wit(job, response), input, &JobLogSink { job })?;
+    task_from_wit(&out, &spec, &ours).map_err(|e| Failure::system(format!("the plugins' task definition: {e}")))
+}
+
+/// The address to reach the instance's Docker daemon: the first address plugin that does
+/// not decline, else the built-in `use_private_ip` rule.
+pub fn docker_endpoint(
+    plugins: &PluginSet,
+    config: &Config,
+    job: &JobContext,
+    response: &JobResponse,
+    instance: &ContainerInstance,
+) -> Result<(DockerEndpoint, Option<String>), Failure> {
+    if plugins
+        .plugins()
+        .iter()
+        .any(|p| p.has(ecs_executor_plugin_host::Hook::PickAddress))
+        && let Some(picked) = plugins.pick_address(
+            &job_to_wit(job, response),
+            &instance_to_wit(instance),
+            &JobLogSink { job },
+        )?
+    {
+        let endpoint = DockerEndpoint {
+            host: picked.address.host,
+            port: picked.address.port.unwrap_or(config.docker.port),
+            tls_server_name: picked.address.tls_server_name,
+        };
+        return Ok((endpoint, Some(picked.plugin)));
+    }
+    let endpoint = DockerEndpoint {
+        host: instance.docker_host(config.use_private_ip)?,
+        port: config.docker.port,
+        tls_server_name: None,
+    };
+    Ok((endpoint, None))
+}
+
+/// The services hook, for the services code: one entry per job service, `Some(containers)`
+/// where a plugin mapped it, `None` where the built-in mapping applies.
+pub fn map_services(
+    plugins: &PluginSet,
+    job: &JobContext,
+    response: &JobResponse,
+) -> Result<Vec<Option<Vec<ContainerDefinition>>>, Failure> {
+    let context = job_to_wit(job, response);
+    if context.services.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(plugins.map_services(&context, &context.services, &JobLogSink { job })?)
+}
+
+/// Predefined variables passed as `trusted`: their first occurrence in the job response
+/// (GitLab lists predefined variables before project and job variables).
+const TRUSTED: &[&str] = &[
+    "CI_PROJECT_NAMESPACE",
+    "CI_PROJECT_PATH",
+    "CI_PROJECT_ID",
+    "CI_PIPELINE_ID",
+    "CI_PIPELINE_SOURCE",
+    "CI_JOB_URL",
+    "CI_COMMIT_REF_NAME",
+    "CI_COMMIT_REF_PROTECTED",
+    "CI_COMMIT_SHA",
+    "GITLAB_USER_LOGIN",
+    "CI_SERVER_HOST",
+];
+
+/// What plugins see of the job: never a secret (masked, file-type and non-public variables
+/// are left out, and so is any value that contains a secret).
+pub fn job_to_wit(job: &JobContext, response: &JobResponse) -> wit::JobContext {
+    let safe = |v: &crate::protocol::JobVariable| v.public && !v.masked && !v.file && job.redact(&v.value) == v.value;
+    let first = |key: &str| {
+        response
+            .variables
+            .iter()
+            .find(|v| v.key == key && safe(v))
+            .map(|v| v.value.clone())
+    };
+    let kv = |vars: &[crate::protocol::JobVariable]| -> Vec<KeyValue> {
+        vars.iter()
+            .filter(|v| safe(v))
+            .map(|v| KeyValue {
+                key: v.key.clone(),
+                value: v.value.clone(),
+            })
+            .collect()
+    };
+    let runner_tags = first("CI_RUNNER_TAGS")
+        .map(|t| {
+            serde_json::from_str::<Vec<String>>(&t).unwrap_or_else(|_| {
+                t.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    wit::JobContext {
+        job_id: response.id,
+        pipeline_id: first("CI_PIPELINE_ID").and_then(|v| v.parse().ok()).unwrap_or(0),
+        project_id: response.job_info.project_id,
+        project_path: if job.project_path.is_empty() {
+            first("CI_PROJECT_PATH").unwrap_or_default()
+        } else {
+            job.project_path.clone()
+        },
+        ref_name: response.git_info.git_ref.clone(),
+        ref_protected: first("CI_COMMIT_REF_PROTECTED").is_some_and(|v| v == "true"),
+        commit_sha: response.git_info.sha.clone(),
+        image: job.image.clone(),
+        image_entrypoint: job.image_entrypoint.clone(),
+        services: response
+            .services
+            .iter()
+            .filter(|s| !s.name.trim().is_empty())
+            .map(|s| wit::CiService {
+                name: s.name.clone(),
+                aliases: s
+                    .alias
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|a| !a.is_empty())
+                    .map(String::from)
+                    .collect(),
+                entrypoint: s.entrypoint.clone(),
+                command: s.command.clone(),
+                variables: kv(&s.variables),
+            })
+            .collect(),
+        runner_tags,
+        variables: kv(&response.variables),
+        trusted: TRUSTED
+            .iter()
+            .filter_map(|k| {
+                first(k).map(|value| KeyValue {
+                    key: k.to_string(),
+                    value,
+                })
+            })
+            .collect(),
+    }
+}
+
+pub fn instance_to_wit(i: &ContainerInstance) -> wit::Instance {
+    wit::Instance {
+        container_instance_arn: i.container_instance_arn.clone(),
+        ec2_instance_id: i.ec2_instance_id.clone(),
+        private_ipv4: i.private_ip.clone(),
+        public_ipv4: i.public_ip.clone(),
+        ipv6: i.ipv6.clone(),
+        subnet_id: i.subnet_id.clone(),
+        vpc_id: i.vpc_id.clone(),
+        availability_zone: i.availability_zone.clone(),
+        instance_type: i.instance_type.clone(),
+        tags: i
+            .tags
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        attributes: vec![],
+    }
+}
+
+fn kv_list(map: &BTreeMap<String, String>) -> Vec<KeyValue> {
+    map.iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn kv_map(list: &[KeyValue]) -> BTreeMap<String, String> {
+    list.iter().map(|p| (p.key.clone(), p.value.clone())).collect()
+}
+
+fn extra_text(extra: &Option<serde_json::Map<String, serde_json::Value>>) -> Option<String> {
+    extra
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .map(|m| serde_json::Value::Object(m.clone()).to_string())
+}
+
+fn extra_map(text: &Option<String>) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
+    match text {
+        None => Ok(None),
+        Some(t) => match serde_json::from_str::<serde_json::Value>(t) {
+            Ok(serde_json::Value::Object(m)) if m.is_empty() => Ok(None),
+            Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+            _ => Err("`extra` is not a JSON object".into()),
+        },
+    }
+}
+
+/// The executor's task spec as the plugin interface's record; `family` is the executor's own.
+pub fn task_to_wit(spec: &TaskSpec, family: &str) -> wit::TaskDefinition {
+    wit::TaskDefinition {
+        family: spec.family.clone().unwrap_or_else(|| family.to_string()),
+        task_role_arn: spec.task_role_arn.clone(),
+        execution_role_arn: spec.execution_role_arn.clone(),
+        network_mode: match spec.network_mode {
+            NetworkMode::Bridge => WitNetworkMode::Bridge,
+            NetworkMode::Awsvpc => WitNetworkMode::Awsvpc,
+            NetworkMode::Host => WitNetworkMode::Host,
+        },
+        cpu: Some(spec.cpu),
+        memory: Some(spec.memory),
+        containers: spec.containers.iter().map(container_to_wit).collect(),
+        volumes: spec
+            .volumes
+            .iter()
+            .map(|v| wit::Volume {
+                name: v.name.clone(),
+                host_path: v.host_path.clone(),
+                extra: None,
+            })
+            .collect(),
+        placement_constraints: spec
+            .placement_constraints
+            .iter()
+            .map(|p| wit::PlacementConstraint {
+                kind: p.kind.clone(),
+                expression: p.expression.clone(),
+            })
+            .collect(),
+        tags: kv_list(&spec.tags),
+        extra: extra_text(&spec.extra),
+    }
+}
+
+pub fn container_to_wit(c: &ContainerSpec) -> ContainerDefinition {
+    ContainerDefinition {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        cpu: c.cpu,
+        memory: c.memory,
+        memory_reservation: c.memory_reservation,
+        essential: c.essential,
+        entry_point: c.entry_point.clone(),
+        command: c.command.clone(),
+        environment: kv_list(&c.environment),
+        mount_points: c
+            .mount_points
+            .iter()
+            .map(|m| WitMount {
+                source_volume: m.source_volume.clone(),
+                container_path: m.container_path.clone(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        links: c.links.clone(),
+        docker_labels: kv_list(&c.docker_labels),
+        log_configuration: c.log_configuration.as_ref().map(|l| WitLog {
+            log_driver: l.driver.clone(),
+            options: kv_list(&l.options),
+            extra: None,
+        }),
+        privileged: c.privileged,
+        extra: extra_text(&c.extra),
+    }
+}
+
+/// A plugin's container as the executor's (`extra_hosts` are kept from `before`'s container
+/// of the same name: the interface does not model them).
+pub fn container_from_wit(c: &ContainerDefinition, before: Option<&ContainerSpec>) -> Result<ContainerSpec, String> {
+    Ok(ContainerSpec {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        essential: c.essential,
+        cpu: c.cpu,
+        memory: c.memory,
+        memory_reservation: c.memory_reservation,
+        entry_point: c.entry_point.clone(),
+        command: c.command.clone(),
+        environment: kv_map(&c.environment),
+        mount_points: c
+            .mount_points
+            .iter()
+            .map(|m| MountPoint {
+                source_volume: m.source_volume.clone(),
+                container_path: m.container_path.clone(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        links: c.links.clone(),
+        extra_hosts: before.map(|b| b.extra_hosts.clone()).unwrap_or_default(),
+        docker_labels: kv_map(&c.docker_labels),
+        log_configuration: c.log_configuration.as_ref().map(|l| LogConfiguration {
+            driver: l.log_driver.clone(),
+            options: kv_map(&l.options),
+        }),
+        privileged: c.privileged,
+        extra: extra_map(&c.extra).map_err(|e| format!("container `{}`: {e}", c.name))?,
+    })
+}
+
+/// The chain's answer as the executor's task spec. `ours` is the family the executor gave
+/// the chain: left unchanged, the executor names the family by the final content's hash.
+pub fn task_from_wit(t: &wit::TaskDefinition, before: &TaskSpec, ours: &str) -> Result<TaskSpec, String> {
+    let network_mode = match t.network_mode {
+        WitNetworkMode::Bridge => NetworkMode::Bridge,
+        WitNetworkMode::Awsvpc => NetworkMode::Awsvpc,
+        WitNetworkMode::Host => NetworkMode::Host,
+        WitNetworkMode::None => return Err("network mode `none` is not supported by this executor".into()),
+    };
+    if network_mode != before.network_mode {
+        return Err(format!(
+            "network mode changed from {} to {}: it must match the executor config (awsvpc needs subnets there)",
+            before.network_mode.as_str(),
+            network_mode.as_str()
+        ));
+    }
+    Ok(TaskSpec {
+        network_mode,
+        cpu: t.cpu.ok_or("task-level cpu was removed")?,
+        memory: t.memory.ok_or("task-level memory was removed")?,
+        task_role_arn: t.task_role_arn.clone(),
+        execution_role_arn: t.execution_role_arn.clone(),
+        containers: t
+            .containers
+            .iter()
+            .map(|c| container_from_wit(c, before.containers.iter().find(|b| b.name == c.name)))
+            .collect::<Result<_, _>>()?,
+        volumes: t
+            .volumes
+            .iter()
+            .map(|v| VolumeSpec {
+                name: v.name.clone(),
+                host_path: v.host_path.clone(),
+            })
+            .collect(),
+        placement_constraints: t
+            .placement_constraints
+            .iter()
+            .map(|p| PlacementConstraint {
+                kind: p.kind.clone(),
+                expression: p.expression.clone(),
+            })
+            .collect(),
+        tags: kv_map(&t.tags),
+        family: Some(t.family.clone()).filter(|f| !f.is_empty() && f != ours),
+        extra: extra_map(&t.extra)?,
+    })
+}

@@ -1,0 +1,595 @@
+//! End-to-end site plugins: the built executor with `[[plugins]]` in its config, driven as
+//! gitlab-runner drives it, against the local ECS stand-in. Guest plugins are built here from
+//! `plugins/` (release, wasm32-wasip2) into `$PLUGINS_TARGET_DIR` (default
+//! `/var/tmp/ecs-executor/plugins-target`).
+//!
+//! Each test has its own config copy (support::E2e), so AWS calls are told apart by its
+//! family prefix and its jobs' `startedBy`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_ecs::types::TaskDefinitionField;
+use ecs_executor_tests::runner::{JobSpec, JobStatus, StageResult, stages};
+use support::{E2e, assert_ok, show, stage_script};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+fn plugins_target() -> PathBuf {
+    std::env::var_os("PLUGINS_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/ecs-executor/plugins-target"))
+}
+
+/// The `.wasm` of guest plugin `name` (crate dir `plugins/<name>`), built (release) here the
+/// first time it is asked for. Panics with how to build it when it cannot be had.
+fn plugin_wasm(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let wasm = plugins_target()
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let crate_dir = repo_root().join("plugins").join(name);
+    if !built.contains(&name.to_string()) && crate_dir.is_dir() {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(repo_root().join("plugins"))
+            .args(["build", "--release", "-p", name])
+            .env("CARGO_TARGET_DIR", plugins_target())
+            .status()
+            .expect("run cargo for the guest plugins");
+        assert!(status.success(), "building plugins/{name} failed");
+        built.push(name.to_string());
+    }
+    if !wasm.exists() {
+        panic!(
+            "build plugins/{name} first: {} is missing (cd plugins && CARGO_TARGET_DIR={} cargo build --release -p {name})",
+            wasm.display(),
+            plugins_target().display()
+        );
+    }
+    wasm
+}
+
+/// A `[[plugins]]` table for the config.
+fn plugin_entry(name: &str, wasm: &Path, settings_json: &str, extra: &str) -> String {
+    let settings: toml::Table = serde_json::from_str(settings_json).expect("settings JSON");
+    format!(
+        "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n[plugins.settings]\n{}\n",
+        wasm.display(),
+        toml::to_string(&settings).expect("settings TOML")
+    )
+}
+
+fn with_plugins(test: &str, entries: &[String]) -> E2e {
+    let entries = entries.concat();
+    E2e::with_config_edit(test, move |text| format!("{text}\n{entries}"))
+}
+
+/// AWS calls that name this test's families or this job since `mark`: `(action, body)`.
+fn calls_for(e: &E2e, job: &JobSpec, mark: u64) -> Vec<(String, String)> {
+    let started_by = e.started_by(job);
+    e.standin
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| r.body.contains(&e.family_prefix) || r.body.contains(&started_by))
+        .map(|r| (r.action.unwrap_or_default(), r.body))
+        .collect()
+}
+
+/// config + prepare for `job`; returns prepare's result. cleanup is left to the caller.
+fn prepare(e: &E2e, job: &JobSpec) -> (ecs_executor_tests::runner::Runner, StageResult) {
+    let mut r = e.runner(job);
+    assert_ok(&r.config());
+    let prepare = r.prepare();
+    (r, prepare)
+}
+
+/// A failed prepare: a system failure whose message names the plugin, the hook and `cause`;
+/// no RegisterTaskDefinition, no RunTask, no task; cleanup succeeds.
+fn assert_broken_plugin_fails_closed(e: &E2e, job: &JobSpec, plugin: &str, cause: &str) {
+    let mark = e.standin.request_mark();
+    let (mut r, prepare) = prepare(e, job);
+    assert!(prepare.is_system_failure(), "{}", show(&prepare));
+    let said = prepare.stderr_text();
+    for part in [&format!("plugin `{plugin}`"), "task-definition.customize", cause] {
+        assert!(said.contains(part), "the message names {part:?}:\n{}", show(&prepare));
+    }
+    let calls = calls_for(e, job, mark);
+    assert!(
+        !calls
+            .iter()
+            .any(|(a, _)| a == "RegisterTaskDefinition" || a == "RunTask"),
+        "no task definition and no task for a broken plugin: {calls:#?}"
+    );
+    assert!(e.tasks_of(job).is_empty());
+    assert_ok(&r.cleanup());
+}
+
+#[test]
+fn an_image_the_allowlist_refuses_fails_the_job_as_a_build_failure_before_anything_is_registered() {
+    let wasm = plugin_wasm("image-allowlist");
+    let e = with_plugins(
+        "allowlist-refuses",
+        &[plugin_entry(
+            "allowlist",
+            &wasm,
+            r#"{"allowed_registries": ["registry.example.com"]}"#,
+            "",
+        )],
+    );
+    let job = e.job().script(["echo never-runs"]);
+    let mark = e.standin.request_mark();
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
+    assert_eq!(outcome.call_sequence(), ["config", "prepare", "cleanup"], "{log}");
+    let prepare = &outcome.calls[1];
+    assert_eq!(
+        prepare.exit_code(),
+        Some(1),
+        "BUILD_FAILURE_EXIT_CODE: {}",
+        show(prepare)
+    );
+    let said = prepare.stderr_text();
+    assert!(
+        said.contains("plugin `allowlist` refused the job")
+            && said.contains(&format!(
+                "image `{}` of container `build` is not from an allowed registry",
+                e.standin.images.build
+            )),
+        "the plugin's own message:\n{}",
+        show(prepare)
+    );
+    assert!(log.contains("is not from an allowed registry"), "{log}");
+    assert!(!log.contains("never-runs\n"), "{log}");
+    let calls = calls_for(&e, &job, mark);
+    assert!(
+        !calls
+            .iter()
+            .any(|(a, _)| a == "RegisterTaskDefinition" || a == "RunTask"),
+        "a refused job registers nothing and runs nothing: {calls:#?}"
+    );
+    assert!(e.tasks_of(&job).is_empty());
+}
+
+#[test]
+fn an_allowed_image_runs_with_the_plugin_in_the_chain() {
+    let wasm = plugin_wasm("image-allowlist");
+    let e = with_plugins(
+        "allowlist-accepts",
+        &[plugin_entry(
+            "allowlist",
+            &wasm,
+            r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
+            "",
+        )],
+    );
+    let job = e.job().script(["echo plugin-approved-job-ran"]);
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    assert!(log.contains("plugin-approved-job-ran"), "{log}");
+    e.assert_tasks_stopped(&job, 1);
+}
+
+#[test]
+fn a_plugin_that_loops_forever_is_stopped_at_its_deadline_and_fails_the_job_closed() {
+    let wasm = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "misbehave-loop",
+        &[plugin_entry(
+            "looper",
+            &wasm,
+            r#"{"customize": "loop"}"#,
+            "deadline_ms = 300",
+        )],
+    );
+    let job = e.job();
+    assert_broken_plugin_fails_closed(&e, &job, "looper", "timed out after 300 ms");
+}
+
+#[test]
+fn a_plugin_that_allocates_without_bound_hits_its_memory_cap_and_fails_the_job_closed() {
+    let wasm = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "misbehave-alloc",
+        &[plugin_entry(
+            "hoarder",
+            &wasm,
+            r#"{"customize": "allocate"}"#,
+            "memory_mib = 16",
+        )],
+    );
+    let job = e.job();
+    assert_broken_plugin_fails_closed(&e, &job, "hoarder", "exceeded its memory limit of 16 MiB");
+}
+
+#[test]
+fn a_plugin_that_panics_fails_the_job_closed_with_its_panic_message() {
+    let wasm = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "misbehave-panic",
+        &[plugin_entry("panicker", &wasm, r#"{"customize": "panic"}"#, "")],
+    );
+    let job = e.job();
+    assert_broken_plugin_fails_closed(&e, &job, "panicker", "panicked: ");
+    // The guest's own panic message reached the error (captured stderr).
+    let (mut r, prepare) = prepare(&e, &job);
+    assert!(
+        prepare.stderr_text().contains("test-misbehave panicked on purpose"),
+        "{}",
+        show(&prepare)
+    );
+    assert_ok(&r.cleanup());
+}
+
+#[test]
+fn a_plugin_that_removes_the_build_container_is_a_broken_plugin() {
+    let wasm = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "misbehave-nobuild",
+        &[plugin_entry("breaker", &wasm, r#"{"customize": "remove-build"}"#, "")],
+    );
+    let job = e.job();
+    assert_broken_plugin_fails_closed(&e, &job, "breaker", "container `build` must be present exactly once");
+}
+
+#[test]
+fn a_bad_plugin_path_or_bad_settings_fail_prepare_naming_the_plugin() {
+    let wasm = plugin_wasm("image-allowlist");
+    for (case, entry, expected) in [
+        (
+            "missing-file",
+            plugin_entry("ghost", Path::new("/nonexistent/ghost.wasm"), "{}", ""),
+            vec!["plugin `ghost`", "/nonexistent/ghost.wasm", "cannot read the file"],
+        ),
+        (
+            "bad-settings",
+            plugin_entry("allowlist", &wasm, r#"{"allowed_registries": []}"#, ""),
+            vec![
+                "plugin `allowlist`",
+                "settings are not valid",
+                "allowed_registries is empty",
+            ],
+        ),
+    ] {
+        let e = with_plugins(&format!("badplugin-{case}"), &[entry]);
+        let job = e.job();
+        let mark = e.standin.request_mark();
+        let (mut r, prepare) = prepare(&e, &job);
+        assert!(prepare.is_system_failure(), "{case}: {}", show(&prepare));
+        for part in &expected {
+            assert!(
+                prepare.stderr_text().contains(part),
+                "{case}: names {part:?}: {}",
+                show(&prepare)
+            );
+        }
+        let calls = calls_for(&e, &job, mark);
+        assert!(
+            calls
+                .iter()
+                .all(|(a, _)| a != "RunTask" && a != "RegisterTaskDefinition"),
+            "{case}: {calls:#?}"
+        );
+        assert_ok(&r.cleanup());
+    }
+}
+
+#[test]
+fn an_unknown_grant_is_a_config_error_naming_the_plugin() {
+    let wasm = plugin_wasm("image-allowlist");
+    let e = with_plugins(
+        "badgrant",
+        &[plugin_entry(
+            "allowlist",
+            &wasm,
+            r#"{"allowed_registries": ["docker.io"]}"#,
+            "grants = [\"network\"]",
+        )],
+    );
+    let job = e.job();
+    let config = e.runner(&job).config();
+    assert!(config.is_system_failure(), "{}", show(&config));
+    let said = config.stderr_text();
+    assert!(
+        said.contains("entry `allowlist`") && said.contains("unknown grant `network`"),
+        "{}",
+        show(&config)
+    );
+}
+
+// ---- Tests of the other example plugins (plugins/role-mapper, plugins/address-picker).
+
+#[test]
+fn the_role_mappers_role_and_tags_are_in_the_registered_task_definition() {
+    let wasm = plugin_wasm("role-mapper");
+    let role = "arn:aws:iam::123456789012:role/ci-x";
+    // The harness job's project path (E2e::job): `e2e/<test name>`.
+    let project = "e2e/role-mapper";
+    let settings =
+        format!(r#"{{"roles":[{{"project":"{project}","task_role_arn":"{role}"}}],"tags":{{"team":"ci"}}}}"#);
+    let e = with_plugins("role_mapper", &[plugin_entry("roles", &wasm, &settings, "")]);
+    let job = e.job();
+    assert_eq!(job.project_path(), project);
+    let (mut r, prepare) = prepare(&e, &job);
+    assert_ok(&prepare);
+    let task = e.running_task(&job);
+    let td_arn = task.task_definition_arn().expect("task definition arn").to_string();
+    let described = e.block_on(
+        e.ecs
+            .describe_task_definition()
+            .task_definition(&td_arn)
+            .include(TaskDefinitionField::Tags)
+            .send(),
+    );
+    let described = described.expect("DescribeTaskDefinition");
+    let td = described.task_definition().expect("task definition");
+    assert_eq!(td.task_role_arn(), Some(role), "{td:#?}");
+    assert!(
+        described
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("team") && t.value() == Some("ci")),
+        "{:#?}",
+        described.tags()
+    );
+    assert_ok(&r.cleanup());
+    e.assert_tasks_stopped(&job, 1);
+}
+
+/// The stand-in instance's subnet, from EC2.
+fn standin_subnet(e: &E2e) -> String {
+    let instance_id = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(e.standin.state_dir.join("standin.json")).expect("standin.json"),
+    )
+    .expect("standin.json is JSON")["instance_id"]
+        .as_str()
+        .expect("instance_id")
+        .to_string();
+    let ec2 = e.block_on(e.standin.ec2(3));
+    let out = e
+        .block_on(ec2.describe_instances().instance_ids(&instance_id).send())
+        .expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.subnet_id().map(String::from))
+        .expect("the stand-in instance has a subnet")
+}
+
+/// Established TCP connections to `127.0.0.2:2376` held by a process whose command line
+/// names `config` (the executor of this test), from the kernel's socket table.
+fn executor_connections_to_public_listener(config: &Path) -> usize {
+    // /proc/net/tcp: remote address as little-endian hex IP : hex port; state 01 = established.
+    let wanted_remote = "0200007F:0948";
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.len() > 9 && cols[2] == wanted_remote && cols[3] == "01").then(|| cols[9].to_string())
+        })
+        .collect();
+    if inodes.is_empty() {
+        return 0;
+    }
+    let config = config.display().to_string();
+    let mut found = 0;
+    for proc_dir in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&config) {
+            continue;
+        }
+        for fd in std::fs::read_dir(proc_dir.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                let link = link.display().to_string();
+                if inodes.iter().any(|i| link == format!("socket:[{i}]")) {
+                    found += 1;
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_address_picker_makes_the_executor_connect_to_the_public_listener() {
+    let wasm = plugin_wasm("address-picker");
+    let probe = E2e::new("address-picker-probe");
+    let subnet = standin_subnet(&probe);
+    drop(probe);
+    let e = with_plugins(
+        "address_picker",
+        &[plugin_entry(
+            "address",
+            &wasm,
+            &format!(r#"{{"public_subnets":["{subnet}"]}}"#),
+            "",
+        )],
+    );
+    let job = e.job();
+    let (mut r, prepare) = prepare(&e, &job);
+    assert_ok(&prepare);
+    // Signal 1: what prepare recorded for the later stages.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.state_file(&job)).expect("state file")).expect("state JSON");
+    assert_eq!(state["docker"]["host"], "127.0.0.2", "{state:#}");
+    // Signal 2: the kernel sees the executor's own connection to the 127.0.0.2 listener
+    // while a stage streams from it.
+    let seen = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seen, stop, config) = (seen.clone(), stop.clone(), e.config.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if executor_connections_to_public_listener(&config) > 0 {
+                    seen.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let run = r.run_script(
+        stages::BUILD_SCRIPT,
+        &stage_script(&r, "sleep 2; echo via-public-listener"),
+    );
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().expect("watcher");
+    assert_ok(&run);
+    assert!(run.stdout_text().contains("via-public-listener"), "{}", show(&run));
+    assert!(
+        seen.load(Ordering::Relaxed),
+        "no established connection from the executor to 127.0.0.2:2376 was seen during the stage"
+    );
+    assert_ok(&r.cleanup());
+    e.assert_tasks_stopped(&job, 1);
+}
+
+// ---- The admin commands (no gitlab-runner, no AWS).
+
+fn executor_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ECS_EXECUTOR_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    // Test binaries live in <target>/debug/deps/.
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("ecs-executor");
+    assert!(bin.is_file(), "build the executor first: {} is missing", bin.display());
+    bin
+}
+
+fn command(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(executor_bin())
+        .args(args)
+        .output()
+        .expect("run ecs-executor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_test_exits_0_1_or_2_and_prints_a_diff() {
+    let wasm = plugin_wasm("image-allowlist");
+    let cases = repo_root().join("plugin-host/tests/cases");
+    let wasm_s = wasm.display().to_string();
+    let good = cases.join("image-allowlist.json").display().to_string();
+    let wrong = cases.join("wrong-expectations.json").display().to_string();
+    let (code, out, err) = command(&["plugin", "test", &wasm_s, &good]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok      an image from another registry is refused") && out.contains("7 passed, 0 failed"),
+        "{out}"
+    );
+    let (code, out, err) = command(&["plugin", "test", &wasm_s, &good, &wrong]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAILED  expects the wrong image") && out.contains("$.containers[0].image: differs"),
+        "{out}"
+    );
+    assert!(out.contains("7 passed, 2 failed"), "{out}");
+    let (code, _, err) = command(&["plugin", "test", &wasm_s, "/nonexistent/cases.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/cases.json"), "{err}");
+    let (code, _, err) = command(&["plugin", "test", "/nonexistent/p.wasm", &good]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/p.wasm"), "{err}");
+}
+
+#[test]
+fn plan_and_compile_show_the_task_definition_after_the_plugins_without_calling_aws() {
+    let allowlist = plugin_wasm("image-allowlist");
+    let misbehave = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "plan",
+        &[
+            plugin_entry(
+                "allowlist",
+                &allowlist,
+                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
+                "",
+            ),
+            plugin_entry("tagger", &misbehave, r#"{"customize": "add-tag"}"#, ""),
+        ],
+    );
+    let mark = e.standin.request_mark();
+    let config = e.config.display().to_string();
+    let (code, out, err) = command(&["--config", &config, "plugin", "compile"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("allowlist") && out.contains("tagger") && out.contains("settings accepted"),
+        "{out}"
+    );
+    let (_, again, _) = command(&["--config", &config, "plugin", "compile"]);
+    assert!(
+        again.contains("already compiled allowlist"),
+        "the second run uses the cache: {again}"
+    );
+
+    let response = e.dir.join("response.json");
+    let write = |image: &str| {
+        std::fs::write(
+            &response,
+            format!(r#"{{"id": 7, "image": {{"name": "{image}"}}, "variables": [{{"key": "CI_PROJECT_PATH", "value": "g/p", "public": true}}]}}"#),
+        )
+        .unwrap()
+    };
+    write(&e.standin.images.build);
+    let response_s = response.display().to_string();
+    let (code, out, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("plan prints JSON");
+    let td = &plan["register_task_definition"];
+    assert_eq!(td["pidMode"], "task", "{td:#}");
+    assert!(
+        td["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "misbehave" && t["value"] == "1"),
+        "{td:#}"
+    );
+    assert!(td["family"].as_str().unwrap().starts_with(&e.family_prefix), "{td:#}");
+    assert_eq!(td["containerDefinitions"][0]["image"], e.standin.images.build.as_str());
+    assert_eq!(plan["address"]["plugins_in_order"], serde_json::json!(["tagger"]));
+
+    write("evil.io/x:1");
+    let (code, _, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
+    assert_eq!(code, 1, "a refused job: {err}");
+    assert!(
+        err.contains("plugin `allowlist` refused the job") && err.contains("evil.io/x:1"),
+        "{err}"
+    );
+
+    let calls: Vec<_> = e
+        .standin
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| r.body.contains(&e.family_prefix))
+        .collect();
+    assert!(calls.is_empty(), "plan and compile call no AWS API: {calls:#?}");
+}
