@@ -276,3 +276,48 @@ fn the_plugin_set_runs_the_chain_in_order_and_leaves_declined_services_to_the_bu
     assert!(set.pick_address(&j, &instance, &log).unwrap().is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every example plugin passes every case file of its own (`plugins/<dir>/cases/*.json`).
+#[test]
+fn every_example_plugin_passes_its_own_case_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    for (dir, package) in [
+        ("image-allowlist", "image-allowlist"),
+        ("role-mapper", "role-mapper"),
+        ("address-picker", "address-picker"),
+        ("dind-services", "dind-services"),
+        ("template", "plugin-template"),
+    ] {
+        let wasm = plugin_wasm(package);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir).join("cases"))
+            .unwrap_or_else(|e| panic!("plugins/{dir}/cases: {e}"))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "plugins/{dir} has no case file");
+        for file in files {
+            let report = run_case_file(&wasm, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(!report.results.is_empty(), "{}: no cases", file.display());
+            assert!(report.all_passed(), "{}:\n{}", file.display(), report.render());
+        }
+    }
+}
+
+/// The Python image allowlist (componentize-py) passes the Rust allowlist's case file: the
+/// interfaces do not depend on the guest's language. `tests/run` builds it first
+/// (`plugins/python/build`); compiling its 18 MB component takes about a minute once, then
+/// it comes from the compiled cache.
+#[test]
+fn the_python_image_allowlist_passes_the_rust_ones_case_file() {
+    let wasm = plugins_target().join("python/image-allowlist-py.wasm");
+    assert!(
+        wasm.exists(),
+        "{} is missing: build it with plugins/python/build (tests/run does)",
+        wasm.display()
+    );
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/image-allowlist/cases/allowlist.json");
+    let report = run_case_file(&wasm, &file).unwrap();
+    assert_eq!(report.results.len(), 18, "{}", report.render());
+    assert!(report.all_passed(), "{}", report.render());
+}
