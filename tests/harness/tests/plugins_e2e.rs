@@ -62,14 +62,18 @@ fn plugin_wasm(name: &str) -> PathBuf {
     wasm
 }
 
-/// A `[[plugins]]` table for the config.
+/// A `[[plugins]]` table for the config (`extra`: more keys of the entry, as TOML). The
+/// whole entry is serialised as one document so nested settings (arrays of tables) land
+/// under `plugins.settings`, not at the root.
 fn plugin_entry(name: &str, wasm: &Path, settings_json: &str, extra: &str) -> String {
     let settings: toml::Table = serde_json::from_str(settings_json).expect("settings JSON");
-    format!(
-        "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n[plugins.settings]\n{}\n",
-        wasm.display(),
-        toml::to_string(&settings).expect("settings TOML")
-    )
+    let mut entry: toml::Table = toml::from_str(extra).expect("extra TOML");
+    entry.insert("name".into(), name.into());
+    entry.insert("path".into(), wasm.display().to_string().into());
+    entry.insert("settings".into(), settings.into());
+    let mut doc = toml::Table::new();
+    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
+    format!("\n{}\n", toml::to_string(&doc).expect("plugin entry TOML"))
 }
 
 fn with_plugins(test: &str, entries: &[String]) -> E2e {
@@ -373,7 +377,9 @@ fn standin_subnet(e: &E2e) -> String {
 /// Established TCP connections to `127.0.0.2:2376` held by a process whose command line
 /// names `config` (the executor of this test), from the kernel's socket table.
 fn executor_connections_to_public_listener(config: &Path) -> usize {
-    // /proc/net/tcp: remote address as little-endian hex IP : hex port; state 01 = established.
+    // /proc/net/tcp: remote address as little-endian hex IP : hex port; state 01 = established,
+    // 05 = FIN_WAIT2: a run stage half-closes its side once the script is sent (stdin EOF)
+    // while the output still streams back.
     let wanted_remote = "0200007F:0948";
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let inodes: Vec<String> = tcp
@@ -381,7 +387,7 @@ fn executor_connections_to_public_listener(config: &Path) -> usize {
         .skip(1)
         .filter_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols.len() > 9 && cols[2] == wanted_remote && cols[3] == "01").then(|| cols[9].to_string())
+            (cols.len() > 9 && cols[2] == wanted_remote && matches!(cols[3], "01" | "05")).then(|| cols[9].to_string())
         })
         .collect();
     if inodes.is_empty() {
