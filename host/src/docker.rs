@@ -368,4 +368,41 @@ mod tests {
         let err = DockerHost::connect(&settings, &endpoint).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
+
+    /// The address plugins' `tls-server-name` is what the verifier checks: against the local
+    /// stand-in's daemon (certificate for 127.0.0.1, 127.0.0.2 and `localhost`), a name the
+    /// certificate does not carry fails the handshake, one it carries passes.
+    #[test]
+    fn the_tls_server_name_override_is_what_the_certificate_is_checked_against() {
+        let state = std::path::Path::new("/var/tmp/ecs-executor/local-ecs");
+        let certs = state.join("certs");
+        assert!(
+            certs.join("ca.pem").exists(),
+            "the local ECS stand-in is not up: run tests/local-ecs/up (KEEP_LOCAL_ECS=1)"
+        );
+        let settings = DockerSettings {
+            port: 2376,
+            ca_file: certs.join("ca.pem"),
+            cert_file: certs.join("client.pem"),
+            key_file: certs.join("client-key.pem"),
+            connect_timeout_secs: 5,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ping = |name: Option<&str>| {
+            let endpoint = DockerEndpoint {
+                host: "127.0.0.1".into(),
+                port: 2376,
+                tls_server_name: name.map(String::from),
+            };
+            let docker = DockerHost::connect(&settings, &endpoint).unwrap();
+            rt.block_on(docker.api.ping()).map_err(|e| error_chain(&e))
+        };
+        assert!(ping(None).is_ok(), "{:?}", ping(None));
+        assert!(ping(Some("localhost")).is_ok(), "{:?}", ping(Some("localhost")));
+        let err = ping(Some("docker.wrong.example")).unwrap_err();
+        assert!(err.contains("certificate") || err.contains("NotValidForName"), "{err}");
+    }
 }

@@ -466,3 +466,78 @@ pub fn task_from_wit(t: &wit::TaskDefinition, before: &TaskSpec, ours: &str) -> 
         extra: extra_map(&t.extra)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{JobKey, JobVariable};
+
+    fn config() -> Config {
+        Config::parse(
+            "cluster='c'\nregion='us-east-1'\nhelper_image='h:1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    fn job() -> JobContext {
+        JobContext {
+            key: JobKey::new(9, None),
+            project_path: "g/p".into(),
+            runner_version: String::new(),
+            image: "alpine:3".into(),
+            image_entrypoint: None,
+            secrets: vec!["s3cr3t-value".into()],
+        }
+    }
+
+    #[test]
+    fn a_task_spec_survives_the_round_trip_and_keeps_its_hash() {
+        let config = config();
+        let spec = TaskSpec::for_job(&config, &job());
+        let ours = spec.reuse_family(&config.family_prefix);
+        let back = task_from_wit(&task_to_wit(&spec, &ours), &spec, &ours).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(back.content_hash(), spec.content_hash());
+        // A plugin's family is kept; the executor's own means "name it by content".
+        let mut wit = task_to_wit(&spec, &ours);
+        wit.family = "site-family".into();
+        assert_eq!(
+            task_from_wit(&wit, &spec, &ours).unwrap().family.as_deref(),
+            Some("site-family")
+        );
+        wit.network_mode = WitNetworkMode::None;
+        assert!(task_from_wit(&wit, &spec, &ours).unwrap_err().contains("none"));
+    }
+
+    #[test]
+    fn plugins_never_see_secret_variables() {
+        let var = |key: &str, value: &str, public: bool, masked: bool, file: bool| JobVariable {
+            key: key.into(),
+            value: value.into(),
+            public,
+            masked,
+            file,
+        };
+        let response = JobResponse {
+            id: 9,
+            variables: vec![
+                var("CI_PROJECT_PATH", "g/p", true, false, false),
+                var("CI_PIPELINE_ID", "77", true, false, false),
+                var("TOKEN", "s3cr3t-value", false, true, false),
+                var("KEY_FILE", "file-content", true, false, true),
+                var("HIDDEN", "not-public", false, false, false),
+                var("QUOTES_SECRET", "x s3cr3t-value y", true, false, false),
+                var("PLAIN", "visible", true, false, false),
+                var("CI_PIPELINE_ID", "1", true, false, false),
+            ],
+            ..Default::default()
+        };
+        let wit = job_to_wit(&job(), &response);
+        let keys: Vec<&str> = wit.variables.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["CI_PROJECT_PATH", "CI_PIPELINE_ID", "PLAIN", "CI_PIPELINE_ID"]);
+        // Trusted values: the first (predefined) occurrence, not a later override.
+        assert_eq!(wit.pipeline_id, 77);
+        assert!(wit.trusted.iter().any(|t| t.key == "CI_PIPELINE_ID" && t.value == "77"));
+    }
+}

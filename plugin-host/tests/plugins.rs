@@ -143,7 +143,7 @@ fn unusable_answers_are_a_broken_plugin() {
     }
     let p = misbehave(r#"{"map_services": "remove-build"}"#, Limits::default());
     let j = job(serde_json::json!({"services": [{"name": "redis:7"}]}));
-    let err = p.map_services(&j, &j.services).err().expect("wrong length");
+    let err = p.map_services(&j, &j.services).expect_err("wrong length");
     assert!(err.to_string().contains("0 mappings for 1 services"), "{err}");
 }
 
@@ -151,7 +151,7 @@ fn unusable_answers_are_a_broken_plugin() {
 fn a_rejection_is_not_a_broken_plugin() {
     let p = misbehave(r#"{"customize": "reject"}"#, Limits::default());
     let j = job(serde_json::json!({}));
-    let err = p.customize(&j, &task(&j)).err().expect("rejected");
+    let err = p.customize(&j, &task(&j)).expect_err("rejected");
     assert!(err.is_rejection(), "{err}");
     assert_eq!(
         err.to_string(),
