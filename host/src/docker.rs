@@ -386,6 +386,8 @@ mod tests {
             cert_file: certs.join("client.pem"),
             key_file: certs.join("client-key.pem"),
             connect_timeout_secs: 5,
+            tls: true,
+            allow_plain_tcp: false,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
