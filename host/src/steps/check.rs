@@ -1,7 +1,7 @@
 //! `check`: is this runner host ready to run jobs? One line per check on stdout, `ok` or
 //! `FAIL` with what to fix; fails (SYSTEM_FAILURE's code) unless every check passed.
 //!
-//! Checks: the config file; (plugins: see the hook below); AWS credentials and the cluster
+//! Checks: the config file; each configured plugin (loads, settings accepted); AWS credentials and the cluster
 //! (DescribeClusters); for each registered container instance, its address as prepare picks
 //! it and a Docker ping over mutual TLS (or plain TCP where the config allows it).
 
@@ -55,8 +55,38 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         }
     };
 
-    // PLUGIN CHECK HOOK (lead, issue 4): load each configured plugin here and report one
-    // `ok`/`FAIL` line per plugin. Nothing is checked for plugins yet.
+    // Plugins: each one loaded on its own (compiled into the cache when it is not there yet)
+    // and its settings checked by its `validate-settings`, so one bad plugin does not hide
+    // the state of the others.
+    match crate::plugins::specs(&config) {
+        Err(e) => report.fail(format_args!("plugins: {e}"), "fix the [[plugins]] entries"),
+        Ok(specs) => {
+            let cache = crate::plugins::cache(&config);
+            for spec in &specs {
+                match ecs_executor_plugin_host::PluginSet::load(&cache, std::slice::from_ref(spec)) {
+                    Ok(set) => {
+                        let hooks: Vec<&str> = set
+                            .plugins()
+                            .iter()
+                            .flat_map(|p| p.hooks())
+                            .filter(|h| *h != ecs_executor_plugin_host::Hook::ValidateSettings)
+                            .map(|h| h.name())
+                            .collect();
+                        report.ok(format_args!(
+                            "plugin `{}` ({}): settings accepted; hooks: {}",
+                            spec.name,
+                            spec.path.display(),
+                            hooks.join(", ")
+                        ))
+                    }
+                    Err(e) => report.fail(
+                        format_args!("plugin `{}`: {e}", spec.name),
+                        "fix its `path` or `settings`, or rebuild it against wit/ (ecs-executor:plugin@0.1.0)",
+                    ),
+                }
+            }
+        }
+    }
 
     let clients = AwsClients::load(&config).await;
     let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);

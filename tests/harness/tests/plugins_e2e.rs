@@ -251,6 +251,28 @@ fn a_plugin_that_removes_the_build_container_is_a_broken_plugin() {
 }
 
 #[test]
+fn a_plugin_that_returns_an_oversized_task_definition_is_a_broken_plugin() {
+    let wasm = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "misbehave-oversize",
+        &[plugin_entry("bloater", &wasm, r#"{"customize": "oversize"}"#, "")],
+    );
+    let job = e.job();
+    assert_broken_plugin_fails_closed(&e, &job, "bloater", "bytes of JSON (ECS allows 65536)");
+}
+
+#[test]
+fn a_plugin_that_fails_with_other_is_a_broken_plugin() {
+    let wasm = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "misbehave-other",
+        &[plugin_entry("failer", &wasm, r#"{"customize": "other-error"}"#, "")],
+    );
+    let job = e.job();
+    assert_broken_plugin_fails_closed(&e, &job, "failer", "broken on purpose");
+}
+
+#[test]
 fn a_bad_plugin_path_or_bad_settings_fail_prepare_naming_the_plugin() {
     let wasm = plugin_wasm("image-allowlist");
     for (case, entry, expected) in [
@@ -598,4 +620,34 @@ fn plan_and_compile_show_the_task_definition_after_the_plugins_without_calling_a
         .filter(|r| r.body.contains(&e.family_prefix))
         .collect();
     assert!(calls.is_empty(), "plan and compile call no AWS API: {calls:#?}");
+}
+
+#[test]
+fn check_reports_each_plugin_with_its_hooks_or_what_is_wrong() {
+    let allowlist = plugin_wasm("image-allowlist");
+    let picker = plugin_wasm("address-picker");
+    let e = with_plugins(
+        "check-plugins",
+        &[
+            plugin_entry("allow", &allowlist, r#"{"allowed_registries": ["docker.io"]}"#, ""),
+            plugin_entry("picker", &picker, r#"{"public_subnets": 5}"#, ""),
+        ],
+    );
+    let config = e.config.display().to_string();
+    let (code, stdout, stderr) = command(&["--config", &config, "check"]);
+    assert_eq!(code, 2, "one plugin is broken, so check fails:\n{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok   plugin `allow`") && l.contains("hooks: task-definition.customize")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL plugin `picker`") && l.contains("public_subnets")),
+        "{stdout}"
+    );
+    // The rest is still checked.
+    assert!(stdout.contains("ok   AWS credentials and cluster local"), "{stdout}");
 }
