@@ -22,8 +22,9 @@ impl Allowlist {
     /// Parse and validate `{"allowed_registries": ["docker.io", "registry.example.com/team"]}`.
     /// Errors say which entry is wrong and why, for the executor's start-up message.
     pub fn from_settings(json: &str) -> Result<Allowlist, String> {
-        let raw: RawSettings = serde_json::from_str(json)
-            .map_err(|e| format!("settings must be {{\"allowed_registries\": [\"registry\", ...]}}: {e}"))?;
+        let raw: RawSettings = serde_json::from_str(json).map_err(|e| {
+            format!("settings must be {{\"allowed_registries\": [\"registry\", ...]}}: {e}")
+        })?;
         if raw.allowed_registries.is_empty() {
             return Err("allowed_registries is empty: every job would be refused".into());
         }
@@ -95,7 +96,9 @@ pub fn normalise_image(image: &str) -> Option<String> {
     let (first, rest) = match name.split_once('/') {
         // Docker's rule: the first component is a registry if it has a `.` or a `:` or is
         // `localhost`; otherwise the whole name is a Docker Hub repository.
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, Some(rest)),
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (first, Some(rest))
+        }
         _ => ("docker.io", None),
     };
     let registry = canonical_registry(first);
@@ -113,7 +116,9 @@ pub fn normalise_image(image: &str) -> Option<String> {
 fn canonical_registry(host: &str) -> String {
     let host = host.to_ascii_lowercase();
     match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".into()
+        }
         _ => host,
     }
 }
@@ -156,10 +161,22 @@ mod tests {
 
     #[test]
     fn docker_hub_short_names_are_spelled_out() {
-        assert_eq!(normalise_image("alpine").unwrap(), "docker.io/library/alpine");
-        assert_eq!(normalise_image("alpine:3.20").unwrap(), "docker.io/library/alpine");
-        assert_eq!(normalise_image("bitnami/redis:7").unwrap(), "docker.io/bitnami/redis");
-        assert_eq!(normalise_image("docker.io/alpine").unwrap(), "docker.io/library/alpine");
+        assert_eq!(
+            normalise_image("alpine").unwrap(),
+            "docker.io/library/alpine"
+        );
+        assert_eq!(
+            normalise_image("alpine:3.20").unwrap(),
+            "docker.io/library/alpine"
+        );
+        assert_eq!(
+            normalise_image("bitnami/redis:7").unwrap(),
+            "docker.io/bitnami/redis"
+        );
+        assert_eq!(
+            normalise_image("docker.io/alpine").unwrap(),
+            "docker.io/library/alpine"
+        );
         assert_eq!(
             normalise_image("index.docker.io/library/alpine").unwrap(),
             "docker.io/library/alpine"
@@ -176,7 +193,10 @@ mod tests {
             normalise_image("registry.example.com:5000/team/app:1.2").unwrap(),
             "registry.example.com:5000/team/app"
         );
-        assert_eq!(normalise_image("localhost:5000/app").unwrap(), "localhost:5000/app");
+        assert_eq!(
+            normalise_image("localhost:5000/app").unwrap(),
+            "localhost:5000/app"
+        );
         assert_eq!(normalise_image("localhost/app").unwrap(), "localhost/app");
         assert_eq!(
             normalise_image("ghcr.io/org/app:v1@sha256:0123456789abcdef").unwrap(),
@@ -220,13 +240,20 @@ mod tests {
     #[test]
     fn the_refusal_names_the_container_and_what_is_allowed() {
         let list = allowlist(&["registry.example.com"]);
-        let message = first_refusal(&list, [("build", "registry.example.com/app"), ("svc-0", "redis:7")]).unwrap();
+        let message = first_refusal(
+            &list,
+            [("build", "registry.example.com/app"), ("svc-0", "redis:7")],
+        )
+        .unwrap();
         assert_eq!(
             message,
             "image `redis:7` of container `svc-0` is not from an allowed registry; \
              this runner only runs images from: registry.example.com"
         );
-        assert_eq!(first_refusal(&list, [("build", "registry.example.com/app")]), None);
+        assert_eq!(
+            first_refusal(&list, [("build", "registry.example.com/app")]),
+            None
+        );
     }
 
     #[test]
@@ -234,8 +261,12 @@ mod tests {
         let err = |json: &str| Allowlist::from_settings(json).unwrap_err();
         assert!(err("{}").contains("allowed_registries"));
         assert!(err(r#"{"allowed_registries": []}"#).contains("empty"));
-        assert!(err(r#"{"allowed_registries": ["docker.io"], "extra": 1}"#).contains("unknown field"));
-        assert!(err(r#"{"allowed_registries": ["https://r.example"]}"#).contains("without a scheme"));
+        assert!(
+            err(r#"{"allowed_registries": ["docker.io"], "extra": 1}"#).contains("unknown field")
+        );
+        assert!(
+            err(r#"{"allowed_registries": ["https://r.example"]}"#).contains("without a scheme")
+        );
         assert!(err(r#"{"allowed_registries": [""]}"#).contains("is empty"));
         assert!(err(r#"{"allowed_registries": ["r.example/app:1"]}"#).contains("no tag"));
         assert!(err("not json").contains("settings must be"));

@@ -18,10 +18,17 @@ impl settings::Guest for ImageAllowlist {
 }
 
 impl task_definition::Guest for ImageAllowlist {
-    fn customize(_job: JobContext, task: TaskDefinition) -> Result<TaskDefinition, task_definition::Error> {
+    fn customize(
+        _job: JobContext,
+        task: TaskDefinition,
+    ) -> Result<TaskDefinition, task_definition::Error> {
         // The host validated these at load; failing here means the host broke that promise.
-        let allowlist = Allowlist::from_settings(&settings_json()).map_err(task_definition::Error::Other)?;
-        let images = task.containers.iter().map(|c| (c.name.as_str(), c.image.as_str()));
+        let allowlist =
+            Allowlist::from_settings(&settings_json()).map_err(task_definition::Error::Other)?;
+        let images = task
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.image.as_str()));
         if let Some(message) = allowlist::first_refusal(&allowlist, images) {
             return Err(reject(message))?;
         }
