@@ -510,6 +510,18 @@ pub fn register_request_json(spec: &TaskSpec, family: &str, hash: &str, prefix: 
     req
 }
 
+/// ECS tags as (key, value) pairs.
+fn tag_pairs(tags: &[Tag]) -> Vec<(String, String)> {
+    tags.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
@@ -655,22 +667,11 @@ impl Ecs {
                 .send()
                 .await
                 .map_err(api("DescribeTasks"))?;
-            tasks.extend(out.tasks().iter().map(|t| {
-                TaskSummary {
-                    arn: t.task_arn().unwrap_or_default().to_string(),
-                    started_by: t.started_by().unwrap_or_default().to_string(),
-                    created_at: t.created_at().map(|d| d.as_secs_f64()),
-                    tags: t
-                        .tags()
-                        .iter()
-                        .map(|tag| {
-                            (
-                                tag.key().unwrap_or_default().to_string(),
-                                tag.value().unwrap_or_default().to_string(),
-                            )
-                        })
-                        .collect(),
-                }
+            tasks.extend(out.tasks().iter().map(|t| TaskSummary {
+                arn: t.task_arn().unwrap_or_default().to_string(),
+                started_by: t.started_by().unwrap_or_default().to_string(),
+                created_at: t.created_at().map(|d| d.as_secs_f64()),
+                tags: tag_pairs(t.tags()),
             }));
         }
         Ok(tasks)
@@ -732,16 +733,7 @@ impl Ecs {
             }
             out.push(TaskDefinitionSummary {
                 arn,
-                tags: described
-                    .tags()
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or_default().to_string(),
-                            t.value().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect(),
+                tags: tag_pairs(described.tags()),
             });
         }
         Ok(out)

@@ -11,7 +11,6 @@ use crate::config::{Config, TaskDefinitionMode};
 use crate::failure::{Blame, Failure};
 use crate::job::JobContext;
 use crate::protocol::JobResponse;
-use crate::task_spec::TaskSpec;
 
 /// `plugin compile`: compile every configured plugin into the cache and check its settings,
 /// so no job's `prepare` has to compile.
@@ -72,7 +71,7 @@ pub fn plan(config: &Config, job_response: &Path) -> Result<(), Failure> {
     let response = JobResponse::from_file(job_response)?;
     let job = JobContext::from_response(config, &response)?;
     let plugins = crate::plugins::load(config)?;
-    let spec = crate::plugins::customize_task(&plugins, config, &job, &response, TaskSpec::for_job(config, &job))?;
+    let (spec, _) = crate::steps::prepare::task_spec_for_job(config, &job, &response, &plugins)?;
     let family = match (&spec.family, config.task_definition_mode) {
         (Some(f), _) => f.clone(),
         (None, TaskDefinitionMode::PerJob) => format!("{}-job-{}", config.family_prefix, job.key.job_id),

@@ -83,45 +83,7 @@ async fn launch(
 ) -> Result<(), Failure> {
     // 1. The task definition: reuse one with the same content, else register it.
     let phase = Instant::now();
-    // Services: validated (limits, allowlist, aliases) before any ECS call. A site plugin may
-    // map a service (`services` hook); the others get the built-in mapping, and only those are
-    // launched and waited for by the executor after the task runs.
-    let mut services = JobServices::load(config, response)?;
-    for note in &services.notes {
-        log_note(note);
-    }
-    let mut spec = TaskSpec::for_job(config, job);
-    let mapped = crate::plugins::map_services(plugins, job, response)?;
-    let mut builtin = Vec::new();
-    for (i, service) in services.services.iter().enumerate() {
-        match mapped.get(i).cloned().flatten() {
-            Some(defs) => {
-                let containers = defs
-                    .iter()
-                    .map(|d| crate::plugins::container_from_wit(d, None))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Failure::system(format!("the services plugins' mapping of {}: {e}", service.image)))?;
-                if let Some(dup) = containers
-                    .iter()
-                    .find(|c| spec.containers.iter().any(|o| o.name == c.name))
-                {
-                    return Err(Failure::system(format!(
-                        "the services plugins' mapping of {}: container name {:?} is already taken",
-                        service.image, dup.name
-                    )));
-                }
-                services::add_to_spec(&mut spec, service, containers);
-            }
-            None => {
-                services::add_to_spec(&mut spec, service, services::builtin_containers(config, service));
-                builtin.push(service.clone());
-            }
-        }
-    }
-    services.services = builtin;
-    // Site plugins change the definition (or refuse the job) before anything is registered;
-    // the reuse hash below is taken from their answer.
-    let spec = crate::plugins::customize_task(plugins, config, job, response, spec)?;
+    let (spec, services) = task_spec_for_job(config, job, response, plugins)?;
     let per_job = config.task_definition_mode == TaskDefinitionMode::PerJob;
     let per_job_family = format!("{}-job-{}", config.family_prefix, job.key.job_id);
     let td = {
@@ -429,6 +391,57 @@ fn pull_error_is_transient(reason: &str) -> bool {
     }
     // Anything else (throttling, timeouts, 5xx, network) may pass: let gitlab-runner retry.
     true
+}
+
+/// The task the job gets, as prepare registers it and `plan` shows it: the built-in task,
+/// the job's services (mapped by a services plugin, else built in), then the plugins'
+/// task-definition chain. Also the services the executor itself launches after RUNNING.
+pub fn task_spec_for_job(
+    config: &Config,
+    job: &JobContext,
+    response: &JobResponse,
+    plugins: &PluginSet,
+) -> Result<(TaskSpec, JobServices), Failure> {
+    // Services: validated (limits, allowlist, aliases) before any ECS call. A site plugin may
+    // map a service (`services` hook); the others get the built-in mapping, and only those are
+    // launched and waited for by the executor after the task runs.
+    let mut services = JobServices::load(config, response)?;
+    for note in &services.notes {
+        log_note(note);
+    }
+    let mut spec = TaskSpec::for_job(config, job);
+    let mapped = crate::plugins::map_services(plugins, job, response)?;
+    let mut builtin = Vec::new();
+    for (i, service) in services.services.iter().enumerate() {
+        match mapped.get(i).cloned().flatten() {
+            Some(defs) => {
+                let containers = defs
+                    .iter()
+                    .map(|d| crate::plugins::container_from_wit(d, None))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Failure::system(format!("the services plugins' mapping of {}: {e}", service.image)))?;
+                if let Some(dup) = containers
+                    .iter()
+                    .find(|c| spec.containers.iter().any(|o| o.name == c.name))
+                {
+                    return Err(Failure::system(format!(
+                        "the services plugins' mapping of {}: container name {:?} is already taken",
+                        service.image, dup.name
+                    )));
+                }
+                services::add_to_spec(&mut spec, service, containers);
+            }
+            None => {
+                services::add_to_spec(&mut spec, service, services::builtin_containers(config, service));
+                builtin.push(service.clone());
+            }
+        }
+    }
+    services.services = builtin;
+    // Site plugins change the definition (or refuse the job) before anything is registered;
+    // the reuse hash below is taken from their answer.
+    let spec = crate::plugins::customize_task(plugins, config, job, response, spec)?;
+    Ok((spec, services))
 }
 
 #[cfg(test)]

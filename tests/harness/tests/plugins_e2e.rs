@@ -651,3 +651,77 @@ fn check_reports_each_plugin_with_its_hooks_or_what_is_wrong() {
     // The rest is still checked.
     assert!(stdout.contains("ok   AWS credentials and cluster local"), "{stdout}");
 }
+
+/// The services hook, as prepare applies it (`plan` runs the same code, without AWS): the
+/// dind-services plugin maps `docker:*-dind` to a privileged container of its own, the
+/// job's other service keeps the built-in mapping (the launcher), and `build` links to both
+/// by alias. (Through prepare the task cannot start here: this sandbox's Docker refuses
+/// privileged containers — "unable to apply caps" — which prepare reports as ECS's reason.)
+#[test]
+fn the_dind_plugin_maps_its_service_and_the_other_keeps_the_built_in_mapping() {
+    const ECHO: &str = "ecs-executor-test/svc-echo:1";
+    let wasm = plugin_wasm("dind-services");
+    let e = with_plugins("dind", &[plugin_entry("dind", &wasm, "{}", "")]);
+    let response = e.dir.join("response.json");
+    std::fs::write(
+        &response,
+        format!(
+            r#"{{"id": 8, "image": {{"name": "{}"}},
+                "services": [{{"name": "docker:27-dind", "alias": "docker"}}, {{"name": "{ECHO}", "alias": "echo"}}],
+                "variables": [{{"key": "CI_PROJECT_PATH", "value": "g/p", "public": true}}]}}"#,
+            e.standin.images.build
+        ),
+    )
+    .unwrap();
+    let mark = e.standin.request_mark();
+    let config = e.config.display().to_string();
+    let response_s = response.display().to_string();
+    let (code, out, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("plan prints JSON");
+    let containers = plan["register_task_definition"]["containerDefinitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan:#}"))
+        .clone();
+    let by_image = |image: &str| {
+        containers
+            .iter()
+            .find(|c| c["image"] == image)
+            .unwrap_or_else(|| panic!("no container of {image}: {plan:#}"))
+            .clone()
+    };
+    let dind = by_image("docker:27-dind");
+    assert_eq!(dind["privileged"], true, "{dind:#}");
+    assert_eq!(dind["essential"], false, "{dind:#}");
+    assert!(
+        dind["environment"]
+            .as_array()
+            .is_some_and(|env| env.iter().any(|kv| kv["name"] == "DOCKER_TLS_CERTDIR")),
+        "{dind:#}"
+    );
+    assert!(
+        !dind.to_string().contains(".ecs-executor-launch"),
+        "the plugin's container is no launcher: {dind:#}"
+    );
+    let echo = by_image(ECHO);
+    assert!(
+        echo.to_string().contains(".ecs-executor-launch"),
+        "the declined service keeps the launcher: {echo:#}"
+    );
+    let build = containers
+        .iter()
+        .find(|c| c["name"] == "build")
+        .expect("build container");
+    let links = build["links"].to_string();
+    assert!(
+        links.contains(":docker\"") && links.contains(":echo\""),
+        "build links to both: {build:#}"
+    );
+    assert!(
+        e.standin
+            .requests_since(mark)
+            .iter()
+            .all(|r| !r.body.contains(&e.family_prefix)),
+        "plan calls no AWS API"
+    );
+}
