@@ -1,6 +1,7 @@
 //! Commands for site administrators and plugin authors (not called by gitlab-runner):
 //! `plugin compile`, `plugin test` and `plan`. None of them calls AWS.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -101,7 +102,14 @@ pub fn plan(config: &Config, job_response: &Path) -> Result<(), Failure> {
             "hooks": p.hooks().iter().map(|h| h.name()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
-    println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+    // `plan | head` closes the pipe early: that is the reader's choice, not an error.
+    let text = serde_json::to_string_pretty(&out).expect("JSON");
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(Failure::system(format!("cannot write the plan to stdout: {e}")));
+        }
+        _ => {}
+    }
     Ok(())
 }
 
