@@ -409,7 +409,13 @@ impl Ecs {
     }
 
     /// The EC2 instance id behind a container instance.
-    pub async fn ec2_instance_of(&self, container_instance_arn: &str) -> Result<String, EcsError> {
+    /// The EC2 instance id behind a container instance, and the container instance's ECS
+    /// attributes (name, value) — what address plugins see.
+    #[allow(clippy::type_complexity)]
+    pub async fn ec2_instance_of(
+        &self,
+        container_instance_arn: &str,
+    ) -> Result<(String, Vec<(String, Option<String>)>), EcsError> {
         let out = self
             .client
             .describe_container_instances()
@@ -418,14 +424,23 @@ impl Ecs {
             .send()
             .await
             .map_err(api("DescribeContainerInstances"))?;
-        out.container_instances()
-            .first()
+        let ci = out.container_instances().first();
+        let id = ci
             .and_then(|ci| ci.ec2_instance_id())
             .map(String::from)
             .ok_or(EcsError::Incomplete {
                 action: "DescribeContainerInstances",
                 what: "EC2 instance id",
+            })?;
+        let attributes = ci
+            .map(|ci| {
+                ci.attributes()
+                    .iter()
+                    .map(|a| (a.name().to_string(), a.value().map(String::from)))
+                    .collect()
             })
+            .unwrap_or_default();
+        Ok((id, attributes))
     }
 }
 

@@ -39,11 +39,13 @@ pub struct ContainerInstance {
     pub availability_zone: Option<String>,
     pub instance_type: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// The container instance's ECS attributes (name, value), e.g. `ecs.instance-type`.
+    pub attributes: Vec<(String, Option<String>)>,
 }
 
 impl ContainerInstance {
     pub async fn resolve(ecs: &Ecs, ec2: &aws_sdk_ec2::Client, arn: &str) -> Result<ContainerInstance, InstanceError> {
-        let instance_id = ecs.ec2_instance_of(arn).await?;
+        let (instance_id, attributes) = ecs.ec2_instance_of(arn).await?;
         let out = ec2
             .describe_instances()
             .instance_ids(&instance_id)
@@ -86,6 +88,7 @@ impl ContainerInstance {
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
                 .collect(),
+            attributes,
         })
     }
 

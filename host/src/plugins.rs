@@ -281,7 +281,14 @@ pub fn instance_to_wit(i: &ContainerInstance) -> wit::Instance {
                 value: v.clone(),
             })
             .collect(),
-        attributes: vec![],
+        attributes: i
+            .attributes
+            .iter()
+            .map(|(name, value)| wit::EcsAttribute {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -471,6 +478,30 @@ pub fn task_from_wit(t: &wit::TaskDefinition, before: &TaskSpec, ours: &str) -> 
 mod tests {
     use super::*;
     use crate::protocol::{JobKey, JobVariable};
+
+    #[test]
+    fn address_plugins_see_the_instances_ecs_attributes() {
+        let instance = ContainerInstance {
+            container_instance_arn: "arn:aws:ecs:eu-west-1:1:container-instance/c/1".into(),
+            ec2_instance_id: "i-1".into(),
+            private_ip: Some("10.0.0.5".into()),
+            public_ip: None,
+            ipv6: vec![],
+            subnet_id: Some("subnet-1".into()),
+            vpc_id: None,
+            availability_zone: None,
+            instance_type: Some("c6i.large".into()),
+            tags: vec![("team".into(), "ci".into())],
+            attributes: vec![
+                ("ecs.capability.privileged-container".into(), None),
+                ("ecs.instance-type".into(), Some("c6i.large".into())),
+            ],
+        };
+        let wit = instance_to_wit(&instance);
+        let attributes: Vec<(String, Option<String>)> = wit.attributes.into_iter().map(|a| (a.name, a.value)).collect();
+        assert_eq!(attributes, instance.attributes);
+        assert_eq!(wit.tags[0].key, "team");
+    }
 
     fn config() -> Config {
         Config::parse(
