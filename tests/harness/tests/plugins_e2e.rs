@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionField;
-use ecs_executor_tests::runner::{JobSpec, JobStatus, StageResult, stages};
+use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, StageResult, stages};
 use support::{E2e, assert_ok, show, stage_script};
 
 fn repo_root() -> PathBuf {
@@ -724,4 +724,54 @@ fn the_dind_plugin_maps_its_service_and_the_other_keeps_the_built_in_mapping() {
             .all(|r| !r.body.contains(&e.family_prefix)),
         "plan calls no AWS API"
     );
+}
+
+/// The services hook through prepare: a rejection is the job's failure with the plugin's
+/// message, a wrong-length answer is a broken plugin; neither registers or runs anything.
+#[test]
+fn the_services_hook_refuses_or_breaks_a_job_before_anything_is_registered() {
+    const ECHO: &str = "ecs-executor-test/svc-echo:1";
+    let wasm = plugin_wasm("test-misbehave");
+    for (mode, build_failure, said) in [
+        ("reject", true, "services refused on purpose"),
+        ("remove-build", false, "services.map-services"),
+    ] {
+        let e = with_plugins(
+            &format!("svc-hook-{mode}"),
+            &[plugin_entry(
+                "svc",
+                &wasm,
+                &format!(r#"{{"map_services": "{mode}"}}"#),
+                "",
+            )],
+        );
+        let job = e.job().service(Image::new(ECHO).alias("echo"));
+        let mark = e.standin.request_mark();
+        let (mut r, prepare) = prepare(&e, &job);
+        if build_failure {
+            assert_eq!(
+                prepare.exit_code(),
+                Some(1),
+                "{mode}: BUILD_FAILURE_EXIT_CODE: {}",
+                show(&prepare)
+            );
+        } else {
+            assert!(prepare.is_system_failure(), "{mode}: {}", show(&prepare));
+        }
+        let text = prepare.stderr_text();
+        assert!(
+            text.contains("plugin `svc`") && text.contains(said),
+            "{mode}: {}",
+            show(&prepare)
+        );
+        let calls = calls_for(&e, &job, mark);
+        assert!(
+            !calls
+                .iter()
+                .any(|(a, _)| a == "RegisterTaskDefinition" || a == "RunTask"),
+            "{mode}: {calls:#?}"
+        );
+        assert!(e.tasks_of(&job).is_empty());
+        assert_ok(&r.cleanup());
+    }
 }
