@@ -187,8 +187,7 @@ impl Plugin {
                 message: "settings must be a JSON object".into(),
             });
         }
-        let wasm = std::fs::read(&spec.path).map_err(|e| load_err(format!("cannot read the file: {e}")))?;
-        let (component, outcome) = cache.load(&engine.engine, &wasm).map_err(load_err)?;
+        let (component, outcome) = cache.load_file(&engine.engine, &spec.path).map_err(load_err)?;
         let pre = match engine.linker.instantiate_pre(&component) {
             Ok(pre) => pre,
             Err(first) => {

@@ -321,3 +321,32 @@ fn the_python_image_allowlist_passes_the_rust_ones_case_file() {
     assert_eq!(report.results.len(), 18, "{}", report.render());
     assert!(report.all_passed(), "{}", report.render());
 }
+
+/// A plugin file changed in place (same path, even the same size) is never served from the
+/// compiled component of its old content: the remembered hash is keyed by the file's stat.
+#[test]
+fn a_plugin_file_rewritten_in_place_is_loaded_with_its_new_content() {
+    let engine = PluginEngine::new().unwrap();
+    let dir = tempdir("rewrite");
+    let cache = CompiledCache::new(dir.join("cache"));
+    let file = dir.join("plugin.wasm");
+    std::fs::copy(plugin_wasm("image-allowlist"), &file).unwrap();
+    let spec = |settings: &str| PluginSpec {
+        name: "p".into(),
+        path: file.clone(),
+        settings_json: settings.into(),
+        limits: Limits::default(),
+    };
+    let allowlist = spec(r#"{"allowed_registries": ["docker.io"]}"#);
+    let first = ecs_executor_plugin_host::Plugin::load(&engine, &cache, &allowlist).unwrap();
+    assert!(first.was_compiled() && first.has(Hook::Customize));
+    let again = ecs_executor_plugin_host::Plugin::load(&engine, &cache, &allowlist).unwrap();
+    assert!(!again.was_compiled(), "unchanged: from the cache, without hashing");
+    drop((first, again));
+    // Rewrite the same inode with other content.
+    std::fs::write(&file, std::fs::read(plugin_wasm("address-picker")).unwrap()).unwrap();
+    let picker = ecs_executor_plugin_host::Plugin::load(&engine, &cache, &spec(r#"{"public_subnets": []}"#)).unwrap();
+    assert!(picker.was_compiled(), "new content: compiled");
+    assert!(picker.has(Hook::PickAddress) && !picker.has(Hook::Customize));
+    let _ = std::fs::remove_dir_all(&dir);
+}
