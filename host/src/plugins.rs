@@ -11,7 +11,9 @@ use ecs_executor_plugin_host::types::{
     self as wit, ContainerDefinition, KeyValue, LogConfiguration as WitLog, MountPoint as WitMount,
     NetworkMode as WitNetworkMode,
 };
-use ecs_executor_plugin_host::{CompiledCache, JobLog, Level, Limits, PluginError, PluginSet, PluginSpec};
+use ecs_executor_plugin_host::{
+    CompiledCache, JobLog, Level, Limits, PluginError, PluginSet, PluginSpec, SettingsCheck,
+};
 
 use crate::config::{Config, LogConfiguration, NetworkMode};
 use crate::docker::DockerEndpoint;
@@ -70,7 +72,13 @@ pub fn load(config: &Config) -> Result<PluginSet, Failure> {
     if config.plugins.is_empty() {
         return Ok(PluginSet::default());
     }
-    Ok(PluginSet::load(&cache(config), &specs(config)?)?)
+    // A job asks `validate-settings` only for settings not accepted before (`check` and
+    // `plugin compile` always ask).
+    Ok(PluginSet::load(
+        &cache(config),
+        &specs(config)?,
+        SettingsCheck::Remembered,
+    )?)
 }
 
 /// Plugin log lines go to the job log (stderr), the job's secrets redacted; debug lines only

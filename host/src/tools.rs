@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use ecs_executor_plugin_host::testing::run_case_file;
-use ecs_executor_plugin_host::{Hook, PluginSet};
+use ecs_executor_plugin_host::{Hook, PluginSet, SettingsCheck};
 
 use crate::config::{Config, TaskDefinitionMode};
 use crate::failure::{Blame, Failure};
@@ -21,7 +21,7 @@ pub fn plugin_compile(config: &Config) -> Result<(), Failure> {
         return Ok(());
     }
     let cache = crate::plugins::cache(config);
-    let set = PluginSet::load(&cache, &crate::plugins::specs(config)?)?;
+    let set = PluginSet::load(&cache, &crate::plugins::specs(config)?, SettingsCheck::Always)?;
     for p in set.plugins() {
         let hooks: Vec<&str> = p.hooks().iter().map(|h| h.name()).collect();
         println!(

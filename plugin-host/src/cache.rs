@@ -41,12 +41,26 @@ impl CompiledCache {
         self.load_hashed(engine, wasm, &hex::encode(Sha256::digest(wasm)))
     }
 
+    /// Whether `validate-settings` already accepted exactly this (plugin content, settings,
+    /// limits) — see [`remember_accepted`](Self::remember_accepted). Plugins get no clock,
+    /// randomness, filesystem or environment, so the verdict is a function of these inputs.
+    pub(crate) fn accepted_before(&self, key: &str) -> bool {
+        self.dir.join(format!("accepted-{key}")).is_file()
+    }
+
+    /// Remember that `validate-settings` accepted `key` (best effort: without the record the
+    /// next process asks the plugin again). Rejections are never remembered, so their message
+    /// is always the plugin's own, fresh.
+    pub(crate) fn remember_accepted(&self, key: &str) {
+        let _ = self.store(&self.dir.join(format!("accepted-{key}")), b"");
+    }
+
     /// As [`load`](Self::load) for the file at `path`, without reading and hashing it again
     /// when it has not changed since it was last hashed (SHA-256 of a 170 KB plugin costs
     /// ~1 ms here, a stat microseconds). The content hash is remembered in the cache under the
     /// file's device, inode, size, mtime and ctime: rewriting or replacing the file changes its
     /// ctime, which its owner cannot set back, so a changed file is always hashed afresh.
-    pub fn load_file(&self, engine: &Engine, path: &Path) -> Result<(Component, CacheOutcome), String> {
+    pub fn load_file(&self, engine: &Engine, path: &Path) -> Result<(Component, CacheOutcome, String), String> {
         self.ensure_dir()?;
         let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
         let index = self.dir.join(format!(
@@ -65,16 +79,16 @@ impl CompiledCache {
             if known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()) && cwasm.exists() {
                 // SAFETY: as in `load_hashed`: our directory, our file.
                 if let Ok(component) = unsafe { Component::deserialize_file(engine, &cwasm) } {
-                    return Ok((component, CacheOutcome::Hit));
+                    return Ok((component, CacheOutcome::Hit, known.to_string()));
                 }
             }
         }
         let wasm = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
         let hash = hex::encode(Sha256::digest(&wasm));
-        let loaded = self.load_hashed(engine, &wasm, &hash)?;
+        let (component, outcome) = self.load_hashed(engine, &wasm, &hash)?;
         // Best effort: without the record the next load hashes the file again.
         let _ = self.store(&index, hash.as_bytes());
-        Ok(loaded)
+        Ok((component, outcome, hash))
     }
 
     fn load_hashed(&self, engine: &Engine, wasm: &[u8], hash: &str) -> Result<(Component, CacheOutcome), String> {
@@ -148,6 +162,24 @@ impl CompiledCache {
                 .map_err(|e| format!("cannot create the plugin cache {shown}: {e}")),
         }
     }
+}
+
+/// The name of a remembered `validate-settings` verdict: every input of the call (plugin
+/// content, engine, settings text, limits) hashed together.
+pub(crate) fn verdict_key(engine: &Engine, content_hash: &str, settings: &str, limits: crate::Limits) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "validate-settings v1",
+        content_hash,
+        &engine_hash(engine),
+        settings,
+        &limits.deadline.as_millis().to_string(),
+        &limits.memory_bytes.to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 /// `Engine::precompile_compatibility_hash` (wasmtime version, Config, features) as hex.

@@ -1,9 +1,13 @@
-//! The one wasmtime [`Engine`] of a process, its epoch ticker and the [`Linker`] every plugin
-//! is instantiated with.
+//! The one wasmtime [`Engine`] of a process and the [`Linker`] every plugin is instantiated
+//! with.
+//!
+//! Deadlines use epoch interruption without a ticker thread: every store's epoch deadline is
+//! one tick away and a callback compares the call's own wall-clock deadline; the thread that
+//! waits for a call bumps the epoch once when that call's deadline passes (see
+//! `Plugin::call`). A bump meant for one call only makes other running calls look at their
+//! own clocks, so concurrent calls on one engine keep their own deadlines.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
@@ -12,16 +16,12 @@ use wasmtime_wasi::p2::bindings as wasi;
 use crate::bindings::FullPlugin;
 use crate::plugin::State;
 
-/// How often the ticker advances the engine's epoch while a call runs: the resolution of
-/// every deadline.
-pub const TICK: Duration = Duration::from_millis(5);
-
-/// The engine, the linker and the ticker. Create one per process and share it (cheap clones).
+/// The engine and the linker. Create one per process and share it (cheap clones).
 #[derive(Clone)]
 pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<State>>,
-    ticker: Arc<Ticker>,
+    calls: Arc<OnceLock<rayon::ThreadPool>>,
 }
 
 impl PluginEngine {
@@ -37,18 +37,29 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             linker: Arc::new(linker),
-            ticker: Ticker::new(),
+            calls: Arc::default(),
         })
+    }
+
+    /// The thread every call of this engine runs on, started by the first call. One thread
+    /// for the process instead of one per call: creating a thread, and wasmtime's per-thread
+    /// signal stack, cost more than a small plugin's call. Calls queue on it (a process
+    /// calls its plugins one after another); a call's deadline starts when it starts.
+    pub(crate) fn call_thread(&self) -> Result<&rayon::ThreadPool, String> {
+        if let Some(pool) = self.calls.get() {
+            return Ok(pool);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "plugin-call".into())
+            .build()
+            .map_err(|e| format!("cannot start the plugin thread: {e}"))?;
+        Ok(self.calls.get_or_init(|| pool))
     }
 
     /// The engine (e.g. for its precompile compatibility hash).
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// Keep the epoch ticking while the returned guard lives.
-    pub(crate) fn ticking(&self) -> TickGuard {
-        self.ticker.start(&self.engine)
     }
 }
 
@@ -84,62 +95,4 @@ fn itself(state: &mut State) -> &mut State {
 struct HasIo;
 impl wasmtime::component::HasData for HasIo {
     type Data<'a> = &'a mut wasmtime::component::ResourceTable;
-}
-
-/// A thread that increments the epoch every [`TICK`] while at least one call runs, and
-/// sleeps otherwise (a process that never calls a plugin never starts it).
-struct Ticker {
-    active: Mutex<usize>,
-    wake: Condvar,
-    started: AtomicUsize,
-}
-
-pub(crate) struct TickGuard {
-    ticker: Arc<Ticker>,
-}
-
-impl Ticker {
-    /// One ticker per engine (epochs are per engine); its thread starts on the first call.
-    fn new() -> Arc<Ticker> {
-        Arc::new(Ticker {
-            active: Mutex::new(0),
-            wake: Condvar::new(),
-            started: AtomicUsize::new(0),
-        })
-    }
-
-    fn start(self: &Arc<Self>, engine: &Engine) -> TickGuard {
-        *self.active.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.wake.notify_all();
-        if self.started.fetch_add(1, Ordering::SeqCst) == 0 {
-            let ticker = Arc::clone(self);
-            let engine = engine.clone();
-            std::thread::Builder::new()
-                .name("plugin-epoch".into())
-                .spawn(move || ticker.run(engine))
-                .expect("spawn the plugin epoch ticker");
-        }
-        TickGuard {
-            ticker: Arc::clone(self),
-        }
-    }
-
-    fn run(&self, engine: Engine) {
-        loop {
-            {
-                let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-                while *active == 0 {
-                    active = self.wake.wait(active).unwrap_or_else(|e| e.into_inner());
-                }
-            }
-            std::thread::sleep(TICK);
-            engine.increment_epoch();
-        }
-    }
-}
-
-impl Drop for TickGuard {
-    fn drop(&mut self) {
-        *self.ticker.active.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-    }
 }

@@ -27,5 +27,5 @@ pub use bindings::exports::ecs_executor::plugin::services::ServiceMapping;
 pub use cache::CompiledCache;
 pub use engine::PluginEngine;
 pub use error::{Cause, Hook, PluginError};
-pub use plugin::{JobLog, Limits, Plugin, PluginSpec, StderrLog};
+pub use plugin::{JobLog, Limits, Plugin, PluginSpec, SettingsCheck, StderrLog};
 pub use set::{PickedAddress, PluginSet};

@@ -3,17 +3,17 @@
 //! stdout/stderr captured, log lines collected and handed to the caller's [`JobLog`]).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::ecs_executor::plugin::{host_log, host_settings, types as wit_types};
 use crate::bindings::exports::ecs_executor::plugin::{address, services, settings, task_definition};
 use crate::cache::{CacheOutcome, CompiledCache};
-use crate::engine::{PluginEngine, TICK};
+use crate::engine::PluginEngine;
 use crate::error::{Cause, Hook, PluginError};
 use crate::types::{Instance as Ec2Instance, JobContext, TaskDefinition};
 use crate::validate;
@@ -170,12 +170,34 @@ pub struct Plugin {
     address_idx: Option<address::GuestIndices>,
     services_idx: Option<services::GuestIndices>,
     pub(crate) cache: CacheOutcome,
+    settings_checked: bool,
+}
+
+/// When loading a plugin asks its `validate-settings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsCheck {
+    /// On every load: `check`, `plugin compile`, tests.
+    Always,
+    /// Only when this plugin content, settings and limits were not accepted before (the
+    /// verdict is kept in the compiled cache): a job's `prepare` does not pay for a call
+    /// whose answer cannot have changed.
+    Remembered,
 }
 
 impl Plugin {
     /// Load `spec`: read and (if not cached) compile the component, link it, find its hooks
     /// and check its settings with `validate-settings`.
     pub fn load(engine: &PluginEngine, cache: &CompiledCache, spec: &PluginSpec) -> Result<Plugin, PluginError> {
+        Plugin::load_with(engine, cache, spec, SettingsCheck::Always)
+    }
+
+    /// As [`load`](Self::load), asking `validate-settings` as `check` says.
+    pub fn load_with(
+        engine: &PluginEngine,
+        cache: &CompiledCache,
+        spec: &PluginSpec,
+        check: SettingsCheck,
+    ) -> Result<Plugin, PluginError> {
         let load_err = |message: String| PluginError::Load {
             plugin: spec.name.clone(),
             path: spec.path.display().to_string(),
@@ -187,7 +209,7 @@ impl Plugin {
                 message: "settings must be a JSON object".into(),
             });
         }
-        let (component, outcome) = cache.load_file(&engine.engine, &spec.path).map_err(load_err)?;
+        let (component, outcome, content_hash) = cache.load_file(&engine.engine, &spec.path).map_err(load_err)?;
         let pre = match engine.linker.instantiate_pre(&component) {
             Ok(pre) => pre,
             Err(first) => {
@@ -232,13 +254,20 @@ impl Plugin {
             settings_idx,
             pre,
             cache: outcome,
+            settings_checked: false,
         };
         if plugin.hooks().is_empty() {
             return Err(load_err(
                 "it exports none of the hooks (task-definition, address, services)".into(),
             ));
         }
-        plugin.validate_settings()?;
+        let verdict_key = crate::cache::verdict_key(&engine.engine, &content_hash, &spec.settings_json, spec.limits);
+        let mut plugin = plugin;
+        if check == SettingsCheck::Always || !cache.accepted_before(&verdict_key) {
+            plugin.validate_settings()?;
+            plugin.settings_checked = true;
+            cache.remember_accepted(&verdict_key);
+        }
         Ok(plugin)
     }
 
@@ -257,6 +286,12 @@ impl Plugin {
     /// Whether the component had to be compiled in this process (a cache miss).
     pub fn was_compiled(&self) -> bool {
         self.cache == CacheOutcome::Compiled
+    }
+
+    /// Whether this load asked `validate-settings` (false: the same content, settings and
+    /// limits were accepted before; see [`SettingsCheck::Remembered`]).
+    pub fn settings_checked(&self) -> bool {
+        self.settings_checked
     }
 
     /// The hooks the component exports.
@@ -438,30 +473,58 @@ impl Plugin {
             log_bytes: 0,
             log_dropped: false,
         };
-        // On a thread of its own: WASI's sync stdio blocks on tokio internally, which panics on
-        // a thread that already drives a tokio runtime (as `prepare`'s does).
-        let (result, logs) = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
+        // Not on the caller's thread: WASI's sync stdio blocks on tokio internally, which
+        // panics on a thread that already drives a tokio runtime (as `prepare`'s does). The
+        // caller waits and, if the deadline passes first, bumps the epoch once: the guest traps
+        // at its next epoch check (loop back-edges and function entries).
+        let deadline = self.limits.deadline;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(2);
+        let mut outcome = None;
+        let pool = self
+            .engine
+            .call_thread()
+            .map_err(|e| self.broken(hook, Cause::Trap(e)))?;
+        pool.in_place_scope(|scope| {
+            let outcome = &mut outcome;
+            scope.spawn(move |_| {
+                let deadline_at = Instant::now() + deadline;
+                let _ = tx.send(deadline_at);
+                let run = std::panic::AssertUnwindSafe(|| {
                     let mut store = Store::new(&self.engine.engine, state);
                     store.limiter(|s| &mut s.limits);
-                    let ticks = self.limits.deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
-                    store.set_epoch_deadline(ticks);
-                    let _ticking = self.engine.ticking();
+                    store.set_epoch_deadline(1);
+                    store.epoch_deadline_callback(move |_| {
+                        if Instant::now() >= deadline_at {
+                            Err(Trap::Interrupt.into())
+                        } else {
+                            // Another call's deadline moved the epoch: not ours yet.
+                            Ok(UpdateDeadline::Continue(1))
+                        }
+                    });
                     let result = match self.pre.instantiate(&mut store) {
                         Ok(instance) => f(&mut store, &instance),
                         Err(e) => Err(e),
                     };
                     (result, std::mem::take(&mut store.data_mut().logs))
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    (
-                        Err(wasmtime::format_err!("the plugin call's thread panicked")),
-                        Vec::new(),
-                    )
-                })
+                });
+                *outcome = Some(std::panic::catch_unwind(run));
+                drop(tx);
+            });
+            // Started: wait for the end (the sender is dropped) at most until the deadline.
+            if let Ok(deadline_at) = rx.recv() {
+                let left = deadline_at.saturating_duration_since(Instant::now());
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(left) {
+                    self.engine.engine.increment_epoch();
+                }
+            }
         });
+        let (result, logs) = match outcome {
+            Some(Ok(done)) => done,
+            _ => (
+                Err(wasmtime::format_err!("the plugin call's thread panicked")),
+                Vec::new(),
+            ),
+        };
         if let Some(log) = log {
             for (level, line) in logs {
                 log.write(&self.name, level, &log.redact(&line));

@@ -5,6 +5,7 @@
 use crate::types::{CiService, ContainerDefinition, Instance, JobContext, TaskDefinition};
 use crate::{
     CompiledCache, DockerAddress, Hook, JobLog, Plugin, PluginEngine, PluginError, PluginSpec, ServiceMapping,
+    SettingsCheck,
 };
 
 /// Loaded plugins, in config order. Empty when the config has none (then nothing wasmtime is
@@ -23,8 +24,8 @@ pub struct PickedAddress {
 
 impl PluginSet {
     /// Load every plugin (compiling into `cache` what is not there yet) and check its
-    /// settings. The first failure stops loading.
-    pub fn load(cache: &CompiledCache, specs: &[PluginSpec]) -> Result<PluginSet, PluginError> {
+    /// settings as `check` says. The first failure stops loading.
+    pub fn load(cache: &CompiledCache, specs: &[PluginSpec], check: SettingsCheck) -> Result<PluginSet, PluginError> {
         if specs.is_empty() {
             return Ok(PluginSet::default());
         }
@@ -35,7 +36,7 @@ impl PluginSet {
         })?;
         let plugins = specs
             .iter()
-            .map(|spec| Plugin::load(&engine, cache, spec))
+            .map(|spec| Plugin::load_with(&engine, cache, spec, check))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PluginSet { plugins })
     }

@@ -112,6 +112,47 @@ fn an_endless_loop_and_endless_work_time_out_at_the_deadline() {
 }
 
 #[test]
+fn calls_from_two_threads_on_one_engine_each_get_their_own_full_deadline() {
+    // They queue on the engine's call thread; the one that times out first moves the engine's
+    // epoch, and the other must still run until its own deadline, counted from its start.
+    let dir = tempdir("deadlines");
+    let cache = CompiledCache::new(dir.join("cache"));
+    let engine = PluginEngine::new().unwrap();
+    let load = |ms: u64| {
+        let spec = PluginSpec {
+            name: format!("loop-{ms}"),
+            path: plugin_wasm("test-misbehave"),
+            settings_json: r#"{"customize": "loop"}"#.into(),
+            limits: Limits {
+                deadline: Duration::from_millis(ms),
+                ..Limits::default()
+            },
+        };
+        ecs_executor_plugin_host::Plugin::load(&engine, &cache, &spec).unwrap()
+    };
+    let (short, long) = (load(150), load(900));
+    let j = job(serde_json::json!({}));
+    let timed = |p: &ecs_executor_plugin_host::Plugin| {
+        let log = ecs_executor_plugin_host::testing::CapturedLog::default();
+        let started = std::time::Instant::now();
+        let err = p.customize(&j, &task(&j), &log).expect_err("an endless loop times out");
+        (started.elapsed(), err)
+    };
+    let ((short_took, short_err), (long_took, long_err)) = std::thread::scope(|s| {
+        let a = s.spawn(|| timed(&short));
+        let b = s.spawn(|| timed(&long));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(short_err.to_string().contains("timed out after 150 ms"), "{short_err}");
+    assert!(long_err.to_string().contains("timed out after 900 ms"), "{long_err}");
+    assert!(short_took >= Duration::from_millis(150), "{short_took:?}");
+    assert!(
+        long_took >= Duration::from_millis(900),
+        "stopped early, at {long_took:?}"
+    );
+}
+
+#[test]
 fn unbounded_allocation_hits_the_memory_cap() {
     let limits = Limits {
         memory_bytes: 8 << 20,
@@ -258,6 +299,7 @@ fn the_plugin_set_runs_the_chain_in_order_and_leaves_declined_services_to_the_bu
                 r#"{"allowed_registries": ["registry.example.com"]}"#,
             ),
         ],
+        ecs_executor_plugin_host::SettingsCheck::Always,
     )
     .unwrap();
     let log = ecs_executor_plugin_host::testing::CapturedLog::default();
@@ -349,4 +391,53 @@ fn a_plugin_file_rewritten_in_place_is_loaded_with_its_new_content() {
     assert!(picker.was_compiled(), "new content: compiled");
     assert!(picker.has(Hook::PickAddress) && !picker.has(Hook::Customize));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_job_asks_validate_settings_only_for_settings_not_accepted_before() {
+    use ecs_executor_plugin_host::{Plugin, SettingsCheck};
+    let dir = tempdir("verdicts");
+    let cache = CompiledCache::new(dir.join("cache"));
+    let engine = PluginEngine::new().unwrap();
+    let spec = |settings: &str, limits: Limits| PluginSpec {
+        name: "misbehave".into(),
+        path: plugin_wasm("test-misbehave"),
+        settings_json: settings.into(),
+        limits,
+    };
+    let load = |s: &PluginSpec, check| Plugin::load_with(&engine, &cache, s, check);
+    let ok = spec(r#"{"validate": "ok"}"#, Limits::default());
+
+    // First time: asked, and the verdict is remembered; the second job does not ask.
+    assert!(load(&ok, SettingsCheck::Remembered).unwrap().settings_checked());
+    assert!(!load(&ok, SettingsCheck::Remembered).unwrap().settings_checked());
+    // `check` and `plugin compile` always ask.
+    assert!(load(&ok, SettingsCheck::Always).unwrap().settings_checked());
+    // Other settings text, or other limits, are other inputs: asked again.
+    let other = spec(r#"{"validate": "ok", "customize": "accept"}"#, Limits::default());
+    assert!(load(&other, SettingsCheck::Remembered).unwrap().settings_checked());
+    let tighter = spec(
+        r#"{"validate": "ok"}"#,
+        Limits {
+            memory_bytes: 32 << 20,
+            ..Limits::default()
+        },
+    );
+    assert!(load(&tighter, SettingsCheck::Remembered).unwrap().settings_checked());
+    // A refusal is never remembered: every job gets the plugin's own message.
+    let refused = spec(r#"{"validate": "refuse"}"#, Limits::default());
+    for _ in 0..2 {
+        let err = load(&refused, SettingsCheck::Remembered)
+            .err()
+            .expect("refused settings");
+        assert!(matches!(err, PluginError::Settings { .. }), "{err}");
+    }
+    // The records are plain files in the cache: removing them makes the next job ask again.
+    for entry in std::fs::read_dir(dir.join("cache")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("accepted-") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(load(&ok, SettingsCheck::Remembered).unwrap().settings_checked());
 }

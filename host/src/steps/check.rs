@@ -63,7 +63,11 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         Ok(specs) => {
             let cache = crate::plugins::cache(&config);
             for spec in &specs {
-                match ecs_executor_plugin_host::PluginSet::load(&cache, std::slice::from_ref(spec)) {
+                match ecs_executor_plugin_host::PluginSet::load(
+                    &cache,
+                    std::slice::from_ref(spec),
+                    ecs_executor_plugin_host::SettingsCheck::Always,
+                ) {
                     Ok(set) => {
                         let hooks: Vec<&str> = set
                             .plugins()
