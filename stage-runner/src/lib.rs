@@ -9,4 +9,6 @@
 #[cfg(feature = "credentials")]
 pub mod credentials;
 pub mod protocol;
+pub mod server;
+mod socket;
 pub mod tls;
