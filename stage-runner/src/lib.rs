@@ -6,6 +6,7 @@
 //! per job, [`tls`] to build both configs, and [`client`] to run a stage; the runner binary uses
 //! [`server`]. What travels on the wire is in [`protocol`].
 
+pub mod client;
 #[cfg(feature = "credentials")]
 pub mod credentials;
 pub mod protocol;
