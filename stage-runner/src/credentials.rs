@@ -97,11 +97,20 @@ impl JobCredentials {
             let cert = params.signed_by(&key, &ca)?;
             Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
         };
-        let (server_cert_pem, server_key_pem) =
-            leaf(SERVER_NAME, vec![SERVER_NAME.to_string()], ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (server_cert_pem, server_key_pem) = leaf(
+            SERVER_NAME,
+            vec![SERVER_NAME.to_string()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
         let (client_cert_pem, client_key_pem) =
             leaf("ecs-executor host", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
-        Ok(Self { ca_pem: ca_cert.pem(), server_cert_pem, server_key_pem, client_cert_pem, client_key_pem })
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem,
+            server_key_pem,
+            client_cert_pem,
+            client_key_pem,
+        })
     }
 }
 

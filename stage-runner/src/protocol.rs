@@ -222,7 +222,12 @@ fn decode_run(body: &[u8]) -> Result<RunRequest, ProtocolError> {
     if !rest.is_empty() {
         return Err(ProtocolError::TrailingBytes(rest.len()));
     }
-    Ok(RunRequest { argv, env, kill_grace, stdin })
+    Ok(RunRequest {
+        argv,
+        env,
+        kill_grace,
+        stdin,
+    })
 }
 
 fn take_u32(rest: &mut &[u8], field: &'static str) -> Result<u32, ProtocolError> {
@@ -364,8 +369,8 @@ impl FrameDecoder {
                     return Ok(None);
                 }
                 self.header_len = 0;
-                let kind = FrameKind::from_byte(self.header[0])
-                    .ok_or(ProtocolError::UnexpectedFrameKind(self.header[0]))?;
+                let kind =
+                    FrameKind::from_byte(self.header[0]).ok_or(ProtocolError::UnexpectedFrameKind(self.header[0]))?;
                 let len = u32::from_be_bytes(self.header[1..].try_into().expect("4 bytes"));
                 if !kind.allows(len) {
                     return Err(ProtocolError::BadFrameLength { kind, len });
@@ -481,7 +486,10 @@ mod tests {
         let mut bytes = encode_request(&Request::Run(run_request()));
         let at = REQUEST_HEADER_LEN + 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(read_request(&mut &bytes[..]), Err(ProtocolError::Truncated(_))));
+        assert!(matches!(
+            read_request(&mut &bytes[..]),
+            Err(ProtocolError::Truncated(_))
+        ));
     }
 
     #[test]
@@ -489,14 +497,23 @@ mod tests {
         let good = encode_request(&Request::Run(run_request()));
         let mut bad_magic = good.clone();
         bad_magic[0] = b'G';
-        assert!(matches!(read_request(&mut &bad_magic[..]), Err(ProtocolError::BadMagic(_))));
+        assert!(matches!(
+            read_request(&mut &bad_magic[..]),
+            Err(ProtocolError::BadMagic(_))
+        ));
         let mut bad_version = good.clone();
         bad_version[5] = 9;
         let err = read_request(&mut &bad_version[..]).unwrap_err();
-        assert_eq!(err.to_string(), "protocol version 9 is not supported (this side speaks 1)");
+        assert_eq!(
+            err.to_string(),
+            "protocol version 9 is not supported (this side speaks 1)"
+        );
         let mut bad_kind = good.clone();
         bad_kind[6] = 77;
-        assert!(matches!(read_request(&mut &bad_kind[..]), Err(ProtocolError::UnknownRequestKind(77))));
+        assert!(matches!(
+            read_request(&mut &bad_kind[..]),
+            Err(ProtocolError::UnknownRequestKind(77))
+        ));
         let cut = &good[..good.len() - 1];
         assert!(matches!(read_request(&mut &cut[..]), Err(ProtocolError::Io(_))));
         assert!(matches!(read_request(&mut &good[..5]), Err(ProtocolError::Io(_))));
@@ -508,12 +525,18 @@ mod tests {
         trailing.push(0);
         let len = (trailing.len() - REQUEST_HEADER_LEN) as u32;
         trailing[7..11].copy_from_slice(&len.to_be_bytes());
-        assert!(matches!(read_request(&mut &trailing[..]), Err(ProtocolError::TrailingBytes(1))));
+        assert!(matches!(
+            read_request(&mut &trailing[..]),
+            Err(ProtocolError::TrailingBytes(1))
+        ));
 
         let mut utf8 = encode_request(&Request::Run(run_request()));
         let at = REQUEST_HEADER_LEN + 12; // first byte of argv[0]
         utf8[at] = 0xff;
-        assert!(matches!(read_request(&mut &utf8[..]), Err(ProtocolError::InvalidUtf8("argv"))));
+        assert!(matches!(
+            read_request(&mut &utf8[..]),
+            Err(ProtocolError::InvalidUtf8("argv"))
+        ));
 
         let mut empty = run_request();
         empty.argv.clear();
@@ -524,7 +547,10 @@ mod tests {
     #[test]
     fn debug_of_a_request_hides_env_values_and_stdin() {
         let shown = format!("{:?}", run_request());
-        assert!(shown.contains("CI_JOB_ID") && !shown.contains("42") && !shown.contains("exit 3"), "{shown}");
+        assert!(
+            shown.contains("CI_JOB_ID") && !shown.contains("42") && !shown.contains("exit 3"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -537,7 +563,12 @@ mod tests {
         bytes.extend_from_slice(&exit_frame(-1));
         assert_eq!(
             decode_all(&bytes).unwrap(),
-            ["Started", "Stdout([111, 117, 116])", "Stderr([101, 114, 114])", "Exit(-1)"]
+            [
+                "Started",
+                "Stdout([111, 117, 116])",
+                "Stderr([101, 114, 114])",
+                "Exit(-1)"
+            ]
         );
     }
 
@@ -568,7 +599,16 @@ mod tests {
     fn frame_length_over_the_cap_is_refused_from_the_header_alone() {
         let header = frame_header(FrameKind::Stdout, MAX_DATA_FRAME + 1);
         let err = decode_all(&header).unwrap_err();
-        assert!(matches!(err, ProtocolError::BadFrameLength { kind: FrameKind::Stdout, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::BadFrameLength {
+                    kind: FrameKind::Stdout,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let header = frame_header(FrameKind::Error, u32::MAX);
         assert!(decode_all(&header).is_err());
     }

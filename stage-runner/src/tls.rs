@@ -84,7 +84,10 @@ fn roots(ca_pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     const WHAT: &str = "CA certificate";
     let mut roots = RootCertStore::empty();
     for cert in parse_certs(ca_pem, WHAT)? {
-        roots.add(cert).map_err(|e| TlsError::Pem { what: WHAT, reason: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            what: WHAT,
+            reason: e.to_string(),
+        })?;
     }
     Ok(Arc::new(roots))
 }
@@ -96,7 +99,10 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { what, reason: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::Empty(what));
     }
@@ -107,7 +113,10 @@ fn key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     const WHAT: &str = "private key";
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty(WHAT),
-        e => TlsError::Pem { what: WHAT, reason: e.to_string() },
+        e => TlsError::Pem {
+            what: WHAT,
+            reason: e.to_string(),
+        },
     })
 }
 
@@ -121,7 +130,10 @@ mod tests {
     #[test]
     fn missing_or_broken_pem_names_the_input() {
         let err = server_config(NOT_PEM, NOT_PEM, NOT_PEM).unwrap_err();
-        assert_eq!(err.to_string(), "CA certificate: no PEM item of the expected type found");
+        assert_eq!(
+            err.to_string(),
+            "CA certificate: no PEM item of the expected type found"
+        );
         let err = client_config(BROKEN_PEM, NOT_PEM, NOT_PEM).unwrap_err();
         assert!(err.to_string().starts_with("CA certificate: not usable PEM"), "{err}");
     }
@@ -135,14 +147,32 @@ mod tests {
     #[test]
     fn generated_credentials_make_both_configs() {
         let c = crate::credentials::JobCredentials::generate().unwrap();
-        server_config(c.ca_pem.as_bytes(), c.server_cert_pem.as_bytes(), c.server_key_pem.as_bytes()).unwrap();
-        client_config(c.ca_pem.as_bytes(), c.client_cert_pem.as_bytes(), c.client_key_pem.as_bytes()).unwrap();
+        server_config(
+            c.ca_pem.as_bytes(),
+            c.server_cert_pem.as_bytes(),
+            c.server_key_pem.as_bytes(),
+        )
+        .unwrap();
+        client_config(
+            c.ca_pem.as_bytes(),
+            c.client_cert_pem.as_bytes(),
+            c.client_key_pem.as_bytes(),
+        )
+        .unwrap();
         // A key that is not the certificate's is refused up front, not at the first handshake.
-        let err =
-            client_config(c.ca_pem.as_bytes(), c.client_cert_pem.as_bytes(), c.server_key_pem.as_bytes()).unwrap_err();
+        let err = client_config(
+            c.ca_pem.as_bytes(),
+            c.client_cert_pem.as_bytes(),
+            c.server_key_pem.as_bytes(),
+        )
+        .unwrap_err();
         assert!(matches!(err, TlsError::Config(_)), "{err}");
-        let err = server_config(c.ca_pem.as_bytes(), c.server_key_pem.as_bytes(), c.server_key_pem.as_bytes())
-            .unwrap_err();
+        let err = server_config(
+            c.ca_pem.as_bytes(),
+            c.server_key_pem.as_bytes(),
+            c.server_key_pem.as_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "certificate: no PEM item of the expected type found");
     }
 }
