@@ -1,0 +1,528 @@
+//! A real runner on loopback, real processes, real certificates: what the host will see.
+
+use ecs_executor_stage_runner::client::{self, ClientError, End};
+use ecs_executor_stage_runner::credentials::JobCredentials;
+use ecs_executor_stage_runner::protocol::RunRequest;
+use ecs_executor_stage_runner::server::{self, Limits};
+use ecs_executor_stage_runner::tls;
+use rustls::ClientConfig;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::time::{Duration, Instant};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Runner {
+    addr: SocketAddr,
+    creds: JobCredentials,
+}
+
+impl Runner {
+    fn start() -> Self {
+        Self::start_with(Limits::default())
+    }
+
+    fn start_with(limits: Limits) -> Self {
+        let creds = JobCredentials::generate().unwrap();
+        let config = tls::server_config(
+            creds.ca_pem.as_bytes(),
+            creds.server_cert_pem.as_bytes(),
+            creds.server_key_pem.as_bytes(),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || server::serve(listener, config, limits));
+        Self { addr, creds }
+    }
+
+    fn client_config(&self) -> Arc<ClientConfig> {
+        let c = &self.creds;
+        tls::client_config(
+            c.ca_pem.as_bytes(),
+            c.client_cert_pem.as_bytes(),
+            c.client_key_pem.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn run(&self, request: &RunRequest) -> (Result<End, ClientError>, Vec<u8>, Vec<u8>) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let end = client::run(
+            self.addr,
+            self.client_config(),
+            CONNECT_TIMEOUT,
+            request,
+            None,
+            &mut out,
+            &mut err,
+        );
+        (end, out, err)
+    }
+}
+
+fn sh(script: &str) -> RunRequest {
+    RunRequest {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: Vec::new(),
+        kill_grace: Duration::from_millis(500),
+        stdin: Vec::new(),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Whether any live (not zombie) process is in process group `pgid`.
+fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+fn wait_until_gone(pgid: i32, within: Duration) -> Duration {
+    let start = Instant::now();
+    while group_alive(pgid) {
+        assert!(
+            start.elapsed() < within,
+            "process group {pgid} still alive after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Sends every chunk it is given, with its arrival time.
+struct ChunkSender(Sender<(Instant, Vec<u8>)>);
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = self.0.send((Instant::now(), buf.to_vec()));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stage running in a client thread, with a cancel pipe.
+struct Cancellable {
+    /// The script's `$$` (its first line of stdout): its process group.
+    pgid: i32,
+    /// Write a byte here to cancel.
+    cancel: OwnedFd,
+    client: std::thread::JoinHandle<Result<End, ClientError>>,
+}
+
+impl Cancellable {
+    fn start(runner: &Runner, request: RunRequest) -> Self {
+        let (cancel_read, cancel) = pipe();
+        let (tx, rx) = mpsc::channel();
+        let (addr, config) = (runner.addr, runner.client_config());
+        let client = std::thread::spawn(move || {
+            let mut out = ChunkSender(tx);
+            let mut err = io::sink();
+            client::run(
+                addr,
+                config,
+                CONNECT_TIMEOUT,
+                &request,
+                Some(cancel_read.as_fd()),
+                &mut out,
+                &mut err,
+            )
+        });
+        let (_, first) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the stage printed its pid");
+        let pgid = String::from_utf8(first).unwrap().trim().parse().unwrap();
+        Self { pgid, cancel, client }
+    }
+
+    fn cancel(&self) {
+        assert_eq!(
+            unsafe { libc::write(self.cancel.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+    }
+
+    fn end(self) -> Result<End, ClientError> {
+        self.client.join().unwrap()
+    }
+}
+
+#[test]
+fn stdout_and_stderr_arrive_byte_exact_and_separately() {
+    let runner = Runner::start();
+    let (end, out, err) = runner.run(&sh("yes 0123456789abcdef | head -c 8388608; seq 1 100000 >&2"));
+    assert_eq!(end.unwrap(), End::Exited(0));
+    let expected_out: Vec<u8> = b"0123456789abcdef\n".iter().copied().cycle().take(8 << 20).collect();
+    let expected_err: String = (1..=100000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out.len(), expected_out.len());
+    assert_eq!(sha256(&out), sha256(&expected_out));
+    assert_eq!(sha256(&err), sha256(expected_err.as_bytes()));
+}
+
+#[test]
+fn binary_output_is_not_mangled() {
+    let runner = Runner::start();
+    let (end, out, _) = runner.run(&sh(r"printf '\000\377\r\n\033[31m'"));
+    assert_eq!(end.unwrap(), End::Exited(0));
+    assert_eq!(out, b"\0\xff\r\n\x1b[31m");
+}
+
+#[test]
+fn chunks_keep_their_order_within_each_stream() {
+    let runner = Runner::start();
+    let script = "i=1; while [ $i -le 3000 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done";
+    let (end, out, err) = runner.run(&sh(script));
+    assert_eq!(end.unwrap(), End::Exited(0));
+    let want = |s: &str| (1..=3000).map(|i| format!("{s}{i}\n")).collect::<String>();
+    assert_eq!(String::from_utf8(out).unwrap(), want("out"));
+    assert_eq!(String::from_utf8(err).unwrap(), want("err"));
+}
+
+#[test]
+fn output_is_forwarded_as_it_is_written_not_at_the_end() {
+    let runner = Runner::start();
+    let (tx, rx) = mpsc::channel();
+    let mut out = ChunkSender(tx);
+    let end = client::run(
+        runner.addr,
+        runner.client_config(),
+        CONNECT_TIMEOUT,
+        &sh("echo first; sleep 1; echo second"),
+        None,
+        &mut out,
+        &mut io::sink(),
+    );
+    assert_eq!(end.unwrap(), End::Exited(0));
+    let chunks: Vec<_> = rx.try_iter().collect();
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(chunks[0].1, b"first\n");
+    let gap = chunks[1].0 - chunks[0].0;
+    assert!(
+        gap >= Duration::from_millis(800),
+        "first chunk arrived only {gap:?} before the second"
+    );
+}
+
+#[test]
+fn exit_codes_and_signals_come_back_as_the_shell_would_report_them() {
+    let runner = Runner::start();
+    for (script, code) in [("true", 0), ("exit 3", 3), ("kill -9 $$", 137), ("kill -TERM $$", 143)] {
+        let (end, _, _) = runner.run(&sh(script));
+        assert_eq!(end.unwrap(), End::Exited(code), "{script}");
+    }
+}
+
+#[test]
+fn stdin_is_delivered_then_closed() {
+    let runner = Runner::start();
+    let request = RunRequest {
+        argv: vec!["sh".into()],
+        stdin: b"echo from stdin; read more || echo eof; exit 7\n".to_vec(),
+        ..sh("")
+    };
+    let (end, out, _) = runner.run(&request);
+    assert_eq!(end.unwrap(), End::Exited(7));
+    assert_eq!(out, b"from stdin\neof\n");
+
+    // More than a pipe holds: written as the process reads.
+    let big = RunRequest {
+        argv: vec!["wc".into(), "-c".into()],
+        stdin: vec![b'x'; 3 << 20],
+        ..sh("")
+    };
+    let (end, out, _) = runner.run(&big);
+    assert_eq!(end.unwrap(), End::Exited(0));
+    assert_eq!(String::from_utf8(out).unwrap().trim(), (3 << 20).to_string());
+}
+
+#[test]
+fn extra_env_is_added_to_the_runner_environment() {
+    let runner = Runner::start();
+    let request = RunRequest {
+        env: vec![("CI_JOB_STAGE".into(), "build it".into())],
+        ..sh("echo \"$CI_JOB_STAGE|$PATH\"")
+    };
+    let (end, out, _) = runner.run(&request);
+    assert_eq!(end.unwrap(), End::Exited(0));
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.starts_with("build it|") && out.len() > "build it|\n".len(),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn cancel_terms_then_kills_the_whole_group_after_the_grace() {
+    let runner = Runner::start();
+    // The group ignores SIGTERM, so only the SIGKILL after the 500 ms grace ends it.
+    let request = sh("trap '' TERM; echo $$; sleep 1000 & sleep 1000");
+    let stage = Cancellable::start(&runner, request);
+    let pgid = stage.pgid;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(group_alive(pgid));
+    let cancelled_at = Instant::now();
+    stage.cancel();
+    assert_eq!(stage.end().unwrap(), End::Cancelled);
+    let took = cancelled_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "ended after {took:?}, before the grace"
+    );
+    assert!(
+        took < Duration::from_millis(500) + client::CANCEL_SLACK,
+        "took {took:?}"
+    );
+    wait_until_gone(pgid, Duration::from_millis(1500).saturating_sub(cancelled_at.elapsed()));
+}
+
+#[test]
+fn cancel_of_a_group_that_obeys_sigterm_does_not_wait_for_the_grace() {
+    let runner = Runner::start();
+    let request = RunRequest {
+        kill_grace: Duration::from_secs(30),
+        ..sh("echo $$; sleep 1000 & sleep 1000")
+    };
+    let stage = Cancellable::start(&runner, request);
+    let pgid = stage.pgid;
+    std::thread::sleep(Duration::from_millis(200));
+    let cancelled_at = Instant::now();
+    stage.cancel();
+    assert_eq!(stage.end().unwrap(), End::Cancelled);
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        cancelled_at.elapsed()
+    );
+    assert!(!group_alive(pgid));
+}
+
+#[test]
+fn a_dropped_connection_kills_the_group() {
+    /// Takes the first chunk, then fails like a closed pipe: the client drops the connection.
+    struct FailingOutput(Sender<Vec<u8>>);
+    impl Write for FailingOutput {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.send(buf.to_vec());
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let runner = Runner::start();
+    let (tx, rx) = mpsc::channel();
+    let request = sh("trap '' TERM; echo $$; sleep 1000");
+    let end = client::run(
+        runner.addr,
+        runner.client_config(),
+        CONNECT_TIMEOUT,
+        &request,
+        None,
+        &mut FailingOutput(tx),
+        &mut io::sink(),
+    );
+    let dropped_at = Instant::now();
+    assert!(matches!(end, Err(ClientError::Output(_))), "{end:?}");
+    let pgid: i32 = String::from_utf8(rx.recv().unwrap()).unwrap().trim().parse().unwrap();
+    wait_until_gone(pgid, request.kill_grace + Duration::from_secs(1));
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(400),
+        "killed before the grace: SIGTERM was not ignored?"
+    );
+}
+
+#[test]
+fn a_client_certificate_from_another_jobs_ca_is_refused_at_the_handshake() {
+    let runner = Runner::start();
+    let other = JobCredentials::generate().unwrap();
+    let marker = std::env::temp_dir().join(format!("stage-runner-rogue-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let rogue = tls::client_config(
+        runner.creds.ca_pem.as_bytes(),
+        other.client_cert_pem.as_bytes(),
+        other.client_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let request = sh(&format!("touch {}", marker.display()));
+    let end = client::run(
+        runner.addr,
+        rogue.clone(),
+        CONNECT_TIMEOUT,
+        &request,
+        None,
+        &mut io::sink(),
+        &mut io::sink(),
+    );
+    let Err(ClientError::Connect { reason, .. }) = end else {
+        panic!("not refused at connect: {end:?}")
+    };
+    assert!(
+        reason.to_lowercase().contains("alert") || reason.contains("certificate"),
+        "{reason}"
+    );
+    assert!(!marker.exists(), "the stage ran for a rogue client");
+    assert!(matches!(
+        client::probe(runner.addr, rogue, CONNECT_TIMEOUT),
+        Err(ClientError::Connect { .. })
+    ));
+
+    // And a client of another job does not trust this runner.
+    let other_job = tls::client_config(
+        other.ca_pem.as_bytes(),
+        other.client_cert_pem.as_bytes(),
+        other.client_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let end = client::probe(runner.addr, other_job, CONNECT_TIMEOUT);
+    assert!(
+        matches!(&end, Err(ClientError::Connect { reason, .. }) if reason.contains("certificate")),
+        "{end:?}"
+    );
+}
+
+#[test]
+fn a_background_process_holding_stdout_does_not_hold_the_stage() {
+    let runner = Runner::start();
+    let started = Instant::now();
+    let (end, out, _) = runner.run(&sh("sleep 30 & echo $!"));
+    let took = started.elapsed();
+    assert_eq!(end.unwrap(), End::Exited(0));
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
+        "stage took {took:?}"
+    );
+    let pid: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Left running, as dockerd leaves it; then cleaned up by the test.
+    assert!(
+        state.contains("(sleep)") && !state.contains(") Z"),
+        "background process gone: {state:?}"
+    );
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn a_stage_that_cannot_be_spawned_is_rejected_with_the_reason() {
+    let runner = Runner::start();
+    let request = RunRequest {
+        argv: vec!["/nonexistent/sh".into()],
+        ..sh("")
+    };
+    let (end, _, _) = runner.run(&request);
+    let Err(ClientError::Rejected { message, .. }) = end else {
+        panic!("{end:?}")
+    };
+    assert!(
+        message.starts_with("cannot spawn `/nonexistent/sh`: No such file"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_busy_runner_refuses_with_a_message_and_serves_again_afterwards() {
+    let runner = Runner::start_with(Limits {
+        max_connections: 1,
+        ..Limits::default()
+    });
+    let first = Cancellable::start(&runner, sh("echo $$; sleep 1000"));
+    let (end, _, _) = runner.run(&sh("true"));
+    let Err(ClientError::Rejected { message, .. }) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(message, "runner busy: already running 1 stages");
+    client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT).expect("ping needs no stage slot");
+    first.cancel();
+    assert_eq!(first.end().unwrap(), End::Cancelled);
+    assert_eq!(runner.run(&sh("exit 4")).0.unwrap(), End::Exited(4));
+}
+
+#[test]
+fn ping_answers_without_spawning() {
+    let runner = Runner::start();
+    client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT).unwrap();
+}
+
+#[test]
+fn nothing_listening_is_a_connect_error() {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed again
+    let runner = Runner::start();
+    let end = client::probe(addr, runner.client_config(), CONNECT_TIMEOUT);
+    assert!(
+        matches!(&end, Err(ClientError::Connect { reason, .. }) if reason.contains("refused")),
+        "{end:?}"
+    );
+}
+
+#[test]
+fn the_binary_refuses_to_start_without_its_certificates() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-executor-stage-runner"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir", "/nonexistent-dir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot read /nonexistent-dir/ca.pem: No such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_binary_serves_a_stage_from_its_certificate_directory() {
+    let runner_creds = JobCredentials::generate().unwrap();
+    let dir = std::env::temp_dir().join(format!("stage-runner-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, pem) in [
+        ("ca.pem", &runner_creds.ca_pem),
+        ("server.pem", &runner_creds.server_cert_pem),
+        ("server-key.pem", &runner_creds.server_key_pem),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-executor-stage-runner"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let addr: SocketAddr = line.rsplit_once("listening on ").expect(&line).1.parse().unwrap();
+    let runner = Runner {
+        addr,
+        creds: runner_creds,
+    };
+    let (end, out, _) = runner.run(&sh("echo hello from the binary"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(end.unwrap(), End::Exited(0));
+    assert_eq!(out, b"hello from the binary\n");
+}
