@@ -108,6 +108,10 @@ pub struct Config {
     /// `[services]`: limits on a job's CI services and the wait for their ports.
     #[serde(default)]
     pub services: ServiceSettings,
+    /// `[stage_runner]`: run stages through a per-job runner in the containers instead of
+    /// one Docker exec per stage.
+    #[serde(default)]
+    pub stage_runner: StageRunnerSettings,
     /// Site plugins (WebAssembly components), in the order their hooks run.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -165,6 +169,65 @@ impl Default for ServiceSettings {
             wait_timeout_secs: default_wait_for_services(),
         }
     }
+}
+
+// ---- [stage_runner] -----------------------------------------------------------------------
+
+/// Whether prepare starts the stage runner in the job's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageRunnerMode {
+    /// Start it (bridge network mode); when it cannot be started or reached, the job's
+    /// stages use Docker exec and prepare says why.
+    Auto,
+    /// Never: every stage is a Docker exec (no port is published on the instance).
+    Off,
+}
+
+/// The `[stage_runner]` table. The runner is a small static binary that prepare copies into
+/// the job's builds volume and starts in the build and helper containers; `run` reaches it
+/// over TCP with mutual TLS (a CA, server and client certificate made for this job only),
+/// which avoids dockerd's `runc exec` and stream copy for every stage. Its ports are
+/// published on the instance's dynamic host ports: the runner host must be able to reach
+/// them (security group) as it reaches Docker's port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRunnerSettings {
+    #[serde(default = "default_stage_runner_mode")]
+    pub mode: StageRunnerMode,
+    /// The runner binary (static, linux x86_64). Default: `ecs-executor-stage-runner` next
+    /// to the executor's own binary.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// The container port of the build container's runner; the helper's is `port + 1`.
+    #[serde(default = "default_stage_runner_port")]
+    pub port: u16,
+    /// How long prepare tries to reach a started runner before it falls back to exec.
+    #[serde(default = "default_stage_runner_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for StageRunnerSettings {
+    fn default() -> Self {
+        StageRunnerSettings {
+            mode: default_stage_runner_mode(),
+            binary: None,
+            port: default_stage_runner_port(),
+            connect_timeout_ms: default_stage_runner_connect_timeout(),
+        }
+    }
+}
+
+fn default_stage_runner_mode() -> StageRunnerMode {
+    StageRunnerMode::Auto
+}
+
+fn default_stage_runner_port() -> u16 {
+    7777
+}
+
+fn default_stage_runner_connect_timeout() -> u64 {
+    3000
 }
 
 // ---- [gc] (ecs-executor gc / unregister) -------------------------------------------------
@@ -496,6 +559,23 @@ impl Config {
         }
         if self.services.wait_timeout_secs > 3600 {
             return Err(invalid("services.wait_timeout_secs", "must be at most 3600".into()));
+        }
+        if self.stage_runner.port == 0 || self.stage_runner.port == u16::MAX {
+            return Err(invalid(
+                "stage_runner.port",
+                "must be 1-65534 (the helper uses port + 1)".into(),
+            ));
+        }
+        if !(100..=60_000).contains(&self.stage_runner.connect_timeout_ms) {
+            return Err(invalid("stage_runner.connect_timeout_ms", "must be 100-60000".into()));
+        }
+        if let Some(binary) = &self.stage_runner.binary
+            && !binary.is_absolute()
+        {
+            return Err(invalid(
+                "stage_runner.binary",
+                format!("{} must be an absolute path", binary.display()),
+            ));
         }
         if self.start_timeout_secs == 0 {
             return Err(invalid("start_timeout_secs", "must be at least 1".into()));

@@ -467,6 +467,11 @@ pub fn register_request_json(spec: &TaskSpec, family: &str, hash: &str, prefix: 
                     "sourceVolume": m.source_volume, "containerPath": m.container_path, "readOnly": m.read_only,
                 })).collect::<Vec<_>>(),
             });
+            if !c.port_mappings.is_empty() {
+                def["portMappings"] = c.port_mappings.iter().map(|p| json!({
+                    "containerPort": p.container_port, "hostPort": p.host_port, "protocol": "tcp",
+                })).collect::<Vec<_>>().into();
+            }
             let obj = def.as_object_mut().expect("object");
             let mut put = |k: &str, v: Value| {
                 obj.insert(k.to_string(), v);
@@ -595,6 +600,15 @@ fn container_definition(c: &crate::task_spec::ContainerSpec) -> ContainerDefinit
                 .ip_address(ip)
                 .build()
                 .expect("both fields are set"),
+        );
+    }
+    for p in &c.port_mappings {
+        def = def.port_mappings(
+            aws_sdk_ecs::types::PortMapping::builder()
+                .container_port(i32::from(p.container_port))
+                .host_port(i32::from(p.host_port))
+                .protocol(aws_sdk_ecs::types::TransportProtocol::Tcp)
+                .build(),
         );
     }
     for m in &c.mount_points {

@@ -38,7 +38,16 @@ const HELPER_PATH: &str = r#"if ! command -v gitlab-runner >/dev/null 2>&1 && h=
 fi"#;
 
 /// How long the script's processes get between SIGTERM and SIGKILL on cancel.
-const KILL_GRACE: Duration = Duration::from_secs(3);
+pub const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// The shell command a stage runs in its container (the script comes on its stdin).
+pub fn stage_wrapper(route: StageRoute) -> String {
+    match route {
+        // The helper writes with umask 0000 so a non-root build user can use the checkout.
+        StageRoute::Helper => format!("umask 0000\n{HELPER_PATH}\n{DETECT_SHELL}"),
+        StageRoute::Build => DETECT_SHELL.to_string(),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEnd {
@@ -66,11 +75,7 @@ impl ExecStream<'_> {
     /// script ends, or after killing it when `cancel` completes first.
     pub async fn run(&self, script: Vec<u8>, cancel: impl Future<Output = ()>) -> Result<ExecEnd, DockerError> {
         let api = &self.docker.api;
-        let wrapper = match self.route {
-            // The helper writes with umask 0000 so a non-root build user can use the checkout.
-            StageRoute::Helper => format!("umask 0000\n{HELPER_PATH}\n{DETECT_SHELL}"),
-            StageRoute::Build => DETECT_SHELL.to_string(),
-        };
+        let wrapper = stage_wrapper(self.route);
         let exec = api
             .create_exec(
                 self.container_id,
@@ -166,7 +171,7 @@ impl ExecStream<'_> {
     /// `Some(Docker's state)` when the container is no longer running (or gone). `by_signal`:
     /// the script died of a signal, as it does when its container is killed; Docker may still
     /// show the container running for a moment then, so look again for up to 3 s.
-    async fn container_stopped(&self, by_signal: bool) -> Option<String> {
+    pub async fn container_stopped(&self, by_signal: bool) -> Option<String> {
         let looks = if by_signal { 15 } else { 1 };
         for look in 0..looks {
             if look > 0 {

@@ -16,6 +16,7 @@ mod job;
 mod plugins;
 mod protocol;
 mod services;
+mod stage_runner;
 mod state;
 mod steps;
 mod task_spec;

@@ -429,6 +429,7 @@ pub fn container_from_wit(c: &ContainerDefinition, before: Option<&ContainerSpec
             options: kv_map(&l.options),
         }),
         privileged: c.privileged,
+        port_mappings: vec![],
         extra: extra_map(&c.extra).map_err(|e| format!("container `{}`: {e}", c.name))?,
     })
 }

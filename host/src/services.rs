@@ -364,6 +364,7 @@ pub fn builtin_containers(config: &Config, service: &Service) -> Vec<ContainerSp
         ]),
         log_configuration: config.log_configuration.clone(),
         privileged: false,
+        port_mappings: vec![],
         extra: None,
     }]
 }

@@ -1,8 +1,9 @@
 //! Per-job state on the runner host: what `prepare` created, for `run` and `cleanup`.
 //!
 //! One JSON file per job under `<state_dir>/jobs/`, mode 0600, written atomically (temp file +
-//! rename) so a killed process never leaves half a file. It holds no secret: task and
-//! container ids, the Docker address. Locks for races between jobs live in `<state_dir>/locks/`.
+//! rename) so a killed process never leaves half a file. It holds task and container ids, the
+//! Docker address and, when the job uses the stage runner, the client key of a CA made for
+//! this job only (worth nothing once the task stops). Locks for races between jobs live in `<state_dir>/locks/`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -54,6 +55,10 @@ pub struct JobState {
     /// ECS container name -> Docker container id; set when prepare finished.
     #[serde(default)]
     pub containers: BTreeMap<String, String>,
+    /// The job's stage runners (addresses and the client half of the job's certificates);
+    /// `None`: stages use Docker exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<crate::stage_runner::RunnerState>,
     pub created_unix: u64,
 }
 
@@ -70,6 +75,7 @@ impl JobState {
             ec2_instance_id: None,
             docker: None,
             containers: BTreeMap::new(),
+            runner: None,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

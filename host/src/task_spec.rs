@@ -67,6 +67,10 @@ pub struct ContainerSpec {
     pub docker_labels: BTreeMap<String, String>,
     pub log_configuration: Option<LogConfiguration>,
     pub privileged: bool,
+    /// Ports published on the container instance (the stage runner's; added after the
+    /// plugin chain, so plugins neither see nor remove them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
     /// Container API fields from plugins' `extra` (keys in `validate::CONTAINER_EXTRA_KEYS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
@@ -77,6 +81,14 @@ pub struct MountPoint {
     pub source_volume: String,
     pub container_path: String,
     pub read_only: bool,
+}
+
+/// A TCP port of a container published on the container instance.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct PortMapping {
+    pub container_port: u16,
+    /// 0: a dynamic host port (bridge mode), found afterwards with `docker inspect`.
+    pub host_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -124,6 +136,7 @@ impl TaskSpec {
             docker_labels: BTreeMap::from([("ecs-executor.role".to_string(), name.to_string())]),
             log_configuration: config.log_configuration.clone(),
             privileged: false,
+            port_mappings: vec![],
             extra: None,
         };
         TaskSpec {

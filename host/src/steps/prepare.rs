@@ -194,6 +194,25 @@ async fn launch(
         };
         log_phase(phase, format_args!("services: {up} of {} up{down}", reports.len()));
     }
+    // 7. The stage runners (else every stage is a Docker exec).
+    match crate::stage_runner::disabled_because(config) {
+        _ if config.stage_runner.mode == crate::config::StageRunnerMode::Off => {}
+        Some(why) => log_note(format!("stages use Docker exec: {why}")),
+        None => {
+            let phase = Instant::now();
+            match crate::stage_runner::start(config, &docker, &containers, &endpoint.host).await {
+                Ok(runner) => {
+                    let at: Vec<String> = runner.addresses.iter().map(|(c, a)| format!("{c} {a}")).collect();
+                    log_phase(phase, format_args!("stage runners up ({})", at.join(", ")));
+                    state.runner = Some(runner);
+                }
+                Err(why) => log_note(format!(
+                    "stages use Docker exec: {why} (open the instance's dynamic ports to this host, \
+                     or set stage_runner.mode = \"off\")"
+                )),
+            }
+        }
+    }
     state.containers = containers;
     store.save(&job.key, &state)?;
     *launched = Some(state);
@@ -440,7 +459,8 @@ pub fn task_spec_for_job(
     services.services = builtin;
     // Site plugins change the definition (or refuse the job) before anything is registered;
     // the reuse hash below is taken from their answer.
-    let spec = crate::plugins::customize_task(plugins, config, job, response, spec)?;
+    let mut spec = crate::plugins::customize_task(plugins, config, job, response, spec)?;
+    crate::stage_runner::publish_ports(config, &mut spec);
     Ok((spec, services))
 }
 

@@ -264,7 +264,10 @@ fn killing_the_essential_container_ends_the_stage_with_a_system_failure() {
 fn docker_connection_cut_mid_stream_is_a_system_failure_saying_what_was_lost() {
     let proxy = Proxy::start("127.0.0.1:2376");
     let port = proxy.port;
-    let e = E2e::with_config_edit("cut", |t| set_docker_key(&t, "port", &port.to_string()));
+    // Docker exec's transport: the stage runner (which bypasses Docker) is off here.
+    let e = E2e::with_config_edit("cut", |t| {
+        format!("{}\nmode = \"off\"\n", set_docker_key(&t, "port", &port.to_string()))
+    });
     let job = e.job();
     let mut r = e.runner(&job);
     assert_ok(&r.config());
@@ -388,10 +391,11 @@ fn plain_tcp_is_refused_unless_allowed_and_then_warned_about_on_every_use() {
     // Allowed: a plain TCP proxy to the stand-in's Docker socket plays the daemon.
     let proxy = Proxy::start("/var/run/docker.sock");
     let port = proxy.port.to_string();
+    // Every stage through Docker (the stage runner, with its own mutual TLS, is off here).
     let e = E2e::with_config_edit("plainok", |t| {
         let t = set_docker_key(&t, "tls", "false");
         let t = set_docker_key(&t, "allow_plain_tcp", "true");
-        set_docker_key(&t, "port", &port)
+        format!("{}\nmode = \"off\"\n", set_docker_key(&t, "port", &port))
     });
     let job = e.job().script(["echo over-plain-tcp"]);
     let outcome = e.runner(&job).run_job();

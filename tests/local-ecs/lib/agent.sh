@@ -54,3 +54,22 @@ ensure_agent() {
     fi
     step_end "started (pid $(<"$PIDS/agent.pid"))"
 }
+
+# The stage runner (workspace crate stage-runner): a static binary, since it runs inside job
+# containers of any image (busybox, alpine, Debian). The executor config written by `up`
+# points `stage_runner.binary` at it.
+STAGE_RUNNER_BIN=${CARGO_TARGET_DIR:-/var/tmp/ecs-executor/target}/x86_64-unknown-linux-gnu/release/ecs-executor-stage-runner
+
+build_stage_runner() {
+    local built
+    built=$(CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/ecs-executor/target} "$REPO_ROOT/stage-runner/build-static") \
+        || die "stage runner: stage-runner/build-static failed"
+    [ "$built" = "$STAGE_RUNNER_BIN" ] || die "stage runner: built $built, expected $STAGE_RUNNER_BIN"
+    echo "$STAGE_RUNNER_BIN ready (static)"
+}
+
+# The agent and the stage runner, one after the other (they share cargo's target lock).
+build_agent_and_runner() {
+    build_agent
+    build_stage_runner
+}

@@ -67,6 +67,9 @@ port = $DOCKER_PORT
 ca_file = "$CERTS/ca.pem"
 cert_file = "$CERTS/client.pem"
 key_file = "$CERTS/client-key.pem"
+
+[stage_runner]
+binary = "$STAGE_RUNNER_BIN"
 EOT
     replace_if_changed "$STATE/executor.toml" || true
 }

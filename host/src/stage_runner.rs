@@ -1,0 +1,381 @@
+//! The stage runner: a small static server (crate `ecs-executor-stage-runner`) that prepare
+//! starts in the build and helper containers, and that `run` reaches over TCP with mutual TLS
+//! instead of starting one Docker exec per stage.
+//!
+//! Why: a Docker exec costs dockerd a `runc exec` (~60-75 ms here) and every byte of output
+//! goes through containerd's FIFOs and dockerd's stream copy. The runner is already running
+//! in the container; a stage is one TLS connection to it.
+//!
+//! Security: each job gets its own CA, server and client certificate (made in prepare). The
+//! runner only accepts clients with a certificate of the job's CA; `run` only trusts a server
+//! certificate of it. The server half travels into the container through Docker's archive
+//! API (over Docker's mutual TLS); the client half stays in the job's state file (0600). No
+//! job variable goes into the task definition or into anything ECS can show: scripts travel
+//! inside the TLS connection, as they do inside Docker's.
+//!
+//! The runner's ports are published on the instance (dynamic host ports, bridge mode). When
+//! the runner cannot be started or reached (no binary, `awsvpc`, a security group that blocks
+//! the port, an instance that is not x86_64), prepare says so and every stage uses Docker exec.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecOptions};
+use ecs_executor_stage_runner::{client, credentials::JobCredentials, protocol::RunRequest, tls};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, NetworkMode, StageRunnerMode};
+use crate::docker::DockerHost;
+use crate::task_spec::{PortMapping, TaskSpec};
+
+/// The runner's directory in the builds volume (shared by the build and helper containers).
+pub const DIR_NAME: &str = ".ecs-executor-runner";
+/// The runner binary's file name, beside the executor's own binary by default.
+pub const BINARY_NAME: &str = "ecs-executor-stage-runner";
+
+/// What `run` needs to reach the job's runners. Kept in the job's state file (mode 0600).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerState {
+    /// ECS container name (`build`, `helper`) -> the runner's `ip:port`.
+    pub addresses: BTreeMap<String, SocketAddr>,
+    pub ca_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl std::fmt::Debug for RunnerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerState")
+            .field("addresses", &self.addresses)
+            .field("client_key_pem", &"[MASKED]")
+            .finish()
+    }
+}
+
+/// The runner binary this host ships into containers.
+pub fn binary(config: &Config) -> PathBuf {
+    config.stage_runner.binary.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join(BINARY_NAME)))
+            .unwrap_or_else(|| PathBuf::from(BINARY_NAME))
+    })
+}
+
+/// Why this host does not use the runner for its jobs; `None`: it does.
+pub fn disabled_because(config: &Config) -> Option<String> {
+    if config.stage_runner.mode == StageRunnerMode::Off {
+        return Some("stage_runner.mode is \"off\"".into());
+    }
+    if config.network_mode != NetworkMode::Bridge {
+        return Some("the stage runner is only used in bridge network mode".into());
+    }
+    let binary = binary(config);
+    if !binary.is_file() {
+        return Some(format!("the stage runner binary {} is missing", binary.display()));
+    }
+    None
+}
+
+/// The container port of the runner in container `name` (`build` or `helper`).
+fn container_port(config: &Config, name: &str) -> u16 {
+    if name == "helper" {
+        config.stage_runner.port + 1
+    } else {
+        config.stage_runner.port
+    }
+}
+
+/// The containers a runner is started in.
+const CONTAINERS: [&str; 2] = ["build", "helper"];
+
+/// Publish the runners' ports (dynamic host ports). Done after the plugin chain: plugins
+/// neither see nor remove them; `plan` shows them.
+pub fn publish_ports(config: &Config, spec: &mut TaskSpec) {
+    if disabled_because(config).is_some() {
+        return;
+    }
+    for c in spec
+        .containers
+        .iter_mut()
+        .filter(|c| CONTAINERS.contains(&c.name.as_str()))
+    {
+        let port = container_port(config, &c.name);
+        if !c.port_mappings.iter().any(|p| p.container_port == port) {
+            c.port_mappings.push(PortMapping {
+                container_port: port,
+                host_port: 0,
+            });
+        }
+    }
+}
+
+/// Ship the runner and this job's certificates into the builds volume, start a runner in the
+/// build and helper containers and check that each answers. `host` is the instance address
+/// Docker was reached at. Any failure: the reason (the job then uses Docker exec).
+pub async fn start(
+    config: &Config,
+    docker: &DockerHost,
+    containers: &BTreeMap<String, String>,
+    host: &str,
+) -> Result<RunnerState, String> {
+    let binary_path = binary(config);
+    let binary =
+        std::fs::read(&binary_path).map_err(|e| format!("cannot read the runner {}: {e}", binary_path.display()))?;
+    let creds = JobCredentials::generate().map_err(|e| e.to_string())?;
+    let archive = archive(&binary, &creds).map_err(|e| format!("cannot pack the runner: {e}"))?;
+    let build_id = containers.get("build").ok_or("no build container")?;
+    docker
+        .api
+        .upload_to_container(
+            build_id,
+            Some(bollard::query_parameters::UploadToContainerOptions {
+                path: config.builds_dir.clone(),
+                ..Default::default()
+            }),
+            bollard::body_full(archive.into()),
+        )
+        .await
+        .map_err(|e| format!("cannot copy the runner into the build container: {}", docker.error(&e)))?;
+
+    let client_config = tls::client_config(
+        creds.ca_pem.as_bytes(),
+        creds.client_cert_pem.as_bytes(),
+        creds.client_key_pem.as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let dir = format!("{}/{DIR_NAME}", config.builds_dir.trim_end_matches('/'));
+    let started = CONTAINERS.map(|name| {
+        let (dir, client_config) = (dir.clone(), client_config.clone());
+        async move {
+            let id = containers.get(name).ok_or_else(|| format!("no {name} container"))?;
+            let addr = start_one(config, docker, id, name, &dir, host).await?;
+            wait_until_up(
+                addr,
+                client_config,
+                Duration::from_millis(config.stage_runner.connect_timeout_ms),
+            )
+            .await
+            .map_err(|e| format!("the runner in the {name} container does not answer at {addr}: {e}"))?;
+            Ok::<_, String>((name.to_string(), addr))
+        }
+    });
+    let [build, helper] = started;
+    let (build, helper) = tokio::join!(build, helper);
+    Ok(RunnerState {
+        addresses: BTreeMap::from([build?, helper?]),
+        ca_pem: creds.ca_pem,
+        client_cert_pem: creds.client_cert_pem,
+        client_key_pem: creds.client_key_pem,
+    })
+}
+
+/// Start the runner in one container (a detached exec that lives as long as the container)
+/// and find where its port is published.
+async fn start_one(
+    config: &Config,
+    docker: &DockerHost,
+    id: &str,
+    name: &str,
+    dir: &str,
+    host: &str,
+) -> Result<SocketAddr, String> {
+    let port = container_port(config, name);
+    let exec = docker
+        .api
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(vec![
+                    format!("{dir}/{BINARY_NAME}"),
+                    "serve".into(),
+                    "--listen".into(),
+                    format!("0.0.0.0:{port}"),
+                    "--dir".into(),
+                    dir.to_string(),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot start the runner in the {name} container: {}", docker.error(&e)))?;
+    docker
+        .api
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| format!("cannot start the runner in the {name} container: {}", docker.error(&e)))?;
+    let inspect = docker
+        .api
+        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .map_err(|e| format!("cannot inspect the {name} container: {}", docker.error(&e)))?;
+    let host_port = inspect
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|ports| ports.get(&format!("{port}/tcp")).cloned().flatten())
+        .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| format!("port {port} of the {name} container is not published on the instance"))?;
+    (host, host_port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// Ping the runner until it answers or `timeout` passes (it needs a moment to start).
+async fn wait_until_up(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<(), client::ClientError> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match client::probe(addr, config.clone(), left.max(Duration::from_millis(100))) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() + Duration::from_millis(50) >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(client::ClientError::Connect {
+            addr,
+            reason: format!("the probe thread failed: {e}"),
+        })
+    })
+}
+
+/// A tar of `<DIR_NAME>/`: the runner binary and the server half of the job's certificates.
+/// Readable by the container's user whoever it is (the job could read them anyway: they are
+/// in its own container and worth nothing outside this job).
+fn archive(binary: &[u8], creds: &JobCredentials) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_mtime(now);
+    tar.append_data(&mut dir, format!("{DIR_NAME}/"), std::io::empty())?;
+    for (name, mode, data) in [
+        (BINARY_NAME, 0o755, binary),
+        ("ca.pem", 0o644, creds.ca_pem.as_bytes()),
+        ("server.pem", 0o644, creds.server_cert_pem.as_bytes()),
+        ("server-key.pem", 0o644, creds.server_key_pem.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_mtime(now);
+        tar.append_data(&mut header, format!("{DIR_NAME}/{name}"), data)?;
+    }
+    tar.into_inner()
+}
+
+/// How a stage on the runner ended, or why it could not run there.
+pub enum RunnerEnd {
+    Exited(i32),
+    Cancelled,
+    /// Nothing was started (no connection): the stage may use Docker exec instead.
+    Unreachable(String),
+    /// The runner refused the stage before starting it.
+    Refused(String),
+    /// The connection broke mid-stage.
+    Lost(String),
+    /// Writing the output to our stdout/stderr failed.
+    Output(std::io::Error),
+}
+
+/// Run one stage on the runner at `addr`: `argv` with the script on stdin. `cancel`
+/// completing (SIGTERM from gitlab-runner) makes the runner SIGTERM the stage's process
+/// group, and SIGKILL it after `kill_grace`.
+pub async fn run_stage(
+    state: &RunnerState,
+    addr: SocketAddr,
+    request: RunRequest,
+    connect_timeout: Duration,
+    cancel: impl std::future::Future<Output = ()>,
+) -> RunnerEnd {
+    let config = match tls::client_config(
+        state.ca_pem.as_bytes(),
+        state.client_cert_pem.as_bytes(),
+        state.client_key_pem.as_bytes(),
+    ) {
+        Ok(c) => c,
+        Err(e) => return RunnerEnd::Unreachable(format!("the job's runner credentials: {e}")),
+    };
+    // The blocking client polls the read end of a pipe; cancel writes to the other end.
+    let (cancel_rx, cancel_tx) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return RunnerEnd::Unreachable(format!("cannot make a pipe: {e}")),
+    };
+    let mut stage = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsFd;
+        // Straight to fds 1 and 2: no line buffer between a chunk and gitlab-runner.
+        // SAFETY: fds 1 and 2 stay open for the whole process; ManuallyDrop never closes them.
+        let (mut out, mut err) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(1)),
+                std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(2)),
+            )
+        };
+        client::run(
+            addr,
+            config,
+            connect_timeout,
+            &request,
+            Some(cancel_rx.as_fd()),
+            &mut *out,
+            &mut *err,
+        )
+    });
+    tokio::pin!(cancel);
+    let joined = tokio::select! {
+        joined = &mut stage => joined,
+        () = &mut cancel => {
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(cancel_tx), b"x");
+            stage.await
+        }
+    };
+    match joined {
+        Ok(Ok(client::End::Exited(code))) => RunnerEnd::Exited(code),
+        Ok(Ok(client::End::Cancelled)) => RunnerEnd::Cancelled,
+        Ok(Err(client::ClientError::Connect { reason, .. })) => RunnerEnd::Unreachable(reason),
+        Ok(Err(client::ClientError::Rejected { message, .. })) => RunnerEnd::Refused(message),
+        Ok(Err(client::ClientError::Lost { reason, .. })) => RunnerEnd::Lost(reason),
+        Ok(Err(client::ClientError::Output(e))) => RunnerEnd::Output(e),
+        Err(e) => RunnerEnd::Lost(format!("the stage thread failed: {e}")),
+    }
+}
+
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both fds on success; we own them from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
