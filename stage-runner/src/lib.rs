@@ -6,6 +6,8 @@
 //! per job, [`tls`] to build both configs, and [`client`] to run a stage; the runner binary uses
 //! [`server`]. What travels on the wire is in [`protocol`].
 
+#![warn(missing_docs)]
+
 pub mod client;
 #[cfg(feature = "credentials")]
 pub mod credentials;

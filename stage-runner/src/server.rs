@@ -356,10 +356,30 @@ impl Stage {
         unsafe { libc::kill(-self.pgid, signal) };
     }
 
+    /// Whether no live process is left in the group. Zombies do not count: an orphan whose
+    /// new parent never reaps it (e.g. `sleep infinity` as the container's PID 1) is dead.
     fn group_is_empty(&self) -> bool {
         // SAFETY: signal 0 only checks for existence.
         let r = unsafe { libc::kill(-self.pgid, 0) };
-        r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return true;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        !entries.flatten().any(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                return false;
+            };
+            // After the command name in parentheses: state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let pgrp = fields.nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
+            pgrp == Some(self.pgid) && !matches!(state, "Z" | "X")
+        })
     }
 
     /// Forwards output until the stage is over (see the module doc) and reaps the leader.
@@ -369,7 +389,7 @@ impl Stage {
         let mut drain_until: Option<Instant> = None;
         let mut kill_at: Option<Instant> = None;
         let mut killed = false;
-        let (mut stdout_bytes, mut stderr_bytes) = (0u64, 0u64);
+        let mut counts = [0u64; 2]; // bytes of stdout, stderr
         let mut buf = vec![0u8; protocol::FRAME_HEADER_LEN + CHUNK];
 
         // What the client did since the last turn: `Ok(true)` cancel, `Err` gone. A cancel may
@@ -396,9 +416,21 @@ impl Stage {
                 self.signal_group(libc::SIGKILL);
                 killed = true;
             }
-            if drain_until.is_some_and(|t| now >= t) {
-                // Background processes keep running; they just lose our end of the pipes.
+            // Time the client makes us wait (backlog) does not count against the drain: what the
+            // process wrote before it exited must not be lost to a slow reader.
+            if drain_until.is_some_and(|t| now >= t) && !link.conn.wants_write() {
+                // What is already in a pipe (at most its 64 KiB capacity) is the process's; what
+                // comes later belongs to background processes, which keep running but lose our
+                // end of the pipes.
+                for kind in [FrameKind::Stdout, FrameKind::Stderr] {
+                    if let Err(e) = self.forward(kind, &mut buf, link, &mut counts)
+                        && from_client.is_none()
+                    {
+                        from_client = Some(Err(format!("writing: {e}")));
+                    }
+                }
                 (self.stdout, self.stderr) = (None, None);
+                drain_until = None;
             }
             if self.pidfd.is_none() && status.is_none() {
                 status = self.child.try_wait().ok().flatten();
@@ -420,8 +452,8 @@ impl Stage {
                 return Ended {
                     code,
                     peer,
-                    stdout_bytes,
-                    stderr_bytes,
+                    stdout_bytes: counts[0],
+                    stderr_bytes: counts[1],
                 };
             }
 
@@ -450,7 +482,8 @@ impl Stage {
             } else {
                 None
             };
-            let timeout = socket::timeout_until([kill_at.filter(|_| !killed), drain_until, recheck]);
+            let drain_timer = drain_until.filter(|_| !backlog);
+            let timeout = socket::timeout_until([kill_at.filter(|_| !killed), drain_timer, recheck]);
             if let Err(e) = socket::poll(&mut fds, timeout) {
                 // Cannot wait any more: end the stage the hard way rather than spin.
                 self.signal_group(libc::SIGKILL);
@@ -461,8 +494,8 @@ impl Stage {
                 return Ended {
                     code,
                     peer: PeerEnd::Gone(format!("poll: {e}")),
-                    stdout_bytes,
-                    stderr_bytes,
+                    stdout_bytes: counts[0],
+                    stderr_bytes: counts[1],
                 };
             }
 
@@ -475,21 +508,8 @@ impl Stage {
                 from_client = Some(link.receive());
             }
             for (i, kind) in [(1, FrameKind::Stdout), (2, FrameKind::Stderr)] {
-                if fds[i].revents == 0 {
-                    continue;
-                }
-                let payload = &mut buf[protocol::FRAME_HEADER_LEN..];
-                let (n, count) = match kind {
-                    FrameKind::Stdout => (read_pipe(&mut self.stdout, payload), &mut stdout_bytes),
-                    _ => (read_pipe(&mut self.stderr, payload), &mut stderr_bytes),
-                };
-                if n == 0 {
-                    continue;
-                }
-                buf[..protocol::FRAME_HEADER_LEN].copy_from_slice(&protocol::frame_header(kind, n as u32));
-                link.queue(&buf[..protocol::FRAME_HEADER_LEN + n]);
-                *count += n as u64;
-                if let Err(e) = link.flush()
+                if fds[i].revents != 0
+                    && let Err(e) = self.forward(kind, &mut buf, link, &mut counts)
                     && from_client.is_none()
                 {
                     from_client = Some(Err(format!("writing: {e}")));
@@ -504,6 +524,22 @@ impl Stage {
                 drain_until = Some(Instant::now() + drain);
             }
         }
+    }
+
+    /// Reads what one pipe has now and queues it as one frame; an error is the client's.
+    fn forward(&mut self, kind: FrameKind, buf: &mut [u8], link: &mut Link, counts: &mut [u64; 2]) -> io::Result<()> {
+        let payload = &mut buf[protocol::FRAME_HEADER_LEN..];
+        let (n, count) = match kind {
+            FrameKind::Stdout => (read_pipe(&mut self.stdout, payload), &mut counts[0]),
+            _ => (read_pipe(&mut self.stderr, payload), &mut counts[1]),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        buf[..protocol::FRAME_HEADER_LEN].copy_from_slice(&protocol::frame_header(kind, n as u32));
+        link.queue(&buf[..protocol::FRAME_HEADER_LEN + n]);
+        *count += n as u64;
+        link.flush()
     }
 
     /// Writes as much of the remaining stdin as the pipe takes; closes it when all is written

@@ -424,6 +424,41 @@ fn a_background_process_holding_stdout_does_not_hold_the_stage() {
 }
 
 #[test]
+fn a_client_slower_than_the_drain_still_gets_everything_the_process_wrote() {
+    /// Stalls 3 s on the first chunk: longer than the 2 s drain after the process exits.
+    /// (Whether the process has exited by then depends on socket buffer sizes; this pins the
+    /// behaviour, it does not reliably reproduce the loss the drain timer once allowed.)
+    struct SlowOutput(Vec<u8>);
+    impl Write for SlowOutput {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let runner = Runner::start();
+    let mut out = SlowOutput(Vec::new());
+    let request = sh("head -c 67108864 /dev/zero | tr '\\0' x");
+    let end = client::run(
+        runner.addr,
+        runner.client_config(),
+        CONNECT_TIMEOUT,
+        &request,
+        None,
+        &mut out,
+        &mut io::sink(),
+    );
+    assert_eq!(end.unwrap(), End::Exited(0));
+    assert_eq!(out.0.len(), 64 << 20);
+    assert!(out.0.iter().all(|&b| b == b'x'));
+}
+
+#[test]
 fn a_stage_that_cannot_be_spawned_is_rejected_with_the_reason() {
     let runner = Runner::start();
     let request = RunRequest {
@@ -452,7 +487,13 @@ fn a_busy_runner_refuses_with_a_message_and_serves_again_afterwards() {
         panic!("{end:?}")
     };
     assert_eq!(message, "runner busy: already running 1 stages");
-    client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT).expect("ping needs no stage slot");
+    // Ping needs no stage slot, only a connection place (2 x max_connections), which the refused
+    // connection's thread may hold a moment longer.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Err(e) = client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT) {
+        assert!(Instant::now() < deadline, "ping refused while a stage runs: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     first.cancel();
     assert_eq!(first.end().unwrap(), End::Cancelled);
     assert_eq!(runner.run(&sh("exit 4")).0.unwrap(), End::Exited(4));
