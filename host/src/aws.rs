@@ -37,6 +37,7 @@ impl AwsClients {
             loader = loader.profile_name(profile);
         }
         if let (Some(id), Some(secret)) = (&config.aws.access_key_id, &config.aws.secret_access_key) {
+            let secret = secret.expose();
             loader = loader.credentials_provider(aws_sdk_ecs::config::Credentials::new(
                 id,
                 secret,

@@ -3,7 +3,8 @@
 //! gitlab-runner reads our exit code: `BUILD_FAILURE_EXIT_CODE` means the user's job failed
 //! (their script, their image, a policy that refused their job), `SYSTEM_FAILURE_EXIT_CODE`
 //! means we or the infrastructure failed (and the runner may retry). Anything else would be
-//! an "unknown" failure, so every error in this crate is classified here.
+//! an "unknown" failure, so every error in this crate is classified here. The admin commands
+//! use the same mapping with fixed numbers (see [`Caller`]).
 
 use std::fmt;
 
@@ -66,6 +67,18 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// Who called the binary, which decides what the exit code numbers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// gitlab-runner's custom executor (`config`, `prepare`, `run`, `cleanup`): it names the
+    /// codes in `BUILD_FAILURE_EXIT_CODE` / `SYSTEM_FAILURE_EXIT_CODE`.
+    GitlabRunner,
+    /// An admin or a plugin author (`check`, `gc`, `unregister`, `plan`, `plugin ...`, `tls`):
+    /// 1 when what was checked or asked is refused (a failed check case, a plugin that refused
+    /// the job), 2 when the command could not do its work.
+    Admin,
+}
+
 /// The exit codes gitlab-runner asked for (its env), with its documented defaults.
 #[derive(Debug, Clone, Copy)]
 pub struct ExitCodes {
@@ -74,16 +87,25 @@ pub struct ExitCodes {
 }
 
 impl ExitCodes {
-    pub fn from_env() -> Self {
-        let read = |name: &str, default: i32| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(default)
-        };
-        ExitCodes {
-            build_failure: read("BUILD_FAILURE_EXIT_CODE", 1),
-            system_failure: read("SYSTEM_FAILURE_EXIT_CODE", 2),
+    /// gitlab-runner's codes from its environment, or the admin commands' fixed 1 and 2.
+    pub fn for_caller(caller: Caller) -> Self {
+        match caller {
+            Caller::Admin => ExitCodes {
+                build_failure: 1,
+                system_failure: 2,
+            },
+            Caller::GitlabRunner => {
+                let read = |name: &str, default: i32| {
+                    std::env::var(name)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(default)
+                };
+                ExitCodes {
+                    build_failure: read("BUILD_FAILURE_EXIT_CODE", 1),
+                    system_failure: read("SYSTEM_FAILURE_EXIT_CODE", 2),
+                }
+            }
         }
     }
 
@@ -93,6 +115,38 @@ impl ExitCodes {
             Blame::Build => self.build_failure,
             Blame::System => self.system_failure,
         }
+    }
+}
+
+/// The end of every command: its result reported and turned into the process's exit code.
+/// `command` names it in the error line.
+pub fn exit(caller: Caller, command: &str, result: Result<(), Failure>) -> std::process::ExitCode {
+    let failure = match result {
+        Ok(()) => return std::process::ExitCode::SUCCESS,
+        Err(failure) => failure,
+    };
+    // A script's own failure is already in the job log, in its own words.
+    if failure.script_exit_code.is_none() {
+        eprintln!("ecs-executor: {command}: {failure}");
+    }
+    // gitlab-runner keeps one exit-code file per attempt across stages: always write it on a
+    // build failure, or an earlier stage's code would be reported.
+    if caller == Caller::GitlabRunner && failure.blame == Blame::Build {
+        write_build_exit_code(failure.script_exit_code.unwrap_or(1));
+    }
+    let code = ExitCodes::for_caller(caller).for_failure(&failure);
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(2))
+}
+
+/// gitlab-runner reads the script's real exit code from here when we exit with BUILD_FAILURE.
+fn write_build_exit_code(code: i32) {
+    if let Some(path) = std::env::var_os("BUILD_EXIT_CODE_FILE").filter(|p| !p.is_empty())
+        && let Err(e) = std::fs::write(&path, code.to_string())
+    {
+        eprintln!(
+            "ecs-executor: cannot write BUILD_EXIT_CODE_FILE {}: {e}",
+            std::path::PathBuf::from(path).display()
+        );
     }
 }
 

@@ -73,13 +73,34 @@ impl JobContext {
         })
     }
 
-    /// Remove every secret value from a text before it is printed or sent anywhere.
+    /// Remove every secret value from a text before it is printed or sent anywhere. Longest
+    /// first: a secret that is a prefix of another must not leave the longer one's tail.
     pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<&str> = self
+            .secrets
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let mut out = text.to_string();
-        for secret in &self.secrets {
-            out = out.replace(secret.as_str(), "[MASKED]");
+        for secret in secrets {
+            out = out.replace(secret, "[MASKED]");
         }
         out
+    }
+
+    /// A job with this image and nothing else, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests(image: &str) -> JobContext {
+        JobContext {
+            key: JobKey::new(1, Some("abc")),
+            project_path: String::new(),
+            runner_version: String::new(),
+            image: image.into(),
+            image_entrypoint: None,
+            secrets: vec![],
+        }
     }
 }
 
@@ -115,6 +136,15 @@ pub fn validate_image(image: &str) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_that_is_a_prefix_of_another_leaves_nothing_of_the_longer_one() {
+        let job = JobContext {
+            secrets: vec!["abc".into(), "abcdef-longer".into(), String::new()],
+            ..JobContext::for_tests("alpine")
+        };
+        assert_eq!(job.redact("x abcdef-longer y abc z"), "x [MASKED] y [MASKED] z");
+    }
 
     #[test]
     fn image_names_are_checked() {

@@ -5,22 +5,27 @@
 //! the command line, runs the step, and turns its result into the exit code gitlab-runner
 //! expects (the mapping itself lives in `failure`).
 
-mod aws;
+// What gitlab-runner gives us, and the job it describes.
 mod config;
+mod job;
+mod protocol;
+// The task the job gets, shaped by site plugins.
+mod plugins;
+mod services;
+mod task;
+// Where it runs: ECS, the container instance and its Docker daemon.
+mod aws;
 mod docker;
 mod ecs;
-mod exec;
-mod failure;
 mod instance;
-mod job;
-mod plugins;
-mod protocol;
-mod services;
-mod stage_runner;
+// How stages run, what is kept between steps, what the job log is told.
+mod joblog;
+mod stages;
 mod state;
+// The four steps, the admin commands, and how a failure becomes an exit code.
+mod admin;
+mod failure;
 mod steps;
-mod task_spec;
-mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +33,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::failure::{ExitCodes, Failure};
+use crate::failure::{Caller, Failure};
 
 #[derive(Parser)]
 #[command(
@@ -103,57 +108,45 @@ enum PluginCommand {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Admin commands: their own exit codes, no async runtime, no AWS.
-    match &cli.step {
-        Step::Plugin(PluginCommand::Test { plugin, cases }) => return tools::plugin_test(plugin, cases),
-        Step::Plugin(PluginCommand::Compile) | Step::Plan { .. } => {
-            let result = Config::load(&Config::resolve_path(cli.config.as_deref()))
-                .map_err(Failure::from)
-                .and_then(|config| match &cli.step {
-                    Step::Plan { job_response } => tools::plan(&config, job_response),
-                    _ => tools::plugin_compile(&config),
-                });
-            return match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(failure) => {
-                    eprintln!("ecs-executor: {failure}");
-                    tools::exit_code(&failure)
-                }
-            };
+impl Step {
+    fn name(&self) -> &'static str {
+        match self {
+            Step::Config => "config",
+            Step::Prepare => "prepare",
+            Step::Run { .. } => "run",
+            Step::Cleanup => "cleanup",
+            Step::Gc { .. } => "gc",
+            Step::Unregister { .. } => "unregister",
+            Step::Check => "check",
+            Step::Plugin(PluginCommand::Compile) => "plugin compile",
+            Step::Plugin(PluginCommand::Test { .. }) => "plugin test",
+            Step::Plan { .. } => "plan",
         }
-        _ => {}
     }
-    let codes = ExitCodes::from_env();
-    let step_name = match &cli.step {
-        Step::Config => "config",
-        Step::Prepare => "prepare",
-        Step::Run { .. } => "run",
-        Step::Cleanup => "cleanup",
-        Step::Gc { .. } => "gc",
-        Step::Unregister { .. } => "unregister",
-        Step::Check => "check",
-        Step::Plugin(_) | Step::Plan { .. } => unreachable!("handled above"),
-    };
-    match run_step(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            if failure.script_exit_code.is_none() {
-                eprintln!("ecs-executor: {step_name}: {failure}");
-            }
-            // gitlab-runner keeps one exit-code file per attempt across stages: always write
-            // it on a build failure, or an earlier stage's code would be reported.
-            if failure.blame == failure::Blame::Build {
-                write_build_exit_code(failure.script_exit_code.unwrap_or(1));
-            }
-            ExitCode::from(u8::try_from(codes.for_failure(&failure)).unwrap_or(2))
+
+    fn caller(&self) -> Caller {
+        match self {
+            Step::Config | Step::Prepare | Step::Run { .. } | Step::Cleanup => Caller::GitlabRunner,
+            _ => Caller::Admin,
         }
     }
 }
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (caller, name) = (cli.step.caller(), cli.step.name());
+    failure::exit(caller, name, run_step(cli))
+}
+
 fn run_step(cli: Cli) -> Result<(), Failure> {
     let path = Config::resolve_path(cli.config.as_deref());
+    // Admin commands that need neither an async runtime nor AWS.
+    match &cli.step {
+        Step::Plugin(PluginCommand::Test { plugin, cases }) => return admin::plugin::plugin_test(plugin, cases),
+        Step::Plugin(PluginCommand::Compile) => return admin::plugin::plugin_compile(&Config::load(&path)?),
+        Step::Plan { job_response } => return admin::plan::plan(&Config::load(&path)?, job_response),
+        _ => {}
+    }
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -162,7 +155,7 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
     };
     if let Step::Check = cli.step {
         // check reports a bad config as one of its lines.
-        return runtime()?.block_on(steps::check::run(&path));
+        return runtime()?.block_on(admin::check::run(&path));
     }
     let config = Config::load(&path)?;
     let runtime = runtime()?;
@@ -179,10 +172,9 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
                 steps::run::run(&config, script.as_ref(), stage, shutdown).await
             }
             Step::Cleanup => steps::cleanup::run(&config).await,
-            Step::Gc { dry_run, runners } => steps::gc::gc(&config, dry_run, &runners).await,
-            Step::Unregister { dry_run, runners } => steps::gc::unregister(&config, dry_run, &runners).await,
-            Step::Check => unreachable!("handled above"),
-            Step::Plugin(_) | Step::Plan { .. } => unreachable!("handled in main"),
+            Step::Gc { dry_run, runners } => admin::gc::gc(&config, dry_run, &runners).await,
+            Step::Unregister { dry_run, runners } => admin::gc::unregister(&config, dry_run, &runners).await,
+            Step::Check | Step::Plugin(_) | Step::Plan { .. } => unreachable!("handled above"),
         }
     })
 }
@@ -201,17 +193,5 @@ fn terminated() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-    }
-}
-
-/// gitlab-runner reads the script's real exit code from here when we exit with BUILD_FAILURE.
-fn write_build_exit_code(code: i32) {
-    if let Some(path) = std::env::var_os("BUILD_EXIT_CODE_FILE").filter(|p| !p.is_empty())
-        && let Err(e) = std::fs::write(&path, code.to_string())
-    {
-        eprintln!(
-            "ecs-executor: cannot write BUILD_EXIT_CODE_FILE {}: {e}",
-            PathBuf::from(path).display()
-        );
     }
 }

@@ -21,7 +21,7 @@ use crate::failure::{Blame, Classify, Failure};
 use crate::instance::ContainerInstance;
 use crate::job::JobContext;
 use crate::protocol::JobResponse;
-use crate::task_spec::{ContainerSpec, MountPoint, PlacementConstraint, TaskSpec, VolumeSpec};
+use crate::task::{ContainerSpec, MountPoint, PlacementConstraint, TaskSpec, VolumeSpec};
 
 impl Classify for PluginError {
     fn blame(&self) -> Blame {
@@ -125,7 +125,12 @@ pub fn customize_task(
     {
         return Ok(spec);
     }
-    let ours = spec.reuse_family(&config.family_prefix);
+    let ours = crate::task::request::family(
+        &spec,
+        crate::config::TaskDefinitionMode::Reuse,
+        &config.family_prefix,
+        0,
+    );
     let input = task_to_wit(&spec, &ours);
     let out = plugins.customize(&job_to_wit(job, response), input, &JobLogSink { job })?;
     task_from_wit(&out, &spec, &ours).map_err(|e| Failure::system(format!("the plugins' task definition: {e}")))
@@ -535,7 +540,12 @@ mod tests {
     fn a_task_spec_survives_the_round_trip_and_keeps_its_hash() {
         let config = config();
         let spec = TaskSpec::for_job(&config, &job());
-        let ours = spec.reuse_family(&config.family_prefix);
+        let ours = crate::task::request::family(
+            &spec,
+            crate::config::TaskDefinitionMode::Reuse,
+            &config.family_prefix,
+            0,
+        );
         let back = task_from_wit(&task_to_wit(&spec, &ours), &spec, &ours).unwrap();
         assert_eq!(back, spec);
         assert_eq!(back.content_hash(), spec.content_hash());

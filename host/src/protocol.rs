@@ -164,8 +164,9 @@ impl JobResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobKey {
     pub job_id: u64,
-    /// The runner's short token (safe to show), or "runner" when unknown.
-    pub runner: String,
+    /// The gitlab-runner's short token (safe to show), or "runner" when unknown. Not to be
+    /// confused with our stage runner (`stages::runner`).
+    pub runner_token: String,
 }
 
 impl JobKey {
@@ -194,18 +195,18 @@ impl JobKey {
             .collect();
         JobKey {
             job_id,
-            runner: if runner.is_empty() { "runner".into() } else { runner },
+            runner_token: if runner.is_empty() { "runner".into() } else { runner },
         }
     }
 
     /// File-name-safe identity of the job on this runner host.
     pub fn file_stem(&self) -> String {
-        format!("{}-{}", self.runner, self.job_id)
+        format!("{}-{}", self.runner_token, self.job_id)
     }
 
     /// ECS `startedBy` (at most 36 of letters, digits, '-', '_', '/').
     pub fn started_by(&self) -> String {
-        let mut s = format!("gl/{}/{}", self.runner, self.job_id);
+        let mut s = format!("gl/{}/{}", self.runner_token, self.job_id);
         s.truncate(36);
         s
     }

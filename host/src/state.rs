@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,8 +56,8 @@ pub struct JobState {
     pub containers: BTreeMap<String, String>,
     /// The job's stage runners (addresses and the client half of the job's certificates);
     /// `None`: stages use Docker exec.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runner: Option<crate::stage_runner::RunnerState>,
+    #[serde(default, alias = "runner", skip_serializing_if = "Option::is_none")]
+    pub stage_runner: Option<crate::stages::runner::StageRunnerState>,
     pub created_unix: u64,
 }
 
@@ -75,7 +74,7 @@ impl JobState {
             ec2_instance_id: None,
             docker: None,
             containers: BTreeMap::new(),
-            runner: None,
+            stage_runner: None,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -194,14 +193,8 @@ impl StateStore {
             .mode(0o600)
             .open(&path)
             .map_err(Self::io(&path))?;
-        // SAFETY: flock on a file descriptor we own; blocks until the lock is ours.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(StateError::Io {
-                path,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        // flock(2): blocks until the lock is ours; released when the file closes.
+        file.lock().map_err(Self::io(&path))?;
         Ok(FileLock { _file: file })
     }
 }
@@ -217,12 +210,12 @@ pub fn unix_now() -> u64 {
 }
 
 impl StateStore {
-    /// prepare, under the task definition's lock, before RunTask: this host serves `runner`
-    /// (`runners/<runner>`, so `gc` knows whose tasks are its to judge) and uses `family` now
+    /// prepare, under the task definition's lock, before RunTask: this host serves the
+    /// gitlab-runner with this short token (`runners/<token>`, so `gc` knows whose tasks are its to judge) and uses `family` now
     /// (`taskdefs/<family>` holds the time, so `gc` leaves it registered while in use).
-    pub fn note_use(&self, runner: &str, family: &str) -> Result<(), StateError> {
+    pub fn note_use(&self, runner_token: &str, family: &str) -> Result<(), StateError> {
         let runners = self.subdir("runners")?;
-        let marker = runners.join(runner);
+        let marker = runners.join(runner_token);
         if !marker.exists() {
             fs::write(&marker, b"").map_err(Self::io(&marker))?;
         }
@@ -246,8 +239,8 @@ impl StateStore {
         let _ = fs::remove_file(self.dir.join("taskdefs").join(family));
     }
 
-    /// The runner short tokens this host has served (`runners/`).
-    pub fn known_runners(&self) -> Vec<String> {
+    /// The gitlab-runner short tokens this host has served (`runners/`).
+    pub fn known_runner_tokens(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(self.dir.join("runners")) else {
             return Vec::new();
         };

@@ -10,7 +10,7 @@ use crate::failure::Failure;
 use crate::protocol::JobKey;
 use crate::state::StateStore;
 
-use super::log_phase;
+use crate::joblog::{log_note, log_phase};
 
 pub async fn run(config: &Config) -> Result<(), Failure> {
     let started = Instant::now();
@@ -20,7 +20,7 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
     let state = match store.load(&key) {
         Ok(state) => state,
         Err(e) => {
-            super::log_note(format!("{e}; looking the task up by its startedBy instead"));
+            log_note(format!("{e}; looking the task up by its startedBy instead"));
             None
         }
     };

@@ -4,12 +4,28 @@
 //! Read once per process. Unknown keys and bad values are errors that name the key and the
 //! file; they are the site's problem, so they are system failures.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::failure::{Blame, Classify};
+
+mod aws;
+mod docker;
+mod gc;
+mod plugins;
+mod secret;
+mod services;
+mod stage_runner;
+mod task;
+
+pub use aws::{AwsSettings, AwsVpc, CapacityProvider, LaunchType};
+pub use docker::DockerSettings;
+pub use gc::GcSettings;
+pub use plugins::{PLUGIN_GRANTS, PluginConfig};
+pub use services::ServiceSettings;
+pub use stage_runner::{StageRunnerMode, StageRunnerSettings};
+pub use task::{LogConfiguration, NetworkMode, Shell, TaskDefinitionMode};
 
 /// Where the config is read from when neither `--config` nor `$ECS_EXECUTOR_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/ecs-executor/config.toml";
@@ -48,7 +64,7 @@ pub struct Config {
     pub aws: AwsSettings,
     /// `EC2` (the default) unless a capacity provider strategy is given.
     #[serde(default)]
-    pub launch_type: Option<String>,
+    pub launch_type: Option<LaunchType>,
     #[serde(default)]
     pub capacity_provider_strategy: Vec<CapacityProvider>,
     #[serde(default)]
@@ -97,8 +113,8 @@ pub struct Config {
     #[serde(default = "default_cache_host_path")]
     pub cache_host_path: String,
     /// The shell gitlab-runner generates scripts for: `bash` or `sh`.
-    #[serde(default = "default_shell")]
-    pub shell: String,
+    #[serde(default)]
+    pub shell: Shell,
     /// How long prepare waits for the task to reach RUNNING (image pulls included).
     #[serde(default = "default_start_timeout")]
     pub start_timeout_secs: u64,
@@ -118,267 +134,6 @@ pub struct Config {
     /// Where compiled plugins are cached (created 0700). Default: `<state_dir>/plugin-cache`.
     #[serde(default)]
     pub plugin_cache_dir: Option<PathBuf>,
-}
-
-/// One `[[plugins]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// Names the plugin in logs and errors: letters, digits, '-' and '_'.
-    pub name: String,
-    /// The component (`.wasm`), an absolute path.
-    pub path: PathBuf,
-    /// Handed to the plugin as JSON (checked by its `validate-settings` at load).
-    #[serde(default)]
-    pub settings: toml::Table,
-    /// Deadline of one hook call in milliseconds (default 1000).
-    #[serde(default)]
-    pub deadline_ms: Option<u64>,
-    /// Memory cap of one hook call in MiB (default 64).
-    #[serde(default)]
-    pub memory_mib: Option<u64>,
-    /// Extra capabilities for the plugin. None exist yet: plugins get only the job log,
-    /// their settings and captured stdio; any name here is refused.
-    #[serde(default)]
-    pub grants: Vec<String>,
-}
-
-/// Capabilities a `[[plugins]]` entry may grant (none yet).
-pub const PLUGIN_GRANTS: &[&str] = &[];
-
-/// The `[services]` table: admin limits on CI services and how long prepare waits for them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSettings {
-    /// Most services one job may have; a job with more is refused (build failure). 0: none.
-    #[serde(default = "default_max_services")]
-    pub max_per_job: usize,
-    /// Image patterns a service may use (`*` within a path segment, `**` across); empty: any.
-    #[serde(default)]
-    pub allowed_images: Vec<String>,
-    /// How long prepare waits for each service's TCP ports before it warns and goes on.
-    #[serde(default = "default_wait_for_services")]
-    pub wait_timeout_secs: u64,
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        ServiceSettings {
-            max_per_job: default_max_services(),
-            allowed_images: Vec::new(),
-            wait_timeout_secs: default_wait_for_services(),
-        }
-    }
-}
-
-// ---- [stage_runner] -----------------------------------------------------------------------
-
-/// Whether prepare starts the stage runner in the job's containers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StageRunnerMode {
-    /// Start it (bridge network mode); when it cannot be started or reached, the job's
-    /// stages use Docker exec and prepare says why.
-    Auto,
-    /// Never: every stage is a Docker exec (no port is published on the instance).
-    Off,
-}
-
-/// The `[stage_runner]` table. The runner is a small static binary that prepare copies into
-/// the job's builds volume and starts in the build and helper containers; `run` reaches it
-/// over TCP with mutual TLS (a CA, server and client certificate made for this job only),
-/// which avoids dockerd's `runc exec` and stream copy for every stage. Its ports are
-/// published on the instance's dynamic host ports: the runner host must be able to reach
-/// them (security group) as it reaches Docker's port.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageRunnerSettings {
-    #[serde(default = "default_stage_runner_mode")]
-    pub mode: StageRunnerMode,
-    /// The runner binary (static, linux x86_64). Default: `ecs-executor-stage-runner` next
-    /// to the executor's own binary.
-    #[serde(default)]
-    pub binary: Option<PathBuf>,
-    /// The container port of the build container's runner; the helper's is `port + 1`.
-    #[serde(default = "default_stage_runner_port")]
-    pub port: u16,
-    /// How long prepare tries to reach a started runner before it falls back to exec.
-    #[serde(default = "default_stage_runner_connect_timeout")]
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for StageRunnerSettings {
-    fn default() -> Self {
-        StageRunnerSettings {
-            mode: default_stage_runner_mode(),
-            binary: None,
-            port: default_stage_runner_port(),
-            connect_timeout_ms: default_stage_runner_connect_timeout(),
-        }
-    }
-}
-
-fn default_stage_runner_mode() -> StageRunnerMode {
-    StageRunnerMode::Auto
-}
-
-fn default_stage_runner_port() -> u16 {
-    7777
-}
-
-fn default_stage_runner_connect_timeout() -> u64 {
-    3000
-}
-
-// ---- [gc] (ecs-executor gc / unregister) -------------------------------------------------
-
-/// `[gc]`: when `ecs-executor gc` stops a task or removes a task definition.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcSettings {
-    /// A task of this runner with no job state on this host is collected once it is older than
-    /// this: prepare writes the state right after RunTask, so a younger task may be a prepare
-    /// that has not written it yet.
-    #[serde(default = "default_gc_start_grace")]
-    pub start_grace_secs: u64,
-    /// Any task of this runner older than this is stopped, even with live job state (a job
-    /// that outlived every timeout). Unset: no age limit.
-    #[serde(default)]
-    pub max_task_age_secs: Option<u64>,
-    /// A task definition no prepare on this host used for this long, with no task of its
-    /// family meant to run, is deregistered and deleted.
-    #[serde(default = "default_gc_task_definition_idle")]
-    pub task_definition_idle_secs: u64,
-}
-
-impl Default for GcSettings {
-    fn default() -> Self {
-        GcSettings {
-            start_grace_secs: default_gc_start_grace(),
-            max_task_age_secs: None,
-            task_definition_idle_secs: default_gc_task_definition_idle(),
-        }
-    }
-}
-
-fn default_gc_start_grace() -> u64 {
-    300
-}
-fn default_gc_task_definition_idle() -> u64 {
-    7 * 24 * 3600
-}
-
-// ---- end [gc] ------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsSettings {
-    /// A named profile of the shared AWS config; unset: the default credential chain.
-    #[serde(default)]
-    pub profile: Option<String>,
-    /// Static credentials, meant for local stand-ins; prefer roles on real AWS.
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// Attempts per AWS call, including the first (standard retry mode with jitter).
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-}
-
-impl Default for AwsSettings {
-    fn default() -> Self {
-        AwsSettings {
-            profile: None,
-            access_key_id: None,
-            secret_access_key: None,
-            max_attempts: default_max_attempts(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CapacityProvider {
-    pub capacity_provider: String,
-    #[serde(default)]
-    pub weight: i32,
-    #[serde(default)]
-    pub base: i32,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    #[default]
-    Bridge,
-    Awsvpc,
-    Host,
-}
-
-impl NetworkMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkMode::Bridge => "bridge",
-            NetworkMode::Awsvpc => "awsvpc",
-            NetworkMode::Host => "host",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsVpc {
-    pub subnets: Vec<String>,
-    #[serde(default)]
-    pub security_groups: Vec<String>,
-    #[serde(default)]
-    pub assign_public_ip: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfiguration {
-    pub driver: String,
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DockerSettings {
-    /// Port of the Docker daemon's mutual-TLS listener on every container instance.
-    #[serde(default = "default_docker_port")]
-    pub port: u16,
-    /// CA that signed the daemons' server certificates (the only CA trusted).
-    /// Required unless `tls = false`.
-    #[serde(default)]
-    pub ca_file: PathBuf,
-    /// Client certificate and key presented to the daemons. Required unless `tls = false`.
-    #[serde(default)]
-    pub cert_file: PathBuf,
-    #[serde(default)]
-    pub key_file: PathBuf,
-    /// Mutual TLS to the daemons (the default). `false` means plain TCP, which anyone on the
-    /// network path can use to run anything as root on the instance: refused unless
-    /// `allow_plain_tcp = true`, and then warned about on every connection.
-    #[serde(default = "yes")]
-    pub tls: bool,
-    #[serde(default)]
-    pub allow_plain_tcp: bool,
-    /// Seconds to wait for a connection to the daemon.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskDefinitionMode {
-    /// One task definition per distinct content, found again by a hash of that content.
-    #[default]
-    Reuse,
-    /// Registered for each job and deregistered at cleanup.
-    PerJob,
 }
 
 fn yes() -> bool {
@@ -405,26 +160,8 @@ fn default_cache_dir() -> String {
 fn default_cache_host_path() -> String {
     "/var/cache/ecs-executor".into()
 }
-fn default_max_services() -> usize {
-    10
-}
-fn default_wait_for_services() -> u64 {
-    30
-}
-fn default_shell() -> String {
-    "bash".into()
-}
 fn default_start_timeout() -> u64 {
     600
-}
-fn default_max_attempts() -> u32 {
-    5
-}
-fn default_docker_port() -> u16 {
-    2376
-}
-fn default_connect_timeout() -> u64 {
-    10
 }
 
 impl Config {
@@ -488,20 +225,11 @@ impl Config {
         if self.aws.max_attempts == 0 || self.aws.max_attempts > 20 {
             return Err(invalid("aws.max_attempts", "must be between 1 and 20".into()));
         }
-        match (&self.launch_type, self.capacity_provider_strategy.is_empty()) {
-            (Some(_), false) => {
-                return Err(invalid(
-                    "launch_type",
-                    "cannot be combined with `capacity_provider_strategy`".into(),
-                ));
-            }
-            (Some(lt), true) if lt != "EC2" => {
-                return Err(invalid(
-                    "launch_type",
-                    format!("{lt:?} is not supported (only \"EC2\")"),
-                ));
-            }
-            _ => {}
+        if self.launch_type.is_some() && !self.capacity_provider_strategy.is_empty() {
+            return Err(invalid(
+                "launch_type",
+                "cannot be combined with `capacity_provider_strategy`".into(),
+            ));
         }
         if self.network_mode == NetworkMode::Awsvpc && self.awsvpc.as_ref().is_none_or(|v| v.subnets.is_empty()) {
             return Err(invalid(
@@ -532,9 +260,6 @@ impl Config {
                 "family_prefix",
                 format!("{:?} must be 1-200 letters, digits, '-' or '_'", self.family_prefix),
             ));
-        }
-        if self.shell != "bash" && self.shell != "sh" {
-            return Err(invalid("shell", format!("{:?} must be \"bash\" or \"sh\"", self.shell)));
         }
         for (key, dir) in [
             ("builds_dir", &self.builds_dir),
@@ -771,7 +496,7 @@ mod example_tests {
 
     #[test]
     fn the_documented_example_config_is_valid() {
-        let text = include_str!("../../examples/config.toml");
+        let text = include_str!("../../../examples/config.toml");
         let config = Config::parse(text, Path::new("examples/config.toml")).unwrap();
         assert_eq!(config.cluster, "ci-cluster");
         assert_eq!(config.aws.max_attempts, 5);

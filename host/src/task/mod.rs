@@ -1,9 +1,12 @@
-//! The ECS task definition we build for a job: a build container from the job's image and a
+//! The task definition model: the ECS task definition we build for a job: a build container from the job's image and a
 //! helper container (git, gitlab-runner-helper), sharing a task-scoped builds volume and a
 //! cache directory on the container instance; CI services are added by `services`.
 //!
 //! No job variable or secret ever goes in here: task definitions are readable by anyone who
 //! may describe them. The same content gives the same hash, so task definitions are reused.
+
+pub mod build;
+pub mod request;
 
 use std::collections::BTreeMap;
 
@@ -35,7 +38,7 @@ pub struct TaskSpec {
     pub placement_constraints: Vec<PlacementConstraint>,
     /// Tags of the task definition (beside the executor's own content-hash and managed-by).
     pub tags: BTreeMap<String, String>,
-    /// A family a site plugin chose; `None`: the executor's (`reuse_family` or per-job).
+    /// A family a site plugin chose; `None`: the executor's (`request::family`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
     /// Task-level API fields from plugins' `extra` (keys in the plugin host's
@@ -172,11 +175,6 @@ impl TaskSpec {
         let json = serde_json::to_vec(self).expect("a TaskSpec always serializes");
         hex::encode(Sha256::digest(&json))
     }
-
-    /// The family for reuse mode: the prefix plus a short hash (the full hash is in a tag).
-    pub fn reuse_family(&self, prefix: &str) -> String {
-        format!("{prefix}-{}", &self.content_hash()[..16])
-    }
 }
 
 /// GitLab's official helper image for the runner's version, unless the config names one.
@@ -238,7 +236,11 @@ mod tests {
             },
         );
         assert_eq!(a.content_hash(), b.content_hash());
-        assert_eq!(a.reuse_family("ecs-executor"), b.reuse_family("ecs-executor"));
+        let mode = crate::config::TaskDefinitionMode::Reuse;
+        assert_eq!(
+            request::family(&a, mode, "ecs-executor", 1),
+            request::family(&b, mode, "ecs-executor", 99)
+        );
         let d = TaskSpec::for_job(&c, &job("alpine:4"));
         assert_ne!(a.content_hash(), d.content_hash());
     }

@@ -3,14 +3,22 @@
 //!
 //! bollard's own TLS setup also trusts the system's public CAs and opens a new connection per
 //! request; we give it our own transport instead (one CA, client cert required, keep-alive).
+//!
+//! This module is the only one that talks to bollard: containers and images are inspected,
+//! archives uploaded, events watched and commands exec'd (`exec`) through `DockerHost`.
+
+pub mod exec;
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::{
+    EventsOptions, InspectContainerOptions, ListContainersOptions, LogsOptions, UploadToContainerOptions,
+};
 use bollard::{BollardRequest, ClientVersion, Docker};
+use futures_util::{Stream, StreamExt};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -212,6 +220,11 @@ impl DockerHost {
         None
     }
 
+    /// Is the daemon there, and do we trust each other? (One request.)
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.api.ping().await.map(|_| ()).map_err(|e| self.error(&e))
+    }
+
     /// The task's containers by their ECS container name (`build`, `helper`, services...).
     pub async fn task_containers(&self, task_arn: &str) -> Result<BTreeMap<String, String>, DockerError> {
         let filters =
@@ -266,6 +279,135 @@ impl DockerHost {
                     containers.keys().cloned().collect::<Vec<_>>().join(", ")
                 },
             })
+    }
+}
+
+/// What Docker says of a container's state.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerInfo {
+    pub running: bool,
+    /// Docker's status word (`running`, `exited`, ...).
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    /// Its IPv4 address on the first network that gave it one ("" if none).
+    pub ip_address: String,
+    /// Host ports published for container ports (`"7777/tcp"` -> host port).
+    pub published_ports: BTreeMap<String, u16>,
+}
+
+/// What an image on the instance is configured to run.
+#[derive(Debug, Clone, Default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `EXPOSE`d ports, as Docker writes them (`"5432/tcp"`).
+    pub exposed_ports: Vec<String>,
+}
+
+impl DockerHost {
+    /// The container's state; `Ok(None)` when Docker does not know it (removed).
+    pub async fn container_info(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
+        let c = match self.api.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
+            Err(e) => return Err(self.error(&e)),
+        };
+        let state = c.state.unwrap_or_default();
+        let networks = c.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+        let ip_address = networks
+            .and_then(|n| {
+                n.values()
+                    .find_map(|e| e.ip_address.clone().filter(|ip| !ip.is_empty()))
+            })
+            .unwrap_or_default();
+        let published_ports = c
+            .network_settings
+            .and_then(|n| n.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(port, bindings)| {
+                let host_port = bindings?
+                    .into_iter()
+                    .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))?;
+                Some((port, host_port))
+            })
+            .collect();
+        Ok(Some(ContainerInfo {
+            running: state.running == Some(true),
+            status: state.status.map(|s| s.to_string()).unwrap_or_else(|| "stopped".into()),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed == Some(true),
+            ip_address,
+            published_ports,
+        }))
+    }
+
+    /// The image's entrypoint, command and exposed ports, as pulled on the instance.
+    pub async fn image_config(&self, image: &str) -> Result<ImageConfig, DockerError> {
+        let info = self.api.inspect_image(image).await.map_err(|e| self.error(&e))?;
+        let config = info.config.unwrap_or_default();
+        Ok(ImageConfig {
+            entrypoint: config.entrypoint.unwrap_or_default(),
+            cmd: config.cmd.unwrap_or_default(),
+            exposed_ports: config.exposed_ports.unwrap_or_default().into_iter().collect(),
+        })
+    }
+
+    /// The last `lines` of a container's output (stdout and stderr), best effort.
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> String {
+        let mut stream = self.api.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(out) => text.push_str(&String::from_utf8_lossy(&out.into_bytes())),
+                Err(e) => {
+                    text.push_str(&format!("(logs unavailable: {})", self.error(&e)));
+                    break;
+                }
+            }
+        }
+        text
+    }
+
+    /// Unpack a tar archive at `path` in the container.
+    pub async fn upload_archive(&self, id: &str, path: &str, archive: Vec<u8>) -> Result<(), DockerError> {
+        self.api
+            .upload_to_container(
+                id,
+                Some(UploadToContainerOptions {
+                    path: path.to_string(),
+                    ..Default::default()
+                }),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| self.error(&e))
+    }
+
+    /// One item each time a container of the task starts, from Docker's event stream; the
+    /// stream ends when the events connection does (it is only a hint: callers poll ECS too).
+    pub fn container_starts(&self, task_arn: &str) -> impl Stream<Item = ()> + use<> {
+        let filters = std::collections::HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["start".to_string()]),
+            ("label".to_string(), vec![format!("{LABEL_TASK_ARN}={task_arn}")]),
+        ]);
+        self.api
+            .events(Some(EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .take_while(|event| std::future::ready(event.is_ok()))
+            .map(|_| ())
     }
 }
 

@@ -37,7 +37,9 @@ use aws_sdk_ecs::types::TaskDefinitionStatus;
 
 use crate::aws::AwsClients;
 use crate::config::Config;
-use crate::ecs::{self, Ecs, TaskDefinitionSummary, TaskSummary};
+use crate::ecs::task_definitions::TaskDefinitionSummary;
+use crate::ecs::tasks::TaskSummary;
+use crate::ecs::{self, Ecs};
 use crate::failure::Failure;
 use crate::protocol::JobKey;
 use crate::state::{StateStore, unix_now};
@@ -75,9 +77,9 @@ impl Tally {
 }
 
 /// `ecs-executor gc [--dry-run] [--runner TOKEN]...`
-pub async fn gc(config: &Config, dry_run: bool, extra_runners: &[String]) -> Result<(), Failure> {
+pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Result<(), Failure> {
     let store = StateStore::new(&config.state_dir);
-    let runners = runners(&store, extra_runners);
+    let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
     let ecs = Ecs::new(clients.ecs, &config.cluster);
     let mut tally = Tally::default();
@@ -85,7 +87,7 @@ pub async fn gc(config: &Config, dry_run: bool, extra_runners: &[String]) -> Res
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
 
-    for task in ours(&ecs, config, &runners).await? {
+    for task in ours(&ecs, config, &runner_tokens).await? {
         let Some(why) = why_collect(config, &store, &task, now) else {
             continue;
         };
@@ -143,13 +145,13 @@ pub async fn gc(config: &Config, dry_run: bool, extra_runners: &[String]) -> Res
 /// Stops every task of this host's runners (and `--runner`s) tagged with this
 /// `family_prefix`, and deregisters and deletes every task definition of this `family_prefix`
 /// — shared by every runner using that prefix, so run it when the last of them goes.
-pub async fn unregister(config: &Config, dry_run: bool, extra_runners: &[String]) -> Result<(), Failure> {
+pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Result<(), Failure> {
     let store = StateStore::new(&config.state_dir);
-    let runners = runners(&store, extra_runners);
+    let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
     let ecs = Ecs::new(clients.ecs, &config.cluster);
     let mut tally = Tally::default();
-    for task in ours(&ecs, config, &runners).await? {
+    for task in ours(&ecs, config, &runner_tokens).await? {
         stop(&ecs, &task, "the runner is being unregistered", dry_run, &mut tally).await;
     }
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {
@@ -173,23 +175,26 @@ pub async fn unregister(config: &Config, dry_run: bool, extra_runners: &[String]
     tally.finish("unregister", dry_run)
 }
 
-fn runners(store: &StateStore, extra: &[String]) -> Vec<String> {
-    let mut runners = store.known_runners();
+fn runner_tokens(store: &StateStore, extra: &[String]) -> Vec<String> {
+    let mut runners = store.known_runner_tokens();
     // The same sanitising prepare applies to the short token.
-    runners.extend(extra.iter().map(|r| JobKey::new(0, Some(r)).runner));
+    runners.extend(extra.iter().map(|r| JobKey::new(0, Some(r)).runner_token));
     runners.sort();
     runners.dedup();
     runners
 }
 
-/// Tasks meant to run that carry our `managed-by` tag and one of `runners`.
-async fn ours(ecs: &Ecs, config: &Config, runners: &[String]) -> Result<Vec<TaskSummary>, Failure> {
+/// Tasks meant to run that carry our `managed-by` tag and one of `runner_tokens`.
+async fn ours(ecs: &Ecs, config: &Config, runner_tokens: &[String]) -> Result<Vec<TaskSummary>, Failure> {
     Ok(ecs
         .tasks_meant_to_run()
         .await?
         .into_iter()
         .filter(|t| t.tag(ecs::TAG_MANAGED_BY) == Some(config.family_prefix.as_str()))
-        .filter(|t| t.tag(ecs::TAG_RUNNER).is_some_and(|r| runners.iter().any(|x| x == r)))
+        .filter(|t| {
+            t.tag(ecs::TAG_RUNNER_TOKEN)
+                .is_some_and(|r| runner_tokens.iter().any(|x| x == r))
+        })
         .collect())
 }
 
@@ -212,13 +217,13 @@ fn why_collect(config: &Config, store: &StateStore, task: &TaskSummary, now: f64
     if age_secs < config.gc.start_grace_secs as f64 {
         return None;
     }
-    let runner = task.tag(ecs::TAG_RUNNER)?;
+    let runner_token = task.tag(ecs::TAG_RUNNER_TOKEN)?;
     let Some(job_id) = task.tag(ecs::TAG_JOB).and_then(|j| j.parse::<u64>().ok()) else {
         return Some(format!("no valid {} tag, {age} s old", ecs::TAG_JOB));
     };
     let key = JobKey {
         job_id,
-        runner: runner.to_string(),
+        runner_token: runner_token.to_string(),
     };
     match store.load(&key) {
         Ok(Some(state)) if state.task_arn == task.arn => None,
@@ -294,4 +299,84 @@ async fn delete(ecs: &Ecs, tds: &[TaskDefinitionSummary], dry_run: bool, tally: 
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::JobState;
+
+    fn config(gc: &str) -> Config {
+        Config::parse(
+            &format!(
+                "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n[gc]\n{gc}\n"
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    fn store() -> StateStore {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ecs-executor-gc-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StateStore::new(&dir)
+    }
+
+    fn task(arn: &str, job: Option<&str>, created_at: Option<f64>) -> TaskSummary {
+        let mut tags = vec![(ecs::TAG_RUNNER_TOKEN.to_string(), "tok".to_string())];
+        if let Some(job) = job {
+            tags.push((ecs::TAG_JOB.to_string(), job.to_string()));
+        }
+        TaskSummary {
+            arn: arn.into(),
+            started_by: "gl/tok/1".into(),
+            created_at,
+            tags,
+        }
+    }
+
+    const NOW: f64 = 1_000_000.0;
+
+    #[test]
+    fn a_young_task_without_state_is_left_alone_an_old_one_is_collected() {
+        let (c, s) = (config("start_grace_secs = 300"), store());
+        assert_eq!(why_collect(&c, &s, &task("t1", Some("1"), Some(NOW - 10.0)), NOW), None);
+        let why = why_collect(&c, &s, &task("t1", Some("1"), Some(NOW - 301.0)), NOW).unwrap();
+        assert!(why.contains("no state on this host"), "{why}");
+    }
+
+    #[test]
+    fn a_task_without_a_creation_time_is_never_collected_on_a_guess() {
+        let (c, s) = (config(""), store());
+        assert_eq!(why_collect(&c, &s, &task("t1", Some("1"), None), NOW), None);
+    }
+
+    #[test]
+    fn a_live_job_keeps_its_task_and_a_leftover_attempt_is_collected() {
+        let (c, s) = (config("start_grace_secs = 1"), store());
+        let key = JobKey::new(7, Some("tok"));
+        s.save(&key, &JobState::new(7, "c", "live", "td", false)).unwrap();
+        assert_eq!(
+            why_collect(&c, &s, &task("live", Some("7"), Some(NOW - 3600.0)), NOW),
+            None
+        );
+        let why = why_collect(&c, &s, &task("old", Some("7"), Some(NOW - 3600.0)), NOW).unwrap();
+        assert!(why.contains("earlier prepare attempt") && why.contains("live"), "{why}");
+    }
+
+    #[test]
+    fn max_age_stops_even_a_live_job_and_a_task_without_our_tags_is_not_judged() {
+        let (c, s) = (config("start_grace_secs = 1\nmax_task_age_secs = 60"), store());
+        let key = JobKey::new(8, Some("tok"));
+        s.save(&key, &JobState::new(8, "c", "live", "td", false)).unwrap();
+        let why = why_collect(&c, &s, &task("live", Some("8"), Some(NOW - 61.0)), NOW).unwrap();
+        assert!(why.contains("max_task_age_secs = 60"), "{why}");
+        let mut foreign = task("x", Some("8"), Some(NOW - 30.0));
+        foreign.tags.retain(|(k, _)| k != ecs::TAG_RUNNER_TOKEN);
+        assert_eq!(why_collect(&c, &s, &foreign, NOW), None);
+        let why = why_collect(&c, &s, &task("y", None, Some(NOW - 30.0)), NOW).unwrap();
+        assert!(why.contains(ecs::TAG_JOB), "{why}");
+    }
 }

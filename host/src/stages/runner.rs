@@ -23,13 +23,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::exec::{CreateExecOptions, StartExecOptions};
 use ecs_executor_stage_runner::{client, credentials::JobCredentials, protocol::RunRequest, tls};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, NetworkMode, StageRunnerMode};
 use crate::docker::DockerHost;
-use crate::task_spec::{PortMapping, TaskSpec};
+use crate::docker::exec::ExecCommand;
+use crate::task::{PortMapping, TaskSpec};
 
 /// The runner's directory in the builds volume (shared by the build and helper containers).
 pub const DIR_NAME: &str = ".ecs-executor-runner";
@@ -38,7 +38,7 @@ pub const BINARY_NAME: &str = "ecs-executor-stage-runner";
 
 /// What `run` needs to reach the job's runners. Kept in the job's state file (mode 0600).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunnerState {
+pub struct StageRunnerState {
     /// ECS container name (`build`, `helper`) -> the runner's `ip:port`.
     pub addresses: BTreeMap<String, SocketAddr>,
     pub ca_pem: String,
@@ -46,9 +46,9 @@ pub struct RunnerState {
     pub client_key_pem: String,
 }
 
-impl std::fmt::Debug for RunnerState {
+impl std::fmt::Debug for StageRunnerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunnerState")
+        f.debug_struct("StageRunnerState")
             .field("addresses", &self.addresses)
             .field("client_key_pem", &"[MASKED]")
             .finish()
@@ -121,7 +121,7 @@ pub async fn start(
     docker: &DockerHost,
     containers: &BTreeMap<String, String>,
     host: &str,
-) -> Result<RunnerState, String> {
+) -> Result<StageRunnerState, String> {
     let binary_path = binary(config);
     let binary =
         std::fs::read(&binary_path).map_err(|e| format!("cannot read the runner {}: {e}", binary_path.display()))?;
@@ -129,17 +129,9 @@ pub async fn start(
     let archive = archive(&binary, &creds).map_err(|e| format!("cannot pack the runner: {e}"))?;
     let build_id = containers.get("build").ok_or("no build container")?;
     docker
-        .api
-        .upload_to_container(
-            build_id,
-            Some(bollard::query_parameters::UploadToContainerOptions {
-                path: config.builds_dir.clone(),
-                ..Default::default()
-            }),
-            bollard::body_full(archive.into()),
-        )
+        .upload_archive(build_id, &config.builds_dir, archive)
         .await
-        .map_err(|e| format!("cannot copy the runner into the build container: {}", docker.error(&e)))?;
+        .map_err(|e| format!("cannot copy the runner into the build container: {e}"))?;
 
     let client_config = tls::client_config(
         creds.ca_pem.as_bytes(),
@@ -165,7 +157,7 @@ pub async fn start(
     });
     let [build, helper] = started;
     let (build, helper) = tokio::join!(build, helper);
-    Ok(RunnerState {
+    Ok(StageRunnerState {
         addresses: BTreeMap::from([build?, helper?]),
         ca_pem: creds.ca_pem,
         client_cert_pem: creds.client_cert_pem,
@@ -184,46 +176,27 @@ async fn start_one(
     host: &str,
 ) -> Result<SocketAddr, String> {
     let port = container_port(config, name);
-    let exec = docker
-        .api
-        .create_exec(
-            id,
-            CreateExecOptions {
-                cmd: Some(vec![
-                    format!("{dir}/{BINARY_NAME}"),
-                    "serve".into(),
-                    "--listen".into(),
-                    format!("0.0.0.0:{port}"),
-                    "--dir".into(),
-                    dir.to_string(),
-                ]),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| format!("cannot start the runner in the {name} container: {}", docker.error(&e)))?;
+    let command = ExecCommand::new(&[
+        format!("{dir}/{BINARY_NAME}"),
+        "serve".into(),
+        "--listen".into(),
+        format!("0.0.0.0:{port}"),
+        "--dir".into(),
+        dir.to_string(),
+    ]);
     docker
-        .api
-        .start_exec(
-            &exec.id,
-            Some(StartExecOptions {
-                detach: true,
-                ..Default::default()
-            }),
-        )
+        .exec_detached(id, command)
         .await
-        .map_err(|e| format!("cannot start the runner in the {name} container: {}", docker.error(&e)))?;
-    let inspect = docker
-        .api
-        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .map_err(|e| format!("cannot start the runner in the {name} container: {e}"))?;
+    let info = docker
+        .container_info(id)
         .await
-        .map_err(|e| format!("cannot inspect the {name} container: {}", docker.error(&e)))?;
-    let host_port = inspect
-        .network_settings
-        .and_then(|n| n.ports)
-        .and_then(|ports| ports.get(&format!("{port}/tcp")).cloned().flatten())
-        .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
-        .and_then(|p| p.parse::<u16>().ok())
+        .map_err(|e| format!("cannot inspect the {name} container: {e}"))?
+        .ok_or_else(|| format!("the {name} container is gone"))?;
+    let host_port = info
+        .published_ports
+        .get(&format!("{port}/tcp"))
+        .copied()
         .ok_or_else(|| format!("port {port} of the {name} container is not published on the instance"))?;
     (host, host_port)
         .to_socket_addrs()
@@ -292,11 +265,13 @@ fn archive(binary: &[u8], creds: &JobCredentials) -> std::io::Result<Vec<u8>> {
 pub enum RunnerEnd {
     Exited(i32),
     Cancelled,
-    /// Nothing was started (no connection): the stage may use Docker exec instead.
-    Unreachable(String),
+    /// The stage runner provably started nothing (TCP connect or TLS handshake failed): the
+    /// stage may use Docker exec instead.
+    NotStarted(String),
     /// The runner refused the stage before starting it.
     Refused(String),
-    /// The connection broke mid-stage.
+    /// The request was sent and then the connection broke, or no answer came in time: the
+    /// stage may have started. Never run it again.
     Lost(String),
     /// Writing the output to our stdout/stderr failed.
     Output(std::io::Error),
@@ -306,7 +281,7 @@ pub enum RunnerEnd {
 /// completing (SIGTERM from gitlab-runner) makes the runner SIGTERM the stage's process
 /// group, and SIGKILL it after `kill_grace`.
 pub async fn run_stage(
-    state: &RunnerState,
+    state: &StageRunnerState,
     addr: SocketAddr,
     request: RunRequest,
     connect_timeout: Duration,
@@ -318,64 +293,42 @@ pub async fn run_stage(
         state.client_key_pem.as_bytes(),
     ) {
         Ok(c) => c,
-        Err(e) => return RunnerEnd::Unreachable(format!("the job's runner credentials: {e}")),
+        Err(e) => return RunnerEnd::NotStarted(format!("the job's runner credentials: {e}")),
     };
     // The blocking client polls the read end of a pipe; cancel writes to the other end.
-    let (cancel_rx, cancel_tx) = match pipe() {
+    let (cancel_rx, mut cancel_tx) = match std::io::pipe() {
         Ok(p) => p,
-        Err(e) => return RunnerEnd::Unreachable(format!("cannot make a pipe: {e}")),
+        Err(e) => return RunnerEnd::NotStarted(format!("cannot make a pipe: {e}")),
     };
     let mut stage = tokio::task::spawn_blocking(move || {
         use std::os::fd::AsFd;
         // Straight to fds 1 and 2: no line buffer between a chunk and gitlab-runner.
-        // SAFETY: fds 1 and 2 stay open for the whole process; ManuallyDrop never closes them.
-        let (mut out, mut err) = unsafe {
-            use std::os::fd::FromRawFd;
-            (
-                std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(1)),
-                std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(2)),
-            )
-        };
+        let mut raw = super::RawOut::new();
         client::run(
             addr,
             config,
             connect_timeout,
             &request,
             Some(cancel_rx.as_fd()),
-            &mut *out,
-            &mut *err,
+            &mut *raw.out,
+            &mut *raw.err,
         )
     });
     tokio::pin!(cancel);
     let joined = tokio::select! {
         joined = &mut stage => joined,
         () = &mut cancel => {
-            let _ = std::io::Write::write_all(&mut std::fs::File::from(cancel_tx), b"x");
+            let _ = std::io::Write::write_all(&mut cancel_tx, b"x");
             stage.await
         }
     };
     match joined {
         Ok(Ok(client::End::Exited(code))) => RunnerEnd::Exited(code),
         Ok(Ok(client::End::Cancelled)) => RunnerEnd::Cancelled,
-        Ok(Err(client::ClientError::Connect { reason, .. })) => RunnerEnd::Unreachable(reason),
+        Ok(Err(client::ClientError::Connect { reason, .. })) => RunnerEnd::NotStarted(reason),
         Ok(Err(client::ClientError::Rejected { message, .. })) => RunnerEnd::Refused(message),
         Ok(Err(client::ClientError::Lost { reason, .. })) => RunnerEnd::Lost(reason),
         Ok(Err(client::ClientError::Output(e))) => RunnerEnd::Output(e),
         Err(e) => RunnerEnd::Lost(format!("the stage thread failed: {e}")),
     }
-}
-
-fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both fds on success; we own them from here on.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
 }

@@ -1,0 +1,65 @@
+//! The `[aws]` table and the ways a task is launched: credentials and retries, the launch type
+//! or capacity provider strategy, and the `[awsvpc]` network configuration.
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// A named profile of the shared AWS config; unset: the default credential chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Static credentials, meant for local stand-ins; prefer roles on real AWS.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Read as a [`Secret`]: `Debug` and `Display` print `[MASKED]`.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// Attempts per AWS call, including the first (standard retry mode with jitter).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        AwsSettings {
+            profile: None,
+            access_key_id: None,
+            secret_access_key: None,
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityProvider {
+    pub capacity_provider: String,
+    #[serde(default)]
+    pub weight: i32,
+    #[serde(default)]
+    pub base: i32,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+/// How tasks are launched when no capacity provider strategy is given (only EC2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum LaunchType {
+    #[serde(rename = "EC2")]
+    Ec2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsVpc {
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub assign_public_ip: bool,
+}

@@ -1,0 +1,68 @@
+//! The cluster and its container instances (`check`, placement of the job's task).
+
+use super::{Ecs, EcsError, api};
+
+impl Ecs {
+    /// The EC2 instance id behind a container instance.
+    /// The EC2 instance id behind a container instance, and the container instance's ECS
+    /// attributes (name, value) — what address plugins see.
+    #[allow(clippy::type_complexity)]
+    pub async fn ec2_instance_of(
+        &self,
+        container_instance_arn: &str,
+    ) -> Result<(String, Vec<(String, Option<String>)>), EcsError> {
+        let out = self
+            .client
+            .describe_container_instances()
+            .cluster(&self.cluster)
+            .container_instances(container_instance_arn)
+            .send()
+            .await
+            .map_err(api("DescribeContainerInstances"))?;
+        let ci = out.container_instances().first();
+        let id = ci
+            .and_then(|ci| ci.ec2_instance_id())
+            .map(String::from)
+            .ok_or(EcsError::Incomplete {
+                action: "DescribeContainerInstances",
+                what: "EC2 instance id",
+            })?;
+        let attributes = ci
+            .map(|ci| {
+                ci.attributes()
+                    .iter()
+                    .map(|a| (a.name().to_string(), a.value().map(String::from)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((id, attributes))
+    }
+
+    /// DescribeClusters: the cluster's status (ACTIVE when usable).
+    pub async fn cluster_status(&self) -> Result<Option<String>, EcsError> {
+        let out = self
+            .client
+            .describe_clusters()
+            .clusters(&self.cluster)
+            .send()
+            .await
+            .map_err(api("DescribeClusters"))?;
+        Ok(out.clusters().first().and_then(|c| c.status()).map(String::from))
+    }
+
+    /// The cluster's container instances (ARNs).
+    pub async fn container_instances(&self) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_container_instances()
+            .cluster(&self.cluster)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListContainerInstances"))?;
+            arns.extend(page.container_instance_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+}

@@ -1,0 +1,161 @@
+//! Why ECS stopped a task, in words for the job log, and whose fault that is.
+
+use std::time::Duration;
+
+use super::tasks::TaskStatus;
+use crate::config::Config;
+use crate::failure::Failure;
+use crate::task::TaskSpec;
+
+impl TaskStatus {
+    /// ECS's own words on why the task stopped: the task's reason and any container reasons.
+    pub fn stop_explanation(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = self.stopped_reason.as_deref().filter(|r| !r.is_empty()) {
+            parts.push(r.to_string());
+        }
+        for c in &self.containers {
+            if let Some(r) = c.reason.as_deref().filter(|r| !r.is_empty())
+                && !parts.iter().any(|p| p == r)
+            {
+                parts.push(format!("container {}: {r}", c.name));
+            }
+        }
+        if parts.is_empty() {
+            parts.push(format!("stop code {}", self.stop_code.as_deref().unwrap_or("unknown")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Why the task stopped before RUNNING, in words a user understands, with ECS's reason quoted.
+/// An image that does not exist is the job's failure (as with GitLab's Docker executor); a
+/// pull that failed for reasons that may pass (throttling, timeouts) is a system failure, so
+/// gitlab-runner retries.
+pub fn before_running(spec: &TaskSpec, status: &TaskStatus) -> Failure {
+    let why = status.stop_explanation();
+    let pull_failed = |text: &str| text.contains("CannotPullContainerError");
+    if !pull_failed(&why) {
+        return Failure::system(format!("ECS stopped the task before it ran: {why}"));
+    }
+    let failed_container = status
+        .containers
+        .iter()
+        .find(|c| c.reason.as_deref().is_some_and(pull_failed))
+        .map(|c| c.name.as_str())
+        .unwrap_or("build");
+    let image = spec
+        .containers
+        .iter()
+        .find(|c| c.name == failed_container)
+        .map(|c| c.image.as_str())
+        .unwrap_or("?");
+    let message = format!("the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}");
+    if pull_error_is_transient(&why) {
+        Failure::system(message)
+    } else {
+        Failure::build(message)
+    }
+}
+
+fn pull_error_is_transient(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    let permanent = [
+        "not found",
+        "manifest unknown",
+        "repository does not exist",
+        "pull access denied",
+        "invalid reference format",
+    ];
+    if permanent.iter().any(|p| r.contains(p)) {
+        return false;
+    }
+    // Anything else (throttling, timeouts, 5xx, network) may pass: let gitlab-runner retry.
+    true
+}
+
+/// ECS's reason for stopping the task. Only on this failure path does a run stage talk to
+/// AWS: the agent reports a stop a moment after the containers die, so look for a few seconds.
+pub async fn after_stage(config: &Config, task_arn: &str) -> String {
+    let clients = crate::aws::AwsClients::load(config).await;
+    let ecs = super::Ecs::new(clients.ecs, &config.cluster);
+    let look = async {
+        let mut last = String::from("no answer");
+        for _ in 0..20 {
+            match ecs.describe_task(task_arn).await {
+                Ok(status) if status.missing => return "the task is unknown to ECS (MISSING)".to_string(),
+                Ok(status) if status.desired_status == "STOPPED" || status.last_status == "STOPPED" => {
+                    return status.stop_explanation();
+                }
+                Ok(status) => {
+                    last = format!(
+                        "the task is still {} (desired {})",
+                        status.last_status, status.desired_status
+                    )
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        last
+    };
+    tokio::time::timeout(Duration::from_secs(15), look)
+        .await
+        .unwrap_or_else(|_| "ECS did not answer within 15 s".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ecs::tasks::ContainerStatus;
+    use crate::job::JobContext;
+
+    #[test]
+    fn pull_errors_are_classified() {
+        assert!(!pull_error_is_transient(
+            "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref docker.io/library/nosuch:latest: docker.io/library/nosuch:latest: not found"
+        ));
+        assert!(pull_error_is_transient(
+            "CannotPullContainerError: toomanyrequests: You have reached your pull rate limit"
+        ));
+        assert!(pull_error_is_transient(
+            "CannotPullContainerError: dial tcp 1.2.3.4:443: i/o timeout"
+        ));
+    }
+
+    #[test]
+    fn stopped_task_names_the_image_that_failed() {
+        let config = Config::parse(
+            "cluster='c'\nregion='us-east-1'\nhelper_image='helper:1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let job = JobContext {
+            key: crate::protocol::JobKey::new(1, None),
+            project_path: String::new(),
+            runner_version: String::new(),
+            image: "nosuch:1".into(),
+            image_entrypoint: None,
+            secrets: vec![],
+        };
+        let spec = TaskSpec::for_job(&config, &job);
+        let reason = "CannotPullContainerError: failed to resolve ref docker.io/library/nosuch:1: not found";
+        let status = TaskStatus {
+            last_status: "STOPPED".into(),
+            stopped_reason: Some(reason.into()),
+            containers: vec![ContainerStatus {
+                name: "build".into(),
+                reason: Some(reason.into()),
+            }],
+            ..Default::default()
+        };
+        let f = before_running(&spec, &status);
+        assert_eq!(f.blame, crate::failure::Blame::Build);
+        assert!(
+            f.message.contains("\"nosuch:1\"") && f.message.contains("not found"),
+            "{}",
+            f.message
+        );
+    }
+}

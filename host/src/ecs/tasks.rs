@@ -1,0 +1,399 @@
+//! The job's task: run it (waiting while the cluster is full), watch it until RUNNING, stop
+//! it, and find tasks again (`cleanup`, `gc`).
+
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+
+use aws_sdk_ecs::types::{AwsVpcConfiguration, CapacityProviderStrategyItem, LaunchType, NetworkConfiguration};
+
+use super::{Ecs, EcsError, api, tag, tag_pairs};
+use crate::config::Config;
+use crate::failure::Failure;
+use crate::joblog::log_note;
+
+/// The job's task as RunTask placed it.
+#[derive(Debug, Clone)]
+pub struct PlacedTask {
+    pub arn: String,
+    pub container_instance_arn: Option<String>,
+}
+
+/// What DescribeTasks says of the job's task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskStatus {
+    pub last_status: String,
+    pub desired_status: String,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
+    pub container_instance_arn: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+    /// DescribeTasks reported the task MISSING.
+    pub missing: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub reason: Option<String>,
+}
+
+/// A task of the cluster as `gc` judges it.
+#[derive(Debug, Clone)]
+pub struct TaskSummary {
+    pub arn: String,
+    pub started_by: String,
+    /// Seconds since the epoch (ECS `createdAt`).
+    pub created_at: Option<f64>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl TaskSummary {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Ecs {
+    /// Run one task of `task_definition_arn`, identified by `started_by` and `tags`.
+    /// Job variables never go into overrides: DescribeTasks shows overrides to anyone.
+    pub async fn run_task(
+        &self,
+        config: &Config,
+        task_definition_arn: &str,
+        started_by: &str,
+        tags: &[(&str, String)],
+    ) -> Result<PlacedTask, EcsError> {
+        let mut req = self
+            .client
+            .run_task()
+            .cluster(&self.cluster)
+            .task_definition(task_definition_arn)
+            .count(1)
+            .started_by(started_by)
+            .enable_ecs_managed_tags(true);
+        for (k, v) in tags {
+            req = req.tags(tag(k, v));
+        }
+        if config.capacity_provider_strategy.is_empty() {
+            req = req.launch_type(LaunchType::Ec2);
+        } else {
+            for cp in &config.capacity_provider_strategy {
+                req = req.capacity_provider_strategy(
+                    CapacityProviderStrategyItem::builder()
+                        .capacity_provider(&cp.capacity_provider)
+                        .weight(cp.weight)
+                        .base(cp.base)
+                        .build()
+                        .expect("capacity_provider is set"),
+                );
+            }
+        }
+        if let Some(vpc) = &config.awsvpc {
+            let awsvpc = AwsVpcConfiguration::builder()
+                .set_subnets(Some(vpc.subnets.clone()))
+                // Unset (not empty) lets ECS use the VPC's default security group.
+                .set_security_groups(Some(vpc.security_groups.clone()).filter(|g| !g.is_empty()))
+                .assign_public_ip(if vpc.assign_public_ip {
+                    aws_sdk_ecs::types::AssignPublicIp::Enabled
+                } else {
+                    aws_sdk_ecs::types::AssignPublicIp::Disabled
+                })
+                .build()
+                .expect("subnets are set");
+            req = req.network_configuration(NetworkConfiguration::builder().awsvpc_configuration(awsvpc).build());
+        }
+        let out = req.send().await.map_err(api("RunTask"))?;
+        if let Some(task) = out.tasks().first() {
+            return Ok(PlacedTask {
+                arn: task.task_arn().unwrap_or_default().to_string(),
+                container_instance_arn: task.container_instance_arn().map(String::from),
+            });
+        }
+        let reasons: Vec<String> = out
+            .failures()
+            .iter()
+            .map(|f| match (f.reason(), f.detail()) {
+                (Some(r), Some(d)) => format!("{r} ({d})"),
+                (Some(r), None) => r.to_string(),
+                _ => "unknown reason".to_string(),
+            })
+            .collect();
+        Err(EcsError::Placement {
+            cluster: self.cluster.clone(),
+            reasons: if reasons.is_empty() {
+                "no task and no failure returned".into()
+            } else {
+                reasons.join(", ")
+            },
+        })
+    }
+
+    pub async fn describe_task(&self, task_arn: &str) -> Result<TaskStatus, EcsError> {
+        let out = self
+            .client
+            .describe_tasks()
+            .cluster(&self.cluster)
+            .tasks(task_arn)
+            .send()
+            .await
+            .map_err(api("DescribeTasks"))?;
+        let Some(task) = out.tasks().first() else {
+            let missing = out.failures().iter().any(|f| f.reason() == Some("MISSING"));
+            if missing {
+                return Ok(TaskStatus {
+                    missing: true,
+                    ..Default::default()
+                });
+            }
+            return Err(EcsError::Incomplete {
+                action: "DescribeTasks",
+                what: "task",
+            });
+        };
+        Ok(TaskStatus {
+            last_status: task.last_status().unwrap_or_default().to_string(),
+            desired_status: task.desired_status().unwrap_or_default().to_string(),
+            stop_code: task.stop_code().map(|c| c.as_str().to_string()),
+            stopped_reason: task.stopped_reason().map(String::from),
+            container_instance_arn: task.container_instance_arn().map(String::from),
+            containers: task
+                .containers()
+                .iter()
+                .map(|c| ContainerStatus {
+                    name: c.name().unwrap_or_default().to_string(),
+                    reason: c.reason().map(String::from),
+                })
+                .collect(),
+            missing: false,
+        })
+    }
+
+    /// Stop a task; a task that is gone or already stopped is not an error.
+    pub async fn stop_task(&self, task_arn: &str, reason: &str) -> Result<(), EcsError> {
+        let out = self
+            .client
+            .stop_task()
+            .cluster(&self.cluster)
+            .task(task_arn)
+            .reason(reason)
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invalid_parameter_exception() || s.is_client_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(api("StopTask")(e)),
+        }
+    }
+
+    /// Tasks of this cluster that are meant to run and were started with `started_by`.
+    pub async fn running_tasks_started_by(&self, started_by: &str) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .started_by(started_by)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListTasks"))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+
+    /// Every task of the cluster that is meant to run, with tags and creation time.
+    pub async fn tasks_meant_to_run(&self) -> Result<Vec<TaskSummary>, EcsError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListTasks"))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        let mut tasks = Vec::with_capacity(arns.len());
+        for chunk in arns.chunks(100) {
+            let out = self
+                .client
+                .describe_tasks()
+                .cluster(&self.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(aws_sdk_ecs::types::TaskField::Tags)
+                .send()
+                .await
+                .map_err(api("DescribeTasks"))?;
+            tasks.extend(out.tasks().iter().map(|t| TaskSummary {
+                arn: t.task_arn().unwrap_or_default().to_string(),
+                started_by: t.started_by().unwrap_or_default().to_string(),
+                created_at: t.created_at().map(|d| d.as_secs_f64()),
+                tags: tag_pairs(t.tags()),
+            }));
+        }
+        Ok(tasks)
+    }
+
+    /// Tasks of `family` meant to run (any startedBy).
+    pub async fn running_tasks_of_family(&self, family: &str) -> Result<Vec<String>, EcsError> {
+        let out = self
+            .client
+            .list_tasks()
+            .cluster(&self.cluster)
+            .family(family)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .send()
+            .await
+            .map_err(api("ListTasks"))?;
+        Ok(out.task_arns().to_vec())
+    }
+}
+
+/// Why a task did not reach RUNNING.
+pub enum WaitError {
+    /// ECS stopped it (its reason is in the status).
+    Stopped(TaskStatus),
+    Other(Failure),
+}
+
+impl From<EcsError> for WaitError {
+    fn from(e: EcsError) -> Self {
+        WaitError::Other(e.into())
+    }
+}
+
+impl Ecs {
+    /// RunTask, waiting while the cluster is full: a `RESOURCE:*` placement failure means the
+    /// instances are busy with other jobs (or capacity is being added), which passes; the job
+    /// waits for room within `start_timeout_secs` instead of failing at once.
+    pub async fn run_when_capacity(
+        &self,
+        config: &Config,
+        task_definition_arn: &str,
+        started_by: &str,
+        tags: &[(&str, String)],
+    ) -> Result<PlacedTask, EcsError> {
+        let deadline = Instant::now() + Duration::from_secs(config.start_timeout_secs);
+        let mut pause = Duration::from_secs(2);
+        let mut told = false;
+        loop {
+            match self.run_task(config, task_definition_arn, started_by, tags).await {
+                Err(EcsError::Placement { reasons, .. })
+                    if reasons.contains("RESOURCE:") && Instant::now() + pause < deadline =>
+                {
+                    if !told {
+                        log_note(format!(
+                            "cluster {} has no room for the task yet ({reasons}); waiting",
+                            self.cluster()
+                        ));
+                        told = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 3 / 2).min(Duration::from_secs(15));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// RunTask on EC2 places at once; this only covers a task reported without an instance.
+    pub async fn wait_for_placement(&self, task_arn: &str) -> Result<String, Failure> {
+        for _ in 0..30 {
+            let status = self.describe_task(task_arn).await?;
+            if let Some(arn) = status.container_instance_arn.clone() {
+                return Ok(arn);
+            }
+            if status.last_status == "STOPPED" || status.missing {
+                return Err(Failure::system(format!(
+                    "task {task_arn} stopped before it was placed: {}",
+                    status.stop_explanation()
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(Failure::system(format!(
+            "task {task_arn} was not placed on a container instance within 30 s"
+        )))
+    }
+
+    /// Poll DescribeTasks once a second, and once more 100 ms after Docker on the instance says
+    /// the last of the task's containers started: RUNNING is noticed quickly without a poll storm.
+    /// Returns how many DescribeTasks calls it took.
+    pub async fn wait_until_running(
+        &self,
+        config: &Config,
+        task_arn: &str,
+        container_count: usize,
+        (already_started, starts): (usize, impl Stream<Item = ()>),
+    ) -> Result<u32, WaitError> {
+        const STEADY: Duration = Duration::from_millis(1000);
+        const AFTER_START: Duration = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(config.start_timeout_secs);
+        let mut events = std::pin::pin!(starts);
+        // Containers that started before we subscribed.
+        let mut started_containers = already_started;
+        let mut events_open = true;
+        // With the event stream open, the start events usually tell first: the first timed poll
+        // comes a little later so a quick start costs one DescribeTasks, not two.
+        let mut next_poll = tokio::time::Instant::now()
+            + if started_containers >= container_count {
+                Duration::ZERO
+            } else {
+                2 * STEADY
+            };
+        let mut polls = 0u32;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_poll) => {}
+                event = events.next(), if events_open => {
+                    match event {
+                        Some(()) => {
+                            started_containers += 1;
+                            if started_containers < container_count {
+                                continue;
+                            }
+                            // All started: the agent reports RUNNING shortly after. One look a
+                            // little later (not at once, which would usually be too early and cost
+                            // a second call), then back to the steady pace.
+                            next_poll = tokio::time::Instant::now() + AFTER_START;
+                            continue;
+                        }
+                        // The event stream is only a hint; polling goes on without it.
+                        _ => { events_open = false; continue; }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let last = self.describe_task(task_arn).await?;
+                return Err(WaitError::Other(Failure::system(format!(
+                    "task {task_arn} did not reach RUNNING within {} s (last status {})",
+                    config.start_timeout_secs, last.last_status
+                ))));
+            }
+            polls += 1;
+            let status = self.describe_task(task_arn).await?;
+            if status.missing {
+                return Err(WaitError::Other(Failure::system(format!(
+                    "task {task_arn} disappeared from ECS (MISSING)"
+                ))));
+            }
+            match status.last_status.as_str() {
+                "RUNNING" => return Ok(polls),
+                "STOPPED" | "DEPROVISIONING" | "STOPPING" => return Err(WaitError::Stopped(status)),
+                _ if status.desired_status == "STOPPED" => return Err(WaitError::Stopped(status)),
+                _ => {}
+            }
+            next_poll = tokio::time::Instant::now() + STEADY;
+        }
+    }
+}
