@@ -118,7 +118,7 @@ pub struct Config {
     /// How long prepare waits for the task to reach RUNNING (image pulls included).
     #[serde(default = "default_start_timeout")]
     pub start_timeout_secs: u64,
-    /// `ecs-executor gc`: what counts as abandoned (see `steps::gc`).
+    /// `ecs-executor gc`: what counts as abandoned (see `admin::gc`).
     #[serde(default)]
     pub gc: GcSettings,
     /// `[services]`: limits on a job's CI services and the wait for their ports.

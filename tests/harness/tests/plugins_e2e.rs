@@ -463,7 +463,7 @@ fn the_address_picker_makes_the_executor_connect_to_the_public_listener() {
         serde_json::from_str(&std::fs::read_to_string(e.state_file(&job)).expect("state file")).expect("state JSON");
     assert_eq!(state["docker"]["host"], "127.0.0.2", "{state:#}");
     // The stage runners are reached at the same address.
-    let build_runner = state["runner"]["addresses"]["build"].as_str().unwrap_or_default();
+    let build_runner = state["stage_runner"]["addresses"]["build"].as_str().unwrap_or_default();
     assert!(build_runner.starts_with("127.0.0.2:"), "{state:#}");
     // Signal 2: the kernel sees the executor's own connection to 127.0.0.2 (the stage runner)
     // while a stage streams from it.
