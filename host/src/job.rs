@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::failure::{Blame, Classify};
-use crate::protocol::{JobKey, JobResponse, ProtocolError, custom_env};
+use crate::protocol::{JobKey, JobResponse, ProtocolError, custom_env, trusted_runner_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -29,7 +29,14 @@ impl Classify for JobError {
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub key: JobKey,
+    /// `job_info.project_id`: GitLab's, not settable by the job (0 when absent).
+    pub project_id: u64,
+    /// The first occurrence of `CI_PROJECT_PATH` (GitLab's predefined value), never a job's
+    /// override of it; "" when the job response has none.
     pub project_path: String,
+    /// The first occurrence of `CI_COMMIT_REF_PROTECTED` is "true": the job runs for a
+    /// protected branch or tag (its caches are kept apart from unprotected ones).
+    pub ref_protected: bool,
     pub runner_version: String,
     /// The build container's image (the job's `image:` or the configured default).
     pub image: String,
@@ -47,29 +54,42 @@ impl JobContext {
     }
 
     pub fn from_response(config: &Config, response: &JobResponse) -> Result<JobContext, JobError> {
-        let key = JobKey::new(response.id, custom_env("CI_RUNNER_SHORT_TOKEN").as_deref());
+        let token = trusted_runner_token(
+            config.runner_short_token.as_deref(),
+            response.sets("CI_RUNNER_SHORT_TOKEN"),
+        )?;
+        let key = JobKey::new(response.id, token.as_deref());
         let job_image = response.image.as_ref().filter(|i| !i.name.trim().is_empty());
         let image = match job_image {
             Some(i) => i.name.clone(),
             None => config.default_image.clone().ok_or(JobError::NoImage)?,
         };
         validate_image(&image)?;
-        let from_response = |name: &str| {
-            response
-                .variables
-                .iter()
-                .find(|v| v.key == name && v.public && !v.masked && !v.file)
-                .map(|v| v.value.clone())
-        };
         Ok(JobContext {
             key,
-            project_path: custom_env("CI_PROJECT_PATH")
-                .or_else(|| from_response("CI_PROJECT_PATH"))
-                .unwrap_or_default(),
-            runner_version: custom_env("CI_RUNNER_VERSION").unwrap_or_default(),
+            project_id: response.job_info.project_id,
+            project_path: response.predefined("CI_PROJECT_PATH").unwrap_or_default().to_string(),
+            ref_protected: response.predefined("CI_COMMIT_REF_PROTECTED") == Some("true"),
+            // Picks the helper image's tag: a job's own CI_RUNNER_VERSION must not.
+            runner_version: if response.sets("CI_RUNNER_VERSION") {
+                String::new()
+            } else {
+                custom_env("CI_RUNNER_VERSION").unwrap_or_default()
+            },
             image_entrypoint: job_image.and_then(|i| i.entrypoint.clone()).filter(|e| !e.is_empty()),
             image,
-            secrets: response.secret_values().into_iter().map(String::from).collect(),
+            // Masked, file-type and non-public variables, and the `secrets:` keyword's values.
+            secrets: response
+                .secret_values()
+                .into_iter()
+                .map(String::from)
+                .chain(
+                    crate::protocol::unlisted_custom_env(response)
+                        .into_iter()
+                        .map(|(_, v)| v)
+                        .filter(|v| v.len() >= 4),
+                )
+                .collect(),
         })
     }
 
@@ -95,7 +115,9 @@ impl JobContext {
     pub fn for_tests(image: &str) -> JobContext {
         JobContext {
             key: JobKey::new(1, Some("abc")),
+            project_id: 1,
             project_path: String::new(),
+            ref_protected: false,
             runner_version: String::new(),
             image: image.into(),
             image_entrypoint: None,
@@ -144,6 +166,53 @@ mod tests {
             ..JobContext::for_tests("alpine")
         };
         assert_eq!(job.redact("x abcdef-longer y abc z"), "x [MASKED] y [MASKED] z");
+    }
+
+    fn response(vars: &[(&str, &str, bool)]) -> JobResponse {
+        let text = serde_json::json!({
+            "id": 5,
+            "job_info": {"project_id": 42},
+            "image": {"name": "alpine:3"},
+            "variables": vars.iter().map(|(k, v, public)| serde_json::json!({"key": k, "value": v, "public": public})).collect::<Vec<_>>(),
+        });
+        serde_json::from_value(text).unwrap()
+    }
+
+    fn config() -> Config {
+        Config::parse(
+            "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn project_and_protection_come_from_gitlab_not_from_a_job_override() {
+        let r = response(&[
+            ("CI_PROJECT_PATH", "team/app", true),
+            ("CI_COMMIT_REF_PROTECTED", "false", true),
+            ("CI_PROJECT_PATH", "prod/deploy", true),
+            ("CI_COMMIT_REF_PROTECTED", "true", true),
+        ]);
+        let job = JobContext::from_response(&config(), &r).unwrap();
+        assert_eq!(
+            (job.project_id, job.project_path.as_str(), job.ref_protected),
+            (42, "team/app", false)
+        );
+        // A first occurrence that is not public is not GitLab's predefined value.
+        let r = response(&[("CI_PROJECT_PATH", "prod/deploy", false)]);
+        assert_eq!(JobContext::from_response(&config(), &r).unwrap().project_path, "");
+    }
+
+    #[test]
+    fn a_job_that_sets_the_runner_token_is_refused_unless_the_config_names_it() {
+        let r = response(&[("CI_RUNNER_SHORT_TOKEN", "otherhost", true)]);
+        let err = JobContext::from_response(&config(), &r).unwrap_err();
+        assert_eq!(err.blame(), Blame::Build);
+        assert!(err.to_string().contains("CI_RUNNER_SHORT_TOKEN"), "{err}");
+        let mut c = config();
+        c.runner_short_token = Some("thishost".into());
+        assert_eq!(JobContext::from_response(&c, &r).unwrap().key.runner_token, "thishost");
     }
 
     #[test]

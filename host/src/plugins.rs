@@ -204,12 +204,13 @@ const TRUSTED: &[&str] = &[
 /// are left out, and so is any value that contains a secret).
 pub fn job_to_wit(job: &JobContext, response: &JobResponse) -> wit::JobContext {
     let safe = |v: &crate::protocol::JobVariable| v.public && !v.masked && !v.file && job.redact(&v.value) == v.value;
+    // Trusted values: the first occurrence only (a job's override comes later), and only
+    // when it is safe to show.
     let first = |key: &str| {
         response
-            .variables
-            .iter()
-            .find(|v| v.key == key && safe(v))
-            .map(|v| v.value.clone())
+            .predefined(key)
+            .filter(|v| job.redact(v) == *v)
+            .map(String::from)
     };
     let kv = |vars: &[crate::protocol::JobVariable]| -> Vec<KeyValue> {
         vars.iter()
@@ -234,13 +235,9 @@ pub fn job_to_wit(job: &JobContext, response: &JobResponse) -> wit::JobContext {
         job_id: response.id,
         pipeline_id: first("CI_PIPELINE_ID").and_then(|v| v.parse().ok()).unwrap_or(0),
         project_id: response.job_info.project_id,
-        project_path: if job.project_path.is_empty() {
-            first("CI_PROJECT_PATH").unwrap_or_default()
-        } else {
-            job.project_path.clone()
-        },
+        project_path: job.project_path.clone(),
         ref_name: response.git_info.git_ref.clone(),
-        ref_protected: first("CI_COMMIT_REF_PROTECTED").is_some_and(|v| v == "true"),
+        ref_protected: job.ref_protected,
         commit_sha: response.git_info.sha.clone(),
         image: job.image.clone(),
         image_entrypoint: job.image_entrypoint.clone(),
@@ -528,6 +525,8 @@ mod tests {
     fn job() -> JobContext {
         JobContext {
             key: JobKey::new(9, None),
+            project_id: 1,
+            ref_protected: false,
             project_path: "g/p".into(),
             runner_version: String::new(),
             image: "alpine:3".into(),

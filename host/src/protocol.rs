@@ -2,7 +2,9 @@
 //! the job response file (the trusted source), the stage names and where each one runs.
 //!
 //! `CUSTOM_ENV_*` values can be set by users through job variables, so anything that must be
-//! trusted (job id, image, services) is read from `JOB_RESPONSE_FILE` instead.
+//! trusted (job id, image, services, project, protection, runner identity) is read from
+//! `JOB_RESPONSE_FILE` instead: its structured fields, or the first occurrence of a predefined
+//! variable ([`JobResponse::predefined`]); see `docs/security.md`.
 
 use std::path::PathBuf;
 
@@ -20,12 +22,69 @@ pub enum ProtocolError {
     BadJobResponse { path: PathBuf, message: String },
     #[error("stage name {0:?} is not valid (expected letters, digits, '_' or '-')")]
     BadStage(String),
+    #[error(
+        "the job sets the variable {0}, which gitlab-runner adds itself to name this runner: \
+         the executor cannot tell the runner's value from the job's. Remove it from the job's \
+         variables (or the runner admin sets `runner_short_token` in the executor config)"
+    )]
+    ForgedIdentity(&'static str),
 }
 
 impl Classify for ProtocolError {
     fn blame(&self) -> Blame {
-        Blame::System
+        match self {
+            // The job's own variables asked for it.
+            ProtocolError::ForgedIdentity(_) => Blame::Build,
+            _ => Blame::System,
+        }
     }
+}
+
+/// The gitlab-runner short token of the runner serving this job, from a source the job cannot
+/// set: the executor config's `runner_short_token`, else `CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN` —
+/// unless the job response carries that name too (a job variable would then be what
+/// gitlab-runner exported), which is refused.
+pub fn trusted_runner_token(configured: Option<&str>, job_sets_it: bool) -> Result<Option<String>, ProtocolError> {
+    if let Some(token) = configured {
+        return Ok(Some(token.to_string()));
+    }
+    if job_sets_it {
+        return Err(ProtocolError::ForgedIdentity("CI_RUNNER_SHORT_TOKEN"));
+    }
+    Ok(custom_env("CI_RUNNER_SHORT_TOKEN"))
+}
+
+/// Variables gitlab-runner adds itself (they are not in the job response), that GitLab's
+/// Docker executor also hands to services (`PublicOrInternal()`). Any other `CUSTOM_ENV_*`
+/// that is not in the job response — values of the `secrets:` keyword (Vault, AWS Secrets
+/// Manager, ...) among them — goes nowhere but the job's own script, and is redacted.
+pub const RUNNER_INTERNAL_VARIABLES: &[&str] = &[
+    "CI_BUILDS_DIR",
+    "CI_PROJECT_DIR",
+    "CI_CONCURRENT_ID",
+    "CI_CONCURRENT_PROJECT_ID",
+    "CI_SERVER",
+    "CI_SHARED_ENVIRONMENT",
+    "CI_DISPOSABLE_ENVIRONMENT",
+    "CI_RUNNER_SHORT_TOKEN",
+    "CI_RUNNER_VERSION",
+    "CI_RUNNER_REVISION",
+    "CI_RUNNER_EXECUTABLE_ARCH",
+    "CI_JOB_STATUS",
+    "GITLAB_CI",
+];
+
+/// `CUSTOM_ENV_*` values that are neither in the job response nor runner-internal: what
+/// gitlab-runner resolved from the job's `secrets:`. (name, value), sorted by name.
+pub fn unlisted_custom_env(response: &JobResponse) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(k, v)| Some((k.strip_prefix("CUSTOM_ENV_")?.to_string(), v)))
+        .filter(|(k, _)| {
+            !response.sets(k) && !RUNNER_INTERNAL_VARIABLES.contains(&k.as_str()) && k != "CI_JOB_SERVICES"
+        })
+        .collect();
+    vars.sort();
+    vars
 }
 
 /// A job variable gitlab-runner exported as `CUSTOM_ENV_<name>`.
@@ -150,6 +209,24 @@ impl JobResponse {
         Ok(response)
     }
 
+    /// A predefined variable as GitLab set it: its FIRST occurrence (GitLab lists predefined
+    /// variables before project and job variables, and a job's `variables:` may repeat the
+    /// name later; gitlab-runner exports the last one as `CUSTOM_ENV_*`). `None` when the
+    /// first occurrence is not public (then it is not GitLab's predefined value).
+    pub fn predefined(&self, name: &str) -> Option<&str> {
+        self.variables
+            .iter()
+            .find(|v| v.key == name)
+            .filter(|v| v.public && !v.masked && !v.file)
+            .map(|v| v.value.as_str())
+    }
+
+    /// Does any entry of the job response carry this variable (a job that sets a variable
+    /// named like one the runner adds itself makes it appear here)?
+    pub fn sets(&self, name: &str) -> bool {
+        self.variables.iter().any(|v| v.key == name)
+    }
+
     /// Values that must never be printed or sent anywhere but into the job's own script.
     pub fn secret_values(&self) -> Vec<&str> {
         self.variables
@@ -170,11 +247,20 @@ pub struct JobKey {
 }
 
 impl JobKey {
-    pub fn load() -> Result<JobKey, ProtocolError> {
+    /// The job's key from the job response (its id and variable names only) and a trusted
+    /// runner token (see [`trusted_runner_token`]); `configured`: the config's token.
+    pub fn load(configured: Option<&str>) -> Result<JobKey, ProtocolError> {
+        #[derive(Deserialize)]
+        struct KeyOnly {
+            #[serde(default)]
+            key: String,
+        }
         #[derive(Deserialize)]
         struct IdOnly {
             #[serde(default)]
             id: u64,
+            #[serde(default, deserialize_with = "null_as_empty")]
+            variables: Vec<KeyOnly>,
         }
         let only: IdOnly = read_job_response()?;
         if only.id == 0 {
@@ -183,7 +269,9 @@ impl JobKey {
                 message: "it has no job `id`".into(),
             });
         }
-        Ok(Self::new(only.id, custom_env("CI_RUNNER_SHORT_TOKEN").as_deref()))
+        let sets_token = only.variables.iter().any(|v| v.key == "CI_RUNNER_SHORT_TOKEN");
+        let token = trusted_runner_token(configured, sets_token)?;
+        Ok(Self::new(only.id, token.as_deref()))
     }
 
     pub fn new(job_id: u64, runner_short_token: Option<&str>) -> JobKey {

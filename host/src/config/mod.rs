@@ -95,6 +95,12 @@ pub struct Config {
     /// true: reach Docker on the instance's private IP; false: on its public IP.
     #[serde(default = "yes")]
     pub use_private_ip: bool,
+    /// The short token (first 8 characters of the token) of the gitlab-runner this config
+    /// serves. Optional: without it the token comes from gitlab-runner's
+    /// `CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN`, and a job that sets a variable of that name is
+    /// refused (it would decide whose tasks `gc` judges).
+    #[serde(default)]
+    pub runner_short_token: Option<String>,
     /// Prefix of the task definition families this executor registers.
     #[serde(default = "default_family_prefix")]
     pub family_prefix: String,
@@ -259,6 +265,16 @@ impl Config {
             return Err(invalid(
                 "family_prefix",
                 format!("{:?} must be 1-200 letters, digits, '-' or '_'", self.family_prefix),
+            ));
+        }
+        if let Some(token) = &self.runner_short_token
+            && (token.is_empty()
+                || token.len() > 16
+                || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(invalid(
+                "runner_short_token",
+                "must be 1-16 letters, digits, '-' or '_' (the runner's short token)".into(),
             ));
         }
         for (key, dir) in [

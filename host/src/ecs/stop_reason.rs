@@ -133,6 +133,8 @@ mod tests {
         .unwrap();
         let job = JobContext {
             key: crate::protocol::JobKey::new(1, None),
+            project_id: 1,
+            ref_protected: false,
             project_path: String::new(),
             runner_version: String::new(),
             image: "nosuch:1".into(),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::failure::{Blame, Classify};
-use crate::protocol::{JobResponse, JobService, custom_env};
+use crate::protocol::{JobResponse, JobService, RUNNER_INTERNAL_VARIABLES, custom_env};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -198,12 +198,13 @@ fn service_variables(s: &JobService) -> impl Iterator<Item = (String, String)> +
 }
 
 /// The runner's own variables (`CI_BUILDS_DIR`, `CI_RUNNER_VERSION`, ...): the `CUSTOM_ENV_*`
-/// that are not job variables from GitLab.
+/// named in [`RUNNER_INTERNAL_VARIABLES`] that are not job variables from GitLab. Nothing
+/// else of `CUSTOM_ENV_*` reaches a service (the `secrets:` keyword's values arrive there).
 fn internal_variables(response: &JobResponse) -> Vec<(String, String)> {
-    let from_gitlab: BTreeSet<&str> = response.variables.iter().map(|v| v.key.as_str()).collect();
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter_map(|(k, v)| Some((k.strip_prefix("CUSTOM_ENV_")?.to_string(), v)))
-        .filter(|(k, _)| !from_gitlab.contains(k.as_str()) && k != "CI_JOB_SERVICES")
+    let mut vars: Vec<(String, String)> = RUNNER_INTERNAL_VARIABLES
+        .iter()
+        .filter(|k| !response.sets(k))
+        .filter_map(|k| Some((k.to_string(), custom_env(k)?)))
         .collect();
     vars.sort();
     vars

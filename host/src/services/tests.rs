@@ -155,6 +155,8 @@ fn the_task_definition_gets_a_launcher_links_and_no_variable() {
     let got = load(&c, &response(vec![s])).unwrap();
     let job = crate::job::JobContext {
         key: crate::protocol::JobKey::new(1, None),
+        project_id: 1,
+        ref_protected: false,
         project_path: String::new(),
         runner_version: String::new(),
         image: "build:1".into(),

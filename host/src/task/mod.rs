@@ -159,7 +159,7 @@ impl TaskSpec {
                 },
                 VolumeSpec {
                     name: CACHE_VOLUME.into(),
-                    host_path: Some(config.cache_host_path.clone()),
+                    host_path: Some(cache_host_path(config, job)),
                 },
             ],
             placement_constraints: vec![],
@@ -175,6 +175,19 @@ impl TaskSpec {
         let json = serde_json::to_vec(self).expect("a TaskSpec always serializes");
         hex::encode(Sha256::digest(&json))
     }
+}
+
+/// The job's cache directory on the container instance: one per project and protection level
+/// (from GitLab's `job_info.project_id` and the predefined `CI_COMMIT_REF_PROTECTED`, which a
+/// job cannot set), as the Docker executor gives each project its own cache volume and GitLab
+/// keeps protected refs' caches apart. Jobs of one project and protection level share it.
+pub fn cache_host_path(config: &Config, job: &JobContext) -> String {
+    format!(
+        "{}/project-{}/{}",
+        config.cache_host_path.trim_end_matches('/'),
+        job.project_id,
+        if job.ref_protected { "protected" } else { "unprotected" }
+    )
 }
 
 /// GitLab's official helper image for the runner's version, unless the config names one.
@@ -216,6 +229,8 @@ mod tests {
     fn job(image: &str) -> JobContext {
         JobContext {
             key: JobKey::new(1, Some("abc")),
+            project_id: 1,
+            ref_protected: false,
             project_path: "g/p".into(),
             runner_version: "19.4.0".into(),
             image: image.into(),
@@ -232,6 +247,8 @@ mod tests {
             &c,
             &JobContext {
                 key: JobKey::new(99, Some("zzz")),
+                project_id: 1,
+                ref_protected: false,
                 ..job("alpine:3")
             },
         );
@@ -243,6 +260,22 @@ mod tests {
         );
         let d = TaskSpec::for_job(&c, &job("alpine:4"));
         assert_ne!(a.content_hash(), d.content_hash());
+    }
+
+    #[test]
+    fn caches_are_per_project_and_protection_level() {
+        let c = config();
+        let spec = |project_id, ref_protected| {
+            let job = JobContext {
+                project_id,
+                ref_protected,
+                ..job("alpine:3")
+            };
+            TaskSpec::for_job(&c, &job).volumes[1].host_path.clone().unwrap()
+        };
+        assert_eq!(spec(7, false), "/var/cache/ecs-executor/project-7/unprotected");
+        assert_eq!(spec(7, true), "/var/cache/ecs-executor/project-7/protected");
+        assert_ne!(spec(7, false), spec(8, false));
     }
 
     #[test]
