@@ -25,6 +25,12 @@ pub enum StateError {
     Corrupt { path: PathBuf, message: String },
     #[error("no state for job {job}: prepare did not finish for this job on this host ({path} is missing)")]
     Missing { job: String, path: PathBuf },
+    #[error(
+        "state directory {path} {problem}: another user could change job states and locks. \
+         Fix its owner and mode (chown root, chmod go-w), or set `state_dir` to a directory only \
+         root or the executor's user can write"
+    )]
+    Insecure { path: PathBuf, problem: String },
 }
 
 impl Classify for StateError {
@@ -99,6 +105,28 @@ impl StateStore {
         }
     }
 
+    /// The state dir, created (0700) if missing, after checking — as ssh checks `~/.ssh` —
+    /// that no other user can change what it holds: it and every parent must be owned by root
+    /// or by us and not writable by group or others (a parent may be world-writable only with
+    /// the sticky bit, as `/tmp` is). Job states hold per-job keys and decide which task a
+    /// stage talks to.
+    pub fn open(state_dir: &Path) -> Result<StateStore, StateError> {
+        if !state_dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(Self::io(state_dir))?;
+        }
+        check_ownership(state_dir, true)?;
+        let mut parent = state_dir.parent();
+        while let Some(dir) = parent {
+            check_ownership(dir, false)?;
+            parent = dir.parent();
+        }
+        Ok(Self::new(state_dir))
+    }
+
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
         move |source| StateError::Io {
             path: path.to_path_buf(),
@@ -153,12 +181,13 @@ impl StateStore {
     pub fn save(&self, key: &JobKey, state: &JobState) -> Result<(), StateError> {
         let dir = self.subdir("jobs")?;
         let path = self.path(key);
-        let tmp = dir.join(format!(".{}.{}.tmp", key.file_stem(), std::process::id()));
+        // An unpredictable name, created anew (O_EXCL, never through a symlink).
+        let tmp = dir.join(format!(".{}.{}.tmp", key.file_stem(), random_hex()));
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))?;
@@ -190,6 +219,7 @@ impl StateStore {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&path)
             .map_err(Self::io(&path))?;
@@ -202,6 +232,52 @@ impl StateStore {
 // ---- What `gc` needs to know on this host: runners served, task definitions last used -----
 
 /// Seconds since the epoch.
+/// 16 hex digits from the kernel's random source.
+fn random_hex() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        // No /dev/urandom: still unique per process and moment; O_EXCL keeps it safe.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes = (nanos ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+/// `dir` is owned by root or by us and not writable by group or others; `strict`: no
+/// exception for sticky world-writable directories.
+fn check_ownership(dir: &Path, strict: bool) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).map_err(StateStore::io(dir))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.mode();
+    let sticky_shared = !strict && mode & 0o1000 != 0;
+    let problem = if meta.uid() != 0 && meta.uid() != me {
+        Some(format!(
+            "is owned by uid {}, not by root or the executor's user (uid {me})",
+            meta.uid()
+        ))
+    } else if mode & 0o022 != 0 && !sticky_shared {
+        Some(format!("is writable by group or others (mode {:o})", mode & 0o7777))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -237,6 +313,28 @@ impl StateStore {
 
     pub fn forget_task_definition(&self, family: &str) {
         let _ = fs::remove_file(self.dir.join("taskdefs").join(family));
+        let _ = fs::remove_file(self.dir.join("registered").join(family));
+    }
+
+    /// Record that this host registered `arn` (under the task definition's lock): reuse
+    /// trusts only revisions this host registered, never one someone else planted in the
+    /// family with the same content-hash tag.
+    pub fn note_registered(&self, family: &str, arn: &str) -> Result<(), StateError> {
+        let dir = self.subdir("registered")?;
+        let path = dir.join(family);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io(&path))?;
+        writeln!(file, "{arn}").map_err(Self::io(&path))
+    }
+
+    /// The revision of `family` this host registered last, if any.
+    pub fn registered_here(&self, family: &str) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join("registered").join(family)).ok()?;
+        text.lines().rev().find(|l| !l.is_empty()).map(String::from)
     }
 
     /// The gitlab-runner short tokens this host has served (`runners/`).
@@ -283,6 +381,45 @@ mod tests {
         store.remove(&key).unwrap();
         assert!(store.load(&key).unwrap().is_none());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        let dir = temp_dir("insecure");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let err = StateStore::open(&dir).err().unwrap().to_string();
+        assert!(
+            err.contains("writable by group or others") && err.contains("777"),
+            "{err}"
+        );
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        assert!(StateStore::open(&dir).is_ok());
+        // A sticky, world-writable parent (like /tmp) is fine; the state dir itself is not.
+        let shared = dir.join("shared");
+        fs::create_dir_all(&shared).unwrap();
+        fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        assert!(StateStore::open(&shared.join("state")).is_ok());
+        assert!(StateStore::open(&shared).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_temp_file_of_a_save_never_follows_a_planted_symlink() {
+        let dir = temp_dir("symlink");
+        let store = StateStore::open(&dir).unwrap();
+        let key = JobKey::new(9, Some("tok"));
+        store.save(&key, &JobState::new(9, "c", "t", "td", false)).unwrap();
+        // Lock files are not followed through symlinks either.
+        let target = dir.join("victim");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("locks").join("x.lock")).unwrap_or_else(|_| {
+            fs::create_dir_all(dir.join("locks")).unwrap();
+            std::os::unix::fs::symlink(&target, dir.join("locks").join("x.lock")).unwrap()
+        });
+        assert!(store.lock("x").is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

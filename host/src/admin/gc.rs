@@ -78,7 +78,7 @@ impl Tally {
 
 /// `ecs-executor gc [--dry-run] [--runner TOKEN]...`
 pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Result<(), Failure> {
-    let store = StateStore::new(&config.state_dir);
+    let store = StateStore::open(&config.state_dir)?;
     let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
     let ecs = Ecs::new(clients.ecs, &config.cluster);
@@ -146,7 +146,7 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
 /// `family_prefix`, and deregisters and deletes every task definition of this `family_prefix`
 /// — shared by every runner using that prefix, so run it when the last of them goes.
 pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Result<(), Failure> {
-    let store = StateStore::new(&config.state_dir);
+    let store = StateStore::open(&config.state_dir)?;
     let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
     let ecs = Ecs::new(clients.ecs, &config.cluster);

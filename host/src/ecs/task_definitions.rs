@@ -34,26 +34,39 @@ impl TaskDefinitionSummary {
 impl Ecs {
     /// Find the task definition with this request's content, or register it. In `per-job`
     /// mode always register (the job's cleanup deregisters it). A family a plugin chose is
-    /// reused by content hash (the tag) like ours.
+    /// reused by content hash (the tag) like ours. Only `registered_here` — the revision
+    /// this host last registered in the family — is a candidate: a family name and a tag are
+    /// what anyone allowed to register task definitions can copy, so the family's latest
+    /// revision is never trusted for what it claims.
     pub async fn ensure_task_definition(
         &self,
         request: &RegisterRequest,
         mode: TaskDefinitionMode,
+        registered_here: Option<&str>,
     ) -> Result<TaskDefinitionUse, EcsError> {
         if mode == TaskDefinitionMode::Reuse
-            && let Some(found) = self.find_by_content(&request.family, request.content_hash()).await?
+            && let Some(arn) = registered_here
+            && let Some(found) = self.find_by_content(arn, request.content_hash()).await?
         {
-            return Ok(found);
+            return Ok(TaskDefinitionUse {
+                family: request.family.clone(),
+                ..found
+            });
         }
         self.register(request).await
     }
 
-    /// The latest ACTIVE revision of `family`, if its content hash tag matches.
-    pub async fn find_by_content(&self, family: &str, hash: &str) -> Result<Option<TaskDefinitionUse>, EcsError> {
+    /// The task definition `family_or_arn` names (a family: its latest revision), if it is
+    /// ACTIVE and its content hash tag matches.
+    pub async fn find_by_content(
+        &self,
+        family_or_arn: &str,
+        hash: &str,
+    ) -> Result<Option<TaskDefinitionUse>, EcsError> {
         let out = self
             .client
             .describe_task_definition()
-            .task_definition(family)
+            .task_definition(family_or_arn)
             .include(TaskDefinitionField::Tags)
             .send()
             .await;
@@ -76,7 +89,7 @@ impl Ecs {
         }
         Ok(Some(TaskDefinitionUse {
             arn: td.task_definition_arn().unwrap_or_default().to_string(),
-            family: family.to_string(),
+            family: td.family().unwrap_or(family_or_arn).to_string(),
             revision: td.revision(),
             reused: true,
         }))

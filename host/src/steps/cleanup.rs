@@ -15,7 +15,7 @@ use crate::joblog::{log_note, log_phase};
 pub async fn run(config: &Config) -> Result<(), Failure> {
     let started = Instant::now();
     let key = JobKey::load(config.runner_short_token.as_deref())?;
-    let store = StateStore::new(&config.state_dir);
+    let store = StateStore::open(&config.state_dir)?;
     // A corrupt state file must not keep the task alive: fall back to finding it by startedBy.
     let state = match store.load(&key) {
         Ok(state) => state,

@@ -34,7 +34,7 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
         message: job.redact(&f.message),
         ..f
     })?;
-    let store = StateStore::new(&config.state_dir);
+    let store = StateStore::open(&config.state_dir)?;
     let clients = AwsClients::load(config).await;
     let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);
 
@@ -122,9 +122,17 @@ async fn task_definition(
     let td = {
         // Jobs racing on one runner host register one revision, not one each.
         let _lock = store.lock(&format!("taskdef-{}", &task.spec.content_hash()[..16]))?;
+        let family = &task.request.family;
         let td = ecs
-            .ensure_task_definition(&task.request, config.task_definition_mode)
+            .ensure_task_definition(
+                &task.request,
+                config.task_definition_mode,
+                store.registered_here(family).as_deref(),
+            )
             .await?;
+        if !td.reused {
+            store.note_registered(family, &td.arn)?;
+        }
         // Under the same lock `gc` takes before removing it: in use from now on.
         store.note_use(&job.key.runner_token, &td.family)?;
         td

@@ -17,7 +17,7 @@ pub async fn run(
 ) -> Result<(), Failure> {
     validate_stage(stage)?;
     let key = JobKey::load(config.runner_short_token.as_deref())?;
-    let state = StateStore::new(&config.state_dir).require(&key)?;
+    let state = StateStore::open(&config.state_dir)?.require(&key)?;
     let script = std::fs::read(script_path)
         .map_err(|e| Failure::system(format!("cannot read the script file {}: {e}", script_path.display())))?;
     crate::stages::run(config, &state, &key, stage, script, shutdown).await
