@@ -41,6 +41,18 @@ pub struct ContainerInstance {
     pub tags: Vec<(String, String)>,
     /// The container instance's ECS attributes (name, value), e.g. `ecs.instance-type`.
     pub attributes: Vec<(String, Option<String>)>,
+    /// The instance metadata service's options as EC2 reports them.
+    pub metadata_options: Option<MetadataOptions>,
+}
+
+/// How the instance's metadata service answers (`check` requires IMDSv2 with one hop, so
+/// bridge-mode containers cannot fetch the instance role's credentials).
+#[derive(Debug, Clone)]
+pub struct MetadataOptions {
+    /// `required` (IMDSv2 only) or `optional`.
+    pub http_tokens: String,
+    pub hop_limit: i32,
+    pub endpoint_enabled: bool,
 }
 
 impl ContainerInstance {
@@ -89,6 +101,11 @@ impl ContainerInstance {
                 .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
                 .collect(),
             attributes,
+            metadata_options: instance.metadata_options().map(|m| MetadataOptions {
+                http_tokens: m.http_tokens().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                hop_limit: m.http_put_response_hop_limit().unwrap_or(1),
+                endpoint_enabled: m.http_endpoint().is_none_or(|e| e.as_str() == "enabled"),
+            }),
         })
     }
 

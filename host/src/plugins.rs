@@ -507,6 +507,7 @@ mod tests {
                 ("ecs.capability.privileged-container".into(), None),
                 ("ecs.instance-type".into(), Some("c6i.large".into())),
             ],
+            metadata_options: None,
         };
         let wit = instance_to_wit(&instance);
         let attributes: Vec<(String, Option<String>)> = wit.attributes.into_iter().map(|a| (a.name, a.value)).collect();

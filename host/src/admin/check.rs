@@ -146,6 +146,34 @@ async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, a
             );
         }
     };
+    // Job containers must not reach the instance role through the metadata service.
+    match &instance.metadata_options {
+        Some(m) if m.endpoint_enabled && (m.http_tokens != "required" || m.hop_limit > 1) => report.fail(
+            format_args!(
+                "instance {} metadata options: HttpTokens={}, HttpPutResponseHopLimit={}: job containers can \
+                 reach the instance's credentials (169.254.169.254)",
+                instance.ec2_instance_id, m.http_tokens, m.hop_limit
+            ),
+            format_args!(
+                "aws ec2 modify-instance-metadata-options --instance-id {} --http-tokens required \
+                 --http-put-response-hop-limit 1 (and set MetadataOptions in the launch template)",
+                instance.ec2_instance_id
+            ),
+        ),
+        Some(m) => report.ok(format_args!(
+            "instance {} metadata options: {}",
+            instance.ec2_instance_id,
+            if m.endpoint_enabled {
+                format!("HttpTokens={}, hop limit {}", m.http_tokens, m.hop_limit)
+            } else {
+                "endpoint disabled".to_string()
+            }
+        )),
+        None => report.fail(
+            format_args!("instance {}: EC2 reports no metadata options", instance.ec2_instance_id),
+            "check that ec2:DescribeInstances answers for the instance",
+        ),
+    }
     let host = match instance.docker_host(config.use_private_ip) {
         Ok(h) => h,
         Err(e) => {
@@ -171,14 +199,10 @@ async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, a
         Err(e) => return report.fail(format_args!("{what}: {e}"), "fix the docker.* TLS files"),
     };
     let limit = Duration::from_secs(config.docker.connect_timeout_secs + 5);
-    match tokio::time::timeout(limit, docker.api.version()).await {
-        Ok(Ok(v)) => report.ok(format_args!(
-            "{what}: Docker {} (API {})",
-            v.version.unwrap_or_default(),
-            v.api_version.unwrap_or_default()
-        )),
+    match tokio::time::timeout(limit, docker.version()).await {
+        Ok(Ok((version, api))) => report.ok(format_args!("{what}: Docker {version} (API {api})")),
         Ok(Err(e)) => report.fail(
-            format_args!("{what}: {}", docker.error(&e)),
+            format_args!("{what}: {e}"),
             "make dockerd listen with --tlsverify on docker.port, signed by docker.ca_file, trusting the CA of \
              docker.cert_file (and let the runner host through the security group)",
         ),

@@ -225,6 +225,12 @@ impl DockerHost {
         self.api.ping().await.map(|_| ()).map_err(|e| self.error(&e))
     }
 
+    /// The daemon's version and API version.
+    pub async fn version(&self) -> Result<(String, String), DockerError> {
+        let v = self.api.version().await.map_err(|e| self.error(&e))?;
+        Ok((v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+    }
+
     /// The task's containers by their ECS container name (`build`, `helper`, services...).
     pub async fn task_containers(&self, task_arn: &str) -> Result<BTreeMap<String, String>, DockerError> {
         let filters =

@@ -113,8 +113,10 @@ pub fn publish_ports(config: &Config, spec: &mut TaskSpec) {
     }
 }
 
-/// Ship the runner and this job's certificates into the builds volume, start a runner in the
-/// build and helper containers and check that each answers. `host` is the instance address
+/// Ship the runner and this job's certificates into each of the build and helper containers
+/// (a private copy in the container's own filesystem, owned by root: not in the shared builds
+/// volume, where the build container could replace the helper's runner or CA), start a
+/// runner in each and check that each answers. `host` is the instance address
 /// Docker was reached at. Any failure: the reason (the job then uses Docker exec).
 pub async fn start(
     config: &Config,
@@ -127,11 +129,6 @@ pub async fn start(
         std::fs::read(&binary_path).map_err(|e| format!("cannot read the runner {}: {e}", binary_path.display()))?;
     let creds = JobCredentials::generate().map_err(|e| e.to_string())?;
     let archive = archive(&binary, &creds).map_err(|e| format!("cannot pack the runner: {e}"))?;
-    let build_id = containers.get("build").ok_or("no build container")?;
-    docker
-        .upload_archive(build_id, &config.builds_dir, archive)
-        .await
-        .map_err(|e| format!("cannot copy the runner into the build container: {e}"))?;
 
     let client_config = tls::client_config(
         creds.ca_pem.as_bytes(),
@@ -139,11 +136,15 @@ pub async fn start(
         creds.client_key_pem.as_bytes(),
     )
     .map_err(|e| e.to_string())?;
-    let dir = format!("{}/{DIR_NAME}", config.builds_dir.trim_end_matches('/'));
+    let dir = format!("/{DIR_NAME}");
     let started = CONTAINERS.map(|name| {
-        let (dir, client_config) = (dir.clone(), client_config.clone());
+        let (dir, client_config, archive) = (dir.clone(), client_config.clone(), archive.clone());
         async move {
             let id = containers.get(name).ok_or_else(|| format!("no {name} container"))?;
+            docker
+                .upload_archive(id, "/", archive)
+                .await
+                .map_err(|e| format!("cannot copy the runner into the {name} container: {e}"))?;
             let addr = start_one(config, docker, id, name, &dir, host).await?;
             wait_until_up(
                 addr,
@@ -231,9 +232,10 @@ async fn wait_until_up(
     })
 }
 
-/// A tar of `<DIR_NAME>/`: the runner binary and the server half of the job's certificates.
-/// Readable by the container's user whoever it is (the job could read them anyway: they are
-/// in its own container and worth nothing outside this job).
+/// A tar of `<DIR_NAME>/`: the runner binary and the server half of the job's certificates,
+/// owned by root. Readable by the container's user whoever it is (the job could read them
+/// anyway: they are in its own container and worth nothing outside this job), writable by
+/// root only.
 fn archive(binary: &[u8], creds: &JobCredentials) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let now = std::time::SystemTime::now()

@@ -73,10 +73,15 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[s
     instances = [i for r in reservations for i in r["Instances"]]
     if instances:
         instance_id = instances[0]["InstanceId"]
+        ec2.modify_instance_metadata_options(
+            InstanceId=instance_id, HttpTokens="required", HttpPutResponseHopLimit=1, HttpEndpoint="enabled",
+        )
     else:
         instance_id = ec2.run_instances(
             ImageId=IMAGE_ID, InstanceType="m5.large", MinCount=1, MaxCount=1,
             SubnetId=subnet_id, PrivateIpAddress=PRIVATE_IP,
+            # As the deployment kit launches them: IMDSv2 only, one hop (containers cannot reach it).
+            MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
             TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": NAME_TAG}]}],
         )["Instances"][0]["InstanceId"]
 
