@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+
+/// Per plugin call, beside the memory cap: elements of one table (function references; a
+/// Rust component uses a few hundred), tables, core instances and linear memories (a
+/// component with the WASI adapter has a few of each).
+pub const TABLE_ELEMENTS_CAP: usize = 100_000;
+pub const TABLES_CAP: usize = 64;
+pub const INSTANCES_CAP: usize = 64;
+pub const MEMORIES_CAP: usize = 16;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -465,6 +473,12 @@ impl Plugin {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
+                // A component needs a handful of each; a guest that grows tables without end
+                // fails here instead of holding host memory outside the memory cap.
+                .table_elements(TABLE_ELEMENTS_CAP)
+                .tables(TABLES_CAP)
+                .instances(INSTANCES_CAP)
+                .memories(MEMORIES_CAP)
                 .trap_on_grow_failure(true)
                 .build(),
             settings: settings.to_string(),

@@ -644,7 +644,7 @@ fn a_state_dir_that_cannot_be_written_fails_prepare_clearly_and_leaves_no_task()
     let e = E2e::new("statefull");
     std::fs::create_dir_all(&e.state_dir).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
         .arg(&e.state_dir)
         .status()
         .is_ok_and(|s| s.success());

@@ -403,11 +403,13 @@ fn a_build_image_without_git_gets_a_checkout_through_the_helper_writable_by_a_no
     );
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
+    // One cache dir per project and protection level (the job is project 1, unprotected).
+    let project_cache = cache_host.join("project-1").join("unprotected");
     assert_eq!(
-        std::fs::read_to_string(cache_host.join("kept.txt")).ok().as_deref(),
+        std::fs::read_to_string(project_cache.join("kept.txt")).ok().as_deref(),
         Some("kept\n"),
         "the cache dir is {} on the instance",
-        cache_host.display()
+        project_cache.display()
     );
     let _ = std::fs::remove_dir_all(&cache_host);
 }
