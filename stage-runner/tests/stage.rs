@@ -2,13 +2,13 @@
 
 use ecs_executor_stage_runner::client::{self, ClientError, End};
 use ecs_executor_stage_runner::credentials::JobCredentials;
-use ecs_executor_stage_runner::protocol::RunRequest;
+use ecs_executor_stage_runner::protocol::{self, FrameKind, Request, RunRequest};
 use ecs_executor_stage_runner::server::{self, Limits};
 use ecs_executor_stage_runner::tls;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ServerConnection};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Sender};
@@ -566,4 +566,168 @@ fn the_binary_serves_a_stage_from_its_certificate_directory() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(end.unwrap(), End::Exited(0));
     assert_eq!(out, b"hello from the binary\n");
+}
+
+/// A fake runner with `creds`' server half: accepts one connection, completes the handshake,
+/// reads the request and reports it on the returned channel, then hands the connection to `then`.
+fn fake_runner(
+    creds: &JobCredentials,
+    then: impl FnOnce(&mut ServerConnection, &mut TcpStream) + Send + 'static,
+) -> (SocketAddr, mpsc::Receiver<Request>) {
+    let config = tls::server_config(
+        creds.ca_pem.as_bytes(),
+        creds.server_cert_pem.as_bytes(),
+        creds.server_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut conn = ServerConnection::new(config).unwrap();
+        let request = protocol::read_request(&mut rustls::Stream::new(&mut conn, &mut sock)).unwrap();
+        tx.send(request).unwrap();
+        then(&mut conn, &mut sock);
+    });
+    (addr, rx)
+}
+
+fn client_of(creds: &JobCredentials) -> Arc<ClientConfig> {
+    tls::client_config(
+        creds.ca_pem.as_bytes(),
+        creds.client_cert_pem.as_bytes(),
+        creds.client_key_pem.as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Runs `sh("true")` against `addr` with a 1 s connect timeout; returns the end and its duration.
+fn run_against(addr: SocketAddr, config: Arc<ClientConfig>) -> (Result<End, ClientError>, Duration) {
+    let started = Instant::now();
+    let end = client::run(
+        addr,
+        config,
+        Duration::from_secs(1),
+        &sh("true"),
+        None,
+        &mut io::sink(),
+        &mut io::sink(),
+    );
+    (end, started.elapsed())
+}
+
+#[test]
+fn a_runner_that_takes_the_request_and_stalls_is_a_lost_stage_not_a_fallback() {
+    let creds = JobCredentials::generate().unwrap();
+    let (addr, requests) = fake_runner(&creds, |_, _| std::thread::sleep(Duration::from_secs(60)));
+    let (end, took) = run_against(addr, client_of(&creds));
+    assert!(
+        matches!(requests.try_recv(), Ok(Request::Run(_))),
+        "the fake runner got no request"
+    );
+    assert!(
+        matches!(&end, Err(ClientError::Lost { started: false, reason, .. }) if reason.contains("no answer")),
+        "{end:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    let shown = end.unwrap_err().to_string();
+    assert!(shown.contains("may have started"), "{shown}");
+}
+
+#[test]
+fn a_runner_that_takes_the_request_and_closes_is_a_lost_stage_not_a_fallback() {
+    let creds = JobCredentials::generate().unwrap();
+    // Closed without a word (a crash), and closed cleanly with close_notify.
+    let (addr, _requests) = fake_runner(&creds, |_, _| {});
+    let (end, _) = run_against(addr, client_of(&creds));
+    assert!(matches!(&end, Err(ClientError::Lost { started: false, .. })), "{end:?}");
+    let (addr, _requests) = fake_runner(&creds, |conn, sock| {
+        conn.send_close_notify();
+        conn.complete_io(sock).unwrap();
+    });
+    let (end, _) = run_against(addr, client_of(&creds));
+    assert!(matches!(&end, Err(ClientError::Lost { started: false, .. })), "{end:?}");
+}
+
+#[test]
+fn garbage_before_started_is_a_lost_stage_and_a_break_after_started_too() {
+    let creds = JobCredentials::generate().unwrap();
+    let (addr, _requests) = fake_runner(&creds, |conn, sock| {
+        conn.writer().write_all(&[9, 0, 0, 0, 0]).unwrap();
+        conn.complete_io(sock).unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let (end, took) = run_against(addr, client_of(&creds));
+    assert!(matches!(&end, Err(ClientError::Lost { started: false, .. })), "{end:?}");
+    assert!(took < Duration::from_millis(900), "waited for the timeout: {took:?}");
+
+    let (addr, _requests) = fake_runner(&creds, |conn, sock| {
+        conn.writer()
+            .write_all(&protocol::frame_header(FrameKind::Started, 0))
+            .unwrap();
+        conn.complete_io(sock).unwrap();
+    });
+    let (end, _) = run_against(addr, client_of(&creds));
+    assert!(matches!(&end, Err(ClientError::Lost { started: true, .. })), "{end:?}");
+}
+
+#[test]
+fn an_error_frame_before_started_is_a_rejection() {
+    let creds = JobCredentials::generate().unwrap();
+    let (addr, _requests) = fake_runner(&creds, |conn, sock| {
+        let mut frame = Vec::new();
+        protocol::encode_frame(FrameKind::Error, b"no", &mut frame);
+        conn.writer().write_all(&frame).unwrap();
+        conn.complete_io(sock).unwrap();
+    });
+    let (end, _) = run_against(addr, client_of(&creds));
+    assert!(
+        matches!(&end, Err(ClientError::Rejected { message, .. }) if message == "no"),
+        "{end:?}"
+    );
+}
+
+#[test]
+fn a_tls_refusal_of_the_client_certificate_is_still_a_connect_error() {
+    // The fake runner's handshake fails (the client certificate is from another job's CA): it
+    // sends its alert, as rustls does, and never reads the request.
+    let creds = JobCredentials::generate().unwrap();
+    let other = JobCredentials::generate().unwrap();
+    let config = tls::server_config(
+        creds.ca_pem.as_bytes(),
+        creds.server_cert_pem.as_bytes(),
+        creds.server_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut conn = ServerConnection::new(config).unwrap();
+        let mut result = Ok((0, 0));
+        while conn.is_handshaking() && result.is_ok() {
+            result = conn.complete_io(&mut sock);
+        }
+        tx.send(result.map(|_| ()).map_err(|e| e.to_string())).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let rogue = tls::client_config(
+        creds.ca_pem.as_bytes(),
+        other.client_cert_pem.as_bytes(),
+        other.client_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let (end, took) = run_against(addr, rogue);
+    let handshake = rx.recv().unwrap();
+    assert!(handshake.is_err(), "the fake runner accepted the rogue certificate");
+    assert!(
+        matches!(&end, Err(ClientError::Connect { reason, .. }) if reason.contains("alert")),
+        "{end:?}"
+    );
+    assert!(took < Duration::from_millis(900), "waited for the timeout: {took:?}");
 }
