@@ -6,8 +6,11 @@
 //! the client has not taken the previous chunk, the pipes are not read. When the process exits,
 //! its pipes are drained for at most [`Limits::drain_after_exit`] (as dockerd does for exec), so
 //! a background process holding them open cannot hold the stage. A cancel frame or a dropped
-//! connection SIGTERMs the group, and SIGKILLs it after the request's kill grace.
+//! connection SIGTERMs every process of the stage — its process group, and also whatever left
+//! the group (`setsid`, a double fork), found through `/proc` (see [`become_subreaper`]) — and
+//! SIGKILLs what is left after the request's kill grace.
 
+use crate::procs::{self, Members};
 use crate::protocol::{self, Event, FrameDecoder, FrameKind, Request, RunRequest};
 use crate::socket::{self, DeadlineStream, pollfd};
 use rustls::{ServerConfig, ServerConnection};
@@ -29,6 +32,8 @@ const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const GROUP_RECHECK: Duration = Duration::from_millis(20);
 /// Without a pidfd (kernel < 5.3), how often to look for the leader's exit.
 const EXIT_RECHECK: Duration = Duration::from_millis(50);
+
+pub use crate::procs::become_subreaper;
 
 /// Bounds on what one runner does at once and how long it waits.
 #[derive(Clone, Debug)]
@@ -305,6 +310,8 @@ struct Stage {
     child: Child,
     /// The child's pid, which is also its process group id.
     pgid: libc::pid_t,
+    /// Every process of the stage, for a cancel.
+    members: Members,
     pidfd: Option<OwnedFd>,
     stdin: Option<ChildStdin>,
     stdin_data: Vec<u8>,
@@ -315,14 +322,25 @@ struct Stage {
 
 impl Stage {
     fn spawn(run: &RunRequest) -> io::Result<Self> {
-        let mut child = Command::new(&run.argv[0])
+        let mut command = Command::new(&run.argv[0]);
+        command
             .args(&run.argv[1..])
             .envs(run.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // The leader is a child subreaper (kept across its execve): what its descendants
+        // orphan while it runs (a double fork, `setsid cmd &` in a subshell) reparents to it
+        // and stays in its tree, where a cancel finds it.
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, as required
+        // between fork and exec.
+        unsafe { command.pre_exec(procs::make_subreaper) };
+        let mut child = procs::spawn_leader(|| {
+            let child = command.spawn()?;
+            let pid = child.id() as libc::pid_t;
+            Ok((child, pid))
+        })?;
         let pgid = child.id() as libc::pid_t;
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let (stdin, stdout, stderr) = (stdin.expect("piped"), stdout.expect("piped"), stderr.expect("piped"));
@@ -330,6 +348,7 @@ impl Stage {
             if let Err(e) = socket::set_nonblocking(fd) {
                 let _ = child.kill();
                 let _ = child.wait();
+                procs::forget_leader(pgid);
                 return Err(e);
             }
         }
@@ -342,6 +361,7 @@ impl Stage {
         Ok(Self {
             child,
             pgid,
+            members: Members::new(pgid),
             pidfd,
             stdin,
             stdin_data,
@@ -351,35 +371,9 @@ impl Stage {
         })
     }
 
-    fn signal_group(&self, signal: i32) {
-        // SAFETY: plain kill(2). The group id cannot be reused while any member is alive.
-        unsafe { libc::kill(-self.pgid, signal) };
-    }
-
-    /// Whether no live process is left in the group. Zombies do not count: an orphan whose
-    /// new parent never reaps it (e.g. `sleep infinity` as the container's PID 1) is dead.
-    fn group_is_empty(&self) -> bool {
-        // SAFETY: signal 0 only checks for existence.
-        let r = unsafe { libc::kill(-self.pgid, 0) };
-        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            return true;
-        }
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        !entries.flatten().any(|entry| {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                return false;
-            };
-            // After the command name in parentheses: state, ppid, pgrp, ...
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let pgrp = fields.nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
-            pgrp == Some(self.pgid) && !matches!(state, "Z" | "X")
-        })
+    /// Signals every process of the stage (see [`Members`]); returns how many were alive.
+    fn signal_all(&mut self, signal: i32) -> usize {
+        self.members.signal(signal)
     }
 
     /// Forwards output until the stage is over (see the module doc) and reaps the leader.
@@ -409,11 +403,11 @@ impl Stage {
                 _ => {}
             }
             if was_connected && !matches!(peer, PeerEnd::Connected) {
-                self.signal_group(libc::SIGTERM);
+                self.signal_all(libc::SIGTERM);
                 kill_at = Some(now + kill_grace);
             }
             if !killed && kill_at.is_some_and(|t| now >= t) {
-                self.signal_group(libc::SIGKILL);
+                self.signal_all(libc::SIGKILL);
                 killed = true;
             }
             // Time the client makes us wait (backlog) does not count against the drain: what the
@@ -434,17 +428,25 @@ impl Stage {
             }
             if self.pidfd.is_none() && status.is_none() {
                 status = self.child.try_wait().ok().flatten();
-                drain_until = status.map(|_| now + drain);
+                if status.is_some() {
+                    procs::forget_leader(self.pgid);
+                    drain_until = Some(now + drain);
+                }
             }
 
             let gone = matches!(peer, PeerEnd::Gone(_));
             let output_done = gone || (self.stdout.is_none() && self.stderr.is_none() && !link.conn.wants_write());
             // After a cancel, the whole group must be gone, not just the leader.
-            let group_done = matches!(peer, PeerEnd::Connected) || killed || self.group_is_empty();
+            let group_done = matches!(peer, PeerEnd::Connected) || killed || self.members.all_gone();
             if let Some(status) = status
                 && output_done
                 && group_done
             {
+                if killed {
+                    // One more pass for anything forked by a member between the last look at
+                    // /proc and its SIGKILL.
+                    self.signal_all(libc::SIGKILL);
+                }
                 let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
                 if !gone {
                     link.queue(&protocol::exit_frame(code));
@@ -486,11 +488,12 @@ impl Stage {
             let timeout = socket::timeout_until([kill_at.filter(|_| !killed), drain_timer, recheck]);
             if let Err(e) = socket::poll(&mut fds, timeout) {
                 // Cannot wait any more: end the stage the hard way rather than spin.
-                self.signal_group(libc::SIGKILL);
+                self.signal_all(libc::SIGKILL);
                 let code = self
                     .child
                     .wait()
                     .map_or(-1, |s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+                procs::forget_leader(self.pgid);
                 return Ended {
                     code,
                     peer: PeerEnd::Gone(format!("poll: {e}")),
@@ -521,6 +524,7 @@ impl Stage {
             if fds[4].revents != 0 {
                 // The pidfd is readable: the leader has exited, so this does not block.
                 status = self.child.wait().ok();
+                procs::forget_leader(self.pgid);
                 drain_until = Some(Instant::now() + drain);
             }
         }

@@ -530,42 +530,202 @@ fn the_binary_refuses_to_start_without_its_certificates() {
     );
 }
 
+/// The runner binary, serving on loopback from a certificate directory; killed on drop.
+struct BinaryRunner {
+    runner: Runner,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl BinaryRunner {
+    fn start() -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let creds = JobCredentials::generate().unwrap();
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stage-runner-bin-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, pem) in [
+            ("ca.pem", &creds.ca_pem),
+            ("server.pem", &creds.server_cert_pem),
+            ("server-key.pem", &creds.server_key_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).unwrap();
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-executor-stage-runner"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || io::copy(&mut stderr, &mut io::sink()));
+        let line = String::from_utf8(line).unwrap();
+        let addr: SocketAddr = line.rsplit_once("listening on ").expect(&line).1.parse().unwrap();
+        Self {
+            runner: Runner { addr, creds },
+            child,
+            dir,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for BinaryRunner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn the_binary_serves_a_stage_from_its_certificate_directory() {
-    let runner_creds = JobCredentials::generate().unwrap();
-    let dir = std::env::temp_dir().join(format!("stage-runner-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, pem) in [
-        ("ca.pem", &runner_creds.ca_pem),
-        ("server.pem", &runner_creds.server_cert_pem),
-        ("server-key.pem", &runner_creds.server_key_pem),
-    ] {
-        std::fs::write(dir.join(name), pem).unwrap();
-    }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-executor-stage-runner"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(&dir)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8(line).unwrap();
-    let addr: SocketAddr = line.rsplit_once("listening on ").expect(&line).1.parse().unwrap();
-    let runner = Runner {
-        addr,
-        creds: runner_creds,
-    };
-    let (end, out, _) = runner.run(&sh("echo hello from the binary"));
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    let bin = BinaryRunner::start();
+    let (end, out, _) = bin.runner.run(&sh("echo hello from the binary"));
     assert_eq!(end.unwrap(), End::Exited(0));
     assert_eq!(out, b"hello from the binary\n");
+}
+
+/// `/proc/<pid>/stat` fields after the command name: state, ppid, pgrp, ...
+fn stat_of(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    stat_of(pid).is_some_and(|f| f[0] != "Z" && f[0] != "X")
+}
+
+/// Every live descendant of `pid` now (through ppid links).
+fn descendants(pid: i32) -> Vec<i32> {
+    let procs: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| Some((p, stat_of(p)?[1].parse().ok()?)))
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(procs.iter().filter(|(_, ppid)| *ppid == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.into_iter().skip(1).filter(|&p| alive(p)).collect()
+}
+
+/// Starts `request` with a cancel pipe and collects the first `lines` lines of its stdout.
+fn start_cancellable(runner: &Runner, request: RunRequest, lines: usize) -> (Vec<i32>, Cancellable) {
+    let (cancel_read, cancel) = pipe();
+    let (tx, rx) = mpsc::channel();
+    let (addr, config) = (runner.addr, runner.client_config());
+    let client = std::thread::spawn(move || {
+        client::run(
+            addr,
+            config,
+            CONNECT_TIMEOUT,
+            &request,
+            Some(cancel_read.as_fd()),
+            &mut ChunkSender(tx),
+            &mut io::sink(),
+        )
+    });
+    let mut out = String::new();
+    while out.lines().count() < lines || !out.ends_with('\n') {
+        let (_, chunk) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the stage printed its pids");
+        out.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let pids: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let stage = Cancellable {
+        pgid: pids[0],
+        cancel,
+        client,
+    };
+    (pids, stage)
+}
+
+/// A stage whose processes left its process group two ways and ignore SIGTERM: only a
+/// SIGKILL to each of them, found through /proc, ends them.
+const ESCAPING_STAGE: &str = "trap '' TERM; echo $$; (setsid sleep 1000 & echo $!); \
+    setsid sh -c 'sleep 1000; :' & echo $!; sleep 1000";
+
+fn assert_cancel_ends_everything(runner: &Runner) {
+    let (pids, stage) = start_cancellable(runner, sh(ESCAPING_STAGE), 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut tree = descendants(pids[0]);
+    tree.extend(&pids[1..]);
+    assert!(pids[1..].iter().all(|&p| alive(p)), "{pids:?}");
+    // Left the stage's group: the old group kill never reached them.
+    for &p in &pids[1..] {
+        assert_ne!(stat_of(p).unwrap()[2], pids[0].to_string(), "{p} still in the group");
+    }
+    let cancelled_at = Instant::now();
+    stage.cancel();
+    assert_eq!(stage.end().unwrap(), End::Cancelled);
+    let within = Duration::from_millis(500) + client::CANCEL_SLACK;
+    while let Some(p) = tree.iter().find(|&&p| alive(p)) {
+        let state = stat_of(*p);
+        assert!(
+            cancelled_at.elapsed() < within,
+            "process {p} of the stage survived the cancel: {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn cancel_ends_processes_that_left_the_group_with_setsid_or_a_double_fork() {
+    assert_cancel_ends_everything(&Runner::start());
+}
+
+#[test]
+fn the_binary_as_subreaper_ends_escaped_processes_and_reaps_orphans_without_losing_exit_codes() {
+    let bin = BinaryRunner::start();
+    assert_cancel_ends_everything(&bin.runner);
+    // Orphans whose leader exited come to the runner (a subreaper) and die there while other
+    // stages run: each stage still gets its own exit code, and no zombie stays behind.
+    for i in 0..10 {
+        let (end, _, _) = bin
+            .runner
+            .run(&sh(&format!("(setsid sleep 0.0{i} &); exit {}", 10 + i)));
+        assert_eq!(end.unwrap(), End::Exited(10 + i));
+    }
+    let (end, out, _) = bin.runner.run(&sh("(setsid sleep 1 >/dev/null & echo $!)"));
+    assert_eq!(end.unwrap(), End::Exited(0));
+    let orphan: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    let runner = bin.pid().to_string();
+    assert_eq!(
+        stat_of(orphan).map(|f| f[1].clone()),
+        Some(runner.clone()),
+        "not adopted by the runner"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let zombies: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&p| stat_of(p).is_some_and(|f| f[0] == "Z" && f[1] == runner))
+            .collect();
+        if zombies.is_empty() && stat_of(orphan).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zombies of the runner: {zombies:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A fake runner with `creds`' server half: accepts one connection, completes the handshake,
