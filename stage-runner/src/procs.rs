@@ -158,6 +158,10 @@ pub(crate) struct Members {
     leader_start: Option<u64>,
     /// Pid → start time of every process seen as a member.
     known: HashMap<libc::pid_t, u64>,
+    /// Whether the leader is not reaped yet. Until then its pid, and so its process group id,
+    /// cannot be reused; after, a new process may have it and lead a group of its own (pids
+    /// wrap quickly with a small `pid_max`), so the group no longer identifies the stage.
+    group_valid: bool,
 }
 
 impl Members {
@@ -169,6 +173,16 @@ impl Members {
             leader,
             leader_start,
             known,
+            group_valid: true,
+        }
+    }
+
+    /// Call when the leader is about to be reaped (it is a zombie) or just was: takes one more
+    /// look, so that what is still in its group is known by pid, then stops trusting the group id.
+    pub(crate) fn leader_exited(&mut self) {
+        if self.group_valid {
+            self.refresh();
+            self.group_valid = false;
         }
     }
 
@@ -196,7 +210,8 @@ impl Members {
                     .known
                     .get(&p.ppid)
                     .is_some_and(|&parent_start| p.start >= parent_start);
-                if p.pgrp == self.leader || child_of_member || adopted {
+                let in_group = self.group_valid && p.pgrp == self.leader;
+                if in_group || child_of_member || adopted {
                     self.known.insert(pid, p.start);
                 }
             }
@@ -215,8 +230,10 @@ impl Members {
     /// group; returns how many members were alive.
     pub(crate) fn signal(&mut self, signal: i32) -> usize {
         let alive = self.refresh();
-        // SAFETY: plain kill(2). The group id cannot be reused while any member is alive.
-        unsafe { libc::kill(-self.leader, signal) };
+        if self.group_valid {
+            // SAFETY: plain kill(2). The leader is not reaped: its group id is still ours.
+            unsafe { libc::kill(-self.leader, signal) };
+        }
         for &pid in &alive {
             // SAFETY: plain kill(2). `refresh` checked this pid's start time just now, so it is
             // still the member it was (a reuse in the microseconds since is not guarded against).

@@ -1,6 +1,7 @@
 //! The runner side: accept mutual-TLS connections and run one stage per connection.
 //!
-//! A connection is served by its own thread: handshake and request (under a deadline), spawn
+//! A connection is served by its own thread: handshake (under a short deadline, and only so many
+//! at once), request (under a deadline), spawn
 //! the process in its own process group, then one `poll` loop over the socket, the three pipes
 //! and a pidfd until the stage ends. Output is forwarded as it is read, with backpressure: while
 //! the client has not taken the previous chunk, the pipes are not read. When the process exits,
@@ -32,6 +33,11 @@ const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const GROUP_RECHECK: Duration = Duration::from_millis(20);
 /// Without a pidfd (kernel < 5.3), how often to look for the leader's exit.
 const EXIT_RECHECK: Duration = Duration::from_millis(50);
+/// After a failed handshake, how long to wait for the client to close before we do. Closing
+/// with the client's unread request in our buffer sends a TCP reset, and should our alert be
+/// lost on the way, the client would see only the reset — which it must take for a stage that
+/// may have started. Waiting for its close (it closes once it has our alert) avoids that.
+const HANDSHAKE_FAILURE_LINGER: Duration = Duration::from_secs(1);
 
 pub use crate::procs::become_subreaper;
 
@@ -39,20 +45,31 @@ pub use crate::procs::become_subreaper;
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Stages running at once; a run request beyond this gets an `Error` frame ("busy").
-    /// Connections still in handshake count separately, up to the same number again; beyond
-    /// that, new connections are closed without a word.
+    /// Connections count separately, up to twice this number (stages, pings, connections in
+    /// handshake); beyond that, new connections are closed without a word.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake and the whole request.
+    /// Connections still in their TLS handshake (not yet authenticated) at once. Beyond this,
+    /// a new connection is closed at once: an unauthenticated peer cannot hold more than this
+    /// many threads, each for at most [`handshake_timeout`](Self::handshake_timeout).
+    pub max_handshakes: usize,
+    /// Time allowed for the TLS handshake (the client sends its certificate in the first round
+    /// trip; a few ms on a live network).
+    pub handshake_timeout: Duration,
+    /// Time allowed for the whole request once the client is authenticated (a large stdin may
+    /// take a while on a slow link).
     pub request_timeout: Duration,
     /// After the process exits, how long its pipes are still read before the exit frame is sent.
     pub drain_after_exit: Duration,
 }
 
 impl Default for Limits {
-    /// 16 stages, 30 s for handshake and request, 2 s of draining (dockerd's exec value).
+    /// 16 stages, 8 handshakes of at most 5 s each, 30 s for the request, 2 s of draining
+    /// (dockerd's exec value).
     fn default() -> Self {
         Self {
             max_connections: 16,
+            max_handshakes: 8,
+            handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             drain_after_exit: Duration::from_secs(2),
         }
@@ -65,6 +82,7 @@ impl Default for Limits {
 pub fn serve(listener: TcpListener, config: Arc<ServerConfig>, limits: Limits) -> io::Result<Infallible> {
     let limits = Arc::new(limits);
     let connections = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
     let stages = Arc::new(AtomicUsize::new(0));
     loop {
         let (sock, peer) = match listener.accept() {
@@ -80,10 +98,14 @@ pub fn serve(listener: TcpListener, config: Arc<ServerConfig>, limits: Limits) -
             eprintln!("stage-runner: {peer}: closed: too many connections");
             continue;
         };
+        let Some(handshake) = Slot::take(&handshakes, limits.max_handshakes) else {
+            eprintln!("stage-runner: {peer}: closed: too many connections in handshake");
+            continue;
+        };
         let (config, limits, stages) = (config.clone(), limits.clone(), stages.clone());
         let spawned = std::thread::Builder::new().name(format!("conn {peer}")).spawn(move || {
             let _connection = connection;
-            let outcome = handle(sock, config, &limits, &stages);
+            let outcome = handle(sock, handshake, config, &limits, &stages);
             eprintln!("stage-runner: {peer}: {outcome}");
         });
         if let Err(e) = spawned {
@@ -118,14 +140,21 @@ impl Drop for Slot {
 }
 
 /// Serves one connection; returns its log line.
-fn handle(sock: TcpStream, config: Arc<ServerConfig>, limits: &Limits, stages: &Arc<AtomicUsize>) -> String {
+fn handle(
+    sock: TcpStream,
+    handshake: Slot,
+    config: Arc<ServerConfig>,
+    limits: &Limits,
+    stages: &Arc<AtomicUsize>,
+) -> String {
     let started = Instant::now();
-    let (Ok(what) | Err(what)) = handle_inner(sock, config, limits, stages);
+    let (Ok(what) | Err(what)) = handle_inner(sock, handshake, config, limits, stages);
     format!("{what} ({:.1} ms)", started.elapsed().as_secs_f64() * 1e3)
 }
 
 fn handle_inner(
     sock: TcpStream,
+    handshake: Slot,
     config: Arc<ServerConfig>,
     limits: &Limits,
     stages: &Arc<AtomicUsize>,
@@ -134,16 +163,20 @@ fn handle_inner(
     let mut conn = ServerConnection::new(config).map_err(|e| format!("TLS: {e}"))?;
     let mut timed = DeadlineStream {
         sock: &sock,
-        deadline: Instant::now() + limits.request_timeout,
+        deadline: Instant::now() + limits.handshake_timeout,
     };
-    let request = protocol::read_request(&mut rustls::Stream::new(&mut conn, &mut timed));
-    if conn.is_handshaking() {
-        let e = match request {
-            Err(protocol::ProtocolError::Io(e)) => e.to_string(),
-            other => format!("{other:?}"),
-        };
-        return Err(format!("handshake failed: {e}"));
+    // TLS 1.3: done once the client's certificate is verified and its Finished is in. On an
+    // error, rustls has already tried to send its alert (a refused certificate shows on the
+    // client as that alert, which it takes for "nothing started").
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut timed) {
+            linger(&sock);
+            return Err(format!("handshake failed: {e}"));
+        }
     }
+    drop(handshake);
+    timed.deadline = Instant::now() + limits.request_timeout;
+    let request = protocol::read_request(&mut rustls::Stream::new(&mut conn, &mut timed));
     // Frames are queued whole (at most two chunks, see the backpressure in `Stage::run`).
     conn.set_buffer_limit(None);
     sock.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
@@ -192,6 +225,18 @@ fn handle_inner(
         }
         PeerEnd::Gone(why) => Err(format!("{summary}; connection lost ({why}), process group killed")),
     }
+}
+
+/// After a failed handshake: stop sending, and wait (briefly) for the client to close, so our
+/// close does not turn into a reset that could be all the client sees (see
+/// [`HANDSHAKE_FAILURE_LINGER`]).
+fn linger(sock: &TcpStream) {
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let mut timed = DeadlineStream {
+        sock,
+        deadline: Instant::now() + HANDSHAKE_FAILURE_LINGER,
+    };
+    let _ = io::copy(&mut timed, &mut io::sink());
 }
 
 /// The TLS connection to the client, after the request: non-blocking socket, queued frames.
@@ -429,6 +474,7 @@ impl Stage {
             if self.pidfd.is_none() && status.is_none() {
                 status = self.child.try_wait().ok().flatten();
                 if status.is_some() {
+                    self.members.leader_exited();
                     procs::forget_leader(self.pgid);
                     drain_until = Some(now + drain);
                 }
@@ -493,6 +539,7 @@ impl Stage {
                     .child
                     .wait()
                     .map_or(-1, |s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+                self.members.leader_exited();
                 procs::forget_leader(self.pgid);
                 return Ended {
                     code,
@@ -522,7 +569,9 @@ impl Stage {
                 self.write_stdin();
             }
             if fds[4].revents != 0 {
-                // The pidfd is readable: the leader has exited, so this does not block.
+                // The pidfd is readable: the leader has exited (a zombie, its pid still ours),
+                // so this does not block.
+                self.members.leader_exited();
                 status = self.child.wait().ok();
                 procs::forget_leader(self.pgid);
                 drain_until = Some(Instant::now() + drain);

@@ -703,16 +703,23 @@ fn the_binary_as_subreaper_ends_escaped_processes_and_reaps_orphans_without_losi
             .run(&sh(&format!("(setsid sleep 0.0{i} &); exit {}", 10 + i)));
         assert_eq!(end.unwrap(), End::Exited(10 + i));
     }
-    let (end, out, _) = bin.runner.run(&sh("(setsid sleep 1 >/dev/null & echo $!)"));
+    let (end, out, _) = bin.runner.run(&sh("(setsid sleep 2 >/dev/null 2>&1 & echo $!)"));
     assert_eq!(end.unwrap(), End::Exited(0));
     let orphan: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
     let runner = bin.pid().to_string();
     assert_eq!(
         stat_of(orphan).map(|f| f[1].clone()),
         Some(runner.clone()),
-        "not adopted by the runner"
+        "{orphan} not adopted by the runner: {}",
+        String::from_utf8_lossy(
+            &std::process::Command::new("ps")
+                .args(["-eo", "pid,ppid,pgid,stat,lstart,args"])
+                .output()
+                .unwrap()
+                .stdout
+        )
     );
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(4);
     loop {
         let zombies: Vec<i32> = std::fs::read_dir("/proc")
             .unwrap()
@@ -890,4 +897,92 @@ fn a_tls_refusal_of_the_client_certificate_is_still_a_connect_error() {
         "{end:?}"
     );
     assert!(took < Duration::from_millis(900), "waited for the timeout: {took:?}");
+}
+
+#[test]
+fn a_refused_certificate_with_a_large_request_is_still_a_connect_error() {
+    // The request (4 MiB of stdin) follows the client's Finished before the runner has
+    // refused the certificate: the refusal must still reach the client as an alert.
+    let runner = Runner::start();
+    let other = JobCredentials::generate().unwrap();
+    let rogue = tls::client_config(
+        runner.creds.ca_pem.as_bytes(),
+        other.client_cert_pem.as_bytes(),
+        other.client_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let request = RunRequest {
+        stdin: vec![b'#'; 4 << 20],
+        ..sh("true")
+    };
+    for _ in 0..5 {
+        let end = client::run(
+            runner.addr,
+            rogue.clone(),
+            CONNECT_TIMEOUT,
+            &request,
+            None,
+            &mut io::sink(),
+            &mut io::sink(),
+        );
+        assert!(matches!(end, Err(ClientError::Connect { .. })), "{end:?}");
+    }
+}
+
+/// Whether the server closes `sock` (EOF or reset) within `within`.
+fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0u8];
+    match sock.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let runner = Runner::start_with(Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(runner.addr).unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(3)), "still open after 3 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn connections_beyond_the_handshake_cap_are_closed_at_once_and_the_cap_frees_up() {
+    let runner = Runner::start_with(Limits {
+        max_handshakes: 2,
+        ..Limits::default()
+    });
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(runner.addr).unwrap()).collect();
+    // Let the runner accept both before the third comes.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(runner.addr).unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)),
+        "third connection held"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT);
+    assert!(matches!(refused, Err(ClientError::Connect { .. })), "{refused:?}");
+    assert!(!closed_within(&mut idle[0], Duration::from_millis(50)));
+    idle.clear();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Err(e) = client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT) {
+        assert!(Instant::now() < deadline, "the cap did not free up: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
