@@ -27,7 +27,10 @@ impl Runner {
     }
 
     fn start_with(limits: Limits) -> Self {
-        let creds = JobCredentials::generate().unwrap();
+        Self::start_with_credentials(JobCredentials::generate().unwrap(), limits)
+    }
+
+    fn start_with_credentials(creds: JobCredentials, limits: Limits) -> Self {
         let config = tls::server_config(
             creds.ca_pem.as_bytes(),
             creds.server_cert_pem.as_bytes(),
@@ -985,4 +988,93 @@ fn connections_beyond_the_handshake_cap_are_closed_at_once_and_the_cap_frees_up(
         assert!(Instant::now() < deadline, "the cap did not free up: {e}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Credentials like a job's, but with the given extended key usages on the two leaves (the
+/// server one still named for the runner), from a CA whose key the test holds.
+fn credentials_with_ekus(
+    server: rcgen::ExtendedKeyUsagePurpose,
+    client: rcgen::ExtendedKeyUsagePurpose,
+) -> JobCredentials {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256};
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<String>, usage| {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        (params.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+    };
+    let (server_cert_pem, server_key_pem) = leaf(vec![tls::SERVER_NAME.to_string()], server);
+    let (client_cert_pem, client_key_pem) = leaf(Vec::new(), client);
+    JobCredentials {
+        ca_pem: ca_cert.pem(),
+        server_cert_pem,
+        server_key_pem,
+        client_cert_pem,
+        client_key_pem,
+    }
+}
+
+#[test]
+fn the_jobs_server_certificate_is_refused_as_a_client_certificate() {
+    let runner = Runner::start();
+    let c = &runner.creds;
+    let impostor = tls::client_config(
+        c.ca_pem.as_bytes(),
+        c.server_cert_pem.as_bytes(),
+        c.server_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let marker = std::env::temp_dir().join(format!("stage-runner-impostor-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let end = client::run(
+        runner.addr,
+        impostor.clone(),
+        CONNECT_TIMEOUT,
+        &sh(&format!("touch {}", marker.display())),
+        None,
+        &mut io::sink(),
+        &mut io::sink(),
+    );
+    assert!(
+        matches!(&end, Err(ClientError::Connect { reason, .. }) if reason.contains("alert")),
+        "{end:?}"
+    );
+    assert!(
+        !marker.exists(),
+        "the stage ran for a server certificate posing as a client"
+    );
+    assert!(matches!(
+        client::probe(runner.addr, impostor, CONNECT_TIMEOUT),
+        Err(ClientError::Connect { .. })
+    ));
+}
+
+#[test]
+fn extended_key_usages_are_enforced_both_ways() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let probe = |creds: JobCredentials| {
+        let runner = Runner::start_with_credentials(creds, Limits::default());
+        client::probe(runner.addr, runner.client_config(), CONNECT_TIMEOUT)
+    };
+    // The control: right usages, same CA layout, the handshake works.
+    probe(credentials_with_ekus(ServerAuth, ClientAuth)).unwrap();
+    // A server certificate for clients only: the client refuses it.
+    let end = probe(credentials_with_ekus(ClientAuth, ClientAuth));
+    assert!(
+        matches!(&end, Err(ClientError::Connect { reason, .. }) if reason.contains("extended key usage for server authentication")),
+        "{end:?}"
+    );
+    // A client certificate for servers only: the runner refuses it.
+    let end = probe(credentials_with_ekus(ServerAuth, ServerAuth));
+    assert!(
+        matches!(&end, Err(ClientError::Connect { reason, .. }) if reason.contains("alert")),
+        "{end:?}"
+    );
 }
