@@ -617,6 +617,14 @@ impl Stage {
     }
 }
 
+impl Drop for Stage {
+    /// Normally the leader is reaped and forgotten already; after a panic, this lets the orphan
+    /// reaper take it rather than wait for a thread that is gone.
+    fn drop(&mut self) {
+        procs::forget_leader(self.pgid);
+    }
+}
+
 /// Reads what a pipe has (0 if nothing right now); closes it at EOF or on an error.
 fn read_pipe(pipe: &mut Option<impl Read>, buf: &mut [u8]) -> usize {
     let Some(p) = pipe.as_mut() else { return 0 };
