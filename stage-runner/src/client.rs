@@ -106,17 +106,19 @@ impl std::error::Error for ClientError {
 /// `stderr` as they arrive: each chunk with one `write_all` and a `flush`, byte for byte.
 ///
 /// `connect_timeout` bounds the TCP connect, the handshake, each write of the request, and the
-/// wait for the runner to confirm the spawn. A failure up to and including the handshake is
-/// [`ClientError::Connect`]; once the request is out, a missing confirmation is
-/// [`ClientError::Lost`] (`started: false`), since the runner may have spawned the stage and
-/// only its answer be late. Once the stage runs there is no timeout (TCP keepalive notices a
-/// vanished runner).
+/// wait for the runner to confirm the spawn. A failure up to and including the handshake, or
+/// while sending the request, is [`ClientError::Connect`]; once the request is out, a missing
+/// confirmation is [`ClientError::Lost`] (`started: false`), since the runner may have spawned
+/// the stage and only its answer be late. Once the stage runs there is no timeout (TCP
+/// keepalive notices a vanished runner).
 ///
 /// With TLS 1.3 the client's side of the handshake is done before the runner has checked the
 /// client certificate, so a runner refusing our certificate is only seen as a fatal TLS alert
 /// on the first read after the request was sent. Such an alert, with no frame byte before it,
-/// is still [`ClientError::Connect`] (why that is safe is explained where it is decided). If `cancel_fd` becomes readable (or hangs up), the
-/// runner is told to cancel; the fd is only polled, never read or closed.
+/// is still [`ClientError::Connect`] (why that is safe is explained where it is decided).
+///
+/// If `cancel_fd` becomes readable (or hangs up), the runner is told to cancel; the fd is only
+/// polled, never read or closed.
 pub fn run(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
@@ -133,7 +135,8 @@ pub fn run(
 
 /// Checks that a runner is up at `addr` and that both sides trust each other: connect,
 /// handshake and a ping the runner answers without spawning anything, all within `timeout`.
-/// Every failure is [`ClientError::Connect`] (or `Rejected` if the runner answers with an error).
+/// Every failure is [`ClientError::Connect`] (or `Rejected` if the runner answers with an
+/// error): a ping spawns nothing, so a connection that breaks after it was sent loses no stage.
 pub fn probe(addr: SocketAddr, config: Arc<ClientConfig>, timeout: Duration) -> Result<(), ClientError> {
     let deadline = Instant::now() + timeout;
     let session = Session::open(addr, config, timeout, &protocol::encode_request(&Request::Ping))?;

@@ -1,9 +1,8 @@
 //! The runner side: accept mutual-TLS connections and run one stage per connection.
 //!
-//! A connection is served by its own thread: handshake (under a short deadline, and only so many
-//! at once), request (under a deadline), spawn
-//! the process in its own process group, then one `poll` loop over the socket, the three pipes
-//! and a pidfd until the stage ends. Output is forwarded as it is read, with backpressure: while
+//! A connection is served by its own thread: handshake (under a short deadline, and only so
+//! many at once), request (under a deadline), spawn the process in its own process group, then
+//! one `poll` loop over the socket, the three pipes and a pidfd until the stage ends. Output is forwarded as it is read, with backpressure: while
 //! the client has not taken the previous chunk, the pipes are not read. When the process exits,
 //! its pipes are drained for at most [`Limits::drain_after_exit`] (as dockerd does for exec), so
 //! a background process holding them open cannot hold the stage. A cancel frame or a dropped
@@ -31,6 +30,10 @@ const CHUNK: usize = 64 << 10;
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// While a cancelled stage's leader is gone but its group is not, how often to look again.
 const GROUP_RECHECK: Duration = Duration::from_millis(20);
+/// After the SIGKILL of a cancelled stage, how long to keep killing what a member forked just
+/// before it (and to wait for the dead to become zombies) before the stage ends anyway: a
+/// process in uninterruptible sleep cannot hold the cancel.
+const KILL_SETTLE: Duration = Duration::from_millis(500);
 /// Without a pidfd (kernel < 5.3), how often to look for the leader's exit.
 const EXIT_RECHECK: Duration = Duration::from_millis(50);
 /// After a failed handshake, how long to wait for the client to close before we do. Closing
@@ -427,7 +430,7 @@ impl Stage {
         let mut status: Option<ExitStatus> = None;
         let mut drain_until: Option<Instant> = None;
         let mut kill_at: Option<Instant> = None;
-        let mut killed = false;
+        let mut killed_at: Option<Instant> = None;
         let mut counts = [0u64; 2]; // bytes of stdout, stderr
         let mut buf = vec![0u8; protocol::FRAME_HEADER_LEN + CHUNK];
 
@@ -451,9 +454,9 @@ impl Stage {
                 self.signal_all(libc::SIGTERM);
                 kill_at = Some(now + kill_grace);
             }
-            if !killed && kill_at.is_some_and(|t| now >= t) {
+            if killed_at.is_none() && kill_at.is_some_and(|t| now >= t) {
                 self.signal_all(libc::SIGKILL);
-                killed = true;
+                killed_at = Some(now);
             }
             // Time the client makes us wait (backlog) does not count against the drain: what the
             // process wrote before it exited must not be lost to a slow reader.
@@ -482,17 +485,17 @@ impl Stage {
 
             let gone = matches!(peer, PeerEnd::Gone(_));
             let output_done = gone || (self.stdout.is_none() && self.stderr.is_none() && !link.conn.wants_write());
-            // After a cancel, the whole group must be gone, not just the leader.
-            let group_done = matches!(peer, PeerEnd::Connected) || killed || self.members.all_gone();
+            // After a cancel, every process of the stage must be gone, not just the leader. After
+            // the SIGKILL, each look kills again what a member forked just before it died.
+            let group_done = |stage: &mut Self| match killed_at {
+                _ if matches!(peer, PeerEnd::Connected) => true,
+                None => stage.members.all_gone(),
+                Some(at) => stage.signal_all(libc::SIGKILL) == 0 || now >= at + KILL_SETTLE,
+            };
             if let Some(status) = status
                 && output_done
-                && group_done
+                && group_done(&mut self)
             {
-                if killed {
-                    // One more pass for anything forked by a member between the last look at
-                    // /proc and its SIGKILL.
-                    self.signal_all(libc::SIGKILL);
-                }
                 let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
                 if !gone {
                     link.queue(&protocol::exit_frame(code));
@@ -531,7 +534,7 @@ impl Stage {
                 None
             };
             let drain_timer = drain_until.filter(|_| !backlog);
-            let timeout = socket::timeout_until([kill_at.filter(|_| !killed), drain_timer, recheck]);
+            let timeout = socket::timeout_until([kill_at.filter(|_| killed_at.is_none()), drain_timer, recheck]);
             if let Err(e) = socket::poll(&mut fds, timeout) {
                 // Cannot wait any more: end the stage the hard way rather than spin.
                 self.signal_all(libc::SIGKILL);
