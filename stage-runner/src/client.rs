@@ -1,9 +1,10 @@
 //! The host side: run one stage on a runner and copy its output out as it arrives.
 //!
-//! Errors say whether falling back to another path (Docker exec) is safe: [`ClientError::Connect`]
-//! and [`ClientError::Rejected`] mean the stage was not started; [`ClientError::Lost`] means it
-//! was, and the connection broke — an infrastructure failure, since the stage may have run in
-//! part (the runner kills its process group when the connection drops).
+//! Errors say whether falling back to another path (Docker exec) is safe. Only
+//! [`ClientError::Connect`] and [`ClientError::Rejected`] mean the stage was provably not
+//! started. Once the request has left, anything but an answer from the runner is
+//! [`ClientError::Lost`]: the runner may be running the script, and running it again elsewhere
+//! could apply it twice (think `terraform apply`).
 
 use crate::protocol::{self, Event, FrameDecoder, FrameKind, Request, RunRequest};
 use crate::socket::{self, DeadlineStream, pollfd};
@@ -30,10 +31,17 @@ pub enum End {
 }
 
 /// Why a stage could not be run to its end.
+///
+/// The rule the host relies on: fall back to another path (Docker exec) only on
+/// [`Connect`](Self::Connect). [`Rejected`](Self::Rejected) did not start anything either, but
+/// the runner said why, and that is the job log's business. [`Lost`](Self::Lost) means the stage
+/// may have run: it must not be run again.
 #[derive(Debug)]
 pub enum ClientError {
-    /// No connection, no TLS handshake (e.g. a certificate from another job's CA), or no answer
-    /// to the request within the connect timeout. Nothing was started: falling back is safe.
+    /// The runner provably started nothing: the TCP connect failed, the TLS handshake failed
+    /// (either side refused the other's certificate — including a refusal that, with TLS 1.3,
+    /// only arrives as an alert after the request was sent, see [`run`]), or the request could
+    /// not be sent whole (the runner spawns only once it has read all of it). Falling back is safe.
     Connect {
         /// The runner address dialled.
         addr: SocketAddr,
@@ -48,13 +56,18 @@ pub enum ClientError {
         /// The runner's message.
         message: String,
     },
-    /// The connection broke or the runner broke the protocol after the stage started: it may
-    /// have run in part. An infrastructure failure, not the job's fault.
+    /// The whole request was sent, and then the connection broke, timed out or carried
+    /// something that is not the protocol. The stage may have run, in part or to its end, and
+    /// may still be running until the runner notices the dropped connection and kills it. An
+    /// infrastructure failure, not the job's fault; never a reason to run the stage again.
     Lost {
         /// The runner address.
         addr: SocketAddr,
         /// What happened.
         reason: String,
+        /// Whether the runner had confirmed the spawn (a `Started` frame). `false` does not
+        /// mean it did not start: the confirmation may be what was lost or late.
+        started: bool,
     },
     /// Writing the stage's output to our stdout or stderr failed; the connection was dropped,
     /// so the runner kills the stage.
@@ -66,7 +79,15 @@ impl fmt::Display for ClientError {
         match self {
             Self::Connect { addr, reason } => write!(f, "stage runner at {addr}: cannot connect: {reason}"),
             Self::Rejected { addr, message } => write!(f, "stage runner at {addr} refused the stage: {message}"),
-            Self::Lost { addr, reason } => write!(f, "stage runner at {addr}: connection lost mid-stage: {reason}"),
+            Self::Lost {
+                addr,
+                reason,
+                started: true,
+            } => write!(f, "stage runner at {addr}: connection lost mid-stage: {reason}"),
+            Self::Lost { addr, reason, .. } => write!(
+                f,
+                "stage runner at {addr}: the stage may have started, the runner did not confirm it: {reason}"
+            ),
             Self::Output(e) => write!(f, "writing the stage's output: {e}"),
         }
     }
@@ -85,9 +106,19 @@ impl std::error::Error for ClientError {
 /// `stderr` as they arrive: each chunk with one `write_all` and a `flush`, byte for byte.
 ///
 /// `connect_timeout` bounds the TCP connect, the handshake, each write of the request, and the
-/// wait for the runner to confirm the spawn. Once the stage runs there is no timeout (TCP
-/// keepalive notices a vanished runner). If `cancel_fd` becomes readable (or hangs up), the
-/// runner is told to cancel; the fd is only polled, never read or closed.
+/// wait for the runner to confirm the spawn. A failure up to and including the handshake, or
+/// while sending the request, is [`ClientError::Connect`]; once the request is out, a missing
+/// confirmation is [`ClientError::Lost`] (`started: false`), since the runner may have spawned
+/// the stage and only its answer be late. Once the stage runs there is no timeout (TCP
+/// keepalive notices a vanished runner).
+///
+/// With TLS 1.3 the client's side of the handshake is done before the runner has checked the
+/// client certificate, so a runner refusing our certificate is only seen as a fatal TLS alert
+/// on the first read after the request was sent. Such an alert, with no frame byte before it,
+/// is still [`ClientError::Connect`] (why that is safe is explained where it is decided).
+///
+/// If `cancel_fd` becomes readable (or hangs up), the runner is told to cancel; the fd is only
+/// polled, never read or closed.
 pub fn run(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
@@ -104,7 +135,8 @@ pub fn run(
 
 /// Checks that a runner is up at `addr` and that both sides trust each other: connect,
 /// handshake and a ping the runner answers without spawning anything, all within `timeout`.
-/// Every failure is [`ClientError::Connect`] (or `Rejected` if the runner answers with an error).
+/// Every failure is [`ClientError::Connect`] (or `Rejected` if the runner answers with an
+/// error): a ping spawns nothing, so a connection that breaks after it was sent loses no stage.
 pub fn probe(addr: SocketAddr, config: Arc<ClientConfig>, timeout: Duration) -> Result<(), ClientError> {
     let deadline = Instant::now() + timeout;
     let session = Session::open(addr, config, timeout, &protocol::encode_request(&Request::Ping))?;
@@ -148,16 +180,24 @@ impl Session {
             .map_err(|e| connect(e.to_string()))?;
         let mut sock_ref = &sock;
         let mut stream = rustls::Stream::new(&mut conn, &mut sock_ref);
+        // Still safe to fall back if this fails: a write that fails leaves the request's tail
+        // (at least the rest of its last TLS record) unsent, and the runner decrypts a record only
+        // when it is whole and spawns only once it has read the whole request.
         stream
             .write_all(request)
             .and_then(|()| stream.flush())
             .map_err(|e| connect(format!("sending the request: {e}")))?;
-        sock.set_nonblocking(true).map_err(|e| connect(e.to_string()))?;
+        // From here on the runner may be running the stage.
+        sock.set_nonblocking(true).map_err(|e| ClientError::Lost {
+            addr,
+            reason: format!("socket: {e}"),
+            started: false,
+        })?;
         Ok(Self { addr, conn, sock })
     }
 
     /// Reads frames until the exit frame (see [`run`]). `start_timeout` bounds the wait for the
-    /// first frame.
+    /// `Started` frame.
     fn drive(
         mut self,
         start_timeout: Duration,
@@ -169,18 +209,21 @@ impl Session {
         let addr = self.addr;
         let start_deadline = Instant::now() + start_timeout;
         let mut started = false;
+        // Whether any plaintext (frame bytes) has come from the runner.
+        let mut answered = false;
         let mut cancel_deadline: Option<Instant> = None;
         let mut decoder = FrameDecoder::new();
         let mut buf = vec![0u8; 256 << 10];
-        // Before the runner answers, nothing ran (Connect); after a cancel, the end is near
-        // anyway (Cancelled); otherwise the stage was cut short (Lost).
+        // A TLS error from the last read; acted on once the plaintext before it is decoded (a
+        // `Started` or even the exit frame may have arrived in the same read).
+        let mut tls_error: Option<rustls::Error> = None;
+        // The request is out: the stage may run from here on, whatever breaks. After a cancel
+        // the end is near anyway (Cancelled).
         let broken = |started: bool, cancelled: bool, reason: String| {
             if cancelled {
                 Ok(End::Cancelled)
-            } else if started {
-                Err(ClientError::Lost { addr, reason })
             } else {
-                Err(ClientError::Connect { addr, reason })
+                Err(ClientError::Lost { addr, reason, started })
             }
         };
         loop {
@@ -199,6 +242,7 @@ impl Session {
                         break;
                     }
                 };
+                answered = true;
                 let mut input = &buf[..n];
                 loop {
                     let event = match decoder.next(&mut input) {
@@ -224,6 +268,21 @@ impl Session {
                     }
                 }
             }
+            if let Some(e) = tls_error.take() {
+                // TLS 1.3: our handshake is complete once we have sent our Finished, before the
+                // runner has checked our certificate, so its refusal (e.g. a certificate from
+                // another job's CA) arrives as a fatal alert on the first read after the
+                // request was sent. That alert, with no frame byte before it, proves nothing
+                // started: the runner reads the request only after the handshake succeeded,
+                // and whatever it sends after that (`Started` first, then output) travels in
+                // the same ordered stream ahead of any alert it could send later. Any other
+                // TLS failure (our own decryption, a record we refuse) may come mid-stage.
+                if !answered && cancel_deadline.is_none() && matches!(e, rustls::Error::AlertReceived(_)) {
+                    let reason = format!("TLS handshake refused by the runner: {e}");
+                    return Err(ClientError::Connect { addr, reason });
+                }
+                return broken(started, cancel_deadline.is_some(), format!("TLS: {e}"));
+            }
             if let Some(reason) = eof {
                 return broken(started, cancel_deadline.is_some(), reason);
             }
@@ -238,16 +297,18 @@ impl Session {
             ];
             let deadline = cancel_deadline.or((!started).then_some(start_deadline));
             let timeout = socket::timeout_until([deadline]);
-            let ready = socket::poll(&mut fds, timeout).map_err(|e| ClientError::Lost {
-                addr,
-                reason: format!("poll: {e}"),
-            })?;
+            let ready = match socket::poll(&mut fds, timeout) {
+                Ok(ready) => ready,
+                Err(e) => return broken(started, false, format!("poll: {e}")),
+            };
             if ready == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 if cancel_deadline.is_some() {
                     return Ok(End::Cancelled);
                 }
-                let reason = format!("no answer from the runner within {start_timeout:?}");
-                return Err(ClientError::Connect { addr, reason });
+                // Not Connect: the runner has the request and may be running it; only its
+                // `Started` is missing (a runner under load, a stalled network).
+                let reason = format!("no answer within {start_timeout:?} of sending the request");
+                return broken(false, false, reason);
             }
             if fds[1].revents != 0 {
                 self.queue_cancel();
@@ -258,9 +319,10 @@ impl Session {
                     Ok(0) => {} // EOF: rustls reports it through the reader on the next turn.
                     Ok(_) => {
                         if let Err(e) = self.conn.process_new_packets() {
-                            // Send the alert if we can; a refused certificate surfaces here.
+                            // Send our alert if we can; decide once the plaintext is decoded.
                             let _ = self.conn.write_tls(&mut self.sock);
-                            return broken(started, cancel_deadline.is_some(), e.to_string());
+                            tls_error = Some(e);
+                            continue;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -3,6 +3,10 @@
 //! Each job gets a fresh ECDSA P-256 CA whose key is thrown away once the two leaf
 //! certificates are signed: nothing can mint another certificate this job's runner would
 //! trust, and a leaked certificate is worthless to any other job.
+//!
+//! Each leaf allows one extended key usage (serverAuth, clientAuth) and the verifiers in
+//! [`crate::tls`] insist on it, so the server certificate — which the job can read in its own
+//! container — does not authenticate a client.
 
 use crate::tls::SERVER_NAME;
 use rcgen::{

@@ -11,6 +11,7 @@
 pub mod client;
 #[cfg(feature = "credentials")]
 pub mod credentials;
+mod procs;
 pub mod protocol;
 pub mod server;
 mod socket;

@@ -18,7 +18,18 @@ pub const VERSION: u16 = 1;
 /// Bytes of the request header: magic, version (u16 BE), kind (u8), body length (u32 BE).
 pub const REQUEST_HEADER_LEN: usize = 4 + 2 + 1 + 4;
 /// Largest request body (argv + env + stdin) a server accepts; stage scripts are far smaller.
+/// The body is read as it arrives, so a length alone makes nothing allocate this much.
 pub const MAX_REQUEST_LEN: u32 = 64 << 20;
+/// Most `argv` entries a run request may have. The host sends three (`sh -c <wrapper>`); the
+/// cap keeps a body of empty strings (4 bytes each on the wire, a `String` each in memory)
+/// from costing six times its size.
+pub const MAX_ARGS: u32 = 4096;
+/// Most environment variables a run request may add (same reason as [`MAX_ARGS`]).
+pub const MAX_ENV_VARS: u32 = 4096;
+/// Most bytes of `argv` strings plus env names and values together. Linux refuses larger
+/// argument lists anyway (with the default 8 MiB stack, `ARG_MAX` is 2 MiB, pointers included);
+/// the script itself travels on stdin, which only [`MAX_REQUEST_LEN`] bounds.
+pub const MAX_ARGS_ENV_LEN: usize = 2 << 20;
 /// Bytes of a frame header: kind (u8), payload length (u32 BE).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Largest stdout/stderr frame payload accepted (the server sends at most 64 KiB per frame).
@@ -86,6 +97,14 @@ pub enum ProtocolError {
     InvalidUtf8(&'static str),
     /// A run request with an empty argv.
     EmptyArgv,
+    /// A run request with more than [`MAX_ARGS`] argv entries.
+    TooManyArgs(u32),
+    /// A run request with more than [`MAX_ENV_VARS`] environment variables.
+    TooManyEnvVars(u32),
+    /// argv and env of a run request hold more than [`MAX_ARGS_ENV_LEN`] bytes together.
+    ArgsEnvTooLarge,
+    /// An environment variable name that is empty or holds `=` or NUL.
+    BadEnvName(String),
     /// A frame kind outside the protocol, or one this side never receives.
     UnexpectedFrameKind(u8),
     /// A frame whose payload length is not allowed for its kind.
@@ -111,6 +130,18 @@ impl fmt::Display for ProtocolError {
             Self::TrailingBytes(n) => write!(f, "request has {n} unexpected bytes after its last field"),
             Self::InvalidUtf8(field) => write!(f, "{field} is not valid UTF-8"),
             Self::EmptyArgv => write!(f, "run request has an empty argv"),
+            Self::TooManyArgs(n) => write!(f, "run request has {n} argv entries, over the limit of {MAX_ARGS}"),
+            Self::TooManyEnvVars(n) => {
+                write!(
+                    f,
+                    "run request has {n} environment variables, over the limit of {MAX_ENV_VARS}"
+                )
+            }
+            Self::ArgsEnvTooLarge => write!(
+                f,
+                "argv and environment of the run request are over the limit of {MAX_ARGS_ENV_LEN} bytes"
+            ),
+            Self::BadEnvName(name) => write!(f, "environment variable name {name:?} is empty or holds '=' or NUL"),
             Self::UnexpectedFrameKind(k) => write!(f, "unexpected frame kind {k}"),
             Self::BadFrameLength { kind, len } => write!(f, "{kind:?} frame with a payload of {len} bytes"),
         }
@@ -168,8 +199,10 @@ fn encode_run(run: &RunRequest) -> Vec<u8> {
     out
 }
 
-/// Reads one request. The body length is checked against [`MAX_REQUEST_LEN`] before the body
-/// buffer is allocated, and every field length against the bytes actually left in the body.
+/// Reads one request. The body length is checked against [`MAX_REQUEST_LEN`] before any of the
+/// body is read, the body buffer grows only with the bytes that actually arrive, and every
+/// field length and count is checked against the bytes left in the body and the caps above.
+/// Never panics, whatever the input.
 pub fn read_request(reader: &mut impl Read) -> Result<Request, ProtocolError> {
     let mut header = [0u8; REQUEST_HEADER_LEN];
     reader.read_exact(&mut header)?;
@@ -189,8 +222,12 @@ pub fn read_request(reader: &mut impl Read) -> Result<Request, ProtocolError> {
     if kind != KIND_RUN && kind != KIND_PING {
         return Err(ProtocolError::UnknownRequestKind(kind));
     }
-    let mut body = vec![0u8; len as usize];
-    reader.read_exact(&mut body)?;
+    // Grown as bytes arrive: a peer announcing 64 MiB and sending nothing costs nothing.
+    let mut body = Vec::new();
+    reader.take(len.into()).read_to_end(&mut body)?;
+    if body.len() != len as usize {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
     match kind {
         KIND_PING if body.is_empty() => Ok(Request::Ping),
         KIND_PING => Err(ProtocolError::TrailingBytes(body.len())),
@@ -203,19 +240,38 @@ fn decode_run(body: &[u8]) -> Result<RunRequest, ProtocolError> {
     let mut rest = body;
     let kill_grace = Duration::from_millis(take_u32(&mut rest, "kill grace")?.into());
     let argc = take_u32(&mut rest, "argv count")?;
+    if argc > MAX_ARGS {
+        return Err(ProtocolError::TooManyArgs(argc));
+    }
+    // Bytes of argv and env so far, against MAX_ARGS_ENV_LEN.
+    let mut strings_len = 0usize;
+    let mut counted = |s: String| {
+        strings_len += s.len();
+        if strings_len > MAX_ARGS_ENV_LEN {
+            return Err(ProtocolError::ArgsEnvTooLarge);
+        }
+        Ok(s)
+    };
     // No `with_capacity(argc)`: the count is untrusted; each entry is bounded by the body.
     let mut argv = Vec::new();
     for _ in 0..argc {
-        argv.push(take_string(&mut rest, "argv")?);
+        argv.push(counted(take_string(&mut rest, "argv")?)?);
     }
     if argv.is_empty() {
         return Err(ProtocolError::EmptyArgv);
     }
     let envc = take_u32(&mut rest, "env count")?;
+    if envc > MAX_ENV_VARS {
+        return Err(ProtocolError::TooManyEnvVars(envc));
+    }
     let mut env = Vec::new();
     for _ in 0..envc {
-        let name = take_string(&mut rest, "env name")?;
-        let value = take_string(&mut rest, "env value")?;
+        let name = counted(take_string(&mut rest, "env name")?)?;
+        // `execve` takes `NAME=VALUE` strings: such a name would set another variable.
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(ProtocolError::BadEnvName(name));
+        }
+        let value = counted(take_string(&mut rest, "env value")?)?;
         env.push((name, value));
     }
     let stdin = take_bytes(&mut rest, "stdin")?.to_vec();
@@ -482,10 +538,15 @@ mod tests {
     }
 
     #[test]
-    fn huge_argv_count_is_truncation() {
+    fn huge_argv_count_is_refused_and_one_within_the_cap_is_truncation() {
         let mut bytes = encode_request(&Request::Run(run_request()));
         let at = REQUEST_HEADER_LEN + 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            read_request(&mut &bytes[..]),
+            Err(ProtocolError::TooManyArgs(u32::MAX))
+        ));
+        bytes[at..at + 4].copy_from_slice(&MAX_ARGS.to_be_bytes());
         assert!(matches!(
             read_request(&mut &bytes[..]),
             Err(ProtocolError::Truncated(_))
@@ -542,6 +603,115 @@ mod tests {
         empty.argv.clear();
         let bytes = encode_request(&Request::Run(empty));
         assert!(matches!(read_request(&mut &bytes[..]), Err(ProtocolError::EmptyArgv)));
+    }
+
+    #[test]
+    fn argv_and_env_counts_and_sizes_are_capped_with_clear_messages() {
+        let at_argc = REQUEST_HEADER_LEN + 4;
+        let mut bytes = encode_request(&Request::Run(run_request()));
+        bytes[at_argc..at_argc + 4].copy_from_slice(&(MAX_ARGS + 1).to_be_bytes());
+        let err = read_request(&mut &bytes[..]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "run request has 4097 argv entries, over the limit of 4096"
+        );
+
+        let many_env = RunRequest {
+            env: (0..=MAX_ENV_VARS).map(|i| (format!("V{i}"), String::new())).collect(),
+            ..run_request()
+        };
+        let err = read_request(&mut &encode_request(&Request::Run(many_env))[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::TooManyEnvVars(4097)), "{err}");
+
+        // At the caps exactly: accepted.
+        let full = RunRequest {
+            argv: (0..MAX_ARGS).map(|_| String::new()).collect(),
+            env: vec![("BIG".into(), "x".repeat(MAX_ARGS_ENV_LEN - 3))],
+            ..run_request()
+        };
+        assert!(read_request(&mut &encode_request(&Request::Run(full.clone()))[..]).is_ok());
+        let over = RunRequest {
+            env: vec![("BIG".into(), "x".repeat(MAX_ARGS_ENV_LEN - 2))],
+            ..full
+        };
+        let err = read_request(&mut &encode_request(&Request::Run(over))[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::ArgsEnvTooLarge), "{err}");
+
+        for name in ["", "A=B", "A\0"] {
+            let bad = RunRequest {
+                env: vec![(name.into(), "v".into())],
+                ..run_request()
+            };
+            let err = read_request(&mut &encode_request(&Request::Run(bad))[..]).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadEnvName(_)), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_body_announced_but_not_sent_is_not_allocated_up_front() {
+        let mut bytes = encode_request(&Request::Ping);
+        bytes[6] = KIND_RUN;
+        bytes[7..11].copy_from_slice(&MAX_REQUEST_LEN.to_be_bytes());
+        let err = read_request(&mut &bytes[..]).unwrap_err();
+        assert!(
+            matches!(&err, ProtocolError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
+    }
+
+    /// xorshift64*: random enough for throwing bytes at the decoders, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn decoding_never_panics_on_random_or_mangled_input() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let good = encode_request(&Request::Run(run_request()));
+        for round in 0..20_000 {
+            let mut input: Vec<u8> = match round % 3 {
+                // Pure noise.
+                0 => (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+                // A valid header, then noise: reaches the body decoder.
+                1 => {
+                    let mut v = good[..REQUEST_HEADER_LEN].to_vec();
+                    let body: Vec<u8> = (0..rng.below(128)).map(|_| rng.next() as u8).collect();
+                    v[7..11].copy_from_slice(&(body.len() as u32).to_be_bytes());
+                    v.extend(body);
+                    v
+                }
+                // A valid request with a few bytes changed and maybe cut short.
+                _ => {
+                    let mut v = good.clone();
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(v.len());
+                        v[at] = rng.next() as u8;
+                    }
+                    v.truncate(rng.below(v.len() + 1));
+                    v
+                }
+            };
+            let _ = read_request(&mut &input[..]);
+            // The same bytes as frames, fed in random splits.
+            let mut decoder = FrameDecoder::new();
+            let mut rest = &mut input[..];
+            while !rest.is_empty() {
+                let n = 1 + rng.below(rest.len());
+                let (chunk, tail) = rest.split_at_mut(n);
+                let mut chunk: &[u8] = chunk;
+                while let Ok(Some(_)) = decoder.next(&mut chunk) {}
+                rest = tail;
+            }
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The runner side: accept mutual-TLS connections and run one stage per connection.
 //!
-//! A connection is served by its own thread: handshake and request (under a deadline), spawn
-//! the process in its own process group, then one `poll` loop over the socket, the three pipes
-//! and a pidfd until the stage ends. Output is forwarded as it is read, with backpressure: while
+//! A connection is served by its own thread: handshake (under a short deadline, and only so
+//! many at once), request (under a deadline), spawn the process in its own process group, then
+//! one `poll` loop over the socket, the three pipes and a pidfd until the stage ends. Output is forwarded as it is read, with backpressure: while
 //! the client has not taken the previous chunk, the pipes are not read. When the process exits,
 //! its pipes are drained for at most [`Limits::drain_after_exit`] (as dockerd does for exec), so
 //! a background process holding them open cannot hold the stage. A cancel frame or a dropped
-//! connection SIGTERMs the group, and SIGKILLs it after the request's kill grace.
+//! connection SIGTERMs every process of the stage — its process group, and also whatever left
+//! the group (`setsid`, a double fork), found through `/proc` (see [`become_subreaper`]) — and
+//! SIGKILLs what is left after the request's kill grace.
 
+use crate::procs::{self, Members};
 use crate::protocol::{self, Event, FrameDecoder, FrameKind, Request, RunRequest};
 use crate::socket::{self, DeadlineStream, pollfd};
 use rustls::{ServerConfig, ServerConnection};
@@ -27,27 +30,49 @@ const CHUNK: usize = 64 << 10;
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// While a cancelled stage's leader is gone but its group is not, how often to look again.
 const GROUP_RECHECK: Duration = Duration::from_millis(20);
+/// After the SIGKILL of a cancelled stage, how long to keep killing what a member forked just
+/// before it (and to wait for the dead to become zombies) before the stage ends anyway: a
+/// process in uninterruptible sleep cannot hold the cancel.
+const KILL_SETTLE: Duration = Duration::from_millis(500);
 /// Without a pidfd (kernel < 5.3), how often to look for the leader's exit.
 const EXIT_RECHECK: Duration = Duration::from_millis(50);
+/// After a failed handshake, how long to wait for the client to close before we do. Closing
+/// with the client's unread request in our buffer sends a TCP reset, and should our alert be
+/// lost on the way, the client would see only the reset — which it must take for a stage that
+/// may have started. Waiting for its close (it closes once it has our alert) avoids that.
+const HANDSHAKE_FAILURE_LINGER: Duration = Duration::from_secs(1);
+
+pub use crate::procs::become_subreaper;
 
 /// Bounds on what one runner does at once and how long it waits.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Stages running at once; a run request beyond this gets an `Error` frame ("busy").
-    /// Connections still in handshake count separately, up to the same number again; beyond
-    /// that, new connections are closed without a word.
+    /// Connections count separately, up to twice this number (stages, pings, connections in
+    /// handshake); beyond that, new connections are closed without a word.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake and the whole request.
+    /// Connections still in their TLS handshake (not yet authenticated) at once. Beyond this,
+    /// a new connection is closed at once: an unauthenticated peer cannot hold more than this
+    /// many threads, each for at most [`handshake_timeout`](Self::handshake_timeout).
+    pub max_handshakes: usize,
+    /// Time allowed for the TLS handshake (the client sends its certificate in the first round
+    /// trip; a few ms on a live network).
+    pub handshake_timeout: Duration,
+    /// Time allowed for the whole request once the client is authenticated (a large stdin may
+    /// take a while on a slow link).
     pub request_timeout: Duration,
     /// After the process exits, how long its pipes are still read before the exit frame is sent.
     pub drain_after_exit: Duration,
 }
 
 impl Default for Limits {
-    /// 16 stages, 30 s for handshake and request, 2 s of draining (dockerd's exec value).
+    /// 16 stages, 8 handshakes of at most 5 s each, 30 s for the request, 2 s of draining
+    /// (dockerd's exec value).
     fn default() -> Self {
         Self {
             max_connections: 16,
+            max_handshakes: 8,
+            handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             drain_after_exit: Duration::from_secs(2),
         }
@@ -60,6 +85,7 @@ impl Default for Limits {
 pub fn serve(listener: TcpListener, config: Arc<ServerConfig>, limits: Limits) -> io::Result<Infallible> {
     let limits = Arc::new(limits);
     let connections = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
     let stages = Arc::new(AtomicUsize::new(0));
     loop {
         let (sock, peer) = match listener.accept() {
@@ -75,10 +101,14 @@ pub fn serve(listener: TcpListener, config: Arc<ServerConfig>, limits: Limits) -
             eprintln!("stage-runner: {peer}: closed: too many connections");
             continue;
         };
+        let Some(handshake) = Slot::take(&handshakes, limits.max_handshakes) else {
+            eprintln!("stage-runner: {peer}: closed: too many connections in handshake");
+            continue;
+        };
         let (config, limits, stages) = (config.clone(), limits.clone(), stages.clone());
         let spawned = std::thread::Builder::new().name(format!("conn {peer}")).spawn(move || {
             let _connection = connection;
-            let outcome = handle(sock, config, &limits, &stages);
+            let outcome = handle(sock, handshake, config, &limits, &stages);
             eprintln!("stage-runner: {peer}: {outcome}");
         });
         if let Err(e) = spawned {
@@ -113,14 +143,21 @@ impl Drop for Slot {
 }
 
 /// Serves one connection; returns its log line.
-fn handle(sock: TcpStream, config: Arc<ServerConfig>, limits: &Limits, stages: &Arc<AtomicUsize>) -> String {
+fn handle(
+    sock: TcpStream,
+    handshake: Slot,
+    config: Arc<ServerConfig>,
+    limits: &Limits,
+    stages: &Arc<AtomicUsize>,
+) -> String {
     let started = Instant::now();
-    let (Ok(what) | Err(what)) = handle_inner(sock, config, limits, stages);
+    let (Ok(what) | Err(what)) = handle_inner(sock, handshake, config, limits, stages);
     format!("{what} ({:.1} ms)", started.elapsed().as_secs_f64() * 1e3)
 }
 
 fn handle_inner(
     sock: TcpStream,
+    handshake: Slot,
     config: Arc<ServerConfig>,
     limits: &Limits,
     stages: &Arc<AtomicUsize>,
@@ -129,16 +166,20 @@ fn handle_inner(
     let mut conn = ServerConnection::new(config).map_err(|e| format!("TLS: {e}"))?;
     let mut timed = DeadlineStream {
         sock: &sock,
-        deadline: Instant::now() + limits.request_timeout,
+        deadline: Instant::now() + limits.handshake_timeout,
     };
-    let request = protocol::read_request(&mut rustls::Stream::new(&mut conn, &mut timed));
-    if conn.is_handshaking() {
-        let e = match request {
-            Err(protocol::ProtocolError::Io(e)) => e.to_string(),
-            other => format!("{other:?}"),
-        };
-        return Err(format!("handshake failed: {e}"));
+    // TLS 1.3: done once the client's certificate is verified and its Finished is in. On an
+    // error, rustls has already tried to send its alert (a refused certificate shows on the
+    // client as that alert, which it takes for "nothing started").
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut timed) {
+            linger(&sock);
+            return Err(format!("handshake failed: {e}"));
+        }
     }
+    drop(handshake);
+    timed.deadline = Instant::now() + limits.request_timeout;
+    let request = protocol::read_request(&mut rustls::Stream::new(&mut conn, &mut timed));
     // Frames are queued whole (at most two chunks, see the backpressure in `Stage::run`).
     conn.set_buffer_limit(None);
     sock.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
@@ -187,6 +228,18 @@ fn handle_inner(
         }
         PeerEnd::Gone(why) => Err(format!("{summary}; connection lost ({why}), process group killed")),
     }
+}
+
+/// After a failed handshake: stop sending, and wait (briefly) for the client to close, so our
+/// close does not turn into a reset that could be all the client sees (see
+/// [`HANDSHAKE_FAILURE_LINGER`]).
+fn linger(sock: &TcpStream) {
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let mut timed = DeadlineStream {
+        sock,
+        deadline: Instant::now() + HANDSHAKE_FAILURE_LINGER,
+    };
+    let _ = io::copy(&mut timed, &mut io::sink());
 }
 
 /// The TLS connection to the client, after the request: non-blocking socket, queued frames.
@@ -305,6 +358,8 @@ struct Stage {
     child: Child,
     /// The child's pid, which is also its process group id.
     pgid: libc::pid_t,
+    /// Every process of the stage, for a cancel.
+    members: Members,
     pidfd: Option<OwnedFd>,
     stdin: Option<ChildStdin>,
     stdin_data: Vec<u8>,
@@ -315,14 +370,25 @@ struct Stage {
 
 impl Stage {
     fn spawn(run: &RunRequest) -> io::Result<Self> {
-        let mut child = Command::new(&run.argv[0])
+        let mut command = Command::new(&run.argv[0]);
+        command
             .args(&run.argv[1..])
             .envs(run.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // The leader is a child subreaper (kept across its execve): what its descendants
+        // orphan while it runs (a double fork, `setsid cmd &` in a subshell) reparents to it
+        // and stays in its tree, where a cancel finds it.
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, as required
+        // between fork and exec.
+        unsafe { command.pre_exec(procs::make_subreaper) };
+        let mut child = procs::spawn_leader(|| {
+            let child = command.spawn()?;
+            let pid = child.id() as libc::pid_t;
+            Ok((child, pid))
+        })?;
         let pgid = child.id() as libc::pid_t;
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let (stdin, stdout, stderr) = (stdin.expect("piped"), stdout.expect("piped"), stderr.expect("piped"));
@@ -330,6 +396,7 @@ impl Stage {
             if let Err(e) = socket::set_nonblocking(fd) {
                 let _ = child.kill();
                 let _ = child.wait();
+                procs::forget_leader(pgid);
                 return Err(e);
             }
         }
@@ -342,6 +409,7 @@ impl Stage {
         Ok(Self {
             child,
             pgid,
+            members: Members::new(pgid),
             pidfd,
             stdin,
             stdin_data,
@@ -351,35 +419,9 @@ impl Stage {
         })
     }
 
-    fn signal_group(&self, signal: i32) {
-        // SAFETY: plain kill(2). The group id cannot be reused while any member is alive.
-        unsafe { libc::kill(-self.pgid, signal) };
-    }
-
-    /// Whether no live process is left in the group. Zombies do not count: an orphan whose
-    /// new parent never reaps it (e.g. `sleep infinity` as the container's PID 1) is dead.
-    fn group_is_empty(&self) -> bool {
-        // SAFETY: signal 0 only checks for existence.
-        let r = unsafe { libc::kill(-self.pgid, 0) };
-        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            return true;
-        }
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        !entries.flatten().any(|entry| {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                return false;
-            };
-            // After the command name in parentheses: state, ppid, pgrp, ...
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let pgrp = fields.nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
-            pgrp == Some(self.pgid) && !matches!(state, "Z" | "X")
-        })
+    /// Signals every process of the stage (see [`Members`]); returns how many were alive.
+    fn signal_all(&mut self, signal: i32) -> usize {
+        self.members.signal(signal)
     }
 
     /// Forwards output until the stage is over (see the module doc) and reaps the leader.
@@ -388,7 +430,7 @@ impl Stage {
         let mut status: Option<ExitStatus> = None;
         let mut drain_until: Option<Instant> = None;
         let mut kill_at: Option<Instant> = None;
-        let mut killed = false;
+        let mut killed_at: Option<Instant> = None;
         let mut counts = [0u64; 2]; // bytes of stdout, stderr
         let mut buf = vec![0u8; protocol::FRAME_HEADER_LEN + CHUNK];
 
@@ -409,12 +451,12 @@ impl Stage {
                 _ => {}
             }
             if was_connected && !matches!(peer, PeerEnd::Connected) {
-                self.signal_group(libc::SIGTERM);
+                self.signal_all(libc::SIGTERM);
                 kill_at = Some(now + kill_grace);
             }
-            if !killed && kill_at.is_some_and(|t| now >= t) {
-                self.signal_group(libc::SIGKILL);
-                killed = true;
+            if killed_at.is_none() && kill_at.is_some_and(|t| now >= t) {
+                self.signal_all(libc::SIGKILL);
+                killed_at = Some(now);
             }
             // Time the client makes us wait (backlog) does not count against the drain: what the
             // process wrote before it exited must not be lost to a slow reader.
@@ -434,16 +476,25 @@ impl Stage {
             }
             if self.pidfd.is_none() && status.is_none() {
                 status = self.child.try_wait().ok().flatten();
-                drain_until = status.map(|_| now + drain);
+                if status.is_some() {
+                    self.members.leader_exited();
+                    procs::forget_leader(self.pgid);
+                    drain_until = Some(now + drain);
+                }
             }
 
             let gone = matches!(peer, PeerEnd::Gone(_));
             let output_done = gone || (self.stdout.is_none() && self.stderr.is_none() && !link.conn.wants_write());
-            // After a cancel, the whole group must be gone, not just the leader.
-            let group_done = matches!(peer, PeerEnd::Connected) || killed || self.group_is_empty();
+            // After a cancel, every process of the stage must be gone, not just the leader. After
+            // the SIGKILL, each look kills again what a member forked just before it died.
+            let group_done = |stage: &mut Self| match killed_at {
+                _ if matches!(peer, PeerEnd::Connected) => true,
+                None => stage.members.all_gone(),
+                Some(at) => stage.signal_all(libc::SIGKILL) == 0 || now >= at + KILL_SETTLE,
+            };
             if let Some(status) = status
                 && output_done
-                && group_done
+                && group_done(&mut self)
             {
                 let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
                 if !gone {
@@ -483,14 +534,16 @@ impl Stage {
                 None
             };
             let drain_timer = drain_until.filter(|_| !backlog);
-            let timeout = socket::timeout_until([kill_at.filter(|_| !killed), drain_timer, recheck]);
+            let timeout = socket::timeout_until([kill_at.filter(|_| killed_at.is_none()), drain_timer, recheck]);
             if let Err(e) = socket::poll(&mut fds, timeout) {
                 // Cannot wait any more: end the stage the hard way rather than spin.
-                self.signal_group(libc::SIGKILL);
+                self.signal_all(libc::SIGKILL);
                 let code = self
                     .child
                     .wait()
                     .map_or(-1, |s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+                self.members.leader_exited();
+                procs::forget_leader(self.pgid);
                 return Ended {
                     code,
                     peer: PeerEnd::Gone(format!("poll: {e}")),
@@ -519,8 +572,11 @@ impl Stage {
                 self.write_stdin();
             }
             if fds[4].revents != 0 {
-                // The pidfd is readable: the leader has exited, so this does not block.
+                // The pidfd is readable: the leader has exited (a zombie, its pid still ours),
+                // so this does not block.
+                self.members.leader_exited();
                 status = self.child.wait().ok();
+                procs::forget_leader(self.pgid);
                 drain_until = Some(Instant::now() + drain);
             }
         }
@@ -561,6 +617,14 @@ impl Stage {
         }
         self.stdin = None;
         self.stdin_data = Vec::new();
+    }
+}
+
+impl Drop for Stage {
+    /// Normally the leader is reaped and forgotten already; after a panic, this lets the orphan
+    /// reaper take it rather than wait for a thread that is gone.
+    fn drop(&mut self) {
+        procs::forget_leader(self.pgid);
     }
 }
 

@@ -3,6 +3,14 @@
 //! Both ends trust only the job's CA. The client verifies the server certificate against the
 //! fixed name [`SERVER_NAME`], never against the address it dials: task IPs change, the job's
 //! CA does not. The server requires a client certificate chaining to the same CA.
+//!
+//! Extended key usage keeps the two leaves apart: the server refuses a client certificate that
+//! does not allow clientAuth (e.g. the job's own server certificate, which the job can read in
+//! its container, presented as a client certificate), and the client refuses a server
+//! certificate that does not allow serverAuth. webpki, under both verifiers, enforces the
+//! usage when the certificate has an EKU extension; a certificate without one would pass, but
+//! none chains to a job's CA: the host's `credentials` module puts an EKU on both leaves and throws
+//! the CA key away.
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

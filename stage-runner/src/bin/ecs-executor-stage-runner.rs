@@ -66,6 +66,9 @@ fn serve(listen: SocketAddr, dir: &Path) -> Result<std::convert::Infallible, Str
     };
     let (ca, cert, key) = (read("ca.pem")?, read("server.pem")?, read("server-key.pem")?);
     let config = tls::server_config(&ca, &cert, &key).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Orphans of stages come to us, not to the container's PID 1 (which may never reap them),
+    // and a cancel can still find them.
+    server::become_subreaper().map_err(|e| format!("cannot become a child subreaper: {e}"))?;
     let listener = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!(
