@@ -329,7 +329,7 @@ pub async fn run_stage(
         Ok(Ok(client::End::Cancelled)) => RunnerEnd::Cancelled,
         Ok(Err(client::ClientError::Connect { reason, .. })) => RunnerEnd::NotStarted(reason),
         Ok(Err(client::ClientError::Rejected { message, .. })) => RunnerEnd::Refused(message),
-        Ok(Err(client::ClientError::Lost { reason, started })) => RunnerEnd::Lost(if started {
+        Ok(Err(client::ClientError::Lost { reason, started, .. })) => RunnerEnd::Lost(if started {
             format!("{reason}; the stage had started")
         } else {
             format!("{reason}; the stage runner had not confirmed the start, so it may have started")
