@@ -473,6 +473,94 @@ class StandinMotoTest(unittest.TestCase):
         after = self.http("GET", "/_standin/requests")[1]["requests"]
         self.assertEqual([r["seq"] for r in after], [start + 5])  # seq keeps counting
 
+    # ---------------------------------------------------------------- throttling
+
+    def throttling(self, **spec: object) -> dict:
+        status, state = self.http("POST", "/_standin/throttling", spec)
+        self.assertEqual(status, 200, state)
+        return state  # type: ignore[return-value]
+
+    def test_throttling_is_off_by_default(self) -> None:
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertFalse(state["enabled"])
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-read"]["burst"], 100)
+        for _ in range(120):  # more than any bucket's burst
+            self.ecs.list_tasks(cluster="local")
+        self.assertEqual(self.http("GET", "/_standin/throttling")[1]["throttled"], {})
+
+    def test_throttling_ecs_buckets_are_shared_per_category(self) -> None:
+        state = self.throttling(enabled=True, scale=0.1)  # read: 10 burst, 2/s; modify: 10, 4/s
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-read"], {
+            "burst": 10.0, "rate": 2.0, "tokens": 10.0, "actions": [
+                "DescribeContainerInstances", "DescribeTasks", "ListAttributes", "ListContainerInstances",
+                "ListTasks"]})
+        self.assertEqual(state["buckets"]["ecs:task-definition-modify"]["burst"], 2.0)
+        start = self.http("GET", "/_standin/requests")[1]["next"]
+        arn = self.run_one()["taskArn"]  # modify bucket: not the read one
+        for _ in range(5):
+            self.ecs.list_tasks(cluster="local")
+        for _ in range(5):
+            self.describe(arn)
+        ci = self.seeded["container_instance_arn"]
+        err = self.error_of(self.ecs.describe_container_instances, cluster="local", containerInstances=[ci])
+        self.assertEqual(err.response["Error"], {"Code": "ThrottlingException", "Message": "Rate exceeded"})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        self.assertTrue(err.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"].startswith(
+            "ThrottlingException:"))
+        self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
+                         "ThrottlingException")
+        self.ecs.stop_task(cluster="local", task=arn)  # other category, still served
+        self.ecs.list_clusters()  # cluster-read: its own bucket
+        time.sleep(0.6)  # 2 tokens/s: one more call
+        self.ecs.list_tasks(cluster="local")
+        self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
+                         "ThrottlingException")
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["throttled"], {"ecs:DescribeContainerInstances": 1, "ecs:ListTasks": 2})
+        self.assertEqual(state["allowed"]["ecs:ListTasks"], 6)
+        reqs = self.http("GET", f"/_standin/requests?since={start}")[1]["requests"]
+        throttled = [(r["action"], r["status"]) for r in reqs if r.get("throttled")]
+        self.assertEqual(throttled, [("DescribeContainerInstances", 400), ("ListTasks", 400), ("ListTasks", 400)])
+        self.assertEqual({r["throttled"] for r in reqs if r.get("throttled")}, {"ecs:cluster-resource-read"})
+        # Off again: served at once.
+        self.throttling(enabled=False)
+        for _ in range(20):
+            self.ecs.list_tasks(cluster="local")
+
+    def test_throttling_exempts_the_agent_and_takes_overrides(self) -> None:
+        self.throttling(enabled=True, buckets={"ecs:cluster-resource-read": {"burst": 2, "rate": 0}})
+        agent = boto3.client("ecs", endpoint_url=self.endpoint, region_name=REGION,
+                             config=Config(retries={"total_max_attempts": 1}, user_agent_appid="ecs-agent-standin"))
+        for _ in range(2):
+            self.ecs.list_tasks(cluster="local")
+        self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
+                         "ThrottlingException")
+        for _ in range(5):
+            agent.list_tasks(cluster="local")  # the agent's polling never counts
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["exempt_calls"], 5)
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-read"]["rate"], 0.0)
+        self.assertEqual(self.http("POST", "/_standin/throttling", {"scale": 0})[0], 400)
+        self.assertEqual(self.http("POST", "/_standin/throttling", {"bogus": 1})[0], 400)
+        # Reset restores the defaults (off).
+        self.http("POST", "/moto-api/reset")
+        self.assertFalse(self.http("GET", "/_standin/throttling")[1]["enabled"])
+
+    def test_throttling_ec2_describe_instances(self) -> None:
+        self.throttling(enabled=True, scale=0.05)  # filtered 100/20 -> 5; unfiltered 50/10 -> 2.5
+        iid = self.seeded["instance_id"]
+        for _ in range(5):
+            self.ec2.describe_instances(InstanceIds=[iid])
+        err = self.error_of(self.ec2.describe_instances, InstanceIds=[iid])
+        self.assertEqual(err.response["Error"], {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 503)
+        for _ in range(2):  # the unfiltered bucket is another one
+            self.ec2.describe_instances()
+        self.assertEqual(self.error_of(self.ec2.describe_instances).response["Error"]["Code"], "RequestLimitExceeded")
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["throttled"], {"ec2:DescribeInstances": 2})
+        self.assertIn("ec2:DescribeInstances:unfiltered", state["buckets"])
+
 
 if __name__ == "__main__":
     unittest.main()
