@@ -85,7 +85,7 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances
     subnet_id = (
         subnets[0]["SubnetId"]
         if subnets
-        else ec2.create_subnet(VpcId=vpc_id, CidrBlock=SUBNET_CIDR)["Subnet"]["SubnetId"]
+        else ec2.create_subnet(VpcId=vpc_id, CidrBlock=SUBNET_CIDR, AvailabilityZone=f"{region}a")["Subnet"]["SubnetId"]
     )
 
     reservations = ec2.describe_instances(

@@ -1118,12 +1118,26 @@ def launch_instance(backend: Backend, cluster_name: str, spec: dict[str, Any]) -
     else:
         private_ip, public_ip = _next_address_pair(ec2)
     subnet = _loopback_subnet(ec2)
-    known = len(backend.container_instances.get(cluster.name, {}))
-    az = spec.get("availability_zone") or f"{backend.region_name}{AZ_LETTERS[known % len(AZ_LETTERS)]}"
+    az = spec.get("availability_zone")
+    if not az:
+        # Spread over the Region's first zones, as an ASG balances its zones.
+        zones = [f"{backend.region_name}{x}" for x in AZ_LETTERS]
+        per_zone = {z: 0 for z in zones}
+        for ci in backend.container_instances.get(cluster.name, {}).values():
+            if ci.status != "INACTIVE":
+                zone = ci.attributes.get("ecs.availability-zone")
+                per_zone[zone] = per_zone.get(zone, 0) + 1
+        az = min(zones, key=lambda z: per_zone[z])
     reservation = ec2.run_instances(
         STANDIN_IMAGE_ID, 1, None, [],
-        instance_type=spec.get("instance_type") or "c5.xlarge", region_name=backend.region_name,
-        subnet_id=subnet.id, private_ip=private_ip, tags={"instance": {"Name": NAME_TAG}},
+        # The kwargs moto's RunInstances handler passes (its backend reads several unguarded).
+        instance_type=spec.get("instance_type") or "c5.xlarge", is_instance_type_default=False,
+        placement=None, placement_hostid=None, region_name=backend.region_name,
+        subnet_id=subnet.id, key_name=None, security_group_ids=[], nics=[], private_ip=private_ip,
+        associate_public_ip=None, tags={"instance": {"Name": NAME_TAG}}, ebs_optimized=False,
+        disable_api_stop=False, instance_market_options={}, instance_initiated_shutdown_behavior=None,
+        launch_template={}, hibernation_options={}, monitoring_state="disabled",
+        ipv6_address_count=None, metadata_options={}, client_token=str(uuid.uuid4()),
     )
     inst = reservation.instances[0]
     inst._placement.zone = az  # ECS reads ecs.availability-zone from the instance
@@ -1409,6 +1423,9 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
         return _json(400, {"error": str(exc)})
     except ServiceException as exc:
         return _json(400, {"error": exc.message, "code": exc.code})
+    except Exception as exc:  # noqa: BLE001 - a stand-in bug: say what it was
+        traceback.print_exc()
+        return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
     return _json(404, {"error": f"no such endpoint: {method} /_standin/{'/'.join(parts)}"})
 
 

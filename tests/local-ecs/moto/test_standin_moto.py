@@ -561,6 +561,88 @@ class StandinMotoTest(unittest.TestCase):
         self.assertEqual(state["throttled"], {"ec2:DescribeInstances": 2})
         self.assertIn("ec2:DescribeInstances:unfiltered", state["buckets"])
 
+    # ---------------------------------------------------------------- several instances
+
+    def reseed(self, **kw: object) -> dict:
+        """setUp's state, but seeded with seed.seed(**kw) (e.g. instances=3)."""
+        self.http("POST", "/moto-api/reset")
+        self.seeded = seed.seed(self.endpoint, REGION, self.ecs, self.ec2, **kw)  # type: ignore[arg-type]
+        self.register("job", [
+            {"name": "build", "image": "ecs-executor-test/build:1", "memory": 512, "essential": True},
+            {"name": "helper", "image": "ecs-executor-test/helper:1", "memoryReservation": 256, "essential": False},
+        ])
+        return self.seeded
+
+    def test_seed_three_instances_with_addresses_resources_and_attributes(self) -> None:
+        out = self.reseed(instances=3, cpu=2048, memory=3000)
+        self.assertEqual(seed.seed(self.endpoint, REGION, self.ecs, self.ec2, instances=3, cpu=2048, memory=3000), out)
+        self.assertEqual([(i["private_ip"], i["public_ip"]) for i in out["instances"]],
+                         [("127.0.0.1", "127.0.0.2"), ("127.0.0.3", "127.0.0.4"), ("127.0.0.5", "127.0.0.6")])
+        self.assertEqual(out["instances"][0]["container_instance_arn"], out["container_instance_arn"])
+        arns = self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]
+        self.assertEqual(arns, [i["container_instance_arn"] for i in out["instances"]])
+        cis = self.ecs.describe_container_instances(cluster="local", containerInstances=arns)["containerInstances"]
+        zones = []
+        for ci, info in zip(cis, out["instances"]):
+            attrs = {a["name"]: a.get("value") for a in ci["attributes"]}
+            self.assertIn(attrs["ecs.cpu-architecture"], ("x86_64", "arm64"))
+            zones.append(attrs["ecs.availability-zone"])
+            reg = {r["name"]: r.get("integerValue") for r in ci["registeredResources"]}
+            self.assertEqual((reg["CPU"], reg["MEMORY"]), (2048, 3000))
+            inst = self.ec2.describe_instances(InstanceIds=[ci["ec2InstanceId"]])["Reservations"][0]["Instances"][0]
+            self.assertEqual((inst["PrivateIpAddress"], inst["PublicIpAddress"]), (info["private_ip"], info["public_ip"]))
+            self.assertEqual(inst["Placement"]["AvailabilityZone"], attrs["ecs.availability-zone"])
+        self.assertEqual(zones, ["us-east-1a", "us-east-1b", "us-east-1c"])
+
+    def test_placement_by_memory_across_instances_and_release(self) -> None:
+        out = self.reseed(instances=3, memory=1024)
+        arns = [i["container_instance_arn"] for i in out["instances"]]
+        self.register("m600", [{"name": "x", "image": "i", "memoryReservation": 600}])
+        placed = [self.run_one("m600") for _ in range(3)]
+        self.assertEqual([t["containerInstanceArn"] for t in placed], arns)  # one per instance
+        resp = self.ecs.run_task(cluster="local", taskDefinition="m600")
+        self.assertEqual(resp["tasks"], [])
+        self.assertEqual(resp["failures"], [{"arn": a, "reason": "RESOURCE:MEMORY"} for a in arns])
+        self.agent_stopped(placed[1]["taskArn"], "Essential container in task exited")
+        self.assertEqual(self.run_one("m600")["containerInstanceArn"], arns[1])
+
+    def test_placement_by_task_level_cpu(self) -> None:
+        out = self.reseed(instances=3, cpu=1024)
+        self.register("c1024", [{"name": "x", "image": "i", "memoryReservation": 64}], cpu="1024", memory="128")
+        for _ in range(3):
+            self.run_one("c1024")
+        resp = self.ecs.run_task(cluster="local", taskDefinition="c1024")
+        self.assertEqual({f["reason"] for f in resp["failures"]}, {"RESOURCE:CPU"})
+        self.assertEqual(len(resp["failures"]), 3)
+        info = self.http("GET", f"/_standin/instances/{out['instances'][2]['container_instance_id']}")[1]
+        self.assertEqual((info["remaining_cpu"], info["pending_tasks"]), (0, 1))
+
+    def test_placement_strategy_and_member_of(self) -> None:
+        self.reseed(instances=2)
+        status, arm = self.http("POST", "/_standin/instances", {"cluster": "local", "arch": "arm64", "memory": 2048})
+        self.assertEqual(status, 200, arm)
+        self.assertEqual((arm["private_ip"], arm["public_ip"], arm["cpu_architecture"]), ("127.0.0.5", "127.0.0.6", "arm64"))
+        self.register("armonly", [{"name": "x", "image": "i", "memoryReservation": 64}],
+                      placementConstraints=[{"type": "memberOf", "expression": "attribute:ecs.cpu-architecture == arm64"}])
+        self.assertEqual(self.run_one("armonly")["containerInstanceArn"], arm["container_instance_arn"])
+        self.register("nowhere", [{"name": "x", "image": "i", "memoryReservation": 64}],
+                      placementConstraints=[{"type": "memberOf",
+                                             "expression": "attribute:ecs.availability-zone in [eu-west-1a, eu-west-1b]"}])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="nowhere")
+        self.assertEqual({f["reason"] for f in resp["failures"]}, {"MemberOf placement constraint unsatisfied."})
+        # binpack on memory: the smallest remaining memory first (the arm64 one, 2048 MiB).
+        t = self.run_one("job", placementStrategy=[{"type": "binpack", "field": "memory"}])
+        self.assertEqual(t["containerInstanceArn"], arm["container_instance_arn"])
+        # spread over instances: those with no task first (ties in registration order).
+        spread = [{"type": "spread", "field": "instanceId"}]
+        first = self.run_one("job", placementStrategy=spread)["containerInstanceArn"]
+        second = self.run_one("job", placementStrategy=spread)["containerInstanceArn"]
+        self.assertEqual(first, self.seeded["container_instance_arn"])
+        self.assertEqual(second, self.seeded["instances"][1]["container_instance_arn"])
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job",
+                            placementConstraints=[{"type": "memberOf", "expression": "nonsense"}])
+        self.assertEqual(err.response["Error"]["Code"], "InvalidParameterException")
+
 
 if __name__ == "__main__":
     unittest.main()
