@@ -373,6 +373,8 @@ def standin_run_task(
                     raise InvalidParameterException("No Container Instances were found in your cluster.")
             else:
                 instances = [ci for ci in all_active if getattr(ci, "capacity_provider_name", None) == cp.name]
+                if not instances and not _managed(cp):
+                    raise InvalidParameterException("No Container Instances were found in your cluster.")
             common = dict(
                 group=task_group, overrides=overrides or {}, started_by=started_by or "",
                 tags=tags or [], launch_type=launch_type or ("EC2" if cp else ""),
@@ -1172,6 +1174,10 @@ def terminate_instance(backend: Backend, ci: Any, stop_code: str = "TerminationN
     ec2 = _ec2(backend)
     try:
         ec2.terminate_instances([ci.ec2_instance_id])
+        inst = ec2.get_instance(ci.ec2_instance_id)
+        if inst.subnet_id and info["private_ip"]:
+            # moto keeps a terminated instance's address taken; EC2 frees it.
+            ec2.get_subnet(inst.subnet_id).del_subnet_ip(info["private_ip"])
     except Exception:  # noqa: BLE001 - already gone
         log.exception("terminating %s", ci.ec2_instance_id)
     for eip in list(ec2.addresses):

@@ -643,6 +643,130 @@ class StandinMotoTest(unittest.TestCase):
                             placementConstraints=[{"type": "memberOf", "expression": "nonsense"}])
         self.assertEqual(err.response["Error"]["Code"], "InvalidParameterException")
 
+    # ---------------------------------------------------------------- capacity provider
+
+    def capacity_provider(self, name: str = "cp", managed: str = "ENABLED", **scaling: object) -> None:
+        self.ecs.create_capacity_provider(name=name, autoScalingGroupProvider={
+            "autoScalingGroupArn": f"arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:x:autoScalingGroupName/{name}",
+            "managedScaling": {"status": managed, "targetCapacity": 100, "maximumScalingStepSize": 2},
+        })
+        self.ecs.put_cluster_capacity_providers(cluster="local", capacityProviders=[name],
+                                                defaultCapacityProviderStrategy=[])
+        spec = {"scale_out_delay_s": 0.4, "warmup_s": 0, "instance": {"cpu": 1024, "memory": 1024}, **scaling}
+        status, body = self.http("POST", "/_standin/scaling", spec)
+        self.assertEqual(status, 200, body)
+
+    def wait_for(self, what: str, fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            value = fn()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def events(self, since: int = 0) -> list[dict]:
+        return self.http("GET", f"/_standin/scale-events?since={since}")[1]["events"]  # type: ignore[index]
+
+    def test_capacity_provider_scale_out_places_a_provisioning_task(self) -> None:
+        self.capacity_provider()
+        self.register("m800", [{"name": "x", "image": "i", "memoryReservation": 800}])
+        strategy = [{"capacityProvider": "cp", "weight": 1}]
+        resp = self.ecs.run_task(cluster="local", taskDefinition="m800", capacityProviderStrategy=strategy)
+        self.assertEqual(resp["failures"], [])
+        task = resp["tasks"][0]
+        self.assertEqual((task["lastStatus"], task["desiredStatus"]), ("PROVISIONING", "RUNNING"))
+        self.assertEqual(task["capacityProviderName"], "cp")
+        self.assertNotIn("containerInstanceArn", task)
+        # A second one needs a second 1024 MiB instance: one step of 2.
+        second = self.ecs.run_task(cluster="local", taskDefinition="m800", capacityProviderStrategy=strategy)["tasks"][0]
+        self.assertIn(second["taskArn"], self.ecs.list_tasks(cluster="local")["taskArns"])  # desired RUNNING
+        self.assertEqual(self.describe(task["taskArn"])["lastStatus"], "PROVISIONING")
+        registered = self.wait_for("two registrations", lambda: [
+            e for e in self.events() if e["type"] == "instance-registered"][1:] and
+            [e for e in self.events() if e["type"] == "instance-registered"])
+        kinds = [e["type"] for e in self.events()]
+        self.assertEqual(kinds[0], "scale-out")
+        self.assertEqual(self.events()[0]["count"], 2)
+        self.assertEqual([(e["private_ip"], e["public_ip"]) for e in registered],
+                         [("127.0.0.3", "127.0.0.4"), ("127.0.0.5", "127.0.0.6")])
+        self.assertEqual({e["capacity_provider"] for e in registered}, {"cp"})
+        arns = self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]
+        self.assertEqual(arns[1:], [e["container_instance_arn"] for e in registered])
+        ci = self.ecs.describe_container_instances(cluster="local", containerInstances=arns[1:2])["containerInstances"][0]
+        self.assertEqual(ci["capacityProviderName"], "cp")
+        self.assertEqual(ci["status"], "ACTIVE")
+        placed = self.wait_for("placement", lambda: [
+            t for t in self.ecs.describe_tasks(cluster="local", tasks=[task["taskArn"], second["taskArn"]])["tasks"]
+            if t["lastStatus"] == "PENDING"][1:] and self.ecs.describe_tasks(
+                cluster="local", tasks=[task["taskArn"], second["taskArn"]])["tasks"])
+        self.assertEqual({t["containerInstanceArn"] for t in placed}, set(arns[1:]))
+        inst = self.ec2.describe_instances(InstanceIds=[registered[0]["instance_id"]])["Reservations"][0]["Instances"][0]
+        self.assertEqual(inst["PrivateIpAddress"], "127.0.0.3")
+        # The agent picks it up as on any instance.
+        self.agent_running_one(placed[0]["taskArn"])
+        self.assertEqual(self.describe(placed[0]["taskArn"])["lastStatus"], "RUNNING")
+
+    def agent_running_one(self, arn: str) -> None:
+        self.ecs.submit_task_state_change(cluster="local", task=arn, status="RUNNING",
+                                          containers=[{"containerName": "x", "runtimeId": "rt", "status": "RUNNING"}])
+
+    def test_capacity_provider_without_managed_scaling_fails_at_once(self) -> None:
+        self.capacity_provider(managed="DISABLED")
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job",
+                            capacityProviderStrategy=[{"capacityProvider": "cp", "weight": 1}])
+        self.assertEqual(err.response["Error"]["Message"], "No Container Instances were found in your cluster.")
+        self.http("POST", "/_standin/instances", {"cluster": "local", "capacity_provider": "cp", "memory": 256})
+        resp = self.ecs.run_task(cluster="local", taskDefinition="job",
+                                 capacityProviderStrategy=[{"capacityProvider": "cp", "weight": 1}])
+        self.assertEqual([f["reason"] for f in resp["failures"]], ["RESOURCE:MEMORY"])
+
+    def test_provisioning_task_times_out_with_ecs_reason(self) -> None:
+        self.capacity_provider(max_size=0, provisioning_timeout_s=0.5)
+        arn = self.ecs.run_task(cluster="local", taskDefinition="job",
+                                capacityProviderStrategy=[{"capacityProvider": "cp"}])["tasks"][0]["taskArn"]
+        t = self.wait_for("the timeout", lambda: (d := self.describe(arn))["lastStatus"] == "STOPPED" and d)
+        self.assertEqual((t["desiredStatus"], t["stopCode"], t["stoppedReason"]),
+                         ("STOPPED", "TaskFailedToStart", "EMPTY CAPACITY PROVIDER"))
+        self.assertIn("stoppedAt", t)
+        self.assertEqual([e["type"] for e in self.events()], ["provisioning-timeout"])
+
+    def test_stop_task_while_provisioning_and_quota(self) -> None:
+        self.capacity_provider(max_size=0, provisioning_quota=2)
+        cps = [{"capacityProvider": "cp"}]
+        a = self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=cps)["tasks"][0]["taskArn"]
+        self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=cps)
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job", capacityProviderStrategy=cps)
+        self.assertEqual(err.response["Error"]["Code"], "ClientException")
+        stopped = self.ecs.stop_task(cluster="local", task=a, reason="job cancelled")["task"]
+        self.assertEqual((stopped["lastStatus"], stopped["stopCode"], stopped["stoppedReason"]),
+                         ("STOPPED", "UserInitiated", "job cancelled"))
+        self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=cps)  # room again
+
+    def test_scale_in_after_idle(self) -> None:
+        self.capacity_provider(scale_in_idle_s=0.5)
+        arn = self.ecs.run_task(cluster="local", taskDefinition="job",
+                                capacityProviderStrategy=[{"capacityProvider": "cp"}])["tasks"][0]["taskArn"]
+        self.wait_for("placement", lambda: self.describe(arn)["lastStatus"] == "PENDING")
+        time.sleep(0.8)  # busy: not scaled in
+        self.assertEqual(len(self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]), 2)
+        self.agent_stopped(arn, "Essential container in task exited")
+        ev = self.wait_for("scale-in", lambda: [e for e in self.events() if e["type"] == "scale-in"])[0]
+        self.assertEqual(ev["private_ip"], "127.0.0.3")
+        self.assertEqual(self.ecs.list_container_instances(cluster="local")["containerInstanceArns"],
+                         [self.seeded["container_instance_arn"]])  # the seeded one is not the provider's
+        ci = self.ecs.describe_container_instances(
+            cluster="local", containerInstances=[ev["container_instance_arn"]])["containerInstances"][0]
+        self.assertEqual(ci["status"], "INACTIVE")
+        inst = self.ec2.describe_instances(InstanceIds=[ev["instance_id"]])["Reservations"][0]["Instances"][0]
+        self.assertEqual(inst["State"]["Name"], "terminated")
+        # The freed address pair is the next scale-out's.
+        self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=[{"capacityProvider": "cp"}])
+        again = self.wait_for("re-registration", lambda: [
+            e for e in self.events() if e["type"] == "instance-registered"][1:])[0]
+        self.assertEqual(again["private_ip"], "127.0.0.3")
+
 
 if __name__ == "__main__":
     unittest.main()
