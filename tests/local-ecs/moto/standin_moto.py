@@ -400,6 +400,7 @@ def standin_run_task(
                 task._standin_constraints = constraints
                 task._standin_provisioning_since = time.monotonic()
                 self.tasks.setdefault(cluster.name, {})[task.task_arn] = task
+                self.__dict__.setdefault("_standin_provisioning", []).append(task)
                 tasks.append(task)
                 track_backend(self)
                 continue
@@ -1285,14 +1286,14 @@ def _maybe_scale_out(backend: Backend, cluster_name: str, cp: Any, waiting: list
 
 
 def _tick_backend(backend: Backend, now: float) -> None:
+    if not backend.capacity_providers:
+        return  # nothing to place, scale out or scale in (timers run without this)
     cfg = SCALING.config
-    for cluster_name, tasks in list(backend.tasks.items()):
+    queue = backend.__dict__.setdefault("_standin_provisioning", [])
+    queue[:] = [t for t in queue if t.last_status == "PROVISIONING"]  # in arrival order
+    for cluster_name in list(backend.clusters):
         waiting_by_cp: dict[str, list[Task]] = {}
-        provisioning = sorted(
-            (t for t in tasks.values() if t.last_status == "PROVISIONING"),
-            key=lambda t: t._standin_provisioning_since,
-        )
-        for t in provisioning:
+        for t in [t for t in queue if t.cluster_name == cluster_name]:
             if now - t._standin_provisioning_since > cfg["provisioning_timeout_s"]:
                 _stop_by_ecs(backend, t, "TaskFailedToStart", cfg["provisioning_timeout_reason"])
                 EVENTS.add("provisioning-timeout", cluster=cluster_name, task_arn=t.task_arn,

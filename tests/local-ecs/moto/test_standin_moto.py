@@ -767,6 +767,68 @@ class StandinMotoTest(unittest.TestCase):
             e for e in self.events() if e["type"] == "instance-registered"][1:])[0]
         self.assertEqual(again["private_ip"], "127.0.0.3")
 
+    # ---------------------------------------------------------------- instance loss
+
+    def test_spot_interruption_stops_the_instances_tasks(self) -> None:
+        out = self.reseed(instances=2)
+        victim = out["instances"][1]
+        self.register("m", [{"name": "x", "image": "i", "memoryReservation": 64}])
+        arn = self.run_one("m", placementConstraints=[
+            {"type": "memberOf", "expression": f"ec2InstanceId == {victim['instance_id']}"}])["taskArn"]
+        self.agent_running_one(arn)
+        status, info = self.http("POST", f"/_standin/instances/{victim['container_instance_id']}",
+                                 {"lost": "spot", "notice_s": 0.5})
+        self.assertEqual((status, info["status"]), (200, "DRAINING"))
+        self.assertEqual(self.describe(arn)["lastStatus"], "RUNNING")  # the notice alone stops nothing
+        # DRAINING: no new tasks there.
+        t = self.run_one("m", placementStrategy=[{"type": "spread", "field": "instanceId"}])
+        self.assertEqual(t["containerInstanceArn"], out["container_instance_arn"])
+        t = self.wait_for("the termination", lambda: (d := self.describe(arn))["lastStatus"] == "STOPPED" and d)
+        self.assertEqual((t["desiredStatus"], t["stopCode"], t["stoppedReason"]),
+                         ("STOPPED", "TerminationNotice", f"Host EC2 (instance {victim['instance_id']}) terminated."))
+        self.assertEqual({c["lastStatus"] for c in t["containers"]}, {"STOPPED"})
+        self.assertNotIn(victim["container_instance_arn"],
+                         self.ecs.list_container_instances(cluster="local")["containerInstanceArns"])
+        ci = self.ecs.describe_container_instances(
+            cluster="local", containerInstances=[victim["container_instance_arn"]])["containerInstances"][0]
+        self.assertEqual((ci["status"], ci["agentConnected"]), ("INACTIVE", False))
+        self.assertEqual([e["type"] for e in self.events()],
+                         ["instance-registered", "spot-interruption-notice", "instance-terminated"])
+        gone = self.events()[-1]
+        self.assertEqual((gone["cause"], gone["stopped_tasks"], gone["private_ip"]), ("spot", [arn], "127.0.0.3"))
+        # A late report from the dead instance's agent changes nothing.
+        self.agent_stopped(arn, "Essential container in task exited")
+        self.assertEqual(self.describe(arn)["stopCode"], "TerminationNotice")
+
+    def test_draining_keeps_standalone_tasks_until_the_instance_goes(self) -> None:
+        ci_id = self.seeded["container_instance_arn"].split("/")[-1]
+        arn = self.run_one()["taskArn"]
+        self.agent_running(arn)
+        status, info = self.http("POST", f"/_standin/instances/{ci_id}", {"state": "DRAINING"})
+        self.assertEqual((status, info["status"]), (200, "DRAINING"))
+        time.sleep(0.3)
+        self.assertEqual(self.describe(arn)["lastStatus"], "RUNNING")  # as ECS: not a service task
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job")  # nothing ACTIVE
+        self.assertEqual(err.response["Error"]["Message"], "No Container Instances were found in your cluster.")
+        self.http("POST", f"/_standin/instances/{ci_id}", {"state": "ACTIVE"})
+        self.run_one()
+        self.http("POST", f"/_standin/instances/{self.seeded['instance_id']}",
+                  {"state": "DRAINING", "terminate_after_s": 0.3})
+        t = self.wait_for("the termination", lambda: (d := self.describe(arn))["lastStatus"] == "STOPPED" and d)
+        self.assertEqual(t["stopCode"], "TerminationNotice")
+        self.assertEqual(self.http("POST", f"/_standin/instances/{ci_id}", {"state": "ACTIVE"})[0], 400)  # INACTIVE
+        self.assertEqual(self.http("POST", "/_standin/instances/nope", {"state": "ACTIVE"})[0], 404)
+
+    def test_lost_terminated_keeps_a_stop_task_reason(self) -> None:
+        arn = self.run_one()["taskArn"]
+        other = self.run_one()["taskArn"]
+        self.ecs.stop_task(cluster="local", task=arn, reason="job cancelled")
+        self.http("POST", f"/_standin/instances/{self.seeded['instance_id']}", {"lost": "terminated"})
+        self.assertEqual((self.describe(arn)["stopCode"], self.describe(arn)["stoppedReason"]),
+                         ("UserInitiated", "job cancelled"))
+        self.assertEqual(self.describe(other)["stopCode"], "TerminationNotice")
+        self.assertEqual(self.http("GET", "/_standin/instances")[1]["instances"][0]["status"], "INACTIVE")
+
 
 if __name__ == "__main__":
     unittest.main()
