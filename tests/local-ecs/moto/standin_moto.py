@@ -17,7 +17,12 @@ spec):
   * StopTask: only asks to stop (desiredStatus), the agent finishes it; idempotent;
   * DescribeTasks: MISSING failures; ListTasks: desiredStatus defaults to RUNNING;
   * SubmitTaskStateChange / SubmitContainerStateChange implemented;
-  * /_standin/faults, /_standin/requests, /_standin/counts; /moto-api/reset clears them.
+  * /_standin/faults, /_standin/requests, /_standin/counts; /moto-api/reset clears them;
+  * off by default (issue #15): ECS/EC2 throttling (standin_throttle.py, /_standin/throttling),
+    several container instances with resources/zones/architecture and placement by
+    strategy and constraints (/_standin/instances), capacity providers with managed scaling
+    (PROVISIONING, simulated scale-out/scale-in, /_standin/scaling, /_standin/scale-events)
+    and instance loss (Spot notice, termination, draining).
 Run: $STATE/venv/bin/python standin_moto.py --host 127.0.0.1 --port 4580
 """
 
@@ -972,13 +977,16 @@ def _remaining(ci: Any, name: str) -> int:
 
 
 def _order(backend: Backend, cluster_name: str, instances: list[Any],
-           strategies: list[dict[str, Any]] | None) -> list[Any]:
-    """Candidate instances in placement order. No strategy: registration order (first fit).
-    binpack (cpu|memory): least remaining first; spread (instanceId|host|attribute:x):
-    fewest tasks first; random. Earlier strategies take precedence."""
+           strategies: list[dict[str, Any]] | None, group: str) -> list[Any]:
+    """Candidate instances in placement order. No strategy: registration order (first fit;
+    the stand-in's choice, ECS documents no default for standalone tasks in our sources).
+    binpack (cpu|memory): least remaining first; spread (instanceId|host|attribute:x): fewest
+    tasks of the same task group first (ECS: "standalone tasks are spread according to the
+    tasks in the same task group"); random. Earlier strategies take precedence."""
     import random
 
     order = list(instances)
+    same_group = [t for t in _live_tasks(backend, cluster_name) if t.group == group]
     for s in reversed(strategies or []):
         kind = (s.get("type") or "").lower()
         field = s.get("field") or ""
@@ -989,12 +997,15 @@ def _order(backend: Backend, cluster_name: str, instances: list[Any],
             order.sort(key=lambda ci: _remaining(ci, res))
         elif kind == "spread":
             if field.lower() in ("instanceid", "host", ""):
-                order.sort(key=lambda ci: ci.running_tasks_count + ci.pending_tasks_count)
+                per_instance: dict[str, int] = {}
+                for t in same_group:
+                    per_instance[t.container_instance_arn] = per_instance.get(t.container_instance_arn, 0) + 1
+                order.sort(key=lambda ci: per_instance.get(ci.container_instance_arn, 0))
             else:
                 attr = field.split(":", 1)[-1]
                 per_value: dict[Any, int] = {}
                 cis = backend.container_instances.get(cluster_name, {})
-                for t in _live_tasks(backend, cluster_name):
+                for t in same_group:
                     host = cis.get((t.container_instance_arn or "").split("/")[-1])
                     if host is not None:
                         key = host.attributes.get(attr)
@@ -1007,7 +1018,7 @@ def _place(backend: Backend, cluster_name: str, instances: list[Any], req: dict[
            constraints: list[dict[str, Any]], group: str,
            strategy: list[dict[str, Any]] | None) -> tuple[Any, dict[str, str]]:
     misfits: dict[str, str] = {}
-    for ci in _order(backend, cluster_name, instances, strategy):
+    for ci in _order(backend, cluster_name, instances, strategy, group):
         why = _misfit(ci, req) or _constraint_misfit(backend, cluster_name, ci, constraints, group)
         if why:
             misfits[ci.container_instance_arn] = why

@@ -639,6 +639,11 @@ class StandinMotoTest(unittest.TestCase):
         second = self.run_one("job", placementStrategy=spread)["containerInstanceArn"]
         self.assertEqual(first, self.seeded["container_instance_arn"])
         self.assertEqual(second, self.seeded["instances"][1]["container_instance_arn"])
+        # spread over zones, per task group: m64's first three land in three zones.
+        self.register("m64", [{"name": "x", "image": "i", "memoryReservation": 64}])
+        zones = [self.run_one("m64", placementStrategy=[{"type": "spread", "field": "attribute:ecs.availability-zone"}])
+                 ["containerInstanceArn"] for _ in range(3)]
+        self.assertEqual(len(set(zones)), 3)
         err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job",
                             placementConstraints=[{"type": "memberOf", "expression": "nonsense"}])
         self.assertEqual(err.response["Error"]["Code"], "InvalidParameterException")
