@@ -489,12 +489,15 @@ class StandinMotoTest(unittest.TestCase):
         self.assertEqual(self.http("GET", "/_standin/throttling")[1]["throttled"], {})
 
     def test_throttling_ecs_buckets_are_shared_per_category(self) -> None:
-        state = self.throttling(enabled=True, scale=0.1)  # read: 10 burst, 2/s; modify: 10, 4/s
+        state = self.throttling(enabled=True, scale=0.1)  # read: 10 burst, 2/s
         self.assertEqual(state["buckets"]["ecs:cluster-resource-read"], {
             "burst": 10.0, "rate": 2.0, "tokens": 10.0, "actions": [
                 "DescribeContainerInstances", "DescribeTasks", "ListAttributes", "ListContainerInstances",
                 "ListTasks"]})
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-modify"]["rate"], 4.0)
         self.assertEqual(state["buckets"]["ecs:task-definition-modify"]["burst"], 2.0)
+        # No refill from here on, so that a slow machine cannot make this flaky.
+        self.throttling(buckets={"ecs:cluster-resource-read": {"burst": 10, "rate": 0}})
         start = self.http("GET", "/_standin/requests")[1]["next"]
         arn = self.run_one()["taskArn"]  # modify bucket: not the read one
         for _ in range(5):
@@ -511,21 +514,47 @@ class StandinMotoTest(unittest.TestCase):
                          "ThrottlingException")
         self.ecs.stop_task(cluster="local", task=arn)  # other category, still served
         self.ecs.list_clusters()  # cluster-read: its own bucket
-        time.sleep(0.6)  # 2 tokens/s: one more call
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["throttled"], {"ecs:DescribeContainerInstances": 1, "ecs:ListTasks": 1})
+        self.assertEqual(state["allowed"]["ecs:ListTasks"], 5)
+        self.assertEqual(state["allowed"]["ecs:RunTask"], 1)
+        reqs = self.http("GET", f"/_standin/requests?since={start}")[1]["requests"]
+        throttled = [(r["action"], r["status"], r["throttled"]) for r in reqs if r.get("throttled")]
+        self.assertEqual(throttled, [("DescribeContainerInstances", 400, "ecs:cluster-resource-read"),
+                                     ("ListTasks", 400, "ecs:cluster-resource-read")])
+        # Refill: 1 token per second.
+        self.throttling(buckets={"ecs:cluster-resource-read": {"burst": 1, "rate": 1}})
         self.ecs.list_tasks(cluster="local")
         self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
                          "ThrottlingException")
-        state = self.http("GET", "/_standin/throttling")[1]
-        self.assertEqual(state["throttled"], {"ecs:DescribeContainerInstances": 1, "ecs:ListTasks": 2})
-        self.assertEqual(state["allowed"]["ecs:ListTasks"], 6)
-        reqs = self.http("GET", f"/_standin/requests?since={start}")[1]["requests"]
-        throttled = [(r["action"], r["status"]) for r in reqs if r.get("throttled")]
-        self.assertEqual(throttled, [("DescribeContainerInstances", 400), ("ListTasks", 400), ("ListTasks", 400)])
-        self.assertEqual({r["throttled"] for r in reqs if r.get("throttled")}, {"ecs:cluster-resource-read"})
+        time.sleep(1.1)
+        self.ecs.list_tasks(cluster="local")
         # Off again: served at once.
         self.throttling(enabled=False)
         for _ in range(20):
             self.ecs.list_tasks(cluster="local")
+
+    def test_throttling_bucket_holds_under_concurrency(self) -> None:
+        self.throttling(enabled=True, buckets={"ecs:cluster-resource-modify": {"burst": 10, "rate": 0}})
+        self.register("tiny", [{"name": "x", "image": "i", "memoryReservation": 1}])
+        results: list[str] = []
+
+        def one() -> None:
+            client = boto3.client("ecs", endpoint_url=self.endpoint, region_name=REGION, config=NO_RETRY)
+            try:
+                client.run_task(cluster="local", taskDefinition="tiny")
+                results.append("ok")
+            except ClientError as exc:
+                results.append(exc.response["Error"]["Code"])
+
+        threads = [threading.Thread(target=one) for _ in range(30)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        self.assertEqual(sorted(results).count("ok"), 10)
+        self.assertEqual(results.count("ThrottlingException"), 20)
+        self.assertEqual(len(self.ecs.list_tasks(cluster="local")["taskArns"]), 10)
 
     def test_throttling_exempts_the_agent_and_takes_overrides(self) -> None:
         self.throttling(enabled=True, buckets={"ecs:cluster-resource-read": {"burst": 2, "rate": 0}})
@@ -547,8 +576,16 @@ class StandinMotoTest(unittest.TestCase):
         self.assertFalse(self.http("GET", "/_standin/throttling")[1]["enabled"])
 
     def test_throttling_ec2_describe_instances(self) -> None:
-        self.throttling(enabled=True, scale=0.05)  # filtered 100/20 -> 5; unfiltered 50/10 -> 2.5
+        self.throttling(enabled=True)
         iid = self.seeded["instance_id"]
+        self.ec2.describe_instances(InstanceIds=[iid])
+        self.ec2.describe_instances()
+        buckets = self.http("GET", "/_standin/throttling")[1]["buckets"]
+        self.assertEqual((buckets["ec2:DescribeInstances"]["burst"], buckets["ec2:DescribeInstances"]["rate"]), (100, 20))
+        unfiltered = buckets["ec2:DescribeInstances:unfiltered"]
+        self.assertEqual((unfiltered["burst"], unfiltered["rate"]), (50, 10))
+        self.throttling(buckets={"ec2:DescribeInstances": {"burst": 5, "rate": 0},
+                                 "ec2:DescribeInstances:unfiltered": {"burst": 2, "rate": 0}})
         for _ in range(5):
             self.ec2.describe_instances(InstanceIds=[iid])
         err = self.error_of(self.ec2.describe_instances, InstanceIds=[iid])
@@ -557,9 +594,9 @@ class StandinMotoTest(unittest.TestCase):
         for _ in range(2):  # the unfiltered bucket is another one
             self.ec2.describe_instances()
         self.assertEqual(self.error_of(self.ec2.describe_instances).response["Error"]["Code"], "RequestLimitExceeded")
+        self.ec2.describe_vpcs()  # EC2 throttles per action: another bucket
         state = self.http("GET", "/_standin/throttling")[1]
         self.assertEqual(state["throttled"], {"ec2:DescribeInstances": 2})
-        self.assertIn("ec2:DescribeInstances:unfiltered", state["buckets"])
 
     # ---------------------------------------------------------------- several instances
 
@@ -678,16 +715,16 @@ class StandinMotoTest(unittest.TestCase):
         self.capacity_provider()
         self.register("m800", [{"name": "x", "image": "i", "memoryReservation": 800}])
         strategy = [{"capacityProvider": "cp", "weight": 1}]
-        resp = self.ecs.run_task(cluster="local", taskDefinition="m800", capacityProviderStrategy=strategy)
+        # Two at once (one call, so that both wait before the ticker looks): two 1024 MiB
+        # instances are needed, one scaling step of 2 (maximumScalingStepSize).
+        resp = self.ecs.run_task(cluster="local", taskDefinition="m800", capacityProviderStrategy=strategy, count=2)
         self.assertEqual(resp["failures"], [])
-        task = resp["tasks"][0]
-        self.assertEqual((task["lastStatus"], task["desiredStatus"]), ("PROVISIONING", "RUNNING"))
-        self.assertEqual(task["capacityProviderName"], "cp")
-        self.assertNotIn("containerInstanceArn", task)
-        # A second one needs a second 1024 MiB instance: one step of 2.
-        second = self.ecs.run_task(cluster="local", taskDefinition="m800", capacityProviderStrategy=strategy)["tasks"][0]
+        task, second = resp["tasks"]
+        for t in (task, second):
+            self.assertEqual((t["lastStatus"], t["desiredStatus"]), ("PROVISIONING", "RUNNING"))
+            self.assertEqual(t["capacityProviderName"], "cp")
+            self.assertNotIn("containerInstanceArn", t)
         self.assertIn(second["taskArn"], self.ecs.list_tasks(cluster="local")["taskArns"])  # desired RUNNING
-        self.assertEqual(self.describe(task["taskArn"])["lastStatus"], "PROVISIONING")
         registered = self.wait_for("two registrations", lambda: [
             e for e in self.events() if e["type"] == "instance-registered"][1:] and
             [e for e in self.events() if e["type"] == "instance-registered"])
@@ -782,7 +819,7 @@ class StandinMotoTest(unittest.TestCase):
             {"type": "memberOf", "expression": f"ec2InstanceId == {victim['instance_id']}"}])["taskArn"]
         self.agent_running_one(arn)
         status, info = self.http("POST", f"/_standin/instances/{victim['container_instance_id']}",
-                                 {"lost": "spot", "notice_s": 0.5})
+                                 {"lost": "spot", "notice_s": 2.0})
         self.assertEqual((status, info["status"]), (200, "DRAINING"))
         self.assertEqual(self.describe(arn)["lastStatus"], "RUNNING")  # the notice alone stops nothing
         # DRAINING: no new tasks there.
