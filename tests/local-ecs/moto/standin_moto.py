@@ -629,6 +629,10 @@ def _register_container_instance(
                 if res["name"] == r["name"]:
                     res["integerValue"] = int(r["integerValue"])
     ci.attributes.setdefault("ecs.cpu-architecture", host_arch())
+    # moto derives it from the AMI, and seed.py's AMI is a Windows one in moto's catalog; the
+    # agent reports its own OS, and ours runs Linux containers (matters now that memberOf
+    # constraints such as attribute:ecs.os-type == linux are enforced).
+    ci.attributes["ecs.os-type"] = "linux"
     for a in attributes or []:
         if a.get("name"):
             ci.attributes[a["name"]] = a.get("value")

@@ -685,6 +685,31 @@ class StandinMotoTest(unittest.TestCase):
                             placementConstraints=[{"type": "memberOf", "expression": "nonsense"}])
         self.assertEqual(err.response["Error"]["Code"], "InvalidParameterException")
 
+    def test_member_of_expressions_and_distinct_instance(self) -> None:
+        out = self.reseed(instances=3)
+        a, b, c = (i["container_instance_arn"] for i in out["instances"])
+        self.register("m", [{"name": "x", "image": "i", "memoryReservation": 64}])
+
+        def where(expression: str) -> str | None:
+            resp = self.ecs.run_task(cluster="local", taskDefinition="m",
+                                     placementConstraints=[{"type": "memberOf", "expression": expression}])
+            return resp["tasks"][0]["containerInstanceArn"] if resp["tasks"] else None
+
+        self.assertEqual(where("attribute:ecs.availability-zone in [us-east-1b, us-east-1c]"), b)
+        self.assertEqual(where("attribute:ecs.availability-zone not_in [us-east-1a, us-east-1b]"), c)
+        self.assertEqual(where("attribute:ecs.instance-type =~ c5.* and attribute:ecs.availability-zone != us-east-1b"), c)
+        self.assertEqual(where(f"ec2InstanceId == {out['instances'][1]['instance_id']}"), b)
+        self.assertEqual(where("attribute:nope exists or attribute:ecs.availability-zone == us-east-1a"), a)
+        self.assertEqual(where("(attribute:ecs.os-type == linux)"), a)
+        self.assertIsNone(where("attribute:nope exists"))
+        # distinctInstance: one task of a group per instance.
+        self.register("solo", [{"name": "x", "image": "i", "memoryReservation": 64}],
+                      placementConstraints=[{"type": "distinctInstance"}])
+        placed = [self.run_one("solo")["containerInstanceArn"] for _ in range(3)]
+        self.assertEqual(placed, [a, b, c])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="solo")
+        self.assertEqual({f["reason"] for f in resp["failures"]}, {"DistinctInstance placement constraint unsatisfied."})
+
     # ---------------------------------------------------------------- capacity provider
 
     def capacity_provider(self, name: str = "cp", managed: str = "ENABLED", **scaling: object) -> None:
