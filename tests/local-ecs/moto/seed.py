@@ -8,6 +8,17 @@ Prints one JSON object on stdout:
   {"cluster_arn","container_instance_arn","instance_id","private_ip","public_ip",
    "subnet_id","vpc_id"}
 Usage: $STATE/venv/bin/python seed.py --endpoint http://127.0.0.1:4580 [--region us-east-1]
+
+Options for a production-like cluster (all off by default; tests/local-ecs/CONTRACT.md):
+  --instances N        N container instances (instance k: private 127.0.0.(2k-1), public
+                       127.0.0.(2k), availability zones a, b, c in turn); the output gains
+                       "instances": [{container_instance_arn, instance_id, private_ip,
+                       public_ip, availability_zone, cpu, memory, ...}, ...] when N > 1
+  --cpu U --memory MiB registered resources of each seeded instance (default moto's 4096/7482)
+  --capacity-provider NAME   create NAME with managed scaling and make it the cluster's
+                       default strategy (the seeded instances stay outside it: base capacity)
+  --scaling JSON       POST /_standin/scaling settings, e.g. '{"scale_out_delay_s": 5}'
+  --throttling [--throttle-scale X]   switch ECS/EC2 throttling on
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import json
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -39,7 +51,20 @@ def fail(msg: str) -> None:
     sys.exit(1)
 
 
-def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[str, str]:
+def control(endpoint: str, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(endpoint + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        fail(f"{method} {path}: HTTP {err.code} {err.read().decode(errors='replace')}")
+
+
+def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances: int = 1,
+         cpu: int | None = None, memory: int | None = None,
+         capacity_provider: str | None = None) -> dict[str, Any]:
     """Idempotent; returns what main() prints. Pass boto3 clients to reuse them (tests)."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
@@ -60,7 +85,7 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[s
     subnet_id = (
         subnets[0]["SubnetId"]
         if subnets
-        else ec2.create_subnet(VpcId=vpc_id, CidrBlock=SUBNET_CIDR)["Subnet"]["SubnetId"]
+        else ec2.create_subnet(VpcId=vpc_id, CidrBlock=SUBNET_CIDR, AvailabilityZone=f"{region}a")["Subnet"]["SubnetId"]
     )
 
     reservations = ec2.describe_instances(
@@ -70,9 +95,9 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[s
             {"Name": "instance-state-name", "Values": ["pending", "running"]},
         ]
     )["Reservations"]
-    instances = [i for r in reservations for i in r["Instances"]]
-    if instances:
-        instance_id = instances[0]["InstanceId"]
+    running = [i for r in reservations for i in r["Instances"]]
+    if running:
+        instance_id = running[0]["InstanceId"]
         ec2.modify_instance_metadata_options(
             InstanceId=instance_id, HttpTokens="required", HttpPutResponseHopLimit=1, HttpEndpoint="enabled",
         )
@@ -102,8 +127,10 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[s
                 break
     if container_instance_arn is None:
         doc = json.dumps({"instanceId": instance_id, "region": region, "privateIp": PRIVATE_IP})
+        resources = [{"name": n, "type": "INTEGER", "integerValue": v}
+                     for n, v in (("CPU", cpu), ("MEMORY", memory)) if v is not None]
         container_instance_arn = ecs.register_container_instance(
-            cluster=CLUSTER, instanceIdentityDocument=doc
+            cluster=CLUSTER, instanceIdentityDocument=doc, totalResources=resources,
         )["containerInstance"]["containerInstanceArn"]
 
     # Check the way the executor will look: container instance -> EC2 instance -> IPs.
@@ -118,7 +145,7 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[s
             f"{inst.get('PublicIpAddress')}, expected {PRIVATE_IP} / {PUBLIC_IP}"
         )
 
-    return {
+    result: dict[str, Any] = {
         "cluster_arn": cluster_arn,
         "container_instance_arn": container_instance_arn,
         "instance_id": instance_id,
@@ -127,6 +154,35 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None) -> dict[s
         "subnet_id": subnet_id,
         "vpc_id": vpc_id,
     }
+    if instances > 1:
+        # Instances 2..N through the stand-in's own registration (it can put each in its own
+        # availability zone); idempotent per address.
+        first = control(endpoint, "GET", f"/_standin/instances/{instance_id}?region={region}")
+        listed = [first]
+        for k in range(2, instances + 1):
+            spec: dict[str, Any] = {"cluster": CLUSTER, "private_ip": f"127.0.0.{2 * k - 1}",
+                                    "public_ip": f"127.0.0.{2 * k}"}
+            if cpu is not None:
+                spec["cpu"] = cpu
+            if memory is not None:
+                spec["memory"] = memory
+            listed.append(control(endpoint, "POST", f"/_standin/instances?region={region}", spec))
+        result["instances"] = listed
+    if capacity_provider:
+        known = ecs.describe_capacity_providers(capacityProviders=[capacity_provider])["capacityProviders"]
+        if not known:
+            ecs.create_capacity_provider(name=capacity_provider, autoScalingGroupProvider={
+                "autoScalingGroupArn": f"arn:aws:autoscaling:{region}:123456789012:autoScalingGroup:"
+                                       f"00000000-0000-0000-0000-000000000000:autoScalingGroupName/{capacity_provider}",
+                "managedScaling": {"status": "ENABLED", "targetCapacity": 100},
+                "managedTerminationProtection": "DISABLED",
+            })
+        ecs.put_cluster_capacity_providers(
+            cluster=CLUSTER, capacityProviders=[capacity_provider],
+            defaultCapacityProviderStrategy=[{"capacityProvider": capacity_provider, "weight": 1, "base": 0}],
+        )
+        result["capacity_provider"] = capacity_provider
+    return result
 
 
 def main() -> None:
@@ -135,9 +191,24 @@ def main() -> None:
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     parser.add_argument("--wait", type=float, default=30.0,
                         help="seconds to wait for the server to answer /_standin/health (0: no wait)")
+    parser.add_argument("--instances", type=int, default=1, help="container instances (default 1)")
+    parser.add_argument("--cpu", type=int, help="registered CPU units of each seeded instance")
+    parser.add_argument("--memory", type=int, help="registered memory (MiB) of each seeded instance")
+    parser.add_argument("--capacity-provider", help="create this capacity provider with managed scaling")
+    parser.add_argument("--scaling", help="JSON for POST /_standin/scaling")
+    parser.add_argument("--throttling", action="store_true", help="switch ECS/EC2 throttling on")
+    parser.add_argument("--throttle-scale", type=float, default=1.0, help="bucket size factor (default 1)")
     args = parser.parse_args()
+    if not 1 <= args.instances <= 127:
+        fail("--instances must be between 1 and 127")
     wait_for_server(args.endpoint, args.wait)
-    print(json.dumps(seed(args.endpoint, args.region)))
+    if args.scaling:
+        control(args.endpoint, "POST", "/_standin/scaling", json.loads(args.scaling))
+    out = seed(args.endpoint, args.region, instances=args.instances, cpu=args.cpu, memory=args.memory,
+               capacity_provider=args.capacity_provider)
+    if args.throttling:  # last, so that seeding itself is not throttled
+        control(args.endpoint, "POST", "/_standin/throttling", {"enabled": True, "scale": args.throttle_scale})
+    print(json.dumps(out))
 
 
 def wait_for_server(endpoint: str, timeout: float) -> None:

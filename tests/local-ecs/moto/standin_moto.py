@@ -17,7 +17,12 @@ spec):
   * StopTask: only asks to stop (desiredStatus), the agent finishes it; idempotent;
   * DescribeTasks: MISSING failures; ListTasks: desiredStatus defaults to RUNNING;
   * SubmitTaskStateChange / SubmitContainerStateChange implemented;
-  * /_standin/faults, /_standin/requests, /_standin/counts; /moto-api/reset clears them.
+  * /_standin/faults, /_standin/requests, /_standin/counts; /moto-api/reset clears them;
+  * off by default (issue #15): ECS/EC2 throttling (standin_throttle.py, /_standin/throttling),
+    several container instances with resources/zones/architecture and placement by
+    strategy and constraints (/_standin/instances), capacity providers with managed scaling
+    (PROVISIONING, simulated scale-out/scale-in, /_standin/scaling, /_standin/scale-events)
+    and instance loss (Spot notice, termination, draining).
 Run: $STATE/venv/bin/python standin_moto.py --host 127.0.0.1 --port 4580
 """
 
@@ -40,6 +45,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 from moto.core.utils import utcnow
 from moto.ecs import models as ecs_models
@@ -49,6 +55,7 @@ from moto.ecs.exceptions import (
     InvalidParameterException,
     TaskDefinitionMemoryError,
     TaskDefinitionMissingPropertyError,
+    EcsClientException,
 )
 from moto.moto_api._internal import mock_random
 from moto.moto_server.werkzeug_app import (
@@ -57,6 +64,9 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import make_server
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from standin_throttle import Throttle, throttle_error  # noqa: E402
 
 Backend = ecs_models.EC2ContainerServiceBackend
 Task = ecs_models.Task
@@ -175,6 +185,9 @@ _orig_ci_init = ecs_models.ContainerInstance.__init__
 def _container_instance_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _orig_ci_init(self, *args, **kwargs)
     self.id = mock_random.uuid4().hex  # real container instance ids are 32 hex too
+    self.capacity_provider_name = None  # DescribeContainerInstances' capacityProviderName
+    self._standin_busy_at = time.monotonic()  # last time it had a task (scale-in)
+    self._standin_launched = False  # registered by a simulated scale-out
 
 
 ecs_models.ContainerInstance.__init__ = _container_instance_init  # type: ignore[method-assign]
@@ -308,6 +321,8 @@ def standin_run_task(
     platform_version: str | None = None,
     capacity_provider_strategy: list[dict[str, Any]] | None = None,
     client_token: str | None = None,
+    placement_constraints: list[dict[str, Any]] | None = None,
+    placement_strategy: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Task], list[dict[str, str]]]:
     """RunTask for the EC2 launch type: first-fit over ACTIVE instances, with the
     failures ECS reports. Fargate goes to moto unchanged (no instances involved)."""
@@ -340,39 +355,64 @@ def standin_run_task(
         )
     else:
         task_def = self.describe_task_definition(task_definition_str)
-        instances = [
+        req = _requirements(task_def, overrides)
+        constraints = list(task_def.placement_constraints or []) + list(placement_constraints or [])
+        for c in constraints:
+            if c.get("type") == "memberOf":
+                parse_expression(c.get("expression") or "")  # InvalidParameterException if bad
+        task_group = group or f"family:{task_def.family}"
+        all_active = [
             ci for ci in self.container_instances.get(cluster.name, {}).values()
             if ci.status == "ACTIVE"
         ]
-        if not instances:
-            raise InvalidParameterException("No Container Instances were found in your cluster.")
-        req = _requirements(task_def, overrides)
         tasks: list[Task] = []
         failures: dict[str, str] = {}
         for _ in range(count):
-            misfits = {}
-            for ci in instances:
-                why = _misfit(ci, req)
-                if why:
-                    misfits[ci.container_instance_arn] = why
-                    continue
-                task = Task(
-                    cluster, task_def, ci.container_instance_arn, req, backend=self,
-                    group=group or f"family:{task_def.family}",
-                    overrides=overrides or {}, started_by=started_by or "", tags=tags or [],
-                    launch_type=launch_type or "", networking_configuration=networking_configuration,
-                    capacity_provider_name=provider,
-                )
+            provider = _choose_provider(self, cluster, capacity_provider_strategy) or provider
+            cp = _provider_of(self, provider)
+            if cp is None:
+                # launchType EC2, or a strategy naming a provider this backend does not
+                # know (older behaviour, kept): any ACTIVE instance of the cluster.
+                instances = all_active
+                if not instances:
+                    raise InvalidParameterException("No Container Instances were found in your cluster.")
+            else:
+                instances = [ci for ci in all_active if getattr(ci, "capacity_provider_name", None) == cp.name]
+                if not instances and not _managed(cp):
+                    raise InvalidParameterException("No Container Instances were found in your cluster.")
+            common = dict(
+                group=task_group, overrides=overrides or {}, started_by=started_by or "",
+                tags=tags or [], launch_type=launch_type or ("EC2" if cp else ""),
+                networking_configuration=networking_configuration,
+                capacity_provider_name=provider,
+            )
+            ci, misfits = _place(self, cluster.name, instances, req, constraints, task_group,
+                                 placement_strategy)
+            if ci is not None:
+                task = Task(cluster, task_def, ci.container_instance_arn, req, backend=self, **common)
                 _reserve(ci, req, +1)
                 _count_as(self, task, "PENDING")
                 self.tasks.setdefault(cluster.name, {})[task.task_arn] = task
                 tasks.append(task)
-                break
-            else:
-                # Not placed anywhere: ECS names each instance and why it did not fit.
-                for arn, why in misfits.items():
-                    failures.setdefault(arn, why)
-                break  # later copies would not fit either
+                continue
+            if cp is not None and _managed(cp):
+                # ECS with managed scaling: the task waits for capacity instead of failing.
+                waiting = sum(1 for t in self.tasks.get(cluster.name, {}).values() if t.last_status == "PROVISIONING")
+                if waiting >= SCALING.config["provisioning_quota"]:
+                    raise EcsClientException(PROVISIONING_QUOTA_MESSAGE)
+                task = Task(cluster, task_def, None, req, backend=self, **common)
+                task.last_status = "PROVISIONING"
+                task._standin_constraints = constraints
+                task._standin_provisioning_since = time.monotonic()
+                self.tasks.setdefault(cluster.name, {})[task.task_arn] = task
+                self.__dict__.setdefault("_standin_provisioning", []).append(task)
+                tasks.append(task)
+                track_backend(self)
+                continue
+            # Not placed anywhere: ECS names each instance and why it did not fit.
+            for arn, why in misfits.items():
+                failures.setdefault(arn, why)
+            break  # later copies would not fit either
         result = (tasks, [{"arn": a, "reason": r} for a, r in failures.items()])
     if client_token:
         self.__dict__["_standin_run_tokens"][(cluster.name, client_token)] = result
@@ -455,6 +495,9 @@ def _stop_task(self: Backend, cluster_str: str, task_str: str, reason: str | Non
     task.stopped_reason = reason or "Task stopped by user"
     task.stopping_at = utcnow()
     task.version += 1
+    if task.last_status == "PROVISIONING":
+        # No instance, no agent: ECS ends a task that is still waiting for capacity itself.
+        _stop_by_ecs(self, task, "UserInitiated", task.stopped_reason)
     return task
 
 
@@ -565,10 +608,48 @@ def _submit_container_state_change(
 _orig_register_ci = Backend.register_container_instance
 
 
-def _register_container_instance(self: Backend, cluster_str: str, ec2_instance_id: str) -> Any:
+def _register_container_instance(
+    self: Backend,
+    cluster_str: str,
+    ec2_instance_id: str,
+    total_resources: list[dict[str, Any]] | None = None,
+    attributes: list[dict[str, Any]] | None = None,
+    capacity_provider: str | None = None,
+) -> Any:
+    """As the agent registers: its totalResources (CPU, MEMORY) replace moto's fixed
+    4096/7482, its attributes are added (ecs.cpu-architecture defaults to this host's, as
+    the agent reports its own), ecs.availability-zone/instance-type come from the EC2
+    instance as in ECS."""
     if cluster_str.split("/")[-1] not in self.clusters:
         raise ClusterNotFoundException  # moto: bare Exception -> HTTP 500 page
-    return _orig_register_ci(self, cluster_str, ec2_instance_id)
+    ci = _orig_register_ci(self, cluster_str, ec2_instance_id)
+    for r in total_resources or []:
+        if r.get("name") in ("CPU", "MEMORY") and r.get("integerValue") is not None:
+            for res in (*ci.registered_resources, *ci.remaining_resources):
+                if res["name"] == r["name"]:
+                    res["integerValue"] = int(r["integerValue"])
+    ci.attributes.setdefault("ecs.cpu-architecture", host_arch())
+    # moto derives it from the AMI, and seed.py's AMI is a Windows one in moto's catalog; the
+    # agent reports its own OS, and ours runs Linux containers (matters now that memberOf
+    # constraints such as attribute:ecs.os-type == linux are enforced).
+    ci.attributes["ecs.os-type"] = "linux"
+    for a in attributes or []:
+        if a.get("name"):
+            ci.attributes[a["name"]] = a.get("value")
+    ci.capacity_provider_name = capacity_provider
+    track_backend(self)
+    return ci
+
+
+def _list_container_instances(self: Backend, cluster_str: str, status: str | None = None) -> list[str]:
+    """Registration order (moto sorted by random id), and INACTIVE (terminated, deregistered)
+    instances only when asked for by status, as in ECS."""
+    cluster = self._get_cluster(cluster_str)
+    return [
+        ci.container_instance_arn
+        for ci in self.container_instances.get(cluster.name, {}).values()
+        if (ci.status == status if status else ci.status != "INACTIVE")
+    ]
 
 
 def _validate_container_defs(memory: Any, container_definitions: list[dict[str, Any]], requires_compatibilities: Any) -> None:
@@ -612,7 +693,762 @@ Backend.stop_task = _stop_task  # type: ignore[method-assign]
 Backend.submit_task_state_change = _submit_task_state_change  # type: ignore[attr-defined]
 Backend.submit_container_state_change = _submit_container_state_change  # type: ignore[attr-defined]
 Backend.register_container_instance = _register_container_instance  # type: ignore[method-assign]
+Backend.list_container_instances = _list_container_instances  # type: ignore[method-assign]
 Backend._validate_container_defs = staticmethod(_validate_container_defs)  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------
+# A cluster at scale: several container instances, placement, capacity providers with
+# managed scaling, instance loss. Off unless used: one seeded instance, no capacity
+# provider and no /_standin/instances call behave exactly as before.
+# --------------------------------------------------------------------------------------
+
+# One lock for moto's backends, shared by the WSGI app and the scaling ticker thread.
+BACKEND_LOCK = threading.RLock()
+STANDIN_IMAGE_ID = "ami-12c6146b"  # as seed.py
+NAME_TAG = "ecs-executor-local"
+LOOPBACK_VPC = "127.0.0.0/16"
+LOOPBACK_SUBNET = "127.0.0.0/24"
+AZ_LETTERS = ("a", "b", "c")
+# Stopped-task wording. "Host EC2 (instance i-…) terminated." with stopCode TerminationNotice
+# is what ECS reports for tasks of an instance that went away (seen verbatim in public code
+# that records real DescribeTasks output; Batch/Nextflow users see the same text on Spot
+# reclaims). ECS has stopCode SpotInterruption too, with "Your Spot Task was interrupted.",
+# but its docs show it for Fargate Spot; on EC2 a Spot reclaim is an instance termination.
+HOST_TERMINATED = "Host EC2 (instance {instance_id}) terminated."
+# ecs-at-scale.md §6 [S19e]: a task that waited for capacity in vain stops with
+# stopCode TaskFailedToStart, e.g. "EMPTY CAPACITY PROVIDER" (a third-party write-up of
+# the console text; configurable below).
+PROVISIONING_TIMEOUT_REASON = "EMPTY CAPACITY PROVIDER"
+# RunTask beyond the PROVISIONING-tasks-per-cluster quota returns ClientException [S20];
+# the exact message is not in our sources: this wording is the stand-in's own.
+PROVISIONING_QUOTA_MESSAGE = (
+    "The maximum number of tasks in the PROVISIONING state for this cluster has been reached."
+)
+
+
+def host_arch() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+
+
+class ScaleEvents:
+    """What the simulated control plane did on its own (scale-out, registrations, Spot
+    notices, terminations, scale-in), for the harness that brings up each instance's Docker
+    listener and agent. seq never restarts, like the request recording."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[dict[str, Any]] = []
+        self._seq = 0
+
+    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+        with self._lock:
+            self._seq += 1
+            item = {"seq": self._seq, "type": kind, "time": time.time(), **fields}
+            self._items.append(item)
+        log.info("scale event: %s", json.dumps(item))
+        return item
+
+    def since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
+        with self._lock:
+            return [dict(i) for i in self._items if i["seq"] > seq], self._seq
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items = []
+
+
+class Scaling:
+    """Settings of the simulated managed scaling (one set for all capacity providers), and
+    the timer queue the ticker runs."""
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            # ECS: ~1 min for the CapacityProviderReservation alarm, then EC2 boot and agent
+            # registration (ecs-at-scale.md §6): minutes. Tests set a fraction of a second.
+            "scale_out_delay_s": 60.0,
+            # Time after a step's instances registered before the next step (None: the
+            # capacity provider's instanceWarmupPeriod, ECS default 300 s).
+            "warmup_s": None,
+            # ECS: "between 10 and 30 minutes" (ecs-at-scale.md §6), not configurable there.
+            "provisioning_timeout_s": 1800.0,
+            "provisioning_timeout_reason": PROVISIONING_TIMEOUT_REASON,
+            # ECS scale-in alarm: ~15 min below target.
+            "scale_in_idle_s": 900.0,
+            # The Auto Scaling group's size limits (instances of the provider).
+            "min_size": 0,
+            "max_size": 10,
+            # RunTask answers ClientException beyond this many PROVISIONING tasks per cluster.
+            "provisioning_quota": 500,
+            # What a scale-out launches.
+            "instance": {"cpu": 4096, "memory": 7482, "arch": host_arch(), "instance_type": "c5.xlarge"},
+        }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.config = self.defaults()
+        self._timers: list[tuple[float, int, Any, str]] = []
+        self._timer_seq = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.config = self.defaults()
+            self._timers = []
+
+    def configure(self, spec: dict[str, Any]) -> dict[str, Any]:
+        new = dict(self.config)
+        for key, value in spec.items():
+            if key not in new:
+                raise ValueError(f"unknown key: {key}")
+            if key == "instance":
+                if not isinstance(value, dict) or set(value) - {"cpu", "memory", "arch", "instance_type"}:
+                    raise ValueError("instance: {cpu, memory, arch, instance_type}")
+                new["instance"] = {**self.config["instance"], **value}
+            elif key == "provisioning_timeout_reason":
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"{key} must be a non-empty string")
+                new[key] = value
+            elif key == "warmup_s" and value is None:
+                new[key] = None
+            else:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{key} must be a non-negative number")
+                new[key] = int(value) if key in ("min_size", "max_size", "provisioning_quota") else float(value)
+        with self._lock:
+            self.config = new
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            pending = [{"in_s": round(due - time.monotonic(), 3), "what": what} for due, _, _, what in self._timers]
+            return {**self.config, "instance": dict(self.config["instance"]), "timers": pending}
+
+    def schedule(self, delay: float, fn: Any, what: str) -> None:
+        with self._lock:
+            self._timer_seq += 1
+            self._timers.append((time.monotonic() + delay, self._timer_seq, fn, what))
+            self._timers.sort(key=lambda t: (t[0], t[1]))
+
+    def due(self, now: float) -> list[Any]:
+        with self._lock:
+            ready = [t for t in self._timers if t[0] <= now]
+            self._timers = [t for t in self._timers if t[0] > now]
+        return [t[2] for t in ready]
+
+
+EVENTS = ScaleEvents()
+SCALING = Scaling()
+_BACKENDS: list[Backend] = []  # backends with instances or waiting tasks, for the ticker
+
+
+def track_backend(backend: Backend) -> None:
+    if not any(b is backend for b in _BACKENDS):
+        _BACKENDS.append(backend)
+
+
+def reset_scale_state() -> None:
+    """/moto-api/reset: moto's backends are new, so are our settings, timers and events."""
+    with BACKEND_LOCK:
+        SCALING.reset()
+        EVENTS.clear()
+        _BACKENDS.clear()
+
+
+def _ec2(backend: Backend) -> Any:
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends[backend.account_id][backend.region_name]
+
+
+def _provider_of(backend: Backend, name: str | None) -> Any:
+    if not name or name in ("FARGATE", "FARGATE_SPOT"):
+        return None
+    return backend._get_provider(name)
+
+
+def _managed(cp: Any) -> bool:
+    return (cp.auto_scaling_group_provider or {}).get("managedScaling", {}).get("status") == "ENABLED"
+
+
+def _live_tasks(backend: Backend, cluster_name: str) -> list[Task]:
+    return [t for t in backend.tasks.get(cluster_name, {}).values() if t.last_status != "STOPPED"]
+
+
+def _tasks_on(backend: Backend, cluster_name: str, ci: Any) -> list[Task]:
+    arn = ci.container_instance_arn
+    return [t for t in _live_tasks(backend, cluster_name) if t.container_instance_arn == arn]
+
+
+def _choose_provider(backend: Backend, cluster: Any, strategy: list[dict[str, Any]] | None) -> str | None:
+    """A capacity provider strategy's pick for the next task: `base` tasks first, then in
+    proportion to `weight` (counting this cluster's tasks that are not STOPPED)."""
+    if not strategy:
+        return None
+    if len(strategy) == 1:
+        return strategy[0].get("capacityProvider")
+    counts: dict[str, int] = {}
+    for t in _live_tasks(backend, cluster.name):
+        counts[t.capacity_provider_name] = counts.get(t.capacity_provider_name, 0) + 1
+    for item in strategy:
+        if counts.get(item.get("capacityProvider"), 0) < int(item.get("base") or 0):
+            return item.get("capacityProvider")
+    weighted = [i for i in strategy if int(i.get("weight") or 0) > 0] or strategy[:1]
+    return min(
+        weighted, key=lambda i: counts.get(i.get("capacityProvider"), 0) / max(int(i.get("weight") or 0), 1e-9)
+    ).get("capacityProvider")
+
+
+# Cluster query language, the part placement constraints use here:
+#   attribute:<name> (==|!=|=~|!~) <value> | attribute:<name> (in|not_in) [v1, v2]
+#   attribute:<name> (exists|not_exists) | ec2InstanceId ... ; terms joined by and / or.
+_TERM = re.compile(
+    r"^\s*(attribute:[\w.\-:/]+|ec2InstanceId)\s+(==|!=|=~|!~|in|not_in|exists|not_exists)\s*(.*?)\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_expression(text: str) -> list[list[tuple[str, str, list[str]]]]:
+    text = text.strip()
+    while text.startswith("(") and text.endswith(")"):
+        text = text[1:-1].strip()
+    if not text:
+        raise InvalidParameterException("A memberOf placement constraint needs an expression.")
+    alternatives = []
+    for alt in re.split(r"\s+or\s+", text, flags=re.IGNORECASE):
+        terms = []
+        for term in re.split(r"\s+and\s+", alt, flags=re.IGNORECASE):
+            m = _TERM.match(term.strip().strip("()"))
+            if not m:
+                raise InvalidParameterException(f"Invalid placement constraint expression: {text}")
+            subject, op, raw = m.group(1), m.group(2).lower(), m.group(3)
+            if op in ("in", "not_in"):
+                values = [v.strip() for v in raw.strip("[]()").split(",") if v.strip()]
+            elif op in ("exists", "not_exists"):
+                values = []
+            else:
+                values = [raw]
+            terms.append((subject, op, values))
+        alternatives.append(terms)
+    return alternatives
+
+
+def _matches(ci: Any, parsed: list[list[tuple[str, str, list[str]]]]) -> bool:
+    import fnmatch
+
+    def value_of(subject: str) -> str | None:
+        if subject.lower() == "ec2instanceid":
+            return ci.ec2_instance_id
+        return ci.attributes.get(subject.split(":", 1)[1])
+
+    def term_ok(subject: str, op: str, values: list[str]) -> bool:
+        v = value_of(subject)
+        if op == "exists":
+            return v is not None
+        if op == "not_exists":
+            return v is None
+        if op == "==":
+            return v == values[0]
+        if op == "!=":
+            return v != values[0]
+        if op == "in":
+            return v in values
+        if op == "not_in":
+            return v not in values
+        hit = v is not None and fnmatch.fnmatchcase(v, values[0])
+        return hit if op == "=~" else not hit
+
+    return any(all(term_ok(*t) for t in alt) for alt in parsed)
+
+
+def _constraint_misfit(backend: Backend, cluster_name: str, ci: Any, constraints: list[dict[str, Any]],
+                       group: str) -> str | None:
+    for c in constraints:
+        kind = c.get("type")
+        if kind == "distinctInstance":
+            if any(t.group == group for t in _tasks_on(backend, cluster_name, ci)):
+                return "DistinctInstance placement constraint unsatisfied."
+        elif kind == "memberOf":
+            if not _matches(ci, parse_expression(c.get("expression") or "")):
+                return "MemberOf placement constraint unsatisfied."
+    return None
+
+
+def _remaining(ci: Any, name: str) -> int:
+    return next(r["integerValue"] for r in ci.remaining_resources if r["name"] == name)
+
+
+def _order(backend: Backend, cluster_name: str, instances: list[Any],
+           strategies: list[dict[str, Any]] | None, group: str) -> list[Any]:
+    """Candidate instances in placement order. No strategy: registration order (first fit;
+    the stand-in's choice, ECS documents no default for standalone tasks in our sources).
+    binpack (cpu|memory): least remaining first; spread (instanceId|host|attribute:x): fewest
+    tasks of the same task group first (ECS: "standalone tasks are spread according to the
+    tasks in the same task group"); random. Earlier strategies take precedence."""
+    import random
+
+    order = list(instances)
+    same_group = [t for t in _live_tasks(backend, cluster_name) if t.group == group]
+    for s in reversed(strategies or []):
+        kind = (s.get("type") or "").lower()
+        field = s.get("field") or ""
+        if kind == "random":
+            random.shuffle(order)
+        elif kind == "binpack":
+            res = "MEMORY" if field.lower() == "memory" else "CPU"
+            order.sort(key=lambda ci: _remaining(ci, res))
+        elif kind == "spread":
+            if field.lower() in ("instanceid", "host", ""):
+                per_instance: dict[str, int] = {}
+                for t in same_group:
+                    per_instance[t.container_instance_arn] = per_instance.get(t.container_instance_arn, 0) + 1
+                order.sort(key=lambda ci: per_instance.get(ci.container_instance_arn, 0))
+            else:
+                attr = field.split(":", 1)[-1]
+                per_value: dict[Any, int] = {}
+                cis = backend.container_instances.get(cluster_name, {})
+                for t in same_group:
+                    host = cis.get((t.container_instance_arn or "").split("/")[-1])
+                    if host is not None:
+                        key = host.attributes.get(attr)
+                        per_value[key] = per_value.get(key, 0) + 1
+                order.sort(key=lambda ci: per_value.get(ci.attributes.get(attr), 0))
+    return order
+
+
+def _place(backend: Backend, cluster_name: str, instances: list[Any], req: dict[str, Any],
+           constraints: list[dict[str, Any]], group: str,
+           strategy: list[dict[str, Any]] | None) -> tuple[Any, dict[str, str]]:
+    misfits: dict[str, str] = {}
+    for ci in _order(backend, cluster_name, instances, strategy, group):
+        why = _misfit(ci, req) or _constraint_misfit(backend, cluster_name, ci, constraints, group)
+        if why:
+            misfits[ci.container_instance_arn] = why
+            continue
+        return ci, misfits
+    return None, misfits
+
+
+def _stop_by_ecs(backend: Backend, task: Task, stop_code: str, reason: str) -> None:
+    """ECS itself ends the task (no agent report): its instance went away, or it never got
+    capacity. A StopTask's UserInitiated code and reason are kept."""
+    if task.last_status == "STOPPED":
+        return
+    now = utcnow()
+    task.desired_status = "STOPPED"
+    if task.stop_code != "UserInitiated":
+        task.stop_code = stop_code
+        task.stopped_reason = reason
+    task.stopping_at = task.stopping_at or now
+    task.stopped_at = now
+    task.execution_stopped_at = now
+    task.last_status = "STOPPED"
+    for c in task.containers:
+        c.last_status = "STOPPED"
+    _count_as(backend, task, None)
+    task.version += 1
+
+
+def _find_instance(backend: Backend, ref: str) -> Any:
+    """A container instance of any cluster by id, ARN or EC2 instance id."""
+    tail = ref.split("/")[-1]
+    for cis in backend.container_instances.values():
+        for ci in cis.values():
+            if tail in (ci.id, ci.ec2_instance_id) or ref == ci.container_instance_arn:
+                return ci
+    return None
+
+
+def instance_info(backend: Backend, ci: Any) -> dict[str, Any]:
+    try:
+        inst = _ec2(backend).get_instance(ci.ec2_instance_id)
+    except Exception:  # noqa: BLE001 - gone from EC2
+        inst = None
+    reg = {r["name"]: r.get("integerValue") for r in ci.registered_resources}
+    return {
+        "cluster": ci.cluster_name,
+        "container_instance_arn": ci.container_instance_arn,
+        "container_instance_id": ci.id,
+        "instance_id": ci.ec2_instance_id,
+        "private_ip": getattr(inst, "private_ip", None),
+        "public_ip": getattr(inst, "public_ip", None),
+        "availability_zone": ci.attributes.get("ecs.availability-zone"),
+        "cpu_architecture": ci.attributes.get("ecs.cpu-architecture"),
+        "instance_type": ci.attributes.get("ecs.instance-type"),
+        "cpu": reg.get("CPU"),
+        "memory": reg.get("MEMORY"),
+        "remaining_cpu": _remaining(ci, "CPU"),
+        "remaining_memory": _remaining(ci, "MEMORY"),
+        "status": ci.status,
+        "agent_connected": ci.agent_connected,
+        "capacity_provider": getattr(ci, "capacity_provider_name", None),
+        "running_tasks": ci.running_tasks_count,
+        "pending_tasks": ci.pending_tasks_count,
+    }
+
+
+def _used_addresses(ec2: Any) -> set[str]:
+    used = set()
+    for inst in ec2.all_instances():
+        if inst._state.name != "terminated":
+            used.update(a for a in (inst.private_ip, inst.public_ip) if a)
+    used.update(eip.public_ip for eip in ec2.addresses)
+    return used
+
+
+def _next_address_pair(ec2: Any) -> tuple[str, str]:
+    """Instance k has private 127.0.0.(2k-1) and public 127.0.0.(2k): the seeded one is
+    .1/.2, the next .3/.4, and a freed pair is reused."""
+    used = _used_addresses(ec2)
+    for n in range(1, 128):
+        pair = (f"127.0.0.{2 * n - 1}", f"127.0.0.{2 * n}")
+        if not used & set(pair):
+            return pair
+    raise InvalidParameterException("No free loopback address pair left in 127.0.0.0/24.")
+
+
+def _loopback_subnet(ec2: Any) -> Any:
+    found = ec2.describe_subnets(filters={"cidr-block": [LOOPBACK_SUBNET]})
+    if found:
+        return found[0]
+    vpcs = ec2.describe_vpcs(filters={"cidr-block": [LOOPBACK_VPC]}) if hasattr(ec2, "describe_vpcs") else []
+    vpc = vpcs[0] if vpcs else ec2.create_vpc(LOOPBACK_VPC)
+    return ec2.create_subnet(vpc.id, LOOPBACK_SUBNET)
+
+
+def launch_instance(backend: Backend, cluster_name: str, spec: dict[str, Any]) -> Any:
+    """An EC2 instance on the next free loopback pair (or the given one), with an Elastic IP
+    as its public address, registered as a container instance of the cluster. Idempotent per
+    private_ip: an instance already registered with that address is returned."""
+    cluster = backend._get_cluster(cluster_name)
+    ec2 = _ec2(backend)
+    private_ip, public_ip = spec.get("private_ip"), spec.get("public_ip")
+    if bool(private_ip) != bool(public_ip):
+        raise InvalidParameterException("Give both private_ip and public_ip, or neither.")
+    if private_ip:
+        for ci in backend.container_instances.get(cluster.name, {}).values():
+            if ci.status != "INACTIVE" and instance_info(backend, ci)["private_ip"] == private_ip:
+                return ci
+        if _used_addresses(ec2) & {private_ip, public_ip}:
+            raise InvalidParameterException(f"Address {private_ip} or {public_ip} is in use.")
+    else:
+        private_ip, public_ip = _next_address_pair(ec2)
+    subnet = _loopback_subnet(ec2)
+    az = spec.get("availability_zone")
+    if not az:
+        # Spread over the Region's first zones, as an ASG balances its zones.
+        zones = [f"{backend.region_name}{x}" for x in AZ_LETTERS]
+        per_zone = {z: 0 for z in zones}
+        for ci in backend.container_instances.get(cluster.name, {}).values():
+            if ci.status != "INACTIVE":
+                zone = ci.attributes.get("ecs.availability-zone")
+                per_zone[zone] = per_zone.get(zone, 0) + 1
+        az = min(zones, key=lambda z: per_zone[z])
+    reservation = ec2.run_instances(
+        STANDIN_IMAGE_ID, 1, None, [],
+        # The kwargs moto's RunInstances handler passes (its backend reads several unguarded).
+        instance_type=spec.get("instance_type") or "c5.xlarge", is_instance_type_default=False,
+        placement=None, placement_hostid=None, region_name=backend.region_name,
+        subnet_id=subnet.id, key_name=None, security_group_ids=[], nics=[], private_ip=private_ip,
+        associate_public_ip=None, tags={"instance": {"Name": NAME_TAG}}, ebs_optimized=False,
+        disable_api_stop=False, instance_market_options={}, instance_initiated_shutdown_behavior=None,
+        launch_template={}, hibernation_options={}, monitoring_state="disabled",
+        ipv6_address_count=None, metadata_options={"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"}, client_token=str(uuid.uuid4()),
+    )
+    inst = reservation.instances[0]
+    inst._placement.zone = az  # ECS reads ecs.availability-zone from the instance
+    ec2.allocate_address("vpc", address=public_ip)
+    ec2.associate_address(instance=inst, address=public_ip)
+    resources = [{"name": "CPU", "integerValue": int(spec.get("cpu") or 4096)},
+                 {"name": "MEMORY", "integerValue": int(spec.get("memory") or 7482)}]
+    attributes = [{"name": "ecs.cpu-architecture", "value": spec.get("arch") or host_arch()}]
+    attributes += [{"name": k, "value": v} for k, v in (spec.get("attributes") or {}).items()]
+    return backend.register_container_instance(
+        cluster.name, inst.id, resources, attributes, spec.get("capacity_provider"))
+
+
+def terminate_instance(backend: Backend, ci: Any, stop_code: str = "TerminationNotice",
+                       reason: str | None = None, event: str = "instance-terminated",
+                       cause: str = "terminated") -> None:
+    """The EC2 instance is gone: ECS stops its tasks, the container instance is INACTIVE
+    (still in DescribeContainerInstances, not in ListContainerInstances), the addresses are free."""
+    if ci.status == "INACTIVE":
+        return
+    info = instance_info(backend, ci)
+    reason = reason or HOST_TERMINATED.format(instance_id=ci.ec2_instance_id)
+    stopped = []
+    for task in _tasks_on(backend, ci.cluster_name, ci):
+        _stop_by_ecs(backend, task, stop_code, reason)
+        stopped.append(task.task_arn)
+    ci.status = "INACTIVE"
+    ci.agent_connected = False
+    cluster = backend.clusters.get(ci.cluster_name)
+    if cluster is not None:
+        cluster.registered_container_instances_count -= 1
+    ec2 = _ec2(backend)
+    try:
+        ec2.terminate_instances([ci.ec2_instance_id])
+        inst = ec2.get_instance(ci.ec2_instance_id)
+        if inst.subnet_id and info["private_ip"]:
+            # moto keeps a terminated instance's address taken; EC2 frees it.
+            ec2.get_subnet(inst.subnet_id).del_subnet_ip(info["private_ip"])
+    except Exception:  # noqa: BLE001 - already gone
+        log.exception("terminating %s", ci.ec2_instance_id)
+    for eip in list(ec2.addresses):
+        if info["public_ip"] and eip.public_ip == info["public_ip"]:
+            ec2.release_address(address=eip.public_ip)
+    EVENTS.add(event, cause=cause, stopped_tasks=stopped, stop_code=stop_code, stopped_reason=reason,
+               **{**info, "status": "INACTIVE"})
+
+
+def instance_control(backend: Backend, ci: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """POST /_standin/instances/<id>: {"state": "DRAINING"|"ACTIVE", "terminate_after_s"},
+    {"lost": "spot"|"terminated", "notice_s", "stop_code", "reason"}."""
+    if ci.status == "INACTIVE":
+        raise InvalidParameterException("The container instance is INACTIVE.")
+    unknown = set(spec) - {"state", "terminate_after_s", "lost", "notice_s", "stop_code", "reason"}
+    if unknown:
+        raise ValueError(f"unknown keys: {sorted(unknown)}")
+    code = spec.get("stop_code") or "TerminationNotice"
+    reason = spec.get("reason")
+    if "lost" in spec:
+        lost = spec["lost"]
+        if lost not in ("spot", "terminated"):
+            raise ValueError('lost must be "spot" or "terminated"')
+        notice = float(spec.get("notice_s", 120.0 if lost == "spot" else 0.0))
+        if lost == "spot":
+            # EC2 sends a two-minute interruption notice; with ECS_ENABLE_SPOT_INSTANCE_DRAINING
+            # the agent sets the instance DRAINING at once (no new tasks; standalone tasks go
+            # on until the instance dies).
+            ci.status = "DRAINING"
+            EVENTS.add("spot-interruption-notice", terminate_in_s=notice, **instance_info(backend, ci))
+        if notice > 0:
+            SCALING.schedule(notice, lambda: terminate_instance(backend, ci, code, reason, cause=lost),
+                             f"terminate {ci.ec2_instance_id} ({lost})")
+        else:
+            terminate_instance(backend, ci, code, reason, cause=lost)
+    elif "state" in spec:
+        state = spec["state"]
+        if state not in ("DRAINING", "ACTIVE"):
+            raise ValueError('state must be "DRAINING" or "ACTIVE"')
+        # As UpdateContainerInstancesState: DRAINING places no new tasks there; tasks that
+        # are not part of a service (all of ours) are NOT stopped by ECS.
+        ci.status = state
+        EVENTS.add("draining" if state == "DRAINING" else "active", **instance_info(backend, ci))
+        after = spec.get("terminate_after_s")
+        if after is not None:
+            SCALING.schedule(float(after), lambda: terminate_instance(backend, ci, code, reason, cause="draining"),
+                             f"terminate {ci.ec2_instance_id} (drained)")
+    else:
+        raise ValueError('give "state" or "lost"')
+    return instance_info(backend, ci)
+
+
+def _instances_needed(tasks: list[Task], template: dict[str, Any]) -> int:
+    """How many template-sized instances the waiting tasks need (first fit); tasks larger
+    than an instance never fit and ask for none (they wait until the timeout, as in ECS)."""
+    bins: list[list[int]] = []
+    for t in tasks:
+        cpu, mem = t.resource_requirements["CPU"], t.resource_requirements["MEMORY"]
+        if cpu > template["cpu"] or mem > template["memory"]:
+            continue
+        for b in bins:
+            if b[0] >= cpu and b[1] >= mem:
+                b[0] -= cpu
+                b[1] -= mem
+                break
+        else:
+            bins.append([template["cpu"] - cpu, template["memory"] - mem])
+    return len(bins)
+
+
+def _maybe_scale_out(backend: Backend, cluster_name: str, cp: Any, waiting: list[Task], now: float) -> None:
+    steps = backend.__dict__.setdefault("_standin_scale", {})
+    st = steps.setdefault((cluster_name, cp.name), {"in_flight": 0, "next_step_at": 0.0})
+    if st["in_flight"] or now < st["next_step_at"]:
+        return
+    cfg = SCALING.config
+    template = cfg["instance"]
+    needed = _instances_needed(waiting, template)
+    if needed == 0:
+        return
+    ms = cp.auto_scaling_group_provider["managedScaling"]
+    current = sum(1 for ci in backend.container_instances.get(cluster_name, {}).values()
+                  if ci.status != "INACTIVE" and getattr(ci, "capacity_provider_name", None) == cp.name)
+    n = min(max(needed, int(ms.get("minimumScalingStepSize") or 1)),
+            int(ms.get("maximumScalingStepSize") or 10000), cfg["max_size"] - current)
+    if n <= 0:
+        return
+    st["in_flight"] = n
+    delay = cfg["scale_out_delay_s"]
+    EVENTS.add("scale-out", cluster=cluster_name, capacity_provider=cp.name, count=n,
+               delay_s=delay, waiting_tasks=len(waiting))
+
+    def arrive() -> None:
+        try:
+            for _ in range(n):
+                ci = launch_instance(backend, cluster_name, {**template, "capacity_provider": cp.name})
+                ci._standin_launched = True
+                EVENTS.add("instance-registered", cause="scale-out", **instance_info(backend, ci))
+        finally:
+            st["in_flight"] = 0
+            warm = cfg["warmup_s"] if cfg["warmup_s"] is not None else ms.get("instanceWarmupPeriod", 300)
+            st["next_step_at"] = time.monotonic() + float(warm)
+
+    SCALING.schedule(delay, arrive, f"scale-out {cp.name} +{n}")
+
+
+def _tick_backend(backend: Backend, now: float) -> None:
+    if not backend.capacity_providers:
+        return  # nothing to place, scale out or scale in (timers run without this)
+    cfg = SCALING.config
+    queue = backend.__dict__.setdefault("_standin_provisioning", [])
+    queue[:] = [t for t in queue if t.last_status == "PROVISIONING"]  # in arrival order
+    for cluster_name in list(backend.clusters):
+        waiting_by_cp: dict[str, list[Task]] = {}
+        for t in [t for t in queue if t.cluster_name == cluster_name]:
+            if now - t._standin_provisioning_since > cfg["provisioning_timeout_s"]:
+                _stop_by_ecs(backend, t, "TaskFailedToStart", cfg["provisioning_timeout_reason"])
+                EVENTS.add("provisioning-timeout", cluster=cluster_name, task_arn=t.task_arn,
+                           capacity_provider=t.capacity_provider_name)
+                continue
+            cp = _provider_of(backend, t.capacity_provider_name)
+            if cp is None:
+                continue
+            instances = [ci for ci in backend.container_instances.get(cluster_name, {}).values()
+                         if ci.status == "ACTIVE" and getattr(ci, "capacity_provider_name", None) == cp.name]
+            ci, _ = _place(backend, cluster_name, instances, t.resource_requirements,
+                           getattr(t, "_standin_constraints", []), t.group, None)
+            if ci is not None:
+                t.container_instance_arn = ci.container_instance_arn
+                t.last_status = "PENDING"
+                _reserve(ci, t.resource_requirements, +1)
+                _count_as(backend, t, "PENDING")
+                t.version += 1
+                continue
+            waiting_by_cp.setdefault(cp.name, []).append(t)
+        for cp_name, waiting in waiting_by_cp.items():
+            cp = _provider_of(backend, cp_name)
+            if cp is not None and _managed(cp):
+                _maybe_scale_out(backend, cluster_name, cp, waiting, now)
+        # Scale-in: instances of a managed provider that have been idle long enough, while
+        # nothing waits for that provider, down to min_size. ECS drains, then the ASG terminates.
+        by_cp: dict[str, list[Any]] = {}
+        for ci in backend.container_instances.get(cluster_name, {}).values():
+            if ci.status == "INACTIVE":
+                continue
+            if ci.running_tasks_count + ci.pending_tasks_count > 0:
+                ci._standin_busy_at = now
+            name = getattr(ci, "capacity_provider_name", None)
+            if name:
+                by_cp.setdefault(name, []).append(ci)
+        for cp_name, cis in by_cp.items():
+            cp = _provider_of(backend, cp_name)
+            if cp is None or not _managed(cp) or waiting_by_cp.get(cp_name):
+                continue
+            idle = sorted(
+                (ci for ci in cis if ci.status == "ACTIVE" and ci.running_tasks_count + ci.pending_tasks_count == 0
+                 and now - ci._standin_busy_at > cfg["scale_in_idle_s"]),
+                key=lambda ci: ci._standin_busy_at,
+            )
+            for ci in idle[: max(0, len(cis) - cfg["min_size"])]:
+                ci.status = "DRAINING"
+                terminate_instance(backend, ci, event="scale-in", cause="scale-in")
+
+
+def scale_tick() -> None:
+    now = time.monotonic()
+    with BACKEND_LOCK:
+        for fn in SCALING.due(now):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - keep ticking
+                log.exception("scheduled scale action failed")
+        for backend in list(_BACKENDS):
+            try:
+                _tick_backend(backend, now)
+            except Exception:  # noqa: BLE001
+                log.exception("scale tick failed")
+
+
+def start_scale_ticker(interval: float = 0.1) -> threading.Thread:
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            scale_tick()
+
+    thread = threading.Thread(target=loop, name="standin-scale", daemon=True)
+    thread.start()
+    return thread
+
+
+def _ecs_backend(query: dict[str, list[str]]) -> Backend:
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    region = (query.get("region") or [os.environ.get("AWS_DEFAULT_REGION", "us-east-1")])[0]
+    return ecs_models.ecs_backends[DEFAULT_ACCOUNT_ID][region]
+
+
+def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
+                  environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """/_standin/scaling, /_standin/scale-events, /_standin/instances[/<id>]; None: not ours."""
+    if not parts or parts[0] not in ("scaling", "scale-events", "instances"):
+        return None
+
+    def body() -> dict[str, Any]:
+        spec = json.loads(_read_body(environ) or b"{}")
+        if not isinstance(spec, dict):
+            raise ValueError("body must be a JSON object")
+        return spec
+
+    try:
+        if parts == ["scaling"] and method == "GET":
+            return _json(200, SCALING.state())
+        if parts == ["scaling"] and method == "POST":
+            return _json(200, SCALING.configure(body()))
+        if parts == ["scale-events"] and method == "GET":
+            since = int((query.get("since") or ["0"])[0])
+            items, last = EVENTS.since(since)
+            return _json(200, {"events": items, "next": last})
+        with BACKEND_LOCK:
+            backend = _ecs_backend(query)
+            if parts == ["instances"] and method == "GET":
+                cluster = (query.get("cluster") or [None])[0]
+                return _json(200, {"instances": [
+                    instance_info(backend, ci)
+                    for name, cis in backend.container_instances.items() if cluster in (None, name)
+                    for ci in cis.values()
+                ]})
+            if parts == ["instances"] and method == "POST":
+                spec = body()
+                unknown = set(spec) - {"cluster", "cpu", "memory", "arch", "availability_zone", "instance_type",
+                                       "capacity_provider", "private_ip", "public_ip", "attributes"}
+                if unknown:
+                    raise ValueError(f"unknown keys: {sorted(unknown)}")
+                before = {id(ci) for cis in backend.container_instances.values() for ci in cis.values()}
+                ci = launch_instance(backend, spec.get("cluster") or "local", spec)
+                info = instance_info(backend, ci)
+                if id(ci) not in before:
+                    EVENTS.add("instance-registered", cause="api", **info)
+                return _json(200, info)
+            if len(parts) == 2 and parts[0] == "instances":
+                ci = _find_instance(backend, parts[1])
+                if ci is None:
+                    return _json(404, {"error": f"no container instance {parts[1]}"})
+                if method == "GET":
+                    return _json(200, instance_info(backend, ci))
+                if method == "POST":
+                    return _json(200, instance_control(backend, ci, body()))
+    except (ValueError, TypeError) as exc:
+        return _json(400, {"error": str(exc)})
+    except ServiceException as exc:
+        return _json(400, {"error": exc.message, "code": exc.code})
+    except Exception as exc:  # noqa: BLE001 - a stand-in bug: say what it was
+        traceback.print_exc()
+        return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+    return _json(404, {"error": f"no such endpoint: {method} /_standin/{'/'.join(parts)}"})
 
 
 # --------------------------------------------------------------------------------------
@@ -636,6 +1472,8 @@ def _resp_run_task(self: Any) -> ActionResult:
         self._get_param("platformVersion"),
         self._get_param("capacityProviderStrategy"),
         self._get_param("clientToken"),
+        self._get_param("placementConstraints"),
+        self._get_param("placementStrategy"),
     )
     return ActionResult({"tasks": tasks, "failures": failures})
 
@@ -688,6 +1526,16 @@ def _resp_submit_container_state_change(self: Any) -> ActionResult:
     return ActionResult({"acknowledgment": ack})
 
 
+def _resp_register_container_instance(self: Any) -> ActionResult:
+    doc = json.loads(self._get_param("instanceIdentityDocument"))
+    ci = self.ecs_backend.register_container_instance(
+        self._get_param("cluster", "default"), doc["instanceId"],
+        self._get_param("totalResources"), self._get_param("attributes"),
+    )
+    return ActionResult({"containerInstance": ci})
+
+
+Response.register_container_instance = _resp_register_container_instance  # type: ignore[method-assign]
 Response.run_task = _resp_run_task  # type: ignore[method-assign]
 Response.describe_tasks = _resp_describe_tasks  # type: ignore[method-assign]
 Response.list_tasks = _resp_list_tasks  # type: ignore[method-assign]
@@ -888,7 +1736,8 @@ class StandinApp:
         self.moto_app = moto_app
         self.faults = Faults()
         self.recorder = Recorder()
-        self.backend_lock = threading.RLock()
+        self.throttle = Throttle()
+        self.backend_lock = BACKEND_LOCK
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -900,6 +1749,8 @@ class StandinApp:
             if path.rstrip("/") == "/moto-api/reset" and method == "POST" and status == 200:
                 self.faults.clear()
                 self.recorder.clear()
+                self.throttle.reset()
+                reset_scale_state()
         else:
             status, headers, body = self.aws_call(environ)
         start_response(f"{status} {_reason(status)}", headers)
@@ -913,6 +1764,15 @@ class StandinApp:
             return self.call_moto(environ, protocol)
         user_agent = environ.get("HTTP_X_AMZ_USER_AGENT") or environ.get("HTTP_USER_AGENT") or ""
         item = self.recorder.add(service, action, text, region, user_agent)
+        throttled = self.throttle.check(service, action, text, user_agent)
+        if throttled:
+            # Like ECS: the bucket is empty, the call never reaches the service (no fault
+            # rule is used up either).
+            item["throttled"] = throttled
+            status, headers, body = throttle_error(service)
+            item["status"] = status
+            log.info("%s %s -> %s [throttled: %s]", service, action, status, throttled)
+            return status, headers, body
         fault = self.faults.take(service, action, text)
         if fault:
             item["fault"] = fault["id"]
@@ -991,6 +1851,22 @@ class StandinApp:
             if method == "DELETE":
                 self.recorder.clear()
                 return _json(200, {"cleared": True})
+        if parts == ["throttling"]:
+            if method == "GET":
+                return _json(200, self.throttle.state())
+            if method == "POST":
+                try:
+                    spec = json.loads(_read_body(environ) or b"{}")
+                    if not isinstance(spec, dict):
+                        raise ValueError("body must be a JSON object")
+                    state = self.throttle.configure(spec)
+                except ValueError as exc:
+                    return _json(400, {"error": str(exc)})
+                log.info("throttling: enabled=%s scale=%s", state["enabled"], state["scale"])
+                return _json(200, state)
+        scale = scale_control(method, parts, query, environ)
+        if scale is not None:
+            return scale
         if parts == ["counts"] and method == "GET":
             items, _ = self.recorder.since(since)
             counts: dict[str, int] = {}
@@ -1039,6 +1915,7 @@ def build_app() -> StandinApp:
     # so the first real request is not the slow one.
     for service in ("ecs", "ec2"):
         dispatcher.app_instances[service] = create_backend_app(service)
+    start_scale_ticker()
     return StandinApp(dispatcher)
 
 

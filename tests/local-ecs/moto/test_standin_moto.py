@@ -473,6 +473,429 @@ class StandinMotoTest(unittest.TestCase):
         after = self.http("GET", "/_standin/requests")[1]["requests"]
         self.assertEqual([r["seq"] for r in after], [start + 5])  # seq keeps counting
 
+    # ---------------------------------------------------------------- throttling
+
+    def throttling(self, **spec: object) -> dict:
+        status, state = self.http("POST", "/_standin/throttling", spec)
+        self.assertEqual(status, 200, state)
+        return state  # type: ignore[return-value]
+
+    def test_throttling_is_off_by_default(self) -> None:
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertFalse(state["enabled"])
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-read"]["burst"], 100)
+        for _ in range(120):  # more than any bucket's burst
+            self.ecs.list_tasks(cluster="local")
+        self.assertEqual(self.http("GET", "/_standin/throttling")[1]["throttled"], {})
+
+    def test_throttling_ecs_buckets_are_shared_per_category(self) -> None:
+        state = self.throttling(enabled=True, scale=0.1)  # read: 10 burst, 2/s
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-read"], {
+            "burst": 10.0, "rate": 2.0, "tokens": 10.0, "actions": [
+                "DescribeContainerInstances", "DescribeTasks", "ListAttributes", "ListContainerInstances",
+                "ListTasks"]})
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-modify"]["rate"], 4.0)
+        self.assertEqual(state["buckets"]["ecs:task-definition-modify"]["burst"], 2.0)
+        # No refill from here on, so that a slow machine cannot make this flaky.
+        self.throttling(buckets={"ecs:cluster-resource-read": {"burst": 10, "rate": 0}})
+        start = self.http("GET", "/_standin/requests")[1]["next"]
+        arn = self.run_one()["taskArn"]  # modify bucket: not the read one
+        for _ in range(5):
+            self.ecs.list_tasks(cluster="local")
+        for _ in range(5):
+            self.describe(arn)
+        ci = self.seeded["container_instance_arn"]
+        err = self.error_of(self.ecs.describe_container_instances, cluster="local", containerInstances=[ci])
+        self.assertEqual(err.response["Error"], {"Code": "ThrottlingException", "Message": "Rate exceeded"})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        self.assertTrue(err.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"].startswith(
+            "ThrottlingException:"))
+        self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
+                         "ThrottlingException")
+        self.ecs.stop_task(cluster="local", task=arn)  # other category, still served
+        self.ecs.list_clusters()  # cluster-read: its own bucket
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["throttled"], {"ecs:DescribeContainerInstances": 1, "ecs:ListTasks": 1})
+        self.assertEqual(state["allowed"]["ecs:ListTasks"], 5)
+        self.assertEqual(state["allowed"]["ecs:RunTask"], 1)
+        reqs = self.http("GET", f"/_standin/requests?since={start}")[1]["requests"]
+        throttled = [(r["action"], r["status"], r["throttled"]) for r in reqs if r.get("throttled")]
+        self.assertEqual(throttled, [("DescribeContainerInstances", 400, "ecs:cluster-resource-read"),
+                                     ("ListTasks", 400, "ecs:cluster-resource-read")])
+        # Refill: 1 token per second.
+        self.throttling(buckets={"ecs:cluster-resource-read": {"burst": 1, "rate": 1}})
+        self.ecs.list_tasks(cluster="local")
+        self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
+                         "ThrottlingException")
+        time.sleep(1.1)
+        self.ecs.list_tasks(cluster="local")
+        # Off again: served at once.
+        self.throttling(enabled=False)
+        for _ in range(20):
+            self.ecs.list_tasks(cluster="local")
+
+    def test_throttling_bucket_holds_under_concurrency(self) -> None:
+        self.throttling(enabled=True, buckets={"ecs:cluster-resource-modify": {"burst": 10, "rate": 0}})
+        self.register("tiny", [{"name": "x", "image": "i", "memoryReservation": 1}])
+        results: list[str] = []
+
+        def one() -> None:
+            client = boto3.client("ecs", endpoint_url=self.endpoint, region_name=REGION, config=NO_RETRY)
+            try:
+                client.run_task(cluster="local", taskDefinition="tiny")
+                results.append("ok")
+            except ClientError as exc:
+                results.append(exc.response["Error"]["Code"])
+
+        threads = [threading.Thread(target=one) for _ in range(30)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        self.assertEqual(sorted(results).count("ok"), 10)
+        self.assertEqual(results.count("ThrottlingException"), 20)
+        self.assertEqual(len(self.ecs.list_tasks(cluster="local")["taskArns"]), 10)
+
+    def test_throttling_exempts_the_agent_and_takes_overrides(self) -> None:
+        self.throttling(enabled=True, buckets={"ecs:cluster-resource-read": {"burst": 2, "rate": 0}})
+        agent = boto3.client("ecs", endpoint_url=self.endpoint, region_name=REGION,
+                             config=Config(retries={"total_max_attempts": 1}, user_agent_appid="ecs-agent-standin"))
+        for _ in range(2):
+            self.ecs.list_tasks(cluster="local")
+        self.assertEqual(self.error_of(self.ecs.list_tasks, cluster="local").response["Error"]["Code"],
+                         "ThrottlingException")
+        for _ in range(5):
+            agent.list_tasks(cluster="local")  # the agent's polling never counts
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["exempt_calls"], 5)
+        self.assertEqual(state["buckets"]["ecs:cluster-resource-read"]["rate"], 0.0)
+        self.assertEqual(self.http("POST", "/_standin/throttling", {"scale": 0})[0], 400)
+        self.assertEqual(self.http("POST", "/_standin/throttling", {"bogus": 1})[0], 400)
+        # Reset restores the defaults (off).
+        self.http("POST", "/moto-api/reset")
+        self.assertFalse(self.http("GET", "/_standin/throttling")[1]["enabled"])
+
+    def test_throttling_ec2_describe_instances(self) -> None:
+        self.throttling(enabled=True)
+        iid = self.seeded["instance_id"]
+        self.ec2.describe_instances(InstanceIds=[iid])
+        self.ec2.describe_instances()
+        buckets = self.http("GET", "/_standin/throttling")[1]["buckets"]
+        self.assertEqual((buckets["ec2:DescribeInstances"]["burst"], buckets["ec2:DescribeInstances"]["rate"]), (100, 20))
+        unfiltered = buckets["ec2:DescribeInstances:unfiltered"]
+        self.assertEqual((unfiltered["burst"], unfiltered["rate"]), (50, 10))
+        self.throttling(buckets={"ec2:DescribeInstances": {"burst": 5, "rate": 0},
+                                 "ec2:DescribeInstances:unfiltered": {"burst": 2, "rate": 0}})
+        for _ in range(5):
+            self.ec2.describe_instances(InstanceIds=[iid])
+        err = self.error_of(self.ec2.describe_instances, InstanceIds=[iid])
+        self.assertEqual(err.response["Error"], {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."})
+        self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 503)
+        for _ in range(2):  # the unfiltered bucket is another one
+            self.ec2.describe_instances()
+        self.assertEqual(self.error_of(self.ec2.describe_instances).response["Error"]["Code"], "RequestLimitExceeded")
+        self.ec2.describe_vpcs()  # EC2 throttles per action: another bucket
+        state = self.http("GET", "/_standin/throttling")[1]
+        self.assertEqual(state["throttled"], {"ec2:DescribeInstances": 2})
+
+    # ---------------------------------------------------------------- several instances
+
+    def reseed(self, **kw: object) -> dict:
+        """setUp's state, but seeded with seed.seed(**kw) (e.g. instances=3)."""
+        self.http("POST", "/moto-api/reset")
+        self.seeded = seed.seed(self.endpoint, REGION, self.ecs, self.ec2, **kw)  # type: ignore[arg-type]
+        self.register("job", [
+            {"name": "build", "image": "ecs-executor-test/build:1", "memory": 512, "essential": True},
+            {"name": "helper", "image": "ecs-executor-test/helper:1", "memoryReservation": 256, "essential": False},
+        ])
+        return self.seeded
+
+    def test_seed_three_instances_with_addresses_resources_and_attributes(self) -> None:
+        out = self.reseed(instances=3, cpu=2048, memory=3000)
+        self.assertEqual(seed.seed(self.endpoint, REGION, self.ecs, self.ec2, instances=3, cpu=2048, memory=3000), out)
+        self.assertEqual([(i["private_ip"], i["public_ip"]) for i in out["instances"]],
+                         [("127.0.0.1", "127.0.0.2"), ("127.0.0.3", "127.0.0.4"), ("127.0.0.5", "127.0.0.6")])
+        self.assertEqual(out["instances"][0]["container_instance_arn"], out["container_instance_arn"])
+        arns = self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]
+        self.assertEqual(arns, [i["container_instance_arn"] for i in out["instances"]])
+        cis = self.ecs.describe_container_instances(cluster="local", containerInstances=arns)["containerInstances"]
+        zones = []
+        for ci, info in zip(cis, out["instances"]):
+            attrs = {a["name"]: a.get("value") for a in ci["attributes"]}
+            self.assertIn(attrs["ecs.cpu-architecture"], ("x86_64", "arm64"))
+            zones.append(attrs["ecs.availability-zone"])
+            reg = {r["name"]: r.get("integerValue") for r in ci["registeredResources"]}
+            self.assertEqual((reg["CPU"], reg["MEMORY"]), (2048, 3000))
+            inst = self.ec2.describe_instances(InstanceIds=[ci["ec2InstanceId"]])["Reservations"][0]["Instances"][0]
+            self.assertEqual((inst["PrivateIpAddress"], inst["PublicIpAddress"]), (info["private_ip"], info["public_ip"]))
+            self.assertEqual(inst["Placement"]["AvailabilityZone"], attrs["ecs.availability-zone"])
+        self.assertEqual(zones, ["us-east-1a", "us-east-1b", "us-east-1c"])
+
+    def test_placement_by_memory_across_instances_and_release(self) -> None:
+        out = self.reseed(instances=3, memory=1024)
+        arns = [i["container_instance_arn"] for i in out["instances"]]
+        self.register("m600", [{"name": "x", "image": "i", "memoryReservation": 600}])
+        placed = [self.run_one("m600") for _ in range(3)]
+        self.assertEqual([t["containerInstanceArn"] for t in placed], arns)  # one per instance
+        resp = self.ecs.run_task(cluster="local", taskDefinition="m600")
+        self.assertEqual(resp["tasks"], [])
+        self.assertEqual(resp["failures"], [{"arn": a, "reason": "RESOURCE:MEMORY"} for a in arns])
+        self.agent_stopped(placed[1]["taskArn"], "Essential container in task exited")
+        self.assertEqual(self.run_one("m600")["containerInstanceArn"], arns[1])
+
+    def test_placement_by_task_level_cpu(self) -> None:
+        out = self.reseed(instances=3, cpu=1024)
+        self.register("c1024", [{"name": "x", "image": "i", "memoryReservation": 64}], cpu="1024", memory="128")
+        for _ in range(3):
+            self.run_one("c1024")
+        resp = self.ecs.run_task(cluster="local", taskDefinition="c1024")
+        self.assertEqual({f["reason"] for f in resp["failures"]}, {"RESOURCE:CPU"})
+        self.assertEqual(len(resp["failures"]), 3)
+        info = self.http("GET", f"/_standin/instances/{out['instances'][2]['container_instance_id']}")[1]
+        self.assertEqual((info["remaining_cpu"], info["pending_tasks"]), (0, 1))
+
+    def test_placement_strategy_and_member_of(self) -> None:
+        self.reseed(instances=2)
+        status, arm = self.http("POST", "/_standin/instances", {"cluster": "local", "arch": "arm64", "memory": 2048})
+        self.assertEqual(status, 200, arm)
+        self.assertEqual((arm["private_ip"], arm["public_ip"], arm["cpu_architecture"]), ("127.0.0.5", "127.0.0.6", "arm64"))
+        self.register("armonly", [{"name": "x", "image": "i", "memoryReservation": 64}],
+                      placementConstraints=[{"type": "memberOf", "expression": "attribute:ecs.cpu-architecture == arm64"}])
+        self.assertEqual(self.run_one("armonly")["containerInstanceArn"], arm["container_instance_arn"])
+        self.register("nowhere", [{"name": "x", "image": "i", "memoryReservation": 64}],
+                      placementConstraints=[{"type": "memberOf",
+                                             "expression": "attribute:ecs.availability-zone in [eu-west-1a, eu-west-1b]"}])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="nowhere")
+        self.assertEqual({f["reason"] for f in resp["failures"]}, {"MemberOf placement constraint unsatisfied."})
+        # binpack on memory: the smallest remaining memory first (the arm64 one, 2048 MiB).
+        t = self.run_one("job", placementStrategy=[{"type": "binpack", "field": "memory"}])
+        self.assertEqual(t["containerInstanceArn"], arm["container_instance_arn"])
+        # spread over instances: those with no task first (ties in registration order).
+        spread = [{"type": "spread", "field": "instanceId"}]
+        first = self.run_one("job", placementStrategy=spread)["containerInstanceArn"]
+        second = self.run_one("job", placementStrategy=spread)["containerInstanceArn"]
+        self.assertEqual(first, self.seeded["container_instance_arn"])
+        self.assertEqual(second, self.seeded["instances"][1]["container_instance_arn"])
+        # spread over zones, per task group: m64's first three land in three zones.
+        self.register("m64", [{"name": "x", "image": "i", "memoryReservation": 64}])
+        zones = [self.run_one("m64", placementStrategy=[{"type": "spread", "field": "attribute:ecs.availability-zone"}])
+                 ["containerInstanceArn"] for _ in range(3)]
+        self.assertEqual(len(set(zones)), 3)
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job",
+                            placementConstraints=[{"type": "memberOf", "expression": "nonsense"}])
+        self.assertEqual(err.response["Error"]["Code"], "InvalidParameterException")
+
+    def test_member_of_expressions_and_distinct_instance(self) -> None:
+        out = self.reseed(instances=3)
+        a, b, c = (i["container_instance_arn"] for i in out["instances"])
+        self.register("m", [{"name": "x", "image": "i", "memoryReservation": 64}])
+
+        def where(expression: str) -> str | None:
+            resp = self.ecs.run_task(cluster="local", taskDefinition="m",
+                                     placementConstraints=[{"type": "memberOf", "expression": expression}])
+            return resp["tasks"][0]["containerInstanceArn"] if resp["tasks"] else None
+
+        self.assertEqual(where("attribute:ecs.availability-zone in [us-east-1b, us-east-1c]"), b)
+        self.assertEqual(where("attribute:ecs.availability-zone not_in [us-east-1a, us-east-1b]"), c)
+        self.assertEqual(where("attribute:ecs.instance-type =~ c5.* and attribute:ecs.availability-zone != us-east-1b"), c)
+        self.assertEqual(where(f"ec2InstanceId == {out['instances'][1]['instance_id']}"), b)
+        self.assertEqual(where("attribute:nope exists or attribute:ecs.availability-zone == us-east-1a"), a)
+        self.assertEqual(where("(attribute:ecs.os-type == linux)"), a)
+        self.assertIsNone(where("attribute:nope exists"))
+        # distinctInstance: one task of a group per instance.
+        self.register("solo", [{"name": "x", "image": "i", "memoryReservation": 64}],
+                      placementConstraints=[{"type": "distinctInstance"}])
+        placed = [self.run_one("solo")["containerInstanceArn"] for _ in range(3)]
+        self.assertEqual(placed, [a, b, c])
+        resp = self.ecs.run_task(cluster="local", taskDefinition="solo")
+        self.assertEqual({f["reason"] for f in resp["failures"]}, {"DistinctInstance placement constraint unsatisfied."})
+
+    # ---------------------------------------------------------------- capacity provider
+
+    def capacity_provider(self, name: str = "cp", managed: str = "ENABLED", **scaling: object) -> None:
+        self.ecs.create_capacity_provider(name=name, autoScalingGroupProvider={
+            "autoScalingGroupArn": f"arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:x:autoScalingGroupName/{name}",
+            "managedScaling": {"status": managed, "targetCapacity": 100, "maximumScalingStepSize": 2},
+        })
+        self.ecs.put_cluster_capacity_providers(cluster="local", capacityProviders=[name],
+                                                defaultCapacityProviderStrategy=[])
+        spec = {"scale_out_delay_s": 0.4, "warmup_s": 0, "instance": {"cpu": 1024, "memory": 1024}, **scaling}
+        status, body = self.http("POST", "/_standin/scaling", spec)
+        self.assertEqual(status, 200, body)
+
+    def wait_for(self, what: str, fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            value = fn()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def events(self, since: int = 0) -> list[dict]:
+        return self.http("GET", f"/_standin/scale-events?since={since}")[1]["events"]  # type: ignore[index]
+
+    def test_capacity_provider_scale_out_places_a_provisioning_task(self) -> None:
+        self.capacity_provider()
+        self.register("m800", [{"name": "x", "image": "i", "memoryReservation": 800}])
+        strategy = [{"capacityProvider": "cp", "weight": 1}]
+        # Two at once (one call, so that both wait before the ticker looks): two 1024 MiB
+        # instances are needed, one scaling step of 2 (maximumScalingStepSize).
+        resp = self.ecs.run_task(cluster="local", taskDefinition="m800", capacityProviderStrategy=strategy, count=2)
+        self.assertEqual(resp["failures"], [])
+        task, second = resp["tasks"]
+        for t in (task, second):
+            self.assertEqual((t["lastStatus"], t["desiredStatus"]), ("PROVISIONING", "RUNNING"))
+            self.assertEqual(t["capacityProviderName"], "cp")
+            self.assertNotIn("containerInstanceArn", t)
+        self.assertIn(second["taskArn"], self.ecs.list_tasks(cluster="local")["taskArns"])  # desired RUNNING
+        registered = self.wait_for("two registrations", lambda: [
+            e for e in self.events() if e["type"] == "instance-registered"][1:] and
+            [e for e in self.events() if e["type"] == "instance-registered"])
+        kinds = [e["type"] for e in self.events()]
+        self.assertEqual(kinds[0], "scale-out")
+        self.assertEqual(self.events()[0]["count"], 2)
+        self.assertEqual([(e["private_ip"], e["public_ip"]) for e in registered],
+                         [("127.0.0.3", "127.0.0.4"), ("127.0.0.5", "127.0.0.6")])
+        self.assertEqual({e["capacity_provider"] for e in registered}, {"cp"})
+        arns = self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]
+        self.assertEqual(arns[1:], [e["container_instance_arn"] for e in registered])
+        ci = self.ecs.describe_container_instances(cluster="local", containerInstances=arns[1:2])["containerInstances"][0]
+        self.assertEqual(ci["capacityProviderName"], "cp")
+        self.assertEqual(ci["status"], "ACTIVE")
+        placed = self.wait_for("placement", lambda: [
+            t for t in self.ecs.describe_tasks(cluster="local", tasks=[task["taskArn"], second["taskArn"]])["tasks"]
+            if t["lastStatus"] == "PENDING"][1:] and self.ecs.describe_tasks(
+                cluster="local", tasks=[task["taskArn"], second["taskArn"]])["tasks"])
+        self.assertEqual({t["containerInstanceArn"] for t in placed}, set(arns[1:]))
+        inst = self.ec2.describe_instances(InstanceIds=[registered[0]["instance_id"]])["Reservations"][0]["Instances"][0]
+        self.assertEqual(inst["PrivateIpAddress"], "127.0.0.3")
+        # The agent picks it up as on any instance.
+        self.agent_running_one(placed[0]["taskArn"])
+        self.assertEqual(self.describe(placed[0]["taskArn"])["lastStatus"], "RUNNING")
+
+    def agent_running_one(self, arn: str) -> None:
+        self.ecs.submit_task_state_change(cluster="local", task=arn, status="RUNNING",
+                                          containers=[{"containerName": "x", "runtimeId": "rt", "status": "RUNNING"}])
+
+    def test_capacity_provider_without_managed_scaling_fails_at_once(self) -> None:
+        self.capacity_provider(managed="DISABLED")
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job",
+                            capacityProviderStrategy=[{"capacityProvider": "cp", "weight": 1}])
+        self.assertEqual(err.response["Error"]["Message"], "No Container Instances were found in your cluster.")
+        self.http("POST", "/_standin/instances", {"cluster": "local", "capacity_provider": "cp", "memory": 256})
+        resp = self.ecs.run_task(cluster="local", taskDefinition="job",
+                                 capacityProviderStrategy=[{"capacityProvider": "cp", "weight": 1}])
+        self.assertEqual([f["reason"] for f in resp["failures"]], ["RESOURCE:MEMORY"])
+
+    def test_provisioning_task_times_out_with_ecs_reason(self) -> None:
+        self.capacity_provider(max_size=0, provisioning_timeout_s=0.5)
+        arn = self.ecs.run_task(cluster="local", taskDefinition="job",
+                                capacityProviderStrategy=[{"capacityProvider": "cp"}])["tasks"][0]["taskArn"]
+        t = self.wait_for("the timeout", lambda: (d := self.describe(arn))["lastStatus"] == "STOPPED" and d)
+        self.assertEqual((t["desiredStatus"], t["stopCode"], t["stoppedReason"]),
+                         ("STOPPED", "TaskFailedToStart", "EMPTY CAPACITY PROVIDER"))
+        self.assertIn("stoppedAt", t)
+        self.assertEqual([e["type"] for e in self.events()], ["provisioning-timeout"])
+
+    def test_stop_task_while_provisioning_and_quota(self) -> None:
+        self.capacity_provider(max_size=0, provisioning_quota=2)
+        cps = [{"capacityProvider": "cp"}]
+        a = self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=cps)["tasks"][0]["taskArn"]
+        self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=cps)
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job", capacityProviderStrategy=cps)
+        self.assertEqual(err.response["Error"]["Code"], "ClientException")
+        stopped = self.ecs.stop_task(cluster="local", task=a, reason="job cancelled")["task"]
+        self.assertEqual((stopped["lastStatus"], stopped["stopCode"], stopped["stoppedReason"]),
+                         ("STOPPED", "UserInitiated", "job cancelled"))
+        self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=cps)  # room again
+
+    def test_scale_in_after_idle(self) -> None:
+        self.capacity_provider(scale_in_idle_s=0.5)
+        arn = self.ecs.run_task(cluster="local", taskDefinition="job",
+                                capacityProviderStrategy=[{"capacityProvider": "cp"}])["tasks"][0]["taskArn"]
+        self.wait_for("placement", lambda: self.describe(arn)["lastStatus"] == "PENDING")
+        time.sleep(0.8)  # busy: not scaled in
+        self.assertEqual(len(self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]), 2)
+        self.agent_stopped(arn, "Essential container in task exited")
+        ev = self.wait_for("scale-in", lambda: [e for e in self.events() if e["type"] == "scale-in"])[0]
+        self.assertEqual(ev["private_ip"], "127.0.0.3")
+        self.assertEqual(self.ecs.list_container_instances(cluster="local")["containerInstanceArns"],
+                         [self.seeded["container_instance_arn"]])  # the seeded one is not the provider's
+        ci = self.ecs.describe_container_instances(
+            cluster="local", containerInstances=[ev["container_instance_arn"]])["containerInstances"][0]
+        self.assertEqual(ci["status"], "INACTIVE")
+        inst = self.ec2.describe_instances(InstanceIds=[ev["instance_id"]])["Reservations"][0]["Instances"][0]
+        self.assertEqual(inst["State"]["Name"], "terminated")
+        # The freed address pair is the next scale-out's.
+        self.ecs.run_task(cluster="local", taskDefinition="job", capacityProviderStrategy=[{"capacityProvider": "cp"}])
+        again = self.wait_for("re-registration", lambda: [
+            e for e in self.events() if e["type"] == "instance-registered"][1:])[0]
+        self.assertEqual(again["private_ip"], "127.0.0.3")
+
+    # ---------------------------------------------------------------- instance loss
+
+    def test_spot_interruption_stops_the_instances_tasks(self) -> None:
+        out = self.reseed(instances=2)
+        victim = out["instances"][1]
+        self.register("m", [{"name": "x", "image": "i", "memoryReservation": 64}])
+        arn = self.run_one("m", placementConstraints=[
+            {"type": "memberOf", "expression": f"ec2InstanceId == {victim['instance_id']}"}])["taskArn"]
+        self.agent_running_one(arn)
+        status, info = self.http("POST", f"/_standin/instances/{victim['container_instance_id']}",
+                                 {"lost": "spot", "notice_s": 2.0})
+        self.assertEqual((status, info["status"]), (200, "DRAINING"))
+        self.assertEqual(self.describe(arn)["lastStatus"], "RUNNING")  # the notice alone stops nothing
+        # DRAINING: no new tasks there.
+        t = self.run_one("m", placementStrategy=[{"type": "spread", "field": "instanceId"}])
+        self.assertEqual(t["containerInstanceArn"], out["container_instance_arn"])
+        t = self.wait_for("the termination", lambda: (d := self.describe(arn))["lastStatus"] == "STOPPED" and d)
+        self.assertEqual((t["desiredStatus"], t["stopCode"], t["stoppedReason"]),
+                         ("STOPPED", "TerminationNotice", f"Host EC2 (instance {victim['instance_id']}) terminated."))
+        self.assertEqual({c["lastStatus"] for c in t["containers"]}, {"STOPPED"})
+        self.assertNotIn(victim["container_instance_arn"],
+                         self.ecs.list_container_instances(cluster="local")["containerInstanceArns"])
+        ci = self.ecs.describe_container_instances(
+            cluster="local", containerInstances=[victim["container_instance_arn"]])["containerInstances"][0]
+        self.assertEqual((ci["status"], ci["agentConnected"]), ("INACTIVE", False))
+        self.assertEqual([e["type"] for e in self.events()],
+                         ["instance-registered", "spot-interruption-notice", "instance-terminated"])
+        gone = self.events()[-1]
+        self.assertEqual((gone["cause"], gone["stopped_tasks"], gone["private_ip"]), ("spot", [arn], "127.0.0.3"))
+        # A late report from the dead instance's agent changes nothing.
+        self.agent_stopped(arn, "Essential container in task exited")
+        self.assertEqual(self.describe(arn)["stopCode"], "TerminationNotice")
+
+    def test_draining_keeps_standalone_tasks_until_the_instance_goes(self) -> None:
+        ci_id = self.seeded["container_instance_arn"].split("/")[-1]
+        arn = self.run_one()["taskArn"]
+        self.agent_running(arn)
+        status, info = self.http("POST", f"/_standin/instances/{ci_id}", {"state": "DRAINING"})
+        self.assertEqual((status, info["status"]), (200, "DRAINING"))
+        time.sleep(0.3)
+        self.assertEqual(self.describe(arn)["lastStatus"], "RUNNING")  # as ECS: not a service task
+        err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job")  # nothing ACTIVE
+        self.assertEqual(err.response["Error"]["Message"], "No Container Instances were found in your cluster.")
+        self.http("POST", f"/_standin/instances/{ci_id}", {"state": "ACTIVE"})
+        self.run_one()
+        self.http("POST", f"/_standin/instances/{self.seeded['instance_id']}",
+                  {"state": "DRAINING", "terminate_after_s": 0.3})
+        t = self.wait_for("the termination", lambda: (d := self.describe(arn))["lastStatus"] == "STOPPED" and d)
+        self.assertEqual(t["stopCode"], "TerminationNotice")
+        self.assertEqual(self.http("POST", f"/_standin/instances/{ci_id}", {"state": "ACTIVE"})[0], 400)  # INACTIVE
+        self.assertEqual(self.http("POST", "/_standin/instances/nope", {"state": "ACTIVE"})[0], 404)
+
+    def test_lost_terminated_keeps_a_stop_task_reason(self) -> None:
+        arn = self.run_one()["taskArn"]
+        other = self.run_one()["taskArn"]
+        self.ecs.stop_task(cluster="local", task=arn, reason="job cancelled")
+        self.http("POST", f"/_standin/instances/{self.seeded['instance_id']}", {"lost": "terminated"})
+        self.assertEqual((self.describe(arn)["stopCode"], self.describe(arn)["stoppedReason"]),
+                         ("UserInitiated", "job cancelled"))
+        self.assertEqual(self.describe(other)["stopCode"], "TerminationNotice")
+        self.assertEqual(self.http("GET", "/_standin/instances")[1]["instances"][0]["status"], "INACTIVE")
+
 
 if __name__ == "__main__":
     unittest.main()
