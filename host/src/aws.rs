@@ -25,8 +25,10 @@ impl AwsClients {
             .operation_attempt_timeout(Duration::from_secs(30))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            // "app/ecs-executor" in the User-Agent: CloudTrail (and our stand-in) can tell our calls apart.
-            .app_name(AppName::new("ecs-executor").expect("a valid app name"))
+            // "app/ecs-executor-<version>-<host>" in the User-Agent: CloudTrail (and the
+            // stand-in's request records) tell our calls apart from the agent's, and one runner
+            // host from another.
+            .app_name(app_name())
             .region(Region::new(config.region.clone()))
             .retry_config(retry)
             .timeout_config(timeouts);
@@ -52,6 +54,29 @@ impl AwsClients {
             ec2: aws_sdk_ec2::Client::new(&shared),
         }
     }
+}
+
+/// The SDK's app name: the executor, its version and this runner host's name.
+fn app_name() -> AppName {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let name = format!(
+        "ecs-executor-{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        if host.is_empty() { "unknown" } else { &host }
+    );
+    AppName::new(name).unwrap_or_else(|_| AppName::new("ecs-executor").expect("a valid app name"))
 }
 
 /// An AWS SDK error with its code and message, as a one-line text for the job log.

@@ -233,7 +233,7 @@ impl StateStore {
 
 /// Seconds since the epoch.
 /// 16 hex digits from the kernel's random source.
-fn random_hex() -> String {
+pub fn random_hex() -> String {
     use std::io::Read;
     let mut bytes = [0u8; 8];
     if std::fs::File::open("/dev/urandom")

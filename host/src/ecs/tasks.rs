@@ -27,6 +27,8 @@ pub struct TaskStatus {
     pub stop_code: Option<String>,
     pub stopped_reason: Option<String>,
     pub container_instance_arn: Option<String>,
+    /// The capacity provider ECS placed (or is provisioning) the task with.
+    pub capacity_provider: Option<String>,
     pub containers: Vec<ContainerStatus>,
     /// DescribeTasks reported the task MISSING.
     pub missing: bool,
@@ -63,6 +65,7 @@ impl Ecs {
         task_definition_arn: &str,
         started_by: &str,
         tags: &[(&str, String)],
+        client_token: &str,
     ) -> Result<PlacedTask, EcsError> {
         let mut req = self
             .client
@@ -70,6 +73,9 @@ impl Ecs {
             .cluster(&self.cluster)
             .task_definition(task_definition_arn)
             .count(1)
+            // The SDK's own retries of this call resend the same token: ECS starts at most one
+            // task for it, however often a lost answer makes the SDK try again.
+            .client_token(client_token)
             .started_by(started_by)
             .enable_ecs_managed_tags(true);
         for (k, v) in tags {
@@ -157,6 +163,7 @@ impl Ecs {
             stop_code: task.stop_code().map(|c| c.as_str().to_string()),
             stopped_reason: task.stopped_reason().map(String::from),
             container_instance_arn: task.container_instance_arn().map(String::from),
+            capacity_provider: task.capacity_provider_name().map(String::from),
             containers: task
                 .containers()
                 .iter()
@@ -259,6 +266,9 @@ impl Ecs {
     }
 }
 
+/// How often a job waiting for capacity is told that it still waits.
+const WAITING_NOTE_EVERY: Duration = Duration::from_secs(30);
+
 /// Why a task did not reach RUNNING.
 pub enum WaitError {
     /// ECS stopped it (its reason is in the status).
@@ -283,20 +293,34 @@ impl Ecs {
         started_by: &str,
         tags: &[(&str, String)],
     ) -> Result<PlacedTask, EcsError> {
-        let deadline = Instant::now() + Duration::from_secs(config.start_timeout_secs);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(config.start_timeout_secs);
         let mut pause = Duration::from_secs(2);
-        let mut told = false;
-        loop {
-            match self.run_task(config, task_definition_arn, started_by, tags).await {
+        let mut told: Option<Instant> = None;
+        for attempt in 1u32.. {
+            // A new token per attempt: a placement failure started nothing, and ECS would
+            // answer a repeated token with the same failure.
+            let token = format!("{started_by}-{attempt}-{}", crate::state::random_hex());
+            let token: String = token
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(64)
+                .collect();
+            match self
+                .run_task(config, task_definition_arn, started_by, tags, &token)
+                .await
+            {
                 Err(EcsError::Placement { reasons, .. })
                     if reasons.contains("RESOURCE:") && Instant::now() + pause < deadline =>
                 {
-                    if !told {
+                    if told.is_none_or(|t| t.elapsed() >= WAITING_NOTE_EVERY) {
                         log_note(format!(
-                            "cluster {} has no room for the task yet ({reasons}); waiting",
-                            self.cluster()
+                            "cluster {} has no room for the task yet ({reasons}); waiting ({} s of at most {} s)",
+                            self.cluster(),
+                            started.elapsed().as_secs(),
+                            config.start_timeout_secs
                         ));
-                        told = true;
+                        told = Some(Instant::now());
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 3 / 2).min(Duration::from_secs(15));
@@ -304,26 +328,67 @@ impl Ecs {
                 other => return other,
             }
         }
+        unreachable!("the attempts never run out before the deadline")
     }
 
-    /// RunTask on EC2 places at once; this only covers a task reported without an instance.
-    pub async fn wait_for_placement(&self, task_arn: &str) -> Result<String, Failure> {
-        for _ in 0..30 {
+    /// The container instance of a task RunTask returned without one: with a capacity
+    /// provider, a task that fits nowhere is PROVISIONING until scaling adds an instance (ECS
+    /// takes minutes). Waits up to `start_timeout_secs`, polling less often the longer it
+    /// waits, and says in the job log every ~30 s how long and which capacity provider.
+    pub async fn wait_for_placement(&self, config: &Config, task_arn: &str) -> Result<String, Failure> {
+        let started = Instant::now();
+        let limit = Duration::from_secs(config.start_timeout_secs);
+        let mut pause = Duration::from_secs(1);
+        let mut told = Instant::now();
+        loop {
             let status = self.describe_task(task_arn).await?;
             if let Some(arn) = status.container_instance_arn.clone() {
+                if started.elapsed() >= WAITING_NOTE_EVERY {
+                    log_note(format!("task placed after {} s", started.elapsed().as_secs()));
+                }
                 return Ok(arn);
             }
-            if status.last_status == "STOPPED" || status.missing {
+            if status.last_status == "STOPPED" || status.desired_status == "STOPPED" || status.missing {
                 return Err(Failure::system(format!(
                     "task {task_arn} stopped before it was placed: {}",
                     status.stop_explanation()
                 )));
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if started.elapsed() >= limit {
+                return Err(Failure::system(format!(
+                    "task {task_arn} was not placed on a container instance within {} s (last status {}{}); \
+                     raise start_timeout_secs or the capacity provider's maximum size",
+                    limit.as_secs(),
+                    status.last_status,
+                    status
+                        .capacity_provider
+                        .as_deref()
+                        .map(|c| format!(", capacity provider {c}"))
+                        .unwrap_or_default()
+                )));
+            }
+            if told.elapsed() >= WAITING_NOTE_EVERY {
+                log_note(format!(
+                    "task {} for {} s, waiting for capacity{} (at most {} s)",
+                    if status.last_status.is_empty() {
+                        "not placed"
+                    } else {
+                        status.last_status.as_str()
+                    },
+                    started.elapsed().as_secs(),
+                    status
+                        .capacity_provider
+                        .as_deref()
+                        .map(|c| format!(" from capacity provider {c}"))
+                        .unwrap_or_default(),
+                    limit.as_secs()
+                ));
+                told = Instant::now();
+            }
+            tokio::time::sleep(pause).await;
+            // Placement by scaling takes minutes: no need to ask every second.
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
-        Err(Failure::system(format!(
-            "task {task_arn} was not placed on a container instance within 30 s"
-        )))
     }
 
     /// Poll DescribeTasks once a second, and once more 100 ms after Docker on the instance says

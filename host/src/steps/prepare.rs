@@ -206,7 +206,7 @@ async fn reach_docker(
     let phase = Instant::now();
     let ci_arn = match state.container_instance_arn.clone() {
         Some(arn) => arn,
-        None => ecs.wait_for_placement(&state.task_arn).await?,
+        None => ecs.wait_for_placement(config, &state.task_arn).await?,
     };
     let instance = ContainerInstance::resolve(ecs, &clients.ec2, &ci_arn).await?;
     let (endpoint, chosen_by) = crate::plugins::docker_endpoint(plugins, config, job, response, &instance)?;
