@@ -127,6 +127,11 @@ impl StateStore {
         Ok(Self::new(state_dir))
     }
 
+    /// The state dir itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
         move |source| StateError::Io {
             path: path.to_path_buf(),

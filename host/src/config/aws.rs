@@ -20,6 +20,14 @@ pub struct AwsSettings {
     /// Attempts per AWS call, including the first (standard retry mode with jitter).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The prepares waiting on this host share one DescribeTasks poller (about one call a
+    /// second for all of them; `ecs::poller`). `false`: each job polls alone.
+    #[serde(default = "yes")]
+    pub shared_polling: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for AwsSettings {
@@ -29,6 +37,7 @@ impl Default for AwsSettings {
             access_key_id: None,
             secret_access_key: None,
             max_attempts: default_max_attempts(),
+            shared_polling: true,
         }
     }
 }

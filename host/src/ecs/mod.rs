@@ -4,10 +4,12 @@
 //! - `task_definitions`: registering (from `task::request`), finding by content, listing,
 //!   deregistering and deleting task definitions;
 //! - `tasks`: running, describing, stopping and listing tasks, and waiting for one to run;
+//! - `poller`: one DescribeTasks poller per runner host for every prepare that waits;
 //! - `cluster`: the cluster and its container instances;
 //! - `stop_reason`: ECS's words on why a task stopped, as the job log tells them.
 
 pub mod cluster;
+pub mod poller;
 pub mod stop_reason;
 pub mod task_definitions;
 pub mod tasks;

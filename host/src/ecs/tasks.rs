@@ -1,12 +1,14 @@
 //! The job's task: run it (waiting while the cluster is full), watch it until RUNNING, stop
 //! it, and find tasks again (`cleanup`, `gc`).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 
 use aws_sdk_ecs::types::{AwsVpcConfiguration, CapacityProviderStrategyItem, LaunchType, NetworkConfiguration};
 
+use super::poller::TaskWatch;
 use super::{Ecs, EcsError, api, tag, tag_pairs};
 use crate::config::Config;
 use crate::failure::Failure;
@@ -20,7 +22,7 @@ pub struct PlacedTask {
 }
 
 /// What DescribeTasks says of the job's task.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TaskStatus {
     pub last_status: String,
     pub desired_status: String,
@@ -34,7 +36,7 @@ pub struct TaskStatus {
     pub missing: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ContainerStatus {
     pub name: String,
     pub reason: Option<String>,
@@ -136,44 +138,44 @@ impl Ecs {
     }
 
     pub async fn describe_task(&self, task_arn: &str) -> Result<TaskStatus, EcsError> {
+        self.describe_tasks(&[task_arn.to_string()])
+            .await?
+            .remove(task_arn)
+            .ok_or(EcsError::Incomplete {
+                action: "DescribeTasks",
+                what: "task",
+            })
+    }
+
+    /// DescribeTasks for up to 100 tasks in one call: each ARN's status (MISSING ones marked
+    /// `missing`); an ARN ECS says nothing about is left out.
+    pub async fn describe_tasks(&self, task_arns: &[String]) -> Result<BTreeMap<String, TaskStatus>, EcsError> {
         let out = self
             .client
             .describe_tasks()
             .cluster(&self.cluster)
-            .tasks(task_arn)
+            .set_tasks(Some(task_arns.to_vec()))
             .send()
             .await
             .map_err(api("DescribeTasks"))?;
-        let Some(task) = out.tasks().first() else {
-            let missing = out.failures().iter().any(|f| f.reason() == Some("MISSING"));
-            if missing {
-                return Ok(TaskStatus {
-                    missing: true,
-                    ..Default::default()
-                });
+        let mut statuses = BTreeMap::new();
+        for f in out.failures() {
+            if f.reason() == Some("MISSING")
+                && let Some(arn) = f.arn()
+            {
+                statuses.insert(
+                    arn.to_string(),
+                    TaskStatus {
+                        missing: true,
+                        ..Default::default()
+                    },
+                );
             }
-            return Err(EcsError::Incomplete {
-                action: "DescribeTasks",
-                what: "task",
-            });
-        };
-        Ok(TaskStatus {
-            last_status: task.last_status().unwrap_or_default().to_string(),
-            desired_status: task.desired_status().unwrap_or_default().to_string(),
-            stop_code: task.stop_code().map(|c| c.as_str().to_string()),
-            stopped_reason: task.stopped_reason().map(String::from),
-            container_instance_arn: task.container_instance_arn().map(String::from),
-            capacity_provider: task.capacity_provider_name().map(String::from),
-            containers: task
-                .containers()
-                .iter()
-                .map(|c| ContainerStatus {
-                    name: c.name().unwrap_or_default().to_string(),
-                    reason: c.reason().map(String::from),
-                })
-                .collect(),
-            missing: false,
-        })
+        }
+        for task in out.tasks() {
+            statuses.insert(task.task_arn().unwrap_or_default().to_string(), task_status(task));
+        }
+        Ok(statuses)
     }
 
     /// Stop a task; a task that is gone or already stopped is not an error.
@@ -266,6 +268,26 @@ impl Ecs {
     }
 }
 
+fn task_status(task: &aws_sdk_ecs::types::Task) -> TaskStatus {
+    TaskStatus {
+        last_status: task.last_status().unwrap_or_default().to_string(),
+        desired_status: task.desired_status().unwrap_or_default().to_string(),
+        stop_code: task.stop_code().map(|c| c.as_str().to_string()),
+        stopped_reason: task.stopped_reason().map(String::from),
+        container_instance_arn: task.container_instance_arn().map(String::from),
+        capacity_provider: task.capacity_provider_name().map(String::from),
+        containers: task
+            .containers()
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name().unwrap_or_default().to_string(),
+                reason: c.reason().map(String::from),
+            })
+            .collect(),
+        missing: false,
+    }
+}
+
 /// How often a job waiting for capacity is told that it still waits.
 const WAITING_NOTE_EVERY: Duration = Duration::from_secs(30);
 
@@ -335,13 +357,14 @@ impl Ecs {
     /// provider, a task that fits nowhere is PROVISIONING until scaling adds an instance (ECS
     /// takes minutes). Waits up to `start_timeout_secs`, polling less often the longer it
     /// waits, and says in the job log every ~30 s how long and which capacity provider.
-    pub async fn wait_for_placement(&self, config: &Config, task_arn: &str) -> Result<String, Failure> {
+    pub async fn wait_for_placement(&self, config: &Config, watch: &mut TaskWatch<'_>) -> Result<String, Failure> {
+        let task_arn = watch.arn().to_string();
         let started = Instant::now();
         let limit = Duration::from_secs(config.start_timeout_secs);
         let mut pause = Duration::from_secs(1);
         let mut told = Instant::now();
         loop {
-            let status = self.describe_task(task_arn).await?;
+            let status = watch.status(false).await?;
             if let Some(arn) = status.container_instance_arn.clone() {
                 if started.elapsed() >= WAITING_NOTE_EVERY {
                     log_note(format!("task placed after {} s", started.elapsed().as_secs()));
@@ -397,10 +420,12 @@ impl Ecs {
     pub async fn wait_until_running(
         &self,
         config: &Config,
-        task_arn: &str,
+        watch: &mut TaskWatch<'_>,
         container_count: usize,
         (already_started, starts): (usize, impl Stream<Item = ()>),
     ) -> Result<u32, WaitError> {
+        let task_arn = watch.arn().to_string();
+        let mut urgent = false;
         const STEADY: Duration = Duration::from_millis(1000);
         const AFTER_START: Duration = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(config.start_timeout_secs);
@@ -439,14 +464,14 @@ impl Ecs {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                let last = self.describe_task(task_arn).await?;
+                let last = watch.status(false).await?;
                 return Err(WaitError::Other(Failure::system(format!(
                     "task {task_arn} did not reach RUNNING within {} s (last status {})",
                     config.start_timeout_secs, last.last_status
                 ))));
             }
             polls += 1;
-            let status = self.describe_task(task_arn).await?;
+            let status = watch.status(std::mem::take(&mut urgent)).await?;
             if status.missing {
                 return Err(WaitError::Other(Failure::system(format!(
                     "task {task_arn} disappeared from ECS (MISSING)"

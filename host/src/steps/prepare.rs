@@ -13,6 +13,7 @@ use ecs_executor_plugin_host::PluginSet;
 use crate::aws::AwsClients;
 use crate::config::{Config, StageRunnerMode, TaskDefinitionMode};
 use crate::docker::DockerHost;
+use crate::ecs::poller::TaskWatch;
 use crate::ecs::task_definitions::TaskDefinitionUse;
 use crate::ecs::tasks::WaitError;
 use crate::ecs::{self, Ecs, stop_reason};
@@ -87,17 +88,21 @@ async fn launch(
     let task = JobTask::build(config, job, response, plugins)?;
     let td = task_definition(config, job, store, ecs, &task).await?;
     let mut state = run_task(config, job, store, ecs, &td, launched).await?;
+    // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
+    let shared = config.aws.shared_polling.then(|| store.dir());
+    let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
     let (docker, instance_host) = reach_docker(
         config,
         (job, response, plugins),
         store,
-        ecs,
+        (ecs, &mut watch),
         clients,
         &mut state,
         launched,
     )
     .await?;
-    wait_until_running(config, ecs, &docker, &task, &state.task_arn).await?;
+    wait_until_running(config, ecs, &docker, &task, &mut watch).await?;
+    drop(watch);
     let containers = docker.task_containers(&state.task_arn).await?;
     for c in &task.spec.containers {
         docker.pick(&containers, &c.name)?;
@@ -198,7 +203,7 @@ async fn reach_docker(
     config: &Config,
     (job, response, plugins): (&JobContext, &JobResponse, &PluginSet),
     store: &StateStore,
-    ecs: &Ecs,
+    (ecs, watch): (&Ecs, &mut TaskWatch<'_>),
     clients: &AwsClients,
     state: &mut JobState,
     launched: &mut Option<JobState>,
@@ -206,7 +211,7 @@ async fn reach_docker(
     let phase = Instant::now();
     let ci_arn = match state.container_instance_arn.clone() {
         Some(arn) => arn,
-        None => ecs.wait_for_placement(config, &state.task_arn).await?,
+        None => ecs.wait_for_placement(config, watch).await?,
     };
     let instance = ContainerInstance::resolve(ecs, &clients.ec2, &ci_arn).await?;
     let (endpoint, chosen_by) = crate::plugins::docker_endpoint(plugins, config, job, response, &instance)?;
@@ -238,20 +243,31 @@ async fn wait_until_running(
     ecs: &Ecs,
     docker: &DockerHost,
     task: &JobTask,
-    task_arn: &str,
+    watch: &mut TaskWatch<'_>,
 ) -> Result<(), Failure> {
     let phase = Instant::now();
-    let starts = docker.container_starts(task_arn);
-    let already = docker.running_task_containers(task_arn).await.unwrap_or(0);
+    let task_arn = watch.arn().to_string();
+    let starts = docker.container_starts(&task_arn);
+    let already = docker.running_task_containers(&task_arn).await.unwrap_or(0);
     let waited = ecs
-        .wait_until_running(config, task_arn, task.spec.containers.len(), (already, starts))
+        .wait_until_running(config, watch, task.spec.containers.len(), (already, starts))
         .await;
     let polls = match waited {
         Ok(polls) => polls,
         Err(WaitError::Stopped(status)) => return Err(stop_reason::before_running(&task.spec, &status)),
         Err(WaitError::Other(f)) => return Err(f),
     };
-    log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)"));
+    if watch.is_shared() {
+        log_phase(
+            phase,
+            format_args!(
+                "task RUNNING ({polls} looks, {} DescribeTasks from this job, shared by the host's waiting jobs)",
+                watch.calls()
+            ),
+        );
+    } else {
+        log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)"));
+    }
     Ok(())
 }
 

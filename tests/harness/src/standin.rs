@@ -410,6 +410,9 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
     /// The fault rule that took the call, if any.
     pub fault: Option<String>,
+    /// The caller's User-Agent header (the SDK's, with the app name).
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 /// A task that is stopped (StopTask) when the guard drops, also when the test panics.

@@ -45,7 +45,10 @@ fn stages_run_through_the_stage_runner_without_touching_docker() {
         show(&prepare)
     );
     let state = std::fs::read_to_string(e.state_file(&job)).expect("state file");
-    assert!(state.contains("\"stage_runner\"") && state.contains("\"helper\""), "{state}");
+    assert!(
+        state.contains("\"stage_runner\"") && state.contains("\"helper\""),
+        "{state}"
+    );
     let arn = e.running_task(&job).task_arn().unwrap().to_string();
     assert_eq!(runner_pids(&e.container_id(&arn, "build")).len(), 1);
     assert_eq!(runner_pids(&e.container_id(&arn, "helper")).len(), 1);

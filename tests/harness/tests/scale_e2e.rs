@@ -1,0 +1,128 @@
+//! The executor at scale on one runner host (issue 15): the prepares waiting on a host share
+//! their DescribeTasks (`host/src/ecs/poller.rs`), and each request says who made it.
+
+mod support;
+
+use support::*;
+
+/// A measured figure in the test output (`cargo test -- --nocapture` shows it).
+fn figure(name: &str, value: impl std::fmt::Display) {
+    eprintln!("FIGURE {name}: {value}");
+}
+
+/// The executor's DescribeTasks requests after `mark` (the agent stand-in polls DescribeTasks
+/// too: its requests carry no `app/ecs-executor` user agent) that name at least one of `arns`,
+/// with how many of them each names.
+fn describe_tasks_naming(e: &E2e, mark: u64, arns: &[String]) -> Vec<usize> {
+    e.standin
+        .requests_since(mark)
+        .iter()
+        .filter(|q| q.action.as_deref() == Some("DescribeTasks"))
+        .filter(|q| {
+            q.user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.contains("app/ecs-executor"))
+        })
+        .map(|q| arns.iter().filter(|a| q.body.contains(a.as_str())).count())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
+/// `n` jobs prepared at once with `config`'s setup; their task ARNs (read from the state files
+/// before cleanup) and the request mark taken before they started.
+fn prepare_at_once(e: &E2e, n: usize) -> (Vec<String>, u64) {
+    let jobs: Vec<_> = (0..n).map(|_| e.job()).collect();
+    let mark = e.standin.request_mark();
+    let er = &e;
+    let prepared: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                s.spawn(move || {
+                    let mut r = er.runner(job);
+                    assert_ok(&r.config());
+                    let prepare = r.prepare();
+                    (r, prepare)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut arns = Vec::new();
+    for (job, (mut r, prepare)) in jobs.iter().zip(prepared) {
+        assert_ok(&prepare);
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.state_file(job)).expect("state file")).expect("JSON");
+        arns.push(state["task_arn"].as_str().expect("task_arn").to_string());
+        assert_ok(&r.cleanup());
+    }
+    (arns, mark)
+}
+
+#[test]
+fn prepares_waiting_on_one_host_share_their_describe_tasks() {
+    const N: usize = 8;
+    let e = E2e::new("shared-poll");
+    let (arns, mark) = prepare_at_once(&e, N);
+    let requests = describe_tasks_naming(&e, mark, &arns);
+    // One round describes every waiting task of the host: some request names several of ours,
+    // and the host made fewer DescribeTasks calls than it waited for tasks.
+    assert!(
+        requests.iter().any(|n| *n >= 2),
+        "no DescribeTasks named two of the {N} tasks: {requests:?}"
+    );
+    assert!(
+        requests.len() < N,
+        "{} DescribeTasks for {N} jobs waiting at once: {requests:?}",
+        requests.len()
+    );
+    figure("DescribeTasks for 8 prepares at once, shared", requests.len());
+
+    // The same jobs with `shared_polling = false` poll alone: one task per request, at least
+    // one request each.
+    let e = E2e::with_config_edit("solo-poll", |text| {
+        text.replace("[aws]", "[aws]\nshared_polling = false")
+    });
+    assert!(
+        std::fs::read_to_string(&e.config)
+            .unwrap()
+            .contains("shared_polling = false"),
+        "the stand-in's config has an [aws] table to switch it off in"
+    );
+    let (arns, mark) = prepare_at_once(&e, N);
+    let requests = describe_tasks_naming(&e, mark, &arns);
+    assert!(requests.iter().all(|n| *n == 1), "{requests:?}");
+    assert!(requests.len() >= N, "{requests:?}");
+    figure("DescribeTasks for 8 prepares at once, alone", requests.len());
+}
+
+#[test]
+fn every_request_names_the_executor_its_version_and_the_runner_host() {
+    let e = E2e::new("user-agent");
+    let job = e.job();
+    let mark = e.standin.request_mark();
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    assert_ok(&r.prepare());
+    assert_ok(&r.cleanup());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let want = format!("app/ecs-executor-{}-", env!("CARGO_PKG_VERSION"));
+    let ours: Vec<String> = e
+        .standin
+        .requests_since(mark)
+        .into_iter()
+        // Only the executor registers task definitions and runs tasks.
+        .filter(|q| {
+            matches!(
+                q.action.as_deref(),
+                Some("RunTask" | "RegisterTaskDefinition" | "StopTask")
+            )
+        })
+        .filter(|q| q.body.contains(&e.started_by(&job)) || q.body.contains(&e.family_prefix))
+        .filter_map(|q| q.user_agent)
+        .collect();
+    assert!(!ours.is_empty(), "no request of this job was recorded");
+    for ua in &ours {
+        assert!(ua.contains(&want) && ua.contains(host.trim()), "{ua}");
+    }
+}
