@@ -37,6 +37,7 @@ use aws_sdk_ecs::types::TaskDefinitionStatus;
 
 use crate::aws::AwsClients;
 use crate::config::Config;
+use crate::ecs::budget::Budget;
 use crate::ecs::task_definitions::TaskDefinitionSummary;
 use crate::ecs::tasks::TaskSummary;
 use crate::ecs::{self, Ecs};
@@ -81,7 +82,7 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
     let store = StateStore::open(&config.state_dir)?;
     let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs, &config.cluster);
+    let ecs = Ecs::new(clients.ecs, &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
     let mut tally = Tally::default();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -149,7 +150,7 @@ pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String])
     let store = StateStore::open(&config.state_dir)?;
     let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs, &config.cluster);
+    let ecs = Ecs::new(clients.ecs, &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
     let mut tally = Tally::default();
     for task in ours(&ecs, config, &runner_tokens).await? {
         stop(&ecs, &task, "the runner is being unregistered", dry_run, &mut tally).await;

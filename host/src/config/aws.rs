@@ -24,6 +24,15 @@ pub struct AwsSettings {
     /// second for all of them; `ecs::poller`). `false`: each job polls alone.
     #[serde(default = "yes")]
     pub shared_polling: bool,
+    /// The share of the account's ECS rate limits (per throttling category) this runner host
+    /// may use, shared by all its executor processes (`ecs::budget`): with several runner
+    /// hosts on one account, about 0.5 / hosts leaves room for the console and other tools.
+    #[serde(default = "default_rate_share")]
+    pub rate_share: f64,
+}
+
+fn default_rate_share() -> f64 {
+    0.5
 }
 
 fn yes() -> bool {
@@ -38,6 +47,7 @@ impl Default for AwsSettings {
             secret_access_key: None,
             max_attempts: default_max_attempts(),
             shared_polling: true,
+            rate_share: default_rate_share(),
         }
     }
 }

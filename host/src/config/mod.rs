@@ -228,6 +228,9 @@ impl Config {
                 "and `aws.access_key_id` must be given together".into(),
             ));
         }
+        if !(self.aws.rate_share > 0.0 && self.aws.rate_share <= 1.0) {
+            return Err(invalid("aws.rate_share", "must be more than 0 and at most 1".into()));
+        }
         if self.aws.max_attempts == 0 || self.aws.max_attempts > 20 {
             return Err(invalid("aws.max_attempts", "must be between 1 and 20".into()));
         }

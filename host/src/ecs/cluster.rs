@@ -1,5 +1,6 @@
 //! The cluster and its container instances (`check`, placement of the job's task).
 
+use super::budget::Category;
 use super::{Ecs, EcsError, api};
 
 impl Ecs {
@@ -11,6 +12,7 @@ impl Ecs {
         &self,
         container_instance_arn: &str,
     ) -> Result<(String, Vec<(String, Option<String>)>), EcsError> {
+        self.spend(Category::ClusterResourceRead).await;
         let out = self
             .client
             .describe_container_instances()
@@ -40,6 +42,7 @@ impl Ecs {
 
     /// DescribeClusters: the cluster's status (ACTIVE when usable).
     pub async fn cluster_status(&self) -> Result<Option<String>, EcsError> {
+        self.spend(Category::ClusterRead).await;
         let out = self
             .client
             .describe_clusters()
@@ -53,6 +56,7 @@ impl Ecs {
     /// The cluster's container instances (ARNs).
     pub async fn container_instances(&self) -> Result<Vec<String>, EcsError> {
         let mut arns = Vec::new();
+        self.spend(Category::ClusterResourceRead).await;
         let mut pages = self
             .client
             .list_container_instances()

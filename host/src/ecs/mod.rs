@@ -5,9 +5,11 @@
 //!   deregistering and deleting task definitions;
 //! - `tasks`: running, describing, stopping and listing tasks, and waiting for one to run;
 //! - `poller`: one DescribeTasks poller per runner host for every prepare that waits;
+//! - `budget`: a host-wide token bucket per ECS throttling category;
 //! - `cluster`: the cluster and its container instances;
 //! - `stop_reason`: ECS's words on why a task stopped, as the job log tells them.
 
+pub mod budget;
 pub mod cluster;
 pub mod poller;
 pub mod stop_reason;
@@ -55,6 +57,8 @@ where
 pub struct Ecs {
     client: aws_sdk_ecs::Client,
     cluster: String,
+    /// The host-wide rate budget; `None`: calls are not paced (only the SDK's retries).
+    budget: Option<budget::Budget>,
 }
 
 impl Ecs {
@@ -62,6 +66,19 @@ impl Ecs {
         Ecs {
             client,
             cluster: cluster.to_string(),
+            budget: None,
+        }
+    }
+
+    /// Pace every call through this host's budget (`ecs::budget`).
+    pub fn with_budget(mut self, budget: budget::Budget) -> Ecs {
+        self.budget = Some(budget);
+        self
+    }
+
+    async fn spend(&self, category: budget::Category) {
+        if let Some(b) = &self.budget {
+            b.spend(category).await;
         }
     }
 

@@ -3,6 +3,7 @@
 
 use aws_sdk_ecs::types::TaskDefinitionField;
 
+use super::budget::Category;
 use super::{Ecs, EcsError, TAG_CONTENT_HASH, already_gone, api, tag_pairs};
 use crate::aws::describe_sdk_error;
 use crate::config::TaskDefinitionMode;
@@ -63,6 +64,7 @@ impl Ecs {
         family_or_arn: &str,
         hash: &str,
     ) -> Result<Option<TaskDefinitionUse>, EcsError> {
+        self.spend(Category::TaskDefinitionRead).await;
         let out = self
             .client
             .describe_task_definition()
@@ -96,6 +98,7 @@ impl Ecs {
     }
 
     async fn register(&self, request: &RegisterRequest) -> Result<TaskDefinitionUse, EcsError> {
+        self.spend(Category::TaskDefinitionModify).await;
         let req = request.to_sdk(self.client.register_task_definition());
         let out = req.send().await.map_err(api("RegisterTaskDefinition"))?;
         let td = out.task_definition().ok_or(EcsError::Incomplete {
@@ -111,6 +114,7 @@ impl Ecs {
     }
 
     pub async fn deregister(&self, arn: &str) -> Result<(), EcsError> {
+        self.spend(Category::TaskDefinitionModify).await;
         match self
             .client
             .deregister_task_definition()
@@ -127,6 +131,7 @@ impl Ecs {
     /// Task definition families whose name starts with `prefix` (any status).
     pub async fn families_with_prefix(&self, prefix: &str) -> Result<Vec<String>, EcsError> {
         let mut families = Vec::new();
+        self.spend(Category::TaskDefinitionRead).await;
         let mut pages = self
             .client
             .list_task_definition_families()
@@ -147,6 +152,7 @@ impl Ecs {
         status: aws_sdk_ecs::types::TaskDefinitionStatus,
     ) -> Result<Vec<TaskDefinitionSummary>, EcsError> {
         let mut arns = Vec::new();
+        self.spend(Category::TaskDefinitionRead).await;
         let mut pages = self
             .client
             .list_task_definitions()
@@ -160,6 +166,7 @@ impl Ecs {
         }
         let mut out = Vec::new();
         for arn in arns {
+            self.spend(Category::TaskDefinitionRead).await;
             let described = self
                 .client
                 .describe_task_definition()
@@ -191,6 +198,7 @@ impl Ecs {
     pub async fn delete_task_definitions(&self, arns: &[String]) -> Result<Vec<String>, EcsError> {
         let mut problems = Vec::new();
         for chunk in arns.chunks(10) {
+            self.spend(Category::TaskDefinitionDelete).await;
             let out = self
                 .client
                 .delete_task_definitions()

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::aws::AwsClients;
 use crate::config::Config;
 use crate::ecs::Ecs;
+use crate::ecs::budget::Budget;
 use crate::failure::Failure;
 use crate::protocol::JobKey;
 use crate::state::StateStore;
@@ -25,18 +26,23 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
         }
     };
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs, &config.cluster);
+    let ecs = Ecs::new(clients.ecs, &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
 
     let mut stopped = Vec::new();
     if let Some(state) = &state {
         ecs.stop_task(&state.task_arn, "ecs-executor: job cleanup").await?;
         stopped.push(state.task_arn.clone());
     }
-    // prepare may have been killed between RunTask and writing the state file.
-    for arn in ecs.running_tasks_started_by(&key.started_by()).await? {
-        if !stopped.contains(&arn) {
-            ecs.stop_task(&arn, "ecs-executor: job cleanup").await?;
-            stopped.push(arn);
+    // Without a state file, prepare may have been killed between RunTask and writing it: find
+    // the task by its startedBy. With one, its task is known (a leftover of an earlier prepare
+    // attempt was stopped by the next attempt, and `gc` sweeps the rest), which saves a read
+    // of the account's DescribeTasks/ListTasks budget per job.
+    if state.is_none() {
+        for arn in ecs.running_tasks_started_by(&key.started_by()).await? {
+            if !stopped.contains(&arn) {
+                ecs.stop_task(&arn, "ecs-executor: job cleanup").await?;
+                stopped.push(arn);
+            }
         }
     }
     if let Some(state) = &state

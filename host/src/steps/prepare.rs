@@ -13,6 +13,7 @@ use ecs_executor_plugin_host::PluginSet;
 use crate::aws::AwsClients;
 use crate::config::{Config, StageRunnerMode, TaskDefinitionMode};
 use crate::docker::DockerHost;
+use crate::ecs::budget::Budget;
 use crate::ecs::poller::TaskWatch;
 use crate::ecs::task_definitions::TaskDefinitionUse;
 use crate::ecs::tasks::WaitError;
@@ -37,7 +38,8 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
     })?;
     let store = StateStore::open(&config.state_dir)?;
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);
+    let ecs =
+        Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
 
     // A previous prepare attempt of this job may have left a task behind.
     if let Some(old) = store.load(&job.key).unwrap_or(None) {
