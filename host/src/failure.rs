@@ -121,6 +121,14 @@ impl ExitCodes {
 /// The end of every command: its result reported and turned into the process's exit code.
 /// `command` names it in the error line.
 pub fn exit(caller: Caller, command: &str, result: Result<(), Failure>) -> std::process::ExitCode {
+    crate::metrics::finish(
+        command,
+        match &result {
+            Ok(()) => "ok",
+            Err(f) if f.blame == Blame::Build => "build_failure",
+            Err(_) => "system_failure",
+        },
+    );
     let failure = match result {
         Ok(()) => return std::process::ExitCode::SUCCESS,
         Err(failure) => failure,

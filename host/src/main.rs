@@ -20,6 +20,7 @@ mod ecs;
 mod instance;
 // How stages run, what is kept between steps, what the job log is told.
 mod joblog;
+mod metrics;
 mod stages;
 mod state;
 // The four steps, the admin commands, and how a failure becomes an exit code.
@@ -158,6 +159,7 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
         return runtime()?.block_on(admin::check::run(&path));
     }
     let config = Config::load(&path)?;
+    metrics::init(&config);
     let runtime = runtime()?;
     runtime.block_on(async {
         let shutdown = terminated();

@@ -13,6 +13,7 @@ use crate::failure::{Blame, Classify};
 mod aws;
 mod docker;
 mod gc;
+mod metrics;
 mod plugins;
 mod secret;
 mod services;
@@ -22,6 +23,7 @@ mod task;
 pub use aws::{AwsSettings, AwsVpc, CapacityProvider, LaunchType};
 pub use docker::DockerSettings;
 pub use gc::GcSettings;
+pub use metrics::MetricsSettings;
 pub use plugins::{PLUGIN_GRANTS, PluginConfig};
 pub use services::ServiceSettings;
 pub use stage_runner::{StageRunnerMode, StageRunnerSettings};
@@ -130,6 +132,9 @@ pub struct Config {
     /// `[services]`: limits on a job's CI services and the wait for their ports.
     #[serde(default)]
     pub services: ServiceSettings,
+    /// `[metrics]`: Prometheus textfile metrics.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// `[stage_runner]`: run stages through a per-job runner in the containers instead of
     /// one Docker exec per stage.
     #[serde(default)]
@@ -288,6 +293,14 @@ impl Config {
             if !dir.starts_with('/') || dir.contains("..") {
                 return Err(invalid(key, format!("{dir:?} must be an absolute path without `..`")));
             }
+        }
+        if let Some(dir) = &self.metrics.textfile_dir
+            && !dir.is_absolute()
+        {
+            return Err(invalid(
+                "metrics.textfile_dir",
+                format!("{} must be an absolute path", dir.display()),
+            ));
         }
         if !self.state_dir.is_absolute() {
             return Err(invalid(

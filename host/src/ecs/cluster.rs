@@ -12,7 +12,8 @@ impl Ecs {
         &self,
         container_instance_arn: &str,
     ) -> Result<(String, Vec<(String, Option<String>)>), EcsError> {
-        self.spend(Category::ClusterResourceRead).await;
+        self.spend(Category::ClusterResourceRead, "DescribeContainerInstances")
+            .await;
         let out = self
             .client
             .describe_container_instances()
@@ -42,7 +43,7 @@ impl Ecs {
 
     /// DescribeClusters: the cluster's status (ACTIVE when usable).
     pub async fn cluster_status(&self) -> Result<Option<String>, EcsError> {
-        self.spend(Category::ClusterRead).await;
+        self.spend(Category::ClusterRead, "DescribeClusters").await;
         let out = self
             .client
             .describe_clusters()
@@ -56,7 +57,8 @@ impl Ecs {
     /// The cluster's container instances (ARNs).
     pub async fn container_instances(&self) -> Result<Vec<String>, EcsError> {
         let mut arns = Vec::new();
-        self.spend(Category::ClusterResourceRead).await;
+        self.spend(Category::ClusterResourceRead, "ListContainerInstances")
+            .await;
         let mut pages = self
             .client
             .list_container_instances()

@@ -48,9 +48,12 @@ where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    move |e| EcsError::Api {
-        action,
-        message: describe_sdk_error(&e),
+    move |e| {
+        let message = describe_sdk_error(&e);
+        if message.contains("ThrottlingException") || message.contains("Rate exceeded") {
+            crate::metrics::aws_throttle(action);
+        }
+        EcsError::Api { action, message }
     }
 }
 
@@ -76,10 +79,12 @@ impl Ecs {
         self
     }
 
-    async fn spend(&self, category: budget::Category) {
+    /// Before each call: pace it through the host's budget and count it.
+    async fn spend(&self, category: budget::Category, action: &str) {
         if let Some(b) = &self.budget {
             b.spend(category).await;
         }
+        crate::metrics::aws_call(action);
     }
 
     pub fn cluster(&self) -> &str {

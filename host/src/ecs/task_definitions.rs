@@ -64,7 +64,7 @@ impl Ecs {
         family_or_arn: &str,
         hash: &str,
     ) -> Result<Option<TaskDefinitionUse>, EcsError> {
-        self.spend(Category::TaskDefinitionRead).await;
+        self.spend(Category::TaskDefinitionRead, "DescribeTaskDefinition").await;
         let out = self
             .client
             .describe_task_definition()
@@ -98,7 +98,8 @@ impl Ecs {
     }
 
     async fn register(&self, request: &RegisterRequest) -> Result<TaskDefinitionUse, EcsError> {
-        self.spend(Category::TaskDefinitionModify).await;
+        self.spend(Category::TaskDefinitionModify, "RegisterTaskDefinition")
+            .await;
         let req = request.to_sdk(self.client.register_task_definition());
         let out = req.send().await.map_err(api("RegisterTaskDefinition"))?;
         let td = out.task_definition().ok_or(EcsError::Incomplete {
@@ -114,7 +115,8 @@ impl Ecs {
     }
 
     pub async fn deregister(&self, arn: &str) -> Result<(), EcsError> {
-        self.spend(Category::TaskDefinitionModify).await;
+        self.spend(Category::TaskDefinitionModify, "DeregisterTaskDefinition")
+            .await;
         match self
             .client
             .deregister_task_definition()
@@ -131,7 +133,8 @@ impl Ecs {
     /// Task definition families whose name starts with `prefix` (any status).
     pub async fn families_with_prefix(&self, prefix: &str) -> Result<Vec<String>, EcsError> {
         let mut families = Vec::new();
-        self.spend(Category::TaskDefinitionRead).await;
+        self.spend(Category::TaskDefinitionRead, "ListTaskDefinitionFamilies")
+            .await;
         let mut pages = self
             .client
             .list_task_definition_families()
@@ -152,7 +155,7 @@ impl Ecs {
         status: aws_sdk_ecs::types::TaskDefinitionStatus,
     ) -> Result<Vec<TaskDefinitionSummary>, EcsError> {
         let mut arns = Vec::new();
-        self.spend(Category::TaskDefinitionRead).await;
+        self.spend(Category::TaskDefinitionRead, "ListTaskDefinitions").await;
         let mut pages = self
             .client
             .list_task_definitions()
@@ -166,7 +169,7 @@ impl Ecs {
         }
         let mut out = Vec::new();
         for arn in arns {
-            self.spend(Category::TaskDefinitionRead).await;
+            self.spend(Category::TaskDefinitionRead, "DescribeTaskDefinition").await;
             let described = self
                 .client
                 .describe_task_definition()
@@ -198,7 +201,8 @@ impl Ecs {
     pub async fn delete_task_definitions(&self, arns: &[String]) -> Result<Vec<String>, EcsError> {
         let mut problems = Vec::new();
         for chunk in arns.chunks(10) {
-            self.spend(Category::TaskDefinitionDelete).await;
+            self.spend(Category::TaskDefinitionDelete, "DeleteTaskDefinitions")
+                .await;
             let out = self
                 .client
                 .delete_task_definitions()

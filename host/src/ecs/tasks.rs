@@ -70,7 +70,7 @@ impl Ecs {
         tags: &[(&str, String)],
         client_token: &str,
     ) -> Result<PlacedTask, EcsError> {
-        self.spend(Category::ClusterModify).await;
+        self.spend(Category::ClusterModify, "RunTask").await;
         let mut req = self
             .client
             .run_task()
@@ -152,7 +152,7 @@ impl Ecs {
     /// DescribeTasks for up to 100 tasks in one call: each ARN's status (MISSING ones marked
     /// `missing`); an ARN ECS says nothing about is left out.
     pub async fn describe_tasks(&self, task_arns: &[String]) -> Result<BTreeMap<String, TaskStatus>, EcsError> {
-        self.spend(Category::ClusterResourceRead).await;
+        self.spend(Category::ClusterResourceRead, "DescribeTasks").await;
         let out = self
             .client
             .describe_tasks()
@@ -183,7 +183,7 @@ impl Ecs {
 
     /// Stop a task; a task that is gone or already stopped is not an error.
     pub async fn stop_task(&self, task_arn: &str, reason: &str) -> Result<(), EcsError> {
-        self.spend(Category::ClusterModify).await;
+        self.spend(Category::ClusterModify, "StopTask").await;
         let out = self
             .client
             .stop_task()
@@ -207,7 +207,7 @@ impl Ecs {
     /// Tasks of this cluster that are meant to run and were started with `started_by`.
     pub async fn running_tasks_started_by(&self, started_by: &str) -> Result<Vec<String>, EcsError> {
         let mut arns = Vec::new();
-        self.spend(Category::ClusterResourceRead).await;
+        self.spend(Category::ClusterResourceRead, "ListTasks").await;
         let mut pages = self
             .client
             .list_tasks()
@@ -226,7 +226,7 @@ impl Ecs {
     /// Every task of the cluster that is meant to run, with tags and creation time.
     pub async fn tasks_meant_to_run(&self) -> Result<Vec<TaskSummary>, EcsError> {
         let mut arns = Vec::new();
-        self.spend(Category::ClusterResourceRead).await;
+        self.spend(Category::ClusterResourceRead, "ListTasks").await;
         let mut pages = self
             .client
             .list_tasks()
@@ -240,7 +240,7 @@ impl Ecs {
         }
         let mut tasks = Vec::with_capacity(arns.len());
         for chunk in arns.chunks(100) {
-            self.spend(Category::ClusterResourceRead).await;
+            self.spend(Category::ClusterResourceRead, "DescribeTasks").await;
             let out = self
                 .client
                 .describe_tasks()
@@ -262,7 +262,7 @@ impl Ecs {
 
     /// Tasks of `family` meant to run (any startedBy).
     pub async fn running_tasks_of_family(&self, family: &str) -> Result<Vec<String>, EcsError> {
-        self.spend(Category::ClusterResourceRead).await;
+        self.spend(Category::ClusterResourceRead, "ListTasks").await;
         let out = self
             .client
             .list_tasks()

@@ -69,6 +69,11 @@ pub async fn run(
         marker: format!("{}-{stage}-{}", key.job_id, std::process::id()),
     };
     tokio::pin!(shutdown);
+    let on_runner = state
+        .stage_runner
+        .as_ref()
+        .is_some_and(|r| r.addresses.contains_key(route.container_name()));
+    crate::metrics::stage(if on_runner { "stage_runner" } else { "exec" });
     let end = match state.stage_runner.as_ref().and_then(|r| {
         let addr = *r.addresses.get(route.container_name())?;
         Some((r, addr))

@@ -77,6 +77,15 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
     }
 }
 
+/// Records a phase's duration in the metrics when the phase ends (also when it fails).
+struct PhaseTimer(&'static str, Instant);
+
+impl Drop for PhaseTimer {
+    fn drop(&mut self) {
+        crate::metrics::phase(self.0, self.1.elapsed().as_secs_f64());
+    }
+}
+
 /// The phases of a prepare, in order. Each prints one line to the job log; `launched` tracks
 /// what exists so the caller can stop it if a later phase fails.
 async fn launch(
@@ -126,6 +135,7 @@ async fn task_definition(
     task: &JobTask,
 ) -> Result<TaskDefinitionUse, Failure> {
     let phase = Instant::now();
+    let _timer = PhaseTimer("task_definition", phase);
     let td = {
         // Jobs racing on one runner host register one revision, not one each.
         let _lock = store.lock(&format!("taskdef-{}", &task.spec.content_hash()[..16]))?;
@@ -167,6 +177,7 @@ async fn run_task(
     launched: &mut Option<JobState>,
 ) -> Result<JobState, Failure> {
     let phase = Instant::now();
+    let _timer = PhaseTimer("run_task", phase);
     let per_job = config.task_definition_mode == TaskDefinitionMode::PerJob;
     let tags = [
         (ecs::TAG_MANAGED_BY, config.family_prefix.clone()),
@@ -211,6 +222,7 @@ async fn reach_docker(
     launched: &mut Option<JobState>,
 ) -> Result<(DockerHost, String), Failure> {
     let phase = Instant::now();
+    let _timer = PhaseTimer("docker", phase);
     let ci_arn = match state.container_instance_arn.clone() {
         Some(arn) => arn,
         None => ecs.wait_for_placement(config, watch).await?,
@@ -248,6 +260,7 @@ async fn wait_until_running(
     watch: &mut TaskWatch<'_>,
 ) -> Result<(), Failure> {
     let phase = Instant::now();
+    let _timer = PhaseTimer("running", phase);
     let task_arn = watch.arn().to_string();
     let starts = docker.container_starts(&task_arn);
     let already = docker.running_task_containers(&task_arn).await.unwrap_or(0);
@@ -286,6 +299,7 @@ async fn start_services(
         return Ok(());
     }
     let phase = Instant::now();
+    let _timer = PhaseTimer("services", phase);
     let reports = services::start(config, docker, containers, &task.services, &|t| job.redact(t)).await?;
     let up = reports.iter().filter(|r| r.problem.is_none()).count();
     let down: Vec<String> = reports
@@ -318,6 +332,7 @@ async fn start_stage_runners(
         return None;
     }
     let phase = Instant::now();
+    let _timer = PhaseTimer("stage_runners", phase);
     match runner::start(config, docker, containers, instance_host).await {
         Ok(stage_runner) => {
             let at: Vec<String> = stage_runner.addresses.iter().map(|(c, a)| format!("{c} {a}")).collect();

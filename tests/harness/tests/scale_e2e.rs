@@ -126,3 +126,37 @@ fn every_request_names_the_executor_its_version_and_the_runner_host() {
         assert!(ua.contains(&want) && ua.contains(host.trim()), "{ua}");
     }
 }
+
+#[test]
+fn metrics_land_in_the_textfile_collector_directory() {
+    let textfile = std::env::temp_dir().join(ecs_executor_tests::standin::unique_name("prom"));
+    std::fs::create_dir_all(&textfile).unwrap();
+    let dir = textfile.display().to_string();
+    let e = E2e::with_config_edit("metrics", |text| format!("{text}\n[metrics]\ntextfile_dir = \"{dir}\"\n"));
+    let job = e.job();
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    assert_ok(&r.prepare());
+    assert_ok(&r.run_script("build_script", &stage_script(&r, "echo hello\n")));
+    assert_ok(&r.cleanup());
+    let prom = std::fs::read_to_string(textfile.join("ecs_executor.prom")).expect("the .prom file");
+    for want in [
+        "ecs_executor_steps_total{step=\"prepare\",outcome=\"ok\"} 1\n",
+        "ecs_executor_steps_total{step=\"run\",outcome=\"ok\"} 1\n",
+        "ecs_executor_steps_total{step=\"cleanup\",outcome=\"ok\"} 1\n",
+        "ecs_executor_aws_calls_total{action=\"RunTask\"} 1\n",
+        "ecs_executor_aws_calls_total{action=\"StopTask\"} 1\n",
+        "ecs_executor_stages_total{path=\"stage_runner\"} 1\n",
+        "ecs_executor_prepare_phase_seconds_count{phase=\"running\"} 1\n",
+        "# TYPE ecs_executor_tasks_provisioning gauge\n",
+    ] {
+        assert!(prom.contains(want), "missing {want:?} in:\n{prom}");
+    }
+    // Written atomically: no temp file is left beside it.
+    let names: Vec<String> = std::fs::read_dir(&textfile)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["ecs_executor.prom"]);
+    let _ = std::fs::remove_dir_all(&textfile);
+}
