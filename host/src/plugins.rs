@@ -74,11 +74,19 @@ pub fn load(config: &Config) -> Result<PluginSet, Failure> {
     }
     // A job asks `validate-settings` only for settings not accepted before (`check` and
     // `plugin compile` always ask).
-    Ok(PluginSet::load(
-        &cache(config),
-        &specs(config)?,
-        SettingsCheck::Remembered,
-    )?)
+    let mut set = PluginSet::load(&cache(config), &specs(config)?, SettingsCheck::Remembered)?;
+    grant(config, &mut set);
+    Ok(set)
+}
+
+/// Narrow each plugin to its config entry's grants (the plugin host's default is all).
+pub fn grant(config: &Config, set: &mut PluginSet) {
+    for p in &config.plugins {
+        // Names were checked when the config was read.
+        let grants = ecs_executor_plugin_host::validate::Grants::from_names(&p.grants)
+            .unwrap_or(ecs_executor_plugin_host::validate::Grants::NONE);
+        set.set_grants(&p.name, grants);
+    }
 }
 
 /// Plugin log lines go to the job log (stderr), the job's secrets redacted; debug lines only

@@ -179,6 +179,8 @@ pub struct Plugin {
     services_idx: Option<services::GuestIndices>,
     pub(crate) cache: CacheOutcome,
     settings_checked: bool,
+    /// What its answers may ask for beyond ordinary containers (`validate::Grants`).
+    grants: validate::Grants,
 }
 
 /// When loading a plugin asks its `validate-settings`.
@@ -263,6 +265,7 @@ impl Plugin {
             pre,
             cache: outcome,
             settings_checked: false,
+            grants: validate::Grants::ALL,
         };
         if plugin.hooks().is_empty() {
             return Err(load_err(
@@ -358,6 +361,7 @@ impl Plugin {
             Ok(out) => {
                 validate::task_definition(task, &out, &|s| log.redact(s))
                     .map_err(|msg| self.broken(Hook::Customize, Cause::Malformed(msg)))?;
+                self.check_grants(Hook::Customize, validate::ungranted(Some(task), &out, self.grants))?;
                 Ok(out)
             }
             Err(task_definition::Error::Rejected(msg)) => Err(self.rejected(Hook::Customize, &msg)),
@@ -421,6 +425,10 @@ impl Plugin {
                     if let ServiceMapping::Containers(containers) = m {
                         validate::service_containers(containers, &|s| log.redact(s))
                             .map_err(|msg| self.broken(Hook::MapServices, Cause::Malformed(msg)))?;
+                        self.check_grants(
+                            Hook::MapServices,
+                            validate::ungranted_service_containers(containers, self.grants),
+                        )?;
                     }
                 }
                 Ok(mappings)
@@ -428,6 +436,26 @@ impl Plugin {
             Err(services::Error::Rejected(msg)) => Err(self.rejected(Hook::MapServices, &msg)),
             Err(services::Error::Other(msg)) => Err(self.broken(Hook::MapServices, Cause::Other(sanitise(&msg)))),
         }
+    }
+
+    /// What this plugin may ask for beyond ordinary containers; a loaded plugin starts with
+    /// [`validate::Grants::ALL`] (the executor narrows it to its config entry's grants).
+    pub fn set_grants(&mut self, grants: validate::Grants) {
+        self.grants = grants;
+    }
+
+    fn check_grants(&self, hook: Hook, ungranted: Vec<String>) -> Result<(), PluginError> {
+        if ungranted.is_empty() {
+            return Ok(());
+        }
+        Err(self.broken(
+            hook,
+            Cause::Malformed(format!(
+                "{}; add the grant to the plugin's `grants` in its [[plugins]] entry if the site means it \
+                 (and pin such jobs to dedicated instances)",
+                ungranted.join("; ")
+            )),
+        ))
     }
 
     fn missing(&self, hook: Hook) -> PluginError {

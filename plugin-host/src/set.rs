@@ -64,6 +64,13 @@ impl PluginSet {
         Ok(task)
     }
 
+    /// Narrow what the plugin named `name` may ask for (see [`crate::validate::Grants`]).
+    pub fn set_grants(&mut self, name: &str, grants: crate::validate::Grants) {
+        for p in self.plugins.iter_mut().filter(|p| p.name() == name) {
+            p.set_grants(grants);
+        }
+    }
+
     /// `address.pick-address` in order; the first plugin that returns an address decides.
     /// `None`: every plugin declined (or none exports the hook): the built-in rule decides.
     pub fn pick_address(

@@ -23,6 +23,117 @@ pub const TASK_EXTRA_KEYS: &[&str] = &["pidMode", "ipcMode"];
 /// Container-level `extra` keys the executor applies to the container definition.
 pub const CONTAINER_EXTRA_KEYS: &[&str] = &["user", "workingDirectory", "stopTimeout", "ulimits"];
 
+/// What a plugin's `[[plugins]]` entry lets it ask for beyond an ordinary container: each one
+/// removes an isolation boundary between the job and the instance (or other jobs on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    /// `privileged: true` on a container (root on the instance, in effect).
+    pub privileged: bool,
+    /// `pidMode`/`ipcMode` `host`, or `network-mode: host`: the instance's namespaces.
+    pub host_namespaces: bool,
+    /// A volume bound to a path on the instance that the executor did not put there.
+    pub host_paths: bool,
+}
+
+impl Grants {
+    /// Everything (what a library user gets unless it says otherwise; `plugin test`).
+    pub const ALL: Grants = Grants {
+        privileged: true,
+        host_namespaces: true,
+        host_paths: true,
+    };
+    /// Nothing beyond ordinary containers (the executor's default for a `[[plugins]]` entry).
+    pub const NONE: Grants = Grants {
+        privileged: false,
+        host_namespaces: false,
+        host_paths: false,
+    };
+    /// The grant names a `[[plugins]]` entry may list.
+    pub const NAMES: &'static [&'static str] = &["privileged", "host-namespaces", "host-paths"];
+
+    /// Grants from their names (`Err` names the unknown one).
+    pub fn from_names(names: &[String]) -> Result<Grants, String> {
+        let mut g = Grants::NONE;
+        for name in names {
+            match name.as_str() {
+                "privileged" => g.privileged = true,
+                "host-namespaces" => g.host_namespaces = true,
+                "host-paths" => g.host_paths = true,
+                other => return Err(other.to_string()),
+            }
+        }
+        Ok(g)
+    }
+}
+
+fn host_mode(extra: &Option<String>, key: &str) -> bool {
+    extra
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| v.get(key).and_then(|m| m.as_str()).map(|m| m == "host"))
+        .unwrap_or(false)
+}
+
+/// What `after` asks for that `before` did not and `grants` does not allow, as messages
+/// naming the grant (empty: nothing).
+pub fn ungranted(before: Option<&TaskDefinition>, after: &TaskDefinition, grants: Grants) -> Vec<String> {
+    let mut missing = Vec::new();
+    let was_privileged =
+        |name: &str| before.is_some_and(|b| b.containers.iter().any(|c| c.name == name && c.privileged));
+    if !grants.privileged {
+        for c in after
+            .containers
+            .iter()
+            .filter(|c| c.privileged && !was_privileged(&c.name))
+        {
+            missing.push(format!(
+                "container `{}` is privileged: needs the `privileged` grant",
+                c.name
+            ));
+        }
+    }
+    if !grants.host_namespaces {
+        for key in ["pidMode", "ipcMode"] {
+            if host_mode(&after.extra, key) && !before.is_some_and(|b| host_mode(&b.extra, key)) {
+                missing.push(format!("`{key}: host` needs the `host-namespaces` grant"));
+            }
+        }
+        if after.network_mode == crate::types::NetworkMode::Host
+            && before.is_none_or(|b| b.network_mode != crate::types::NetworkMode::Host)
+        {
+            missing.push("`network-mode: host` needs the `host-namespaces` grant".into());
+        }
+    }
+    if !grants.host_paths {
+        let ours = |path: &str| before.is_some_and(|b| b.volumes.iter().any(|v| v.host_path.as_deref() == Some(path)));
+        for v in &after.volumes {
+            if let Some(path) = v.host_path.as_deref().filter(|p| !ours(p)) {
+                missing.push(format!(
+                    "volume `{}` binds the instance's {path}: needs the `host-paths` grant",
+                    v.name
+                ));
+            }
+        }
+    }
+    missing
+}
+
+/// Service containers a `map-services` answer adds, against `grants`.
+pub fn ungranted_service_containers(list: &[ContainerDefinition], grants: Grants) -> Vec<String> {
+    if grants.privileged {
+        return Vec::new();
+    }
+    list.iter()
+        .filter(|c| c.privileged)
+        .map(|c| {
+            format!(
+                "service container `{}` is privileged: needs the `privileged` grant",
+                c.name
+            )
+        })
+        .collect()
+}
+
 /// Check `after`, a plugin's `customize` answer to `before`.
 pub fn task_definition(
     before: &TaskDefinition,
@@ -279,4 +390,47 @@ pub fn docker_address(a: &DockerAddress) -> Result<(), String> {
         return Err(format!("tls-server-name {name:?} is not a host name or IP address"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod grant_tests {
+    use super::*;
+    use crate::types::NetworkMode;
+
+    fn task() -> TaskDefinition {
+        crate::json::default_task(&crate::testing::job(serde_json::json!({})))
+    }
+
+    #[test]
+    fn privileged_host_namespaces_and_host_paths_each_need_their_grant() {
+        let before = task();
+        let mut after = before.clone();
+        after.containers[0].privileged = true;
+        after.extra = Some(r#"{"pidMode": "host"}"#.into());
+        after.network_mode = NetworkMode::Host;
+        let mut v = after.volumes[0].clone();
+        v.name = "docker-sock".into();
+        v.host_path = Some("/var/run/docker.sock".into());
+        after.volumes.push(v);
+        let missing = ungranted(Some(&before), &after, Grants::NONE);
+        assert_eq!(missing.len(), 4, "{missing:?}");
+        assert!(missing[0].contains("`privileged` grant"), "{missing:?}");
+        assert!(
+            missing
+                .iter()
+                .any(|m| m.contains("pidMode") && m.contains("host-namespaces"))
+        );
+        assert!(
+            missing
+                .iter()
+                .any(|m| m.contains("/var/run/docker.sock") && m.contains("host-paths"))
+        );
+        assert!(ungranted(Some(&before), &after, Grants::ALL).is_empty());
+        // What the executor itself put there needs no grant.
+        assert!(ungranted(Some(&before), &before, Grants::NONE).is_empty());
+        let names = ["privileged".to_string(), "host-paths".to_string()];
+        let g = Grants::from_names(&names).unwrap();
+        assert_eq!(ungranted(Some(&before), &after, g).len(), 2);
+        assert_eq!(Grants::from_names(&["network".into()]).unwrap_err(), "network");
+    }
 }

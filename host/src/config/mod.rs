@@ -396,8 +396,9 @@ impl Config {
                 return Err(invalid(
                     &p.name,
                     format!(
-                        "unknown grant `{grant}`: this executor grants plugins nothing beyond the job log, \
-                         their settings and captured stdio (known grants: none)"
+                        "unknown grant `{grant}` (known grants: {}); plugins never get a filesystem, \
+                         network or environment",
+                        PLUGIN_GRANTS.join(", ")
                     ),
                 ));
             }

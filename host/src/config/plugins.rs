@@ -21,11 +21,16 @@ pub struct PluginConfig {
     /// Memory cap of one hook call in MiB (default 64).
     #[serde(default)]
     pub memory_mib: Option<u64>,
-    /// Extra capabilities for the plugin. None exist yet: plugins get only the job log,
-    /// their settings and captured stdio; any name here is refused.
+    /// What the plugin's answers may ask for beyond ordinary containers (`PLUGIN_GRANTS`):
+    /// without a grant, a plugin that makes a container privileged, uses the instance's
+    /// namespaces or binds the instance's paths fails the job (a system failure naming it).
+    /// Plugins never get a filesystem, network or environment.
     #[serde(default)]
     pub grants: Vec<String>,
 }
 
-/// Capabilities a `[[plugins]]` entry may grant (none yet).
-pub const PLUGIN_GRANTS: &[&str] = &[];
+/// Capabilities a `[[plugins]]` entry may grant: what its answers may ask for beyond ordinary
+/// containers (`privileged`, `host-namespaces` for pidMode/ipcMode/network mode `host`,
+/// `host-paths` for volumes bound to the instance's paths). Plugins get no filesystem,
+/// network or environment in any case.
+pub const PLUGIN_GRANTS: &[&str] = ecs_executor_plugin_host::validate::Grants::NAMES;

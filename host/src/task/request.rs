@@ -261,6 +261,30 @@ impl RegisterRequest {
             .expect("`new` always tags the content hash")
     }
 
+    /// What in this request removes isolation between the job and the instance (or other jobs
+    /// on it), for `plan` to mark: privileged containers, `host` namespaces or network mode,
+    /// volumes bound to instance paths other than `cache_root` (the executor's own cache).
+    pub fn elevations(&self, cache_root: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in self.container_definitions.iter().filter(|c| c.privileged) {
+            out.push(format!("container {} is privileged", c.name));
+        }
+        for (key, mode) in [("pidMode", &self.pid_mode), ("ipcMode", &self.ipc_mode)] {
+            if mode.as_deref() == Some("host") {
+                out.push(format!("{key} host"));
+            }
+        }
+        if self.network_mode == "host" {
+            out.push("networkMode host: no network isolation at all".into());
+        }
+        for v in &self.volumes {
+            if let Some(h) = v.host.as_ref().filter(|h| !h.source_path.starts_with(cache_root)) {
+                out.push(format!("volume {} binds the instance's {}", v.name, h.source_path));
+            }
+        }
+        out
+    }
+
     /// The request as the ECS API's JSON (what `plan` prints).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("a RegisterRequest always serializes")

@@ -666,7 +666,7 @@ fn check_reports_each_plugin_with_its_hooks_or_what_is_wrong() {
 fn the_dind_plugin_maps_its_service_and_the_other_keeps_the_built_in_mapping() {
     const ECHO: &str = "ecs-executor-test/svc-echo:1";
     let wasm = plugin_wasm("dind-services");
-    let e = with_plugins("dind", &[plugin_entry("dind", &wasm, "{}", "")]);
+    let e = with_plugins("dind", &[plugin_entry("dind", &wasm, "{}", "grants = [\"privileged\"]")]);
     let response = e.dir.join("response.json");
     std::fs::write(
         &response,
@@ -684,6 +684,13 @@ fn the_dind_plugin_maps_its_service_and_the_other_keeps_the_built_in_mapping() {
     let (code, out, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
     assert_eq!(code, 0, "{out}{err}");
     let plan: serde_json::Value = serde_json::from_str(&out).expect("plan prints JSON");
+    // plan marks what removes isolation from the job.
+    assert!(
+        plan["elevated"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x.as_str().is_some_and(|x| x.contains("privileged")))),
+        "{plan:#}"
+    );
     let containers = plan["register_task_definition"]["containerDefinitions"]
         .as_array()
         .unwrap_or_else(|| panic!("{plan:#}"))
@@ -779,4 +786,29 @@ fn the_services_hook_refuses_or_breaks_a_job_before_anything_is_registered() {
         assert!(e.tasks_of(&job).is_empty());
         assert_ok(&r.cleanup());
     }
+}
+
+#[test]
+fn a_plugin_without_the_privileged_grant_cannot_make_a_privileged_container() {
+    let wasm = plugin_wasm("dind-services");
+    let e = with_plugins("dind-nogrant", &[plugin_entry("dind", &wasm, "{}", "")]);
+    let response = e.dir.join("response.json");
+    std::fs::write(
+        &response,
+        format!(
+            r#"{{"id": 7, "image": {{"name": "{}"}},
+                "services": [{{"name": "docker:27-dind", "alias": "docker"}}],
+                "variables": [{{"key": "CI_PROJECT_PATH", "value": "g/p", "public": true}}]}}"#,
+            e.standin.images.build
+        ),
+    )
+    .unwrap();
+    let config = e.config.display().to_string();
+    let response_s = response.display().to_string();
+    let (code, out, err) = command(&["--config", &config, "plan", "--job-response", &response_s]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("plugin `dind`") && err.contains("needs the `privileged` grant"),
+        "{err}"
+    );
 }
