@@ -337,7 +337,8 @@ fn caches_are_per_project_and_per_protection_level_and_a_projects_next_job_finds
         top_level(&t, &format!("cache_host_path = \"{cache_host_s}\""))
     });
     let mark = unique_name("cached");
-    let look = "if [ -e /cache/shared.txt ]; then echo \"sees=$(cat /cache/shared.txt)\"; else echo sees-nothing; fi";
+    // What the job finds, as `cache=[...]` (the command line gitlab-runner echoes has `[$(`).
+    let look = "echo \"cache=[$(cat /cache/shared.txt 2>/dev/null)]\"";
     let build_out = |job: JobSpec| -> String {
         let outcome = e.runner(&job).run_job();
         let log = outcome.log_text();
@@ -349,16 +350,16 @@ fn caches_are_per_project_and_per_protection_level_and_a_projects_next_job_finds
     let out = build_out(
         e.job()
             .project_id(7101)
-            .script(["test -d /cache", &format!("echo {mark} > /cache/shared.txt"), "echo written"]),
+            .script([look, &format!("echo {mark} > /cache/shared.txt")]),
     );
-    assert!(out.contains("written"), "{out}");
+    assert!(out.contains("cache=[]\n"), "a new cache dir is empty:\n{out}");
     // Project B neither sees it nor can poison it.
     let out = build_out(
         e.job()
             .project_id(7102)
             .script([look, "echo poisoned-by-b > /cache/shared.txt"]),
     );
-    assert!(out.contains("sees-nothing"), "project B sees project A's cache:\n{out}");
+    assert!(out.contains("cache=[]\n"), "project B sees project A's cache:\n{out}");
     // Project A on a protected ref has a cache of its own. (The harness's predefined
     // variables have no CI_COMMIT_REF_PROTECTED; as the first occurrence this one is GitLab's.)
     let out = build_out(
@@ -368,13 +369,13 @@ fn caches_are_per_project_and_per_protection_level_and_a_projects_next_job_finds
             .script([look, "echo protected > /cache/shared.txt"]),
     );
     assert!(
-        out.contains("sees-nothing"),
+        out.contains("cache=[]\n"),
         "a protected job sees the unprotected cache:\n{out}"
     );
     // Project A's next unprotected job finds what it wrote, unchanged.
     let out = build_out(e.job().project_id(7101).script([look]));
     assert!(
-        out.contains(&format!("sees={mark}")),
+        out.contains(&format!("cache=[{mark}]\n")),
         "project A's next job finds its cache:\n{out}"
     );
     let _ = std::fs::remove_dir_all(&cache_host);
@@ -398,7 +399,7 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
             "echo \"name-in-service=$(grep -c '^env: DB_PASSWORD=' svc.txt)\"",
             "echo \"builds-dir-in-service=$(grep -c '^env: CI_BUILDS_DIR=' svc.txt)\"",
             "echo \"public-in-service=$(grep -c '^env: JOB_PUBLIC=job-public-value$' svc.txt)\"",
-            "if [ -n \"$DB_PASSWORD\" ]; then echo job-has-its-secret; fi",
+            "echo \"job-secret-length=${#DB_PASSWORD}\"",
         ]);
     let outcome = e.runner(&job).run_job();
     let log = outcome.log_text();
@@ -409,7 +410,10 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
     assert!(out.contains("name-in-service=0"), "the secret's name reached the service:\n{out}");
     assert!(out.contains("builds-dir-in-service=1"), "runner-internal variables still do:\n{out}");
     assert!(out.contains("public-in-service=1"), "public job variables still do:\n{out}");
-    assert!(out.contains("job-has-its-secret"), "the job's own script gets it:\n{out}");
+    assert!(
+        out.contains(&format!("job-secret-length={}\n", secret.len())),
+        "the job's own script gets it:\n{out}"
+    );
     assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
 }
 
@@ -505,7 +509,7 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
     e.assert_tasks_stopped(&first, 1);
 
     // 2. Someone else allowed to register task definitions copies it — family, tags and all —
-    //    with a privileged build container.
+    //    with another build image.
     let planted = e.block_on(async {
         let described = e
             .ecs
@@ -522,7 +526,11 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
             .cloned()
             .map(|mut c| {
                 if c.name() == Some("build") {
-                    c.privileged = Some(true);
+                    // A trojaned build image (the stand-in's helper image stands in for it).
+                    c.image = Some(e.standin.images.helper.clone());
+                    let mut env = c.environment.take().unwrap_or_default();
+                    env.push(aws_sdk_ecs::types::KeyValuePair::builder().name("PLANTED").value("yes").build());
+                    c.environment = Some(env);
                 }
                 c
             })
@@ -561,19 +569,28 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&next, 1);
     let _ = e.block_on(e.ecs.deregister_task_definition().task_definition(&planted).send());
+    let planted_name = planted.rsplit('/').next().unwrap();
+    assert!(
+        !prepare.stdout_text().contains(planted_name),
+        "prepare used the planted revision {planted_name}:\n{}",
+        show(&prepare)
+    );
     assert_ok(&prepare);
     let used = used.unwrap();
     assert_ne!(used, planted, "the job ran the planted revision");
     let td = e
         .block_on(e.ecs.describe_task_definition().task_definition(&used).send())
         .expect("DescribeTaskDefinition");
-    let privileged = td
+    let build = td
         .task_definition()
         .unwrap()
         .container_definitions()
         .iter()
-        .any(|c| c.privileged() == Some(true));
-    assert!(!privileged, "the job's task definition {used} is privileged");
+        .find(|c| c.name() == Some("build"))
+        .cloned()
+        .expect("a build container");
+    assert_eq!(build.image(), Some(e.standin.images.build.as_str()), "{build:#?}");
+    assert!(!format!("{build:?}").contains("PLANTED"), "{build:#?}");
 }
 
 // ---- the state dir ---------------------------------------------------------------------
