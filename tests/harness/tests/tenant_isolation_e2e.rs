@@ -20,6 +20,7 @@ use ecs_executor_tests::standin::unique_name;
 use support::{E2e, assert_ok, docker_exec, show, stage_script};
 
 const ECHO: &str = "ecs-executor-test/svc-echo:1";
+const SILENT: &str = "ecs-executor-test/svc-silent:1";
 
 // ---- helpers ----------------------------------------------------------------------------
 
@@ -417,6 +418,40 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
     assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
 }
 
+/// svc-silent never opens its port and prints `svc-silent: secret is $SILENT_SECRET`; prepare's
+/// warning about it shows the service's logs in the job log.
+#[test]
+fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_are_shown() {
+    let e = E2e::with_config_edit("secret-warning", |t| format!("{t}\n[services]\nwait_timeout_secs = 3\n"));
+    // 1. The secret is named like a variable the service prints: it must not get it.
+    let secret = format!("vault-{}", unique_name("w"));
+    let job = e
+        .job()
+        .runner_environment("SILENT_SECRET", &secret)
+        .service(Image::new(SILENT).alias("quiet"))
+        .script(["echo the-job-ran"]);
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    e.assert_tasks_stopped(&job, 1);
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    assert!(log.contains("probably didn't start properly"), "the warning is shown:\n{log}");
+    assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
+    // 2. The service knows the value by other means (here its own variable): the warning's
+    //    copy of its logs is redacted.
+    let secret = format!("vault-{}", unique_name("w"));
+    let job = e
+        .job()
+        .runner_environment("DB_PASSWORD", &secret)
+        .service(Image::new(SILENT).alias("quiet").variable("SILENT_SECRET", &secret))
+        .script(["echo the-job-ran"]);
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    e.assert_tasks_stopped(&job, 1);
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    assert!(log.contains("svc-silent: secret is [MASKED]"), "the service's log line, redacted:\n{log}");
+    assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
+}
+
 // ---- check: instance metadata ------------------------------------------------------------
 
 #[test]
@@ -448,15 +483,41 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
             .send()
             .await
             .expect("CreateCluster");
-        e.ecs
+        let ci = e
+            .ecs
             .register_container_instance()
             .cluster(&cluster)
             .instance_identity_document(serde_json::json!({"instanceId": id}).to_string())
             .send()
             .await
             .expect("RegisterContainerInstance");
-        id
+        let ci = ci
+            .container_instance()
+            .and_then(|c| c.container_instance_arn())
+            .unwrap_or_default()
+            .to_string();
+        (id, ci)
     });
+    let (instance_id, container_instance) = instance_id;
+    // The instance goes when the test ends (the cluster, named uniquely, may stay).
+    struct Gone<'a>(&'a E2e, String, String, String);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            let Gone(e, cluster, ci, id) = self;
+            e.block_on(async {
+                let _ = e
+                    .ecs
+                    .deregister_container_instance()
+                    .cluster(cluster.as_str())
+                    .container_instance(ci.as_str())
+                    .force(true)
+                    .send()
+                    .await;
+                let _ = e.standin.ec2(3).await.terminate_instances().instance_ids(id.as_str()).send().await;
+            });
+        }
+    }
+    let _gone = Gone(&e, cluster.clone(), container_instance, instance_id.clone());
     let text_ = std::fs::read_to_string(&e.config).unwrap();
     let ours = e.dir.join("imds-optional.toml");
     std::fs::write(
