@@ -1,9 +1,18 @@
 //! Tenant isolation (issue 12) end to end: one test per hole, each a job (or an admin command)
 //! through the built binary against the local ECS stand-in, doing what a job author — or
 //! another principal in the account — would do to reach another project's identity, caches,
-//! secrets, task definitions or stage runner. Every test here failed on the executor before
-//! the fixes (main at 02d3a8d) and passes after; see `docs/reliability.md`.
+//! secrets, task definitions or stage runner. Every test here fails on the executor before
+//! the fixes (main at 02d3a8d) and passes after. To see both:
 //!
+//! ```text
+//! cargo build -p ecs-executor && stage-runner/build-static      # this branch, same CARGO_TARGET_DIR
+//! cargo test -p ecs-executor-tests --test tenant_isolation_e2e  # passes
+//! ECS_EXECUTOR_BIN=<main's ecs-executor> TENANT_STAGE_RUNNER_BIN=<main's static stage runner> \
+//!   cargo test -p ecs-executor-tests --test tenant_isolation_e2e  # every test fails
+//! ```
+//!
+//! The setsid test depends on the stage runner binary only (`$TENANT_STAGE_RUNNER_BIN`, default
+//! this branch's `build-static` output): the stand-in's config points at the one `up` built.
 //! Helpers live in this file (support/ is being refactored elsewhere).
 
 mod support;
