@@ -40,9 +40,11 @@ impl JobLog for CapturedLog {
 pub fn test_cache() -> CompiledCache {
     match std::env::var_os("ECS_EXECUTOR_PLUGIN_CACHE") {
         Some(dir) if !dir.is_empty() => CompiledCache::new(dir),
-        _ => CompiledCache::new(
-            std::env::temp_dir().join(format!("ecs-executor-plugin-cache-{}", unsafe { libc::geteuid() })),
-        ),
+        _ => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            CompiledCache::new(std::env::temp_dir().join(format!("ecs-executor-plugin-cache-{uid}")))
+        }
     }
 }
 

@@ -72,6 +72,8 @@ fn run(addr: &str, dir: &Path, script: &str) -> Result<i32, String> {
         stdin: Vec::new(),
     };
     // Our own fds 1 and 2, unbuffered, not closed on drop.
+    // SAFETY: fds 1 and 2 are open for the life of the process, and ManuallyDrop keeps these
+    // Files from closing them.
     let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
     let mut err = ManuallyDrop::new(unsafe { File::from_raw_fd(2) });
     let end = client::run(

@@ -9,7 +9,7 @@ use rustls::{ClientConfig, ServerConnection};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
@@ -108,9 +108,8 @@ fn wait_until_gone(pgid: i32, within: Duration) -> Duration {
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    let (read, write) = std::io::pipe().expect("pipe");
+    (read.into(), write.into())
 }
 
 /// Sends every chunk it is given, with its arrival time.
@@ -161,6 +160,7 @@ impl Cancellable {
     }
 
     fn cancel(&self) {
+        // SAFETY: `cancel` is an open pipe fd we own; the buffer is one valid byte.
         assert_eq!(
             unsafe { libc::write(self.cancel.as_raw_fd(), b"x".as_ptr().cast(), 1) },
             1
@@ -423,6 +423,7 @@ fn a_background_process_holding_stdout_does_not_hold_the_stage() {
         state.contains("(sleep)") && !state.contains(") Z"),
         "background process gone: {state:?}"
     );
+    // SAFETY: kill takes integers only; `pid` is the background process this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
