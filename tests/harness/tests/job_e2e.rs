@@ -384,9 +384,7 @@ fn cleanup_after_a_failed_prepare_exits_0_and_is_idempotent() {
         .job()
         .image(Image::new(format!("ecs-executor-test/{}:1", unique_name("missing"))))
         .script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     assert!(prepare.is_build_failure(1), "{}", show(&prepare));
     assert!(!e.state_file(&job).exists(), "a failed prepare leaves no state behind");
     let first = r.cleanup();
@@ -415,20 +413,17 @@ fn cleanup_finds_the_task_when_the_state_file_is_lost() {
     // prepare killed between RunTask and writing its state: cleanup finds the task by startedBy.
     let e = E2e::new("cleanlost");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
-    let arn = e.running_task(&job).task_arn().unwrap().to_string();
-    std::fs::remove_file(e.state_file(&job)).expect("prepare wrote a state file");
-    let cleanup = r.cleanup();
+    let mut live = e.start(job);
+    let arn = live.task_arn();
+    std::fs::remove_file(e.state_file(&live.job)).expect("prepare wrote a state file");
+    let cleanup = live.r.cleanup();
     assert_ok(&cleanup);
     assert!(
         cleanup.stdout_text().contains(&format!("stopped {arn}")),
         "{}",
         show(&cleanup)
     );
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
@@ -442,14 +437,12 @@ fn unknown_stage_names_run_in_the_build_container() {
             "test -x /bin/busybox",
         ],
     );
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
-    let arn = e.running_task(&job).task_arn().unwrap().to_string();
+    let mut live = e.start(job);
+    let arn = live.task_arn();
     let build_id = e.container_id(&arn, "build");
-    assert_ok(&r.run(stages::GET_SOURCES).expect("get_sources always runs"));
+    assert_ok(&live.r.run(stages::GET_SOURCES).expect("get_sources always runs"));
 
-    let release = r.run("step_release").expect("the job has a release step");
+    let release = live.r.run("step_release").expect("the job has a release step");
     assert_ok(&release);
     assert!(
         release
@@ -460,14 +453,14 @@ fn unknown_stage_names_run_in_the_build_container() {
     );
 
     let body = script::user_lines_body(
-        r.job(),
-        r.state(),
+        live.r.job(),
+        live.r.state(),
         &[
             "echo \"future stage in $(hostname)\"".to_string(),
             "test ! -e /etc/debian_version".to_string(),
         ],
     );
-    let future = r.run_script("some_future_stage", &stage_script(&r, &body));
+    let future = live.stage("some_future_stage", &body);
     assert_ok(&future);
     assert!(
         future
@@ -477,8 +470,7 @@ fn unknown_stage_names_run_in_the_build_container() {
         show(&future)
     );
 
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
@@ -670,9 +662,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn output_arrives_byte_exact() {
     let e = E2e::new("bytes");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut live = e.start(job);
     // Each body writes the bytes to a file, prints the container's sha256sum of it on stderr
     // and the bytes on stdout; the wrapper adds nothing to either stream.
     let cases: [(&str, String, Vec<u8>); 3] = [
@@ -696,7 +686,7 @@ for k in 1 2 3 4 5 6 7 8 9 10 11 12; do cat /tmp/e2e-out /tmp/e2e-out > /tmp/e2e
     ];
     for (what, produce, expected) in cases {
         let body = format!("{produce}\nsha256sum /tmp/e2e-out >&2\ncat /tmp/e2e-out\nrm -f /tmp/e2e-out\n");
-        let call = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, &body));
+        let call = live.stage(stages::BUILD_SCRIPT, &body);
         assert!(call.is_success(), "{what}: {:?}\n{}", call.status, call.stderr_text());
         let in_container = call
             .stderr_text()
@@ -721,19 +711,16 @@ for k in 1 2 3 4 5 6 7 8 9 10 11 12; do cat /tmp/e2e-out /tmp/e2e-out > /tmp/e2e
             call.duration.as_secs_f64()
         );
     }
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
 fn each_streams_own_line_order_is_preserved() {
     let e = E2e::new("streams");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut live = e.start(job);
     let body = "i=1; while [ $i -le 1000 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done\n";
-    let call = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, body));
+    let call = live.stage(stages::BUILD_SCRIPT, body);
     assert_ok(&call);
     let expect = |prefix: &str| (1..=1000).map(|i| format!("{prefix} {i}")).collect::<Vec<_>>();
     let out: Vec<String> = call.stdout_text().lines().map(String::from).collect();
@@ -744,8 +731,7 @@ fn each_streams_own_line_order_is_preserved() {
     let first_err = call.log.iter().position(|c| c.stream == Stream::Stderr).unwrap();
     let last_out = call.log.iter().rposition(|c| c.stream == Stream::Stdout).unwrap();
     assert!(first_err < last_out, "stderr only arrived after all of stdout");
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]

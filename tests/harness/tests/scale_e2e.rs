@@ -39,9 +39,7 @@ fn prepare_at_once(e: &E2e, n: usize) -> (Vec<String>, u64) {
             .iter()
             .map(|job| {
                 s.spawn(move || {
-                    let mut r = er.runner(job);
-                    assert_ok(&r.config());
-                    let prepare = r.prepare();
+                    let (mut r, prepare) = er.prepare(job);
                     (r, prepare)
                 })
             })
@@ -95,9 +93,7 @@ fn every_request_names_the_executor_its_version_and_the_runner_host() {
     let e = E2e::new("user-agent");
     let job = e.job();
     let mark = e.standin.request_mark();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     assert_ok(&r.cleanup());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let want = format!("app/ecs-executor-{}-", env!("CARGO_PKG_VERSION"));
@@ -128,9 +124,8 @@ fn metrics_land_in_the_textfile_collector_directory() {
     let dir = textfile.display().to_string();
     let e = E2e::with_config_edit("metrics", |text| format!("{text}\n[metrics]\ntextfile_dir = \"{dir}\"\n"));
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let (mut r, prepare) = e.prepare(&job);
+    assert_ok(&prepare);
     assert_ok(&r.run_script("build_script", &stage_script(&r, "echo hello\n")));
     assert_ok(&r.cleanup());
     let prom = std::fs::read_to_string(textfile.join("ecs_executor.prom")).expect("the .prom file");
