@@ -436,7 +436,11 @@ pub async fn cluster_with_instance(ecs: &aws_sdk_ecs::Client, cluster: &str, ins
 }
 
 /// `docker exec` of `cmd` without a TTY: (exit code, stdout and stderr together).
-pub async fn docker_exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<(i64, String), bollard::errors::Error> {
+pub async fn docker_exec(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+) -> Result<(i64, String), bollard::errors::Error> {
     use futures_util::StreamExt;
     let created = docker
         .create_exec(

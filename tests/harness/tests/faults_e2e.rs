@@ -18,7 +18,7 @@ use ecs_executor_tests::standin::Fault;
 use faults::{
     BadCerts, Proxy, admin, config_variant, running_count, set_docker_key, spawn_direct, task_definitions, text,
 };
-use support::{assert_system_failure_saying, E2e, assert_ok, show, stage_script};
+use support::{E2e, assert_ok, assert_system_failure_saying, show, stage_script};
 
 fn figure(name: &str, value: impl std::fmt::Display) {
     eprintln!("FIGURE {name}: {value}");
@@ -187,7 +187,10 @@ fn stop_task_from_outside_ends_the_stage_within_seconds_naming_ecs_reason() {
             Instant::now()
         })
     };
-    let stage = live.stage(stages::BUILD_SCRIPT, "echo stage-started\nsleep 120\necho never-printed\n");
+    let stage = live.stage(
+        stages::BUILD_SCRIPT,
+        "echo stage-started\nsleep 120\necho never-printed\n",
+    );
     let ended = Instant::now();
     let stopped_at = stopper.join().unwrap();
     let took = ended.duration_since(stopped_at);
@@ -256,7 +259,10 @@ fn docker_connection_cut_mid_stream_is_a_system_failure_saying_what_was_lost() {
         proxy.cut();
         Instant::now()
     });
-    let stage = live.stage(stages::BUILD_SCRIPT, "i=0; while [ $i -lt 600 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done\n");
+    let stage = live.stage(
+        stages::BUILD_SCRIPT,
+        "i=0; while [ $i -lt 600 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done\n",
+    );
     let cut_at = cutter.join().unwrap();
     let took = Instant::now().duration_since(cut_at);
     figure(
@@ -434,7 +440,7 @@ fn sigterm_in_every_step_leaves_no_task_running() {
     for stage in [stages::GET_SOURCES, stages::BUILD_SCRIPT, stages::AFTER_SCRIPT] {
         let e = E2e::new(&format!("term-{}", stage.replace('_', "")));
         let job = e.job();
-        let (mut r, prepare) = e.prepare(&job);
+        let (r, prepare) = e.prepare(&job);
         assert_ok(&prepare);
         let mut r = r.cancel_after(Duration::from_secs(2));
         let script = stage_script(&r, "echo started\nsleep 60\n");
@@ -461,7 +467,7 @@ fn sigterm_in_every_step_leaves_no_task_running() {
     {
         let e = E2e::new("term-cleanup");
         let job = e.job();
-        let (mut r, prepare) = e.prepare(&job);
+        let (r, prepare) = e.prepare(&job);
         assert_ok(&prepare);
         let id = e
             .running_task(&job)
@@ -596,7 +602,7 @@ fn a_state_dir_that_cannot_be_written_fails_prepare_clearly_and_leaves_no_task()
     std::fs::create_dir_all(&e.state_dir).unwrap();
     std::fs::write(e.state_dir.join("jobs"), b"not a directory").unwrap();
     let job = e.job();
-    let (mut r, prepare) = e.prepare(&job);
+    let (_r, prepare) = e.prepare(&job);
     assert!(prepare.is_system_failure(), "{}", show(&prepare));
     assert!(
         prepare
@@ -619,7 +625,7 @@ fn a_state_dir_that_cannot_be_written_fails_prepare_clearly_and_leaves_no_task()
     if mounted {
         let _ = std::fs::write(e.state_dir.join("filler"), vec![0u8; 1 << 20]);
         let job = e.job();
-        let (mut r, prepare) = e.prepare(&job);
+        let (_r, prepare) = e.prepare(&job);
         assert!(prepare.is_system_failure(), "{}", show(&prepare));
         assert!(
             prepare.stderr_text().contains("No space left")

@@ -19,8 +19,9 @@ use aws_sdk_ecs::types::{
 use bollard::Docker;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, ListVolumesOptions};
-use ecs_executor_tests::standin::{ClientCert, Fault, Standin, TaskGuard, cluster_with_instance, docker_exec, unique_name};
-use futures_util::StreamExt;
+use ecs_executor_tests::standin::{
+    ClientCert, Fault, Standin, TaskGuard, cluster_with_instance, docker_exec, unique_name,
+};
 
 /// Keeps a container alive and exits 0 at once on SIGTERM (a plain `sleep` as PID 1 would
 /// ignore it and wait for SIGKILL).

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionField;
-use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, StageResult, stages};
 use ecs_executor_test_components::plugin as plugin_wasm;
-use support::{assert_system_failure_saying, E2e, assert_ok, executor_bin, show, stage_script};
+use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, stages};
+use support::{E2e, assert_ok, assert_system_failure_saying, executor_bin, show, stage_script};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -599,7 +599,10 @@ fn check_reports_each_plugin_with_its_hooks_or_what_is_wrong() {
 fn the_dind_plugin_maps_its_service_and_the_other_keeps_the_built_in_mapping() {
     const ECHO: &str = "ecs-executor-test/svc-echo:1";
     let wasm = plugin_wasm("dind-services");
-    let e = with_plugins("dind", &[plugin_entry("dind", &wasm, "{}", "grants = [\"privileged\"]")]);
+    let e = with_plugins(
+        "dind",
+        &[plugin_entry("dind", &wasm, "{}", "grants = [\"privileged\"]")],
+    );
     let response = e.dir.join("response.json");
     std::fs::write(
         &response,
@@ -801,7 +804,13 @@ fn plan_prints_exactly_the_register_task_definition_request_prepare_sends() {
     assert_ok(&r.config());
     let response = r.temp_dir().expect("config ran").join("response.json");
     let config = e.config.display().to_string();
-    let (code, out, err) = command(&["--config", &config, "plan", "--job-response", &response.display().to_string()]);
+    let (code, out, err) = command(&[
+        "--config",
+        &config,
+        "plan",
+        "--job-response",
+        &response.display().to_string(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let plan: serde_json::Value = serde_json::from_str(&out).expect("plan prints JSON");
     let planned = plan["register_task_definition"].clone();

@@ -85,8 +85,18 @@ fn a_job_reaches_its_services_by_every_alias_and_derived_name_and_no_variable_re
             "printf 'other: '; nc other 7001 </dev/null > other.txt; head -n 2 other.txt",
             "grep '^args: --second$' other.txt",
         ]);
-    let (outcome, build) = run_reaching(&e, &job, &["db", "pg", "db.svc.local", "ecs-executor-test__svc-echo", "ecs-executor-test-svc-echo", "other"]);
-    let log = outcome.log_text();
+    let (outcome, build) = run_reaching(
+        &e,
+        &job,
+        &[
+            "db",
+            "pg",
+            "db.svc.local",
+            "ecs-executor-test__svc-echo",
+            "ecs-executor-test-svc-echo",
+            "other",
+        ],
+    );
     let out = build.stdout_text();
     assert!(out.contains("masked-public-seen=1"), "{}", show(&build));
     assert!(out.contains("settings-secret-seen=0"), "{}", show(&build));
@@ -458,9 +468,18 @@ fn in_awsvpc_mode_services_are_reached_by_every_name_on_localhost() {
             "nc other 7001 </dev/null > other.txt; printf 'other: '; head -n 1 other.txt",
             "grep '^127.0.0.1' /etc/hosts",
         ]);
-    let (outcome, build) = run_reaching(&e, &job, &["db", "db.svc.local", "ecs-executor-test__svc-echo", "ecs-executor-test-svc-echo", "other"]);
+    let (outcome, _) = run_reaching(
+        &e,
+        &job,
+        &[
+            "db",
+            "db.svc.local",
+            "ecs-executor-test__svc-echo",
+            "ecs-executor-test-svc-echo",
+            "other",
+        ],
+    );
     let log = outcome.log_text();
-    let out = build.stdout_text();
     assert!(outcome.calls[1].stdout_text().contains("services: 2 of 2 up"), "{log}");
     let tasks = e.assert_tasks_stopped(&job, 1);
     let td = e

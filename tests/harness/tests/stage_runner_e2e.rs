@@ -33,7 +33,9 @@ fn stages_run_through_the_stage_runner_without_touching_docker() {
     let e = E2e::new("runner");
     let mut live = e.start(e.job());
     assert!(
-        live.prepare.stdout_text().contains("stage runners up (build 127.0.0.1:"),
+        live.prepare
+            .stdout_text()
+            .contains("stage runners up (build 127.0.0.1:"),
         "{}",
         show(&live.prepare)
     );
@@ -73,7 +75,13 @@ fn a_runner_that_dies_mid_stage_is_a_system_failure_saying_what_was_lost() {
     });
     let stage = live.stage(stages::BUILD_SCRIPT, "echo stage-started\nsleep 60\n");
     killer.join().unwrap();
-    assert_system_failure_saying(&stage, &["connection lost to its stage runner", "Output after this point was lost"]);
+    assert_system_failure_saying(
+        &stage,
+        &[
+            "connection lost to its stage runner",
+            "Output after this point was lost",
+        ],
+    );
     assert!(stage.stdout_text().contains("stage-started"), "{}", show(&stage));
     assert!(stage.duration < Duration::from_secs(30), "{}", show(&stage));
     live.finish();
@@ -128,7 +136,10 @@ fn through_faulty_proxy(e: &E2e, job: &ecs_executor_tests::runner::JobSpec, faul
     let text = std::fs::read_to_string(&path).expect("state file");
     let mut state: serde_json::Value = serde_json::from_str(&text).expect("state JSON");
     let addr = &mut state["stage_runner"]["addresses"]["build"];
-    let runner = addr.as_str().unwrap_or_else(|| panic!("no build runner in {text}")).to_string();
+    let runner = addr
+        .as_str()
+        .unwrap_or_else(|| panic!("no build runner in {text}"))
+        .to_string();
     // More than a TLS handshake sends; the stage's script below is larger.
     let proxy = Proxy::with_fault(&runner, REQUEST_THRESHOLD, fault);
     *addr = format!("127.0.0.1:{}", proxy.port).into();
@@ -139,10 +150,10 @@ fn through_faulty_proxy(e: &E2e, job: &ecs_executor_tests::runner::JobSpec, faul
 const REQUEST_THRESHOLD: usize = 16 * 1024;
 
 /// A stage script that counts its runs in the build container's /tmp/stage-runs (one line
-/// per start), then waits; padded with a comment so its request is over REQUEST_THRESHOLD.
+/// per start), then waits a little; padded with a comment so its request is over REQUEST_THRESHOLD.
 fn counting_script() -> String {
     let padding = format!("# {}\n", "x".repeat(4 * REQUEST_THRESHOLD));
-    format!("{padding}echo run >> /tmp/stage-runs\necho counted\nsleep 30\n")
+    format!("{padding}echo run >> /tmp/stage-runs\necho counted\nsleep 5\n")
 }
 
 /// How many times the stage started in the build container: waits until the count stops
@@ -151,7 +162,11 @@ fn stage_runs(e: &E2e, build_id: &str) -> usize {
     let docker = e.standin.docker();
     let count = || {
         let (_, out) = e
-            .block_on(support::docker_exec(&docker, build_id, &["sh", "-c", "cat /tmp/stage-runs 2>/dev/null"]))
+            .block_on(support::docker_exec(
+                &docker,
+                build_id,
+                &["sh", "-c", "cat /tmp/stage-runs 2>/dev/null"],
+            ))
             .expect("docker exec in the build container");
         out.lines().filter(|l| *l == "run").count()
     };
@@ -171,14 +186,22 @@ fn a_stage_whose_request_went_through_is_lost_not_run_again(name: &str, fault: A
     let build_id = live.container_id("build");
     let _proxy = through_faulty_proxy(&e, &live.job, fault);
     let stage = live.stage(stages::BUILD_SCRIPT, &counting_script());
-    assert_system_failure_saying(&stage, &["connection lost to its stage runner", "it is not run a second time"]);
+    // The runner read the whole request and started the script: exactly once, never again.
+    assert_eq!(
+        stage_runs(&e, &build_id),
+        1,
+        "{fault:?}: times the script started:\n{}",
+        show(&stage)
+    );
+    assert_system_failure_saying(
+        &stage,
+        &["connection lost to its stage runner", "it is not run a second time"],
+    );
     assert!(
         !stage.stderr_text().contains("using Docker exec"),
         "{fault:?}: no fallback: {}",
         show(&stage)
     );
-    // The runner read the whole request and started the script: exactly once, never again.
-    assert_eq!(stage_runs(&e, &build_id), 1, "{fault:?}: {}", show(&stage));
     assert!(stage.duration < Duration::from_secs(25), "{fault:?}: {}", show(&stage));
     live.finish();
 }

@@ -18,14 +18,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::types::{DesiredStatus, Task, TaskDefinitionField, TaskField};
+use aws_sdk_ecs::types::{TaskDefinitionField, TaskField};
 use ecs_executor_tests::runner::{CallOutcome, Image, JobSpec, JobStatus, KillReason, stages};
 use ecs_executor_tests::standin::{cluster_with_instance, unique_name};
-use support::{E2e, admin, assert_ok, container_processes, docker_exec, show, stage_script, started_by, text, top_level};
+use support::{
+    E2e, admin, assert_ok, container_processes, docker_exec, show, stage_script, started_by, text, top_level,
+};
 
 const ECHO: &str = "ecs-executor-test/svc-echo:1";
 const SILENT: &str = "ecs-executor-test/svc-silent:1";
@@ -68,7 +69,12 @@ fn task_tags(e: &E2e, task_arn: &str) -> BTreeMap<String, String> {
     out.tasks()
         .iter()
         .flat_map(|t| t.tags())
-        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -145,7 +151,11 @@ fn a_job_that_sets_ci_project_path_gets_its_own_projects_role_from_the_role_mapp
     assert_ok(&r.cleanup());
     e.assert_no_task_left(&job);
     assert_ok(&prepare);
-    assert_eq!(role.as_deref(), Some(own_role), "the job's own project's role, not prod/deploy's");
+    assert_eq!(
+        role.as_deref(),
+        Some(own_role),
+        "the job's own project's role, not prod/deploy's"
+    );
 }
 
 #[test]
@@ -227,7 +237,10 @@ fn caches_are_per_project_and_per_protection_level_and_a_projects_next_job_finds
         let log = outcome.log_text();
         assert_eq!(outcome.status, JobStatus::Success, "{log}");
         e.assert_tasks_stopped(&job, 1);
-        outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran").stdout_text()
+        outcome
+            .stage(stages::BUILD_SCRIPT)
+            .expect("build_script ran")
+            .stdout_text()
     };
     // Project A writes its cache.
     let out = build_out(
@@ -288,11 +301,26 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
     let log = outcome.log_text();
     e.assert_tasks_stopped(&job, 1);
     assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    let out = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran").stdout_text();
-    assert!(out.contains("secret-in-service=0"), "the secret reached the service:\n{out}");
-    assert!(out.contains("name-in-service=0"), "the secret's name reached the service:\n{out}");
-    assert!(out.contains("builds-dir-in-service=1"), "runner-internal variables still do:\n{out}");
-    assert!(out.contains("public-in-service=1"), "public job variables still do:\n{out}");
+    let out = outcome
+        .stage(stages::BUILD_SCRIPT)
+        .expect("build_script ran")
+        .stdout_text();
+    assert!(
+        out.contains("secret-in-service=0"),
+        "the secret reached the service:\n{out}"
+    );
+    assert!(
+        out.contains("name-in-service=0"),
+        "the secret's name reached the service:\n{out}"
+    );
+    assert!(
+        out.contains("builds-dir-in-service=1"),
+        "runner-internal variables still do:\n{out}"
+    );
+    assert!(
+        out.contains("public-in-service=1"),
+        "public job variables still do:\n{out}"
+    );
     assert!(
         out.contains(&format!("job-secret-length={}\n", secret.len())),
         "the job's own script gets it:\n{out}"
@@ -304,7 +332,9 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
 /// warning about it shows the service's logs in the job log.
 #[test]
 fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_are_shown() {
-    let e = E2e::with_config_edit("secret-warning", |t| format!("{t}\n[services]\nwait_timeout_secs = 3\n"));
+    let e = E2e::with_config_edit("secret-warning", |t| {
+        format!("{t}\n[services]\nwait_timeout_secs = 3\n")
+    });
     // 1. The secret is named like a variable the service prints: it must not get it.
     let secret = format!("vault-{}", unique_name("w"));
     let job = e
@@ -316,7 +346,10 @@ fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_ar
     let log = outcome.log_text();
     e.assert_tasks_stopped(&job, 1);
     assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    assert!(log.contains("probably didn't start properly"), "the warning is shown:\n{log}");
+    assert!(
+        log.contains("probably didn't start properly"),
+        "the warning is shown:\n{log}"
+    );
     assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
     // 2. The service knows the value by other means (here its own variable): the warning's
     //    copy of its logs is redacted.
@@ -330,7 +363,10 @@ fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_ar
     let log = outcome.log_text();
     e.assert_tasks_stopped(&job, 1);
     assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    assert!(log.contains("svc-silent: secret is [MASKED]"), "the service's log line, redacted:\n{log}");
+    assert!(
+        log.contains("svc-silent: secret is [MASKED]"),
+        "the service's log line, redacted:\n{log}"
+    );
     assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
 }
 
@@ -377,7 +413,14 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
                     .force(true)
                     .send()
                     .await;
-                let _ = e.standin.ec2(3).await.terminate_instances().instance_ids(id.as_str()).send().await;
+                let _ = e
+                    .standin
+                    .ec2(3)
+                    .await
+                    .terminate_instances()
+                    .instance_ids(id.as_str())
+                    .send()
+                    .await;
             });
         }
     }
@@ -398,7 +441,12 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
     let fail = stdout
         .lines()
         .position(|l| l.starts_with("FAIL") && l.contains(&instance_id) && l.contains("HttpTokens=optional"));
-    let fail = fail.unwrap_or_else(|| panic!("a FAIL line names {instance_id} and HttpTokens=optional:\n{}", text(&out)));
+    let fail = fail.unwrap_or_else(|| {
+        panic!(
+            "a FAIL line names {instance_id} and HttpTokens=optional:\n{}",
+            text(&out)
+        )
+    });
     let fix = stdout.lines().nth(fail + 1).unwrap_or_default();
     assert!(
         fix.contains("fix:")
@@ -411,7 +459,10 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
     // The stand-in's own instance (IMDSv2 only, one hop) passes that check.
     let out = admin(&e.config, &["check"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = format!("ok   instance {} metadata options: HttpTokens=required", e.standin.instance_id);
+    let line = format!(
+        "ok   instance {} metadata options: HttpTokens=required",
+        e.standin.instance_id
+    );
     assert!(
         stdout.lines().any(|l| l.starts_with(&line)),
         "{line:?} in:\n{}",
@@ -453,7 +504,12 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
                     // A trojaned build image (the stand-in's helper image stands in for it).
                     c.image = Some(e.standin.images.helper.clone());
                     let mut env = c.environment.take().unwrap_or_default();
-                    env.push(aws_sdk_ecs::types::KeyValuePair::builder().name("PLANTED").value("yes").build());
+                    env.push(
+                        aws_sdk_ecs::types::KeyValuePair::builder()
+                            .name("PLANTED")
+                            .value("yes")
+                            .build(),
+                    );
                     c.environment = Some(env);
                 }
                 c
@@ -476,7 +532,11 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
             .send()
             .await
             .expect("RegisterTaskDefinition (planted)");
-        out.task_definition().unwrap().task_definition_arn().unwrap().to_string()
+        out.task_definition()
+            .unwrap()
+            .task_definition_arn()
+            .unwrap()
+            .to_string()
     });
     assert_ne!(planted, ours);
 
@@ -538,11 +598,13 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
         let _ = r.cleanup();
         e.assert_no_task_left(&job);
         assert!(!prepare.is_success(), "{what} writable by others: {}", show(&prepare));
-        assert!(tasks.is_empty(), "{what} writable by others: a task started: {tasks:#?}");
+        assert!(
+            tasks.is_empty(),
+            "{what} writable by others: a task started: {tasks:#?}"
+        );
         let said = prepare.stderr_text() + &prepare.stdout_text();
         assert!(
-            said.contains(&format!("{} is writable by group or others", dir.display()))
-                && said.contains("chmod go-w"),
+            said.contains(&format!("{} is writable by group or others", dir.display())) && said.contains("chmod go-w"),
             "{what}: the message names the dir and the fix:\n{}",
             show(&prepare)
         );
@@ -558,11 +620,7 @@ fn each_container_has_its_own_root_owned_stage_runner_copy_the_build_container_c
     let (mut r, prepare) = e.prepare(&job);
     let result = || {
         assert_ok(&prepare);
-        assert!(
-            prepare.stdout_text().contains("stage runners up"),
-            "{}",
-            show(&prepare)
-        );
+        assert!(prepare.stdout_text().contains("stage runners up"), "{}", show(&prepare));
         let builds_dir = r.state().dirs.as_ref().unwrap().builds_dir.clone();
         let arn = e.running_task(&job).task_arn().unwrap().to_string();
         let build = e.container_id(&arn, "build");
@@ -592,17 +650,15 @@ fn each_container_has_its_own_root_owned_stage_runner_copy_the_build_container_c
             .block_on(docker_exec(
                 &docker,
                 &helper,
-                &[
-                    "sh",
-                    "-c",
-                    "find /.ecs-executor-runner -exec stat -c '%u %a %n' {} +",
-                ],
+                &["sh", "-c", "find /.ecs-executor-runner -exec stat -c '%u %a %n' {} +"],
             ))
             .expect("docker exec");
         assert_eq!(code, 0, "{stat}");
         let lines: Vec<&str> = stat.lines().collect();
         assert!(
-            lines.iter().any(|l| l.ends_with("/.ecs-executor-runner/ecs-executor-stage-runner")),
+            lines
+                .iter()
+                .any(|l| l.ends_with("/.ecs-executor-runner/ecs-executor-stage-runner")),
             "{stat}"
         );
         for l in &lines {
@@ -664,13 +720,9 @@ fn cancel_on_the_stage_runner_path_ends_a_process_the_stage_started_with_setsid(
         out.join("\n") + "\n"
     });
     let job = e.job();
-    let (mut r, prepare) = e.prepare(&job);
+    let (r, prepare) = e.prepare(&job);
     assert_ok(&prepare);
-    assert!(
-        prepare.stdout_text().contains("stage runners up"),
-        "{}",
-        show(&prepare)
-    );
+    assert!(prepare.stdout_text().contains("stage runners up"), "{}", show(&prepare));
     let arn = e.running_task(&job).task_arn().unwrap().to_string();
     let build = e.container_id(&arn, "build");
     let mut r = r.cancel_after(Duration::from_secs(3));

@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use ecs_executor_tests::runner::{JobSpec, Runner};
 
 use super::E2e;
 
+#[allow(unused_imports)]
 pub use super::{admin, executor_bin, text};
 
 /// A copy of the test's config with `edit` applied, next to it as `<name>.toml`.

@@ -18,6 +18,7 @@ use aws_sdk_ecs::types::{DesiredStatus, Task};
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptions;
 use ecs_executor_tests::runner::{Image, JobSpec, Runner, StageResult, script};
+#[allow(unused_imports)]
 pub use ecs_executor_tests::standin::docker_exec;
 use ecs_executor_tests::standin::{Standin, unique_name};
 
