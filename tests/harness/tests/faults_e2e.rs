@@ -13,12 +13,12 @@ use support::faults;
 
 use std::time::{Duration, Instant};
 
-use ecs_executor_tests::runner::{JobStatus, KillReason, stages};
+use ecs_executor_tests::runner::{JobStatus, Verb, stages};
 use ecs_executor_tests::standin::Fault;
 use faults::{
     BadCerts, Proxy, admin, config_variant, running_count, set_docker_key, spawn_direct, task_definitions, text,
 };
-use support::{E2e, assert_ok, assert_system_failure_saying, show, stage_script};
+use support::{E2e, assert_cancelled, assert_ok, assert_system_failure_saying, show, stage_script};
 
 fn figure(name: &str, value: impl std::fmt::Display) {
     eprintln!("FIGURE {name}: {value}");
@@ -114,11 +114,7 @@ fn persistent_aws_errors_fail_prepare_quoting_aws_and_leave_nothing() {
     );
     let outcome = e.runner(&job).run_job();
     let log = outcome.log_text();
-    let prepare = outcome
-        .calls
-        .iter()
-        .find(|c| c.verb == ecs_executor_tests::runner::Verb::Prepare)
-        .unwrap();
+    let prepare = outcome.first_call(Verb::Prepare).unwrap();
     assert!(prepare.is_system_failure(), "{}", show(prepare));
     let err = prepare.stderr_text();
     assert!(
@@ -416,17 +412,8 @@ fn sigterm_in_every_step_leaves_no_task_running() {
         let outcome = e.runner(&job).cancel_after(Duration::from_millis(2600)).run_job();
         let log = outcome.log_text();
         assert_eq!(outcome.status, JobStatus::Canceled, "{log}");
-        let prepare = outcome
-            .calls
-            .iter()
-            .find(|c| c.verb == ecs_executor_tests::runner::Verb::Prepare)
-            .unwrap();
-        assert_eq!(
-            prepare.termination.map(|t| t.reason),
-            Some(KillReason::Cancel),
-            "{}",
-            show(prepare)
-        );
+        let prepare = outcome.first_call(Verb::Prepare).unwrap();
+        assert_cancelled(prepare);
         assert!(
             prepare.stdout_text().contains("started on cluster") || prepare.stderr_text().contains("stopped"),
             "the task existed when the cancel came: {}",
@@ -445,12 +432,7 @@ fn sigterm_in_every_step_leaves_no_task_running() {
         let mut r = r.cancel_after(Duration::from_secs(2));
         let script = stage_script(&r, "echo started\nsleep 60\n");
         let call = r.run_script(stage, &script);
-        assert_eq!(
-            call.termination.map(|t| t.reason),
-            Some(KillReason::Cancel),
-            "{}",
-            show(&call)
-        );
+        assert_cancelled(&call);
         assert!(!call.is_success(), "{}", show(&call));
         assert!(
             call.duration < Duration::from_secs(10),

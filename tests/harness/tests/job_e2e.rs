@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{ContainerStateChange, DesiredStatus};
 use bollard::query_parameters::InspectContainerOptions;
-use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, KillReason, Stream, Verb, script, stages};
+use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, Stream, Verb, script, stages};
 use ecs_executor_tests::standin::{Fault, Standin, unique_name};
 use sha2::{Digest, Sha256};
-use support::{E2e, assert_ok, executor_lines, project_dir, show, stage_script};
+use support::{E2e, assert_cancelled, assert_ok, executor_lines, project_dir, show, stage_script};
 
 #[test]
 fn a_job_shares_files_between_helper_and_build_stages_and_runs_after_script() {
@@ -282,12 +282,7 @@ fn cancel_kills_the_remote_script_runs_after_script_and_stops_the_task() {
         build.stdout_text().contains("build-started"),
         "the script was running when the cancel came:\n{log}"
     );
-    assert_eq!(
-        build.termination.map(|t| t.reason),
-        Some(KillReason::Cancel),
-        "{}",
-        show(build)
-    );
+    assert_cancelled(build);
     assert!(
         !build.is_success(),
         "a cancelled stage never reports success: {}",
@@ -823,17 +818,8 @@ fn cancel_during_prepare_leaves_no_task() {
     let outcome = e.runner(&job).cancel_after(Duration::from_millis(600)).run_job();
     let log = outcome.log_text();
     assert_eq!(outcome.status, JobStatus::Canceled, "{log}");
-    let prepare = outcome
-        .calls
-        .iter()
-        .find(|c| c.verb == Verb::Prepare)
-        .expect("prepare ran");
-    assert_eq!(
-        prepare.termination.map(|t| t.reason),
-        Some(KillReason::Cancel),
-        "{}",
-        show(prepare)
-    );
+    let prepare = outcome.first_call(Verb::Prepare).expect("prepare ran");
+    assert_cancelled(prepare);
     assert!(!prepare.is_success(), "{}", show(prepare));
     assert!(
         prepare.termination.is_some_and(|t| !t.sigkill),

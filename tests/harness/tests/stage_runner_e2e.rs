@@ -170,10 +170,7 @@ fn stage_runs(e: &E2e, build_id: &str) -> usize {
             .expect("docker exec in the build container");
         out.lines().filter(|l| *l == "run").count()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while count() == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ecs_executor_tests::wait_until(Duration::from_secs(10), Duration::from_millis(100), || count() > 0);
     std::thread::sleep(Duration::from_secs(2));
     count()
 }

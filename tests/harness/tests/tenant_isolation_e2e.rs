@@ -22,10 +22,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{TaskDefinitionField, TaskField};
-use ecs_executor_tests::runner::{CallOutcome, Image, JobSpec, JobStatus, KillReason, stages};
+use ecs_executor_tests::runner::{CallOutcome, Image, JobSpec, JobStatus, stages};
 use ecs_executor_tests::standin::{cluster_with_instance, unique_name};
 use support::{
-    E2e, admin, assert_ok, container_processes, docker_exec, show, stage_script, started_by, text, top_level,
+    E2e, admin, assert_cancelled, assert_ok, container_processes, docker_exec, show, stage_script, started_by, text,
+    top_level,
 };
 
 const ECHO: &str = "ecs-executor-test/svc-echo:1";
@@ -739,12 +740,7 @@ fn cancel_on_the_stage_runner_path_ends_a_process_the_stage_started_with_setsid(
     }
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
-    assert_eq!(
-        call.termination.map(|t| t.reason),
-        Some(KillReason::Cancel),
-        "{}",
-        show(&call)
-    );
+    assert_cancelled(&call);
     assert!(call.stdout_text().contains("started"), "{}", show(&call));
     assert!(
         !call.stderr_text().contains("using Docker exec"),

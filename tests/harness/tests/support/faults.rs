@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
 use ecs_executor_tests::runner::{JobSpec, Runner};
@@ -131,18 +131,12 @@ pub fn running_count(e: &E2e, job: &JobSpec) -> usize {
 
 /// Wait until moto recorded a call of `action` whose body contains `needle` after `mark`.
 pub fn wait_for_call(e: &E2e, mark: u64, action: &str, needle: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if e.standin
+    ecs_executor_tests::wait_until(limit, Duration::from_millis(20), || {
+        e.standin
             .requests_since(mark)
             .iter()
             .any(|r| r.action.as_deref() == Some(action) && r.body.contains(needle) && r.status.is_some())
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    })
 }
 
 /// A TCP proxy on 127.0.0.1:<port> to `target` (a TCP address, or a Unix socket path when
@@ -304,16 +298,7 @@ pub struct BadCerts {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::run_ok(Command::new("openssl").args(args).current_dir(dir));
 }
 
 impl BadCerts {

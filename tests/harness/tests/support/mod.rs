@@ -439,6 +439,17 @@ pub fn assert_system_failure_saying(call: &StageResult, parts: &[&str]) {
     }
 }
 
+/// Asserts a call was ended by the cancel (gitlab-runner's SIGTERM), not by anything else.
+#[track_caller]
+pub fn assert_cancelled(call: &StageResult) {
+    assert_eq!(
+        call.termination.map(|t| t.reason),
+        Some(ecs_executor_tests::runner::KillReason::Cancel),
+        "{}",
+        show(call)
+    );
+}
+
 /// Asserts a call exited 0, showing its output otherwise.
 #[track_caller]
 pub fn assert_ok(call: &StageResult) {
@@ -539,4 +550,15 @@ pub fn container_processes(id: &str, needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .map(str::to_string)
         .collect()
+}
+
+/// Runs `cmd`, asserting that it exited 0 (showing its stderr otherwise): its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
