@@ -242,6 +242,15 @@ impl Standin {
         page.requests
     }
 
+    /// The calls of `action` (`RunTask`) after `mark` whose body contains `needle` (a test's
+    /// family prefix or task), oldest first.
+    pub fn calls_since(&self, mark: u64, action: &str, needle: &str) -> Vec<RecordedRequest> {
+        self.requests_since(mark)
+            .into_iter()
+            .filter(|r| r.action.as_deref() == Some(action) && r.body.contains(needle))
+            .collect()
+    }
+
     /// Calls after `mark` by `service:Action` (`"ecs:RunTask"`), all clients together.
     pub fn counts_since(&self, mark: u64) -> BTreeMap<String, u64> {
         self.get_json(&format!("/_standin/counts?since={mark}"))

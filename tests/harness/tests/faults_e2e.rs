@@ -123,12 +123,7 @@ fn persistent_aws_errors_fail_prepare_quoting_aws_and_leave_nothing() {
         show(prepare)
     );
     assert!(matches!(outcome.status, JobStatus::SystemFailure { .. }), "{log}");
-    let attempts = e
-        .standin
-        .requests_since(mark)
-        .iter()
-        .filter(|q| q.action.as_deref() == Some("RunTask") && q.body.contains(&e.family_prefix))
-        .count();
+    let attempts = e.own_calls_since(mark, "RunTask").len();
     // gitlab-runner tries prepare 3 times; each RunTask call is tried max_attempts (5) times.
     assert_eq!(attempts, 3 * 5, "{log}");
     assert!(e.tasks_of(&job).is_empty(), "no task was ever started");
@@ -560,12 +555,7 @@ fn twelve_concurrent_jobs_keep_their_own_state_and_register_one_task_definition(
     arns.sort();
     arns.dedup();
     assert_eq!(arns.len(), N, "one task per job");
-    let registers = e
-        .standin
-        .requests_since(mark)
-        .iter()
-        .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
-        .count();
+    let registers = e.own_calls_since(mark, "RegisterTaskDefinition").len();
     assert_eq!(
         registers, 1,
         "the same content is registered once even when {N} jobs race"

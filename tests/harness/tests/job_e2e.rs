@@ -471,13 +471,7 @@ fn unknown_stage_names_run_in_the_build_container() {
 #[test]
 fn jobs_with_the_same_image_reuse_one_task_definition_and_a_new_image_registers_another() {
     let e = E2e::new("reuse");
-    let registrations = |mark: u64| {
-        e.standin
-            .requests_since(mark)
-            .into_iter()
-            .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
-            .count()
-    };
+    let registrations = |mark: u64| e.own_calls_since(mark, "RegisterTaskDefinition").len();
     let run = |job: &JobSpec| {
         let mark = e.standin.request_mark();
         let outcome = e.runner(job).run_job();
@@ -788,12 +782,7 @@ fn two_jobs_starting_together_register_one_task_definition() {
     for outcome in &outcomes {
         assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
     }
-    let registered = e
-        .standin
-        .requests_since(mark)
-        .into_iter()
-        .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
-        .count();
+    let registered = e.own_calls_since(mark, "RegisterTaskDefinition").len();
     assert_eq!(
         registered, 1,
         "racing jobs on one runner host register one revision, not one each"

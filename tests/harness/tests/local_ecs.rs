@@ -607,11 +607,7 @@ async fn two_throttled_run_tasks_are_absorbed_by_the_sdk_standard_retry() {
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     assert_eq!(last_status(&placed), "PENDING");
 
-    let calls: Vec<_> = standin
-        .requests_since(mark)
-        .into_iter()
-        .filter(|r| r.action.as_deref() == Some("RunTask") && r.body.contains(&family))
-        .collect();
+    let calls = standin.calls_since(mark, "RunTask", &family);
     assert_eq!(
         calls.len(),
         3,
@@ -667,11 +663,7 @@ async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error(
             .is_some_and(|e| e.meta().code() == Some("ThrottlingException"))
     );
 
-    let calls = standin
-        .requests_since(mark)
-        .into_iter()
-        .filter(|r| r.action.as_deref() == Some("RunTask") && r.body.contains(&family))
-        .count();
+    let calls = standin.calls_since(mark, "RunTask", &family).len();
     assert_eq!(calls, 3, "max_attempts = 3");
     let tasks = ecs
         .list_tasks()

@@ -121,6 +121,11 @@ impl E2e {
         Runner::new(job).config_file(&self.config)
     }
 
+    /// This test's calls of `action` after `mark`: those naming its family prefix.
+    pub fn own_calls_since(&self, mark: u64, action: &str) -> Vec<ecs_executor_tests::standin::RecordedRequest> {
+        self.standin.calls_since(mark, action, &self.family_prefix)
+    }
+
     /// ECS `startedBy` of a job, as the executor sets it.
     pub fn started_by(&self, job: &JobSpec) -> String {
         started_by(&self.runner_token, job.id())
