@@ -437,14 +437,15 @@ fn unknown_stage_names_run_in_the_build_container() {
     let build_id = e.container_id(&arn, "build");
     assert_ok(&live.r.run(stages::GET_SOURCES).expect("get_sources always runs"));
 
-    let release = live.r.run("step_release").expect("the job has a release step");
-    assert_ok(&release);
-    assert!(
-        release
-            .stdout_text()
-            .contains(&format!("release step in {}", &build_id[..12])),
-        "{}",
-        show(&release)
+    // Ran in the build container: its hostname is the container's short id.
+    let ran_in_build = |call: &ecs_executor_tests::runner::StageResult, what: &str| {
+        assert_ok(call);
+        let said = format!("{what} in {}", &build_id[..12]);
+        assert!(call.stdout_text().contains(&said), "{said:?}: {}", show(call));
+    };
+    ran_in_build(
+        &live.r.run("step_release").expect("the job has a release step"),
+        "release step",
     );
 
     let body = script::user_lines_body(
@@ -455,15 +456,7 @@ fn unknown_stage_names_run_in_the_build_container() {
             "test ! -e /etc/debian_version".to_string(),
         ],
     );
-    let future = live.stage("some_future_stage", &body);
-    assert_ok(&future);
-    assert!(
-        future
-            .stdout_text()
-            .contains(&format!("future stage in {}", &build_id[..12])),
-        "{}",
-        show(&future)
-    );
+    ran_in_build(&live.stage("some_future_stage", &body), "future stage");
 
     live.finish();
 }

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use ecs_executor_tests::runner::{Image, JobOutcome, JobStatus, StageResult, Variable, stages};
+use ecs_executor_tests::runner::{Image, JobOutcome, JobSpec, JobStatus, StageResult, Variable, stages};
 use support::{E2e, assert_ok, show, top_level};
 
 const ECHO: &str = "ecs-executor-test/svc-echo:1";
@@ -209,20 +209,12 @@ fn too_many_services_are_refused_before_any_task_runs() {
         .service(Image::new(ECHO).alias("a"))
         .service(Image::new(ECHO).alias("b"))
         .script(["echo never-runs"]);
-    let outcome = e.runner(&job).run_job();
-    let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
-    assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
-    let prepare = &outcome.calls[1];
-    assert!(
-        prepare
-            .stderr_text()
-            .contains("the job has 2 services; this runner allows at most 1"),
-        "{}",
-        show(prepare)
+    refused_before_any_task(
+        &e,
+        &job,
+        mark,
+        &["the job has 2 services; this runner allows at most 1"],
     );
-    assert!(e.tasks_of(&job).is_empty(), "no task ran");
-    assert_no_ecs_write_by(&e, mark);
 }
 
 #[test]
@@ -237,23 +229,29 @@ fn a_service_image_outside_the_allowlist_is_refused() {
         .service(Image::new(ECHO).alias("fine"))
         .service(Image::new(SILENT).alias("refused"))
         .script(["echo never-runs"]);
-    let outcome = e.runner(&job).run_job();
-    let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
-    let prepare = &outcome.calls[1];
-    assert!(
-        prepare.stderr_text().contains(&format!(
+    refused_before_any_task(
+        &e,
+        &job,
+        mark,
+        &[&format!(
             "service image \"{SILENT}\" is not allowed on this runner (allowed: ecs-executor-test/svc-echo:*)"
-        )),
-        "{}",
-        show(prepare)
+        )],
     );
-    assert!(e.tasks_of(&job).is_empty(), "no task ran");
-    assert_no_ecs_write_by(&e, mark);
 }
 
-/// No task definition of this test's family was registered and no task run for it.
-fn assert_no_ecs_write_by(e: &E2e, mark: u64) {
+/// Runs `job`, which prepare refuses (once: a build failure, not retried) saying every one
+/// of `said`, before any task runs: no task definition of this test's family registered and
+/// no task run for it since `mark`.
+fn refused_before_any_task(e: &E2e, job: &JobSpec, mark: u64, said: &[&str]) {
+    let outcome = e.runner(job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
+    assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
+    let prepare = &outcome.calls[1];
+    for part in said {
+        assert!(prepare.stderr_text().contains(part), "{part:?}: {}", show(prepare));
+    }
+    assert!(e.tasks_of(job).is_empty(), "no task ran");
     for r in e.standin.requests_since(mark) {
         let write = matches!(r.action.as_deref(), Some("RegisterTaskDefinition" | "RunTask"));
         assert!(
@@ -510,18 +508,6 @@ fn service_aliases_that_are_not_host_names_are_refused_before_any_task_runs() {
             .job()
             .service(Image::new(ECHO).alias(alias))
             .script(["echo never-runs"]);
-        let outcome = e.runner(&job).run_job();
-        let log = outcome.log_text();
-        assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{alias:?}: {log}");
-        assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
-        let prepare = &outcome.calls[1];
-        let stderr = prepare.stderr_text();
-        assert!(
-            stderr.contains("is not a valid host name") && stderr.contains(&format!("{alias:?}")),
-            "{alias:?}: {}",
-            show(prepare)
-        );
-        assert!(e.tasks_of(&job).is_empty(), "no task ran");
-        assert_no_ecs_write_by(&e, mark);
+        refused_before_any_task(&e, &job, mark, &["is not a valid host name", &format!("{alias:?}")]);
     }
 }
