@@ -301,6 +301,17 @@ fn openssl(dir: &Path, args: &[&str]) {
     super::run_ok(Command::new("openssl").args(args).current_dir(dir));
 }
 
+/// `<name>-key.pem` (a new RSA key) and `<name>.csr` for the subject `CN=<cn>`.
+fn key_and_csr(dir: &Path, name: &str, cn: &str) {
+    let (key, csr, subject) = (format!("{name}-key.pem"), format!("{name}.csr"), format!("/CN={cn}"));
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject,
+        ],
+    );
+}
+
 impl BadCerts {
     /// `other-ca.pem` (a CA that signed nothing of the stand-in's), `expired.pem` + key (a
     /// client certificate signed by the stand-in's real CA, valid only in 2020), `stranger.pem`
@@ -326,21 +337,7 @@ impl BadCerts {
             ],
         );
         // The expired one: `openssl ca` takes explicit start and end dates.
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "expired-key.pem",
-                "-out",
-                "expired.csr",
-                "-subj",
-                "/CN=expired-client",
-            ],
-        );
+        key_and_csr(dir, "expired", "expired-client");
         std::fs::write(dir.join("index.txt"), "").unwrap();
         std::fs::write(dir.join("serial"), "1000\n").unwrap();
         let conf = "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\npolicy = p\ndefault_md = sha256\nunique_subject = no\nx509_extensions = ext\n[p]\ncommonName = supplied\n[ext]\nextendedKeyUsage = clientAuth\n";
@@ -368,21 +365,7 @@ impl BadCerts {
                 "-notext",
             ],
         );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "stranger-key.pem",
-                "-out",
-                "stranger.csr",
-                "-subj",
-                "/CN=stranger",
-            ],
-        );
+        key_and_csr(dir, "stranger", "stranger");
         openssl(
             dir,
             &[
