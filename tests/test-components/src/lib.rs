@@ -8,6 +8,7 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
 /// The built plugin at `path` (one of this crate's consts). Panics with the build's error, or
 /// with how to build it, when the file is not there.
+#[track_caller]
 pub fn wasm(path: &str) -> PathBuf {
     let path = PathBuf::from(path);
     if !path.is_file() {
@@ -23,6 +24,7 @@ pub fn wasm(path: &str) -> PathBuf {
 }
 
 /// The built plugin crate `name` (its package name in `plugins/`, e.g. `image-allowlist`).
+#[track_caller]
 pub fn plugin(name: &str) -> PathBuf {
     let (_, path) = PLUGINS
         .iter()
