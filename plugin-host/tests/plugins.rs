@@ -1,41 +1,15 @@
 //! The plugin host against real components: the example image-allowlist (its case file) and
-//! test-misbehave (every way a plugin can break). Guest plugins are built here from
-//! `plugins/` into `$PLUGINS_TARGET_DIR` (default `/var/tmp/ecs-executor/plugins-target`).
+//! test-misbehave (every way a plugin can break). The guest plugins come built from
+//! `tests/test-components` (its build.rs compiles `plugins/` for wasm32-wasip2).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use ecs_executor_plugin_host::testing::{PluginUnderTest, job, run_case_file, task};
 use ecs_executor_plugin_host::{Cause, CompiledCache, Hook, Level, Limits, PluginEngine, PluginError, PluginSpec};
 
-fn plugins_target() -> PathBuf {
-    std::env::var_os("PLUGINS_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/ecs-executor/plugins-target"))
-}
-
-fn plugin_wasm(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.contains(&name.to_string()) {
-        let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&plugins)
-            .args(["build", "--release", "-p", name])
-            .env("CARGO_TARGET_DIR", plugins_target())
-            .status()
-            .expect("run cargo for the guest plugins");
-        assert!(status.success(), "building plugins/{name} failed");
-        built.push(name.to_string());
-    }
-    plugins_target()
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")))
-}
+use ecs_executor_test_components::{PLUGINS_TARGET_DIR, plugin as plugin_wasm};
 
 fn cases(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases").join(name)
@@ -352,7 +326,7 @@ fn every_example_plugin_passes_its_own_case_files() {
 /// it comes from the compiled cache.
 #[test]
 fn the_python_image_allowlist_passes_the_rust_ones_case_file() {
-    let wasm = plugins_target().join("python/image-allowlist-py.wasm");
+    let wasm = Path::new(PLUGINS_TARGET_DIR).join("python/image-allowlist-py.wasm");
     assert!(
         wasm.exists(),
         "{} is missing: build it with plugins/python/build (tests/run does)",

@@ -64,8 +64,10 @@ pub struct ContainerRequest {
     pub name: String,
     pub image: String,
     pub essential: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<i32>,
+    /// CPU units reserved for the container; 0 when the spec sets none. Always sent: the SDK's
+    /// `ContainerDefinition.cpu` is a plain `i32` that it serializes even when unset (as 0, which
+    /// is also what ECS stores), so `plan` shows it as the request carries it.
+    pub cpu: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -393,7 +395,7 @@ impl ContainerRequest {
             name: c.name.clone(),
             image: c.image.clone(),
             essential: c.essential,
-            cpu: c.cpu.map(|v| v as i32),
+            cpu: c.cpu.map_or(0, |v| v as i32),
             memory: c.memory.map(|v| v as i32),
             memory_reservation: c.memory_reservation.map(|v| v as i32),
             entry_point: c.entry_point.clone(),
@@ -451,7 +453,7 @@ impl ContainerRequest {
             .name(&self.name)
             .image(&self.image)
             .essential(self.essential)
-            .set_cpu(self.cpu)
+            .cpu(self.cpu)
             .set_memory(self.memory)
             .set_memory_reservation(self.memory_reservation)
             .set_entry_point(self.entry_point.clone())
@@ -570,6 +572,24 @@ mod tests {
         assert_eq!(build["stopTimeout"], 30);
         assert_eq!(build["ulimits"][0]["hardLimit"], 4096);
         assert_eq!(json["containerDefinitions"][1]["stopTimeout"], DEFAULT_STOP_TIMEOUT);
+    }
+
+    #[test]
+    fn a_container_without_cpu_says_cpu_0_in_both_forms() {
+        let spec = spec_with_extra();
+        assert!(spec.containers.iter().any(|c| c.cpu.is_none()));
+        let req = RegisterRequest::new(&spec, "fam", "p").unwrap();
+        for (json, c) in req.to_json()["containerDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&spec.containers)
+        {
+            assert_eq!(json["cpu"], c.cpu.unwrap_or(0), "{json:#}");
+        }
+        for c in &req.container_definitions {
+            assert_eq!(c.to_sdk().cpu(), c.cpu);
+        }
     }
 
     #[test]

@@ -68,6 +68,27 @@ impl task_definition::Guest for Misbehave {
                 });
                 task.extra = Some(r#"{"pidMode":"task"}"#.into());
             }
+            "add-all" => {
+                task.tags.push(KeyValue {
+                    key: "misbehave".into(),
+                    value: "all".into(),
+                });
+                task.extra = Some(r#"{"pidMode":"task","ipcMode":"task"}"#.into());
+                for c in task.containers.iter_mut().filter(|c| c.name == "build") {
+                    c.environment.push(KeyValue {
+                        key: "MISBEHAVE_ADDED".into(),
+                        value: "1".into(),
+                    });
+                    c.docker_labels.push(KeyValue {
+                        key: "misbehave.added".into(),
+                        value: "1".into(),
+                    });
+                    c.extra = Some(
+                        r#"{"user":"0","workingDirectory":"/","stopTimeout":20,"ulimits":[{"name":"nofile","softLimit":4096,"hardLimit":8192}]}"#
+                            .into(),
+                    );
+                }
+            }
             _ => {}
         }
         Ok(task)

@@ -18,6 +18,7 @@ pub struct Settings {
 pub const MODES: &[&str] = &[
     "accept",
     "add-tag",
+    "add-all",
     "loop",
     "allocate",
     "panic",

@@ -6,3 +6,19 @@
 //!   gitlab-runner's custom executor does.
 pub mod runner;
 pub mod standin;
+
+use std::time::{Duration, Instant};
+
+/// Polls `ready` every `every` until it is true (→ `true`) or `limit` has passed (→ `false`).
+pub fn wait_until(limit: Duration, every: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}

@@ -242,6 +242,15 @@ impl Standin {
         page.requests
     }
 
+    /// The calls of `action` (`RunTask`) after `mark` whose body contains `needle` (a test's
+    /// family prefix or task), oldest first.
+    pub fn calls_since(&self, mark: u64, action: &str, needle: &str) -> Vec<RecordedRequest> {
+        self.requests_since(mark)
+            .into_iter()
+            .filter(|r| r.action.as_deref() == Some(action) && r.body.contains(needle))
+            .collect()
+    }
+
     /// Calls after `mark` by `service:Action` (`"ecs:RunTask"`), all clients together.
     pub fn counts_since(&self, mark: u64) -> BTreeMap<String, u64> {
         self.get_json(&format!("/_standin/counts?since={mark}"))
@@ -413,6 +422,54 @@ pub struct RecordedRequest {
     /// The caller's User-Agent header (the SDK's, with the app name).
     #[serde(default)]
     pub user_agent: Option<String>,
+}
+
+/// Creates the cluster `cluster` and registers the EC2 instance `instance_id` in it as a
+/// container instance: its ARN.
+pub async fn cluster_with_instance(ecs: &aws_sdk_ecs::Client, cluster: &str, instance_id: &str) -> String {
+    ecs.create_cluster()
+        .cluster_name(cluster)
+        .send()
+        .await
+        .expect("CreateCluster");
+    ecs.register_container_instance()
+        .cluster(cluster)
+        .instance_identity_document(serde_json::json!({ "instanceId": instance_id }).to_string())
+        .send()
+        .await
+        .expect("RegisterContainerInstance")
+        .container_instance()
+        .and_then(|ci| ci.container_instance_arn())
+        .expect("RegisterContainerInstance names the instance's ARN")
+        .to_string()
+}
+
+/// `docker exec` of `cmd` without a TTY: (exit code, stdout and stderr together).
+pub async fn docker_exec(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+) -> Result<(i64, String), bollard::errors::Error> {
+    use futures_util::StreamExt;
+    let created = docker
+        .create_exec(
+            container,
+            bollard::exec::CreateExecOptions {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut text = String::new();
+    if let bollard::exec::StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await? {
+        while let Some(chunk) = output.next().await {
+            text.push_str(&chunk?.to_string());
+        }
+    }
+    let code = docker.inspect_exec(&created.id).await?.exit_code.unwrap_or(-1);
+    Ok((code, text))
 }
 
 /// A task that is stopped (StopTask) when the guard drops, also when the test panics.

@@ -6,9 +6,9 @@
 //! Pending (need the plugin host and CI services, merged by the lead): plugins that return
 //! oversized or invalid task definitions; service aliases that are not valid hostnames.
 
-#[path = "support/faults.rs"]
-mod faults;
 mod support;
+
+use support::faults;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
@@ -194,9 +194,7 @@ fn bad_image_names_are_a_build_failure_naming_the_image() {
     ] {
         let e = E2e::new(&format!("img-{name}"));
         let job = e.job().image(Image::new(image));
-        let mut r = e.runner(&job);
-        assert_ok(&r.config());
-        let prepare = r.prepare();
+        let (mut r, prepare) = e.prepare(&job);
         assert!(prepare.is_build_failure(BUILD_FAILURE), "{name}: {}", show(&prepare));
         let err = prepare.stderr_text();
         assert!(
@@ -217,9 +215,7 @@ fn bad_image_names_are_a_build_failure_naming_the_image() {
 fn a_missing_or_unreadable_script_file_and_a_stage_with_path_separators_are_refused() {
     let e = E2e::new("script");
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     let tmp = r.temp_dir().unwrap().to_path_buf();
     let missing = tmp.join("no-such-script");
     let out = direct(&e, &r, &["run", missing.to_str().unwrap(), "build_script"], &[]);
@@ -287,9 +283,7 @@ fn secrets_never_reach_ecs_the_state_file_or_the_executors_own_log() {
         assert!(response.contains(s), "the job response carries {s}");
     }
     let mark = e.standin.request_mark();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     assert_ok(&prepare);
 
     // The state file: 0600 and free of secrets; so is everything else under state_dir.

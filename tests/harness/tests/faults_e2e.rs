@@ -7,18 +7,18 @@
 //! Every fault is scoped with moto's `match` to this test's family prefix or task, since other
 //! tests share the stand-in. Lines starting `FIGURE` are the numbers docs/reliability.md quotes.
 
-#[path = "support/faults.rs"]
-mod faults;
 mod support;
+
+use support::faults;
 
 use std::time::{Duration, Instant};
 
-use ecs_executor_tests::runner::{JobStatus, KillReason, stages};
+use ecs_executor_tests::runner::{JobStatus, Verb, stages};
 use ecs_executor_tests::standin::Fault;
 use faults::{
     BadCerts, Proxy, admin, config_variant, running_count, set_docker_key, spawn_direct, task_definitions, text,
 };
-use support::{E2e, assert_ok, show, stage_script};
+use support::{E2e, assert_cancelled, assert_ok, assert_system_failure_saying, show, stage_script};
 
 fn figure(name: &str, value: impl std::fmt::Display) {
     eprintln!("FIGURE {name}: {value}");
@@ -43,10 +43,7 @@ fn throttling_and_5xx_in_prepare_and_cleanup_are_retried_and_the_job_succeeds() 
             .message("Service unavailable")
             .matching(&e.family_prefix),
     );
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
-    assert_ok(&prepare);
+    let mut r = e.prepared(&job);
     let task = e.running_task(&job);
     let task_id = task.task_arn().unwrap().rsplit('/').next().unwrap().to_string();
     // Cleanup's StopTask names the task: throttle exactly ours.
@@ -117,11 +114,7 @@ fn persistent_aws_errors_fail_prepare_quoting_aws_and_leave_nothing() {
     );
     let outcome = e.runner(&job).run_job();
     let log = outcome.log_text();
-    let prepare = outcome
-        .calls
-        .iter()
-        .find(|c| c.verb == ecs_executor_tests::runner::Verb::Prepare)
-        .unwrap();
+    let prepare = outcome.first_call(Verb::Prepare).unwrap();
     assert!(prepare.is_system_failure(), "{}", show(prepare));
     let err = prepare.stderr_text();
     assert!(
@@ -130,12 +123,7 @@ fn persistent_aws_errors_fail_prepare_quoting_aws_and_leave_nothing() {
         show(prepare)
     );
     assert!(matches!(outcome.status, JobStatus::SystemFailure { .. }), "{log}");
-    let attempts = e
-        .standin
-        .requests_since(mark)
-        .iter()
-        .filter(|q| q.action.as_deref() == Some("RunTask") && q.body.contains(&e.family_prefix))
-        .count();
+    let attempts = e.own_calls_since(mark, "RunTask").len();
     // gitlab-runner tries prepare 3 times; each RunTask call is tried max_attempts (5) times.
     assert_eq!(attempts, 3 * 5, "{log}");
     assert!(e.tasks_of(&job).is_empty(), "no task was ever started");
@@ -146,9 +134,7 @@ fn persistent_aws_errors_fail_prepare_quoting_aws_and_leave_nothing() {
 fn persistent_errors_in_cleanup_fail_it_and_a_later_cleanup_leaves_no_task() {
     let e = E2e::new("cleanfail");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     let task = e.running_task(&job);
     let task_id = task.task_arn().unwrap().rsplit('/').next().unwrap().to_string();
     {
@@ -181,10 +167,8 @@ fn persistent_errors_in_cleanup_fail_it_and_a_later_cleanup_leaves_no_task() {
 fn stop_task_from_outside_ends_the_stage_within_seconds_naming_ecs_reason() {
     let e = E2e::new("stopmid");
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
-    let arn = e.running_task(&job).task_arn().unwrap().to_string();
+    let mut live = e.start(job);
+    let arn = live.task_arn();
     let stopper = {
         let standin = e.standin.clone();
         let arn = arn.clone();
@@ -194,8 +178,10 @@ fn stop_task_from_outside_ends_the_stage_within_seconds_naming_ecs_reason() {
             Instant::now()
         })
     };
-    let script = stage_script(&r, "echo stage-started\nsleep 120\necho never-printed\n");
-    let stage = r.run_script(stages::BUILD_SCRIPT, &script);
+    let stage = live.stage(
+        stages::BUILD_SCRIPT,
+        "echo stage-started\nsleep 120\necho never-printed\n",
+    );
     let ended = Instant::now();
     let stopped_at = stopper.join().unwrap();
     let took = ended.duration_since(stopped_at);
@@ -212,18 +198,15 @@ fn stop_task_from_outside_ends_the_stage_within_seconds_naming_ecs_reason() {
         show(&stage)
     );
     assert!(took < Duration::from_secs(30), "no hang: {took:?}");
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
 fn killing_the_essential_container_ends_the_stage_with_a_system_failure() {
     let e = E2e::new("killctr");
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
-    let arn = e.running_task(&job).task_arn().unwrap().to_string();
+    let mut live = e.start(job);
+    let arn = live.task_arn();
     let build_id = e.container_id(&arn, "build");
     let killer = {
         let docker = e.standin.docker();
@@ -238,24 +221,16 @@ fn killing_the_essential_container_ends_the_stage_with_a_system_failure() {
             Instant::now()
         })
     };
-    let script = stage_script(&r, "echo stage-started\nsleep 120\n");
-    let stage = r.run_script(stages::BUILD_SCRIPT, &script);
+    let stage = live.stage(stages::BUILD_SCRIPT, "echo stage-started\nsleep 120\n");
     let killed_at = killer.join().unwrap();
     let took = Instant::now().duration_since(killed_at);
     figure(
         "stage end after essential container killed (s)",
         format!("{:.2}", took.as_secs_f64()),
     );
-    assert!(stage.is_system_failure(), "{}", show(&stage));
-    let err = stage.stderr_text();
-    assert!(
-        err.contains("container stopped while stage build_script ran") && err.contains("ECS says"),
-        "{}",
-        show(&stage)
-    );
+    assert_system_failure_saying(&stage, &["container stopped while stage build_script ran", "ECS says"]);
     assert!(took < Duration::from_secs(30), "no hang: {took:?}");
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 // ---- Docker transport faults --------------------------------------------------------------
@@ -269,19 +244,16 @@ fn docker_connection_cut_mid_stream_is_a_system_failure_saying_what_was_lost() {
         format!("{}\nmode = \"off\"\n", set_docker_key(&t, "port", &port.to_string()))
     });
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut live = e.start(job);
     let cutter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(3));
         proxy.cut();
         Instant::now()
     });
-    let script = stage_script(
-        &r,
+    let stage = live.stage(
+        stages::BUILD_SCRIPT,
         "i=0; while [ $i -lt 600 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done\n",
     );
-    let stage = r.run_script(stages::BUILD_SCRIPT, &script);
     let cut_at = cutter.join().unwrap();
     let took = Instant::now().duration_since(cut_at);
     figure(
@@ -299,8 +271,7 @@ fn docker_connection_cut_mid_stream_is_a_system_failure_saying_what_was_lost() {
         show(&stage)
     );
     assert!(took < Duration::from_secs(20), "no hang: {took:?}");
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 /// prepare with a broken Docker TLS setup: SYSTEM_FAILURE naming the address and the problem,
@@ -308,9 +279,7 @@ fn docker_connection_cut_mid_stream_is_a_system_failure_saying_what_was_lost() {
 fn tls_fault(name: &str, edit: impl FnOnce(String) -> String, expect: &[&str]) {
     let e = E2e::with_config_edit(name, edit);
     let job = e.job().script(["echo never-runs"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     assert!(prepare.is_system_failure(), "{}", show(&prepare));
     let err = prepare.stderr_text();
     for needle in expect {
@@ -438,17 +407,8 @@ fn sigterm_in_every_step_leaves_no_task_running() {
         let outcome = e.runner(&job).cancel_after(Duration::from_millis(2600)).run_job();
         let log = outcome.log_text();
         assert_eq!(outcome.status, JobStatus::Canceled, "{log}");
-        let prepare = outcome
-            .calls
-            .iter()
-            .find(|c| c.verb == ecs_executor_tests::runner::Verb::Prepare)
-            .unwrap();
-        assert_eq!(
-            prepare.termination.map(|t| t.reason),
-            Some(KillReason::Cancel),
-            "{}",
-            show(prepare)
-        );
+        let prepare = outcome.first_call(Verb::Prepare).unwrap();
+        assert_cancelled(prepare);
         assert!(
             prepare.stdout_text().contains("started on cluster") || prepare.stderr_text().contains("stopped"),
             "the task existed when the cancel came: {}",
@@ -462,18 +422,12 @@ fn sigterm_in_every_step_leaves_no_task_running() {
     for stage in [stages::GET_SOURCES, stages::BUILD_SCRIPT, stages::AFTER_SCRIPT] {
         let e = E2e::new(&format!("term-{}", stage.replace('_', "")));
         let job = e.job();
-        let mut r = e.runner(&job);
-        assert_ok(&r.config());
-        assert_ok(&r.prepare());
+        let (r, prepare) = e.prepare(&job);
+        assert_ok(&prepare);
         let mut r = r.cancel_after(Duration::from_secs(2));
         let script = stage_script(&r, "echo started\nsleep 60\n");
         let call = r.run_script(stage, &script);
-        assert_eq!(
-            call.termination.map(|t| t.reason),
-            Some(KillReason::Cancel),
-            "{}",
-            show(&call)
-        );
+        assert_cancelled(&call);
         assert!(!call.is_success(), "{}", show(&call));
         assert!(
             call.duration < Duration::from_secs(10),
@@ -490,9 +444,8 @@ fn sigterm_in_every_step_leaves_no_task_running() {
     {
         let e = E2e::new("term-cleanup");
         let job = e.job();
-        let mut r = e.runner(&job);
-        assert_ok(&r.config());
-        assert_ok(&r.prepare());
+        let (r, prepare) = e.prepare(&job);
+        assert_ok(&prepare);
         let id = e
             .running_task(&job)
             .task_arn()
@@ -602,12 +555,7 @@ fn twelve_concurrent_jobs_keep_their_own_state_and_register_one_task_definition(
     arns.sort();
     arns.dedup();
     assert_eq!(arns.len(), N, "one task per job");
-    let registers = e
-        .standin
-        .requests_since(mark)
-        .iter()
-        .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
-        .count();
+    let registers = e.own_calls_since(mark, "RegisterTaskDefinition").len();
     assert_eq!(
         registers, 1,
         "the same content is registered once even when {N} jobs race"
@@ -626,9 +574,7 @@ fn a_state_dir_that_cannot_be_written_fails_prepare_clearly_and_leaves_no_task()
     std::fs::create_dir_all(&e.state_dir).unwrap();
     std::fs::write(e.state_dir.join("jobs"), b"not a directory").unwrap();
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (_r, prepare) = e.prepare(&job);
     assert!(prepare.is_system_failure(), "{}", show(&prepare));
     assert!(
         prepare
@@ -651,9 +597,7 @@ fn a_state_dir_that_cannot_be_written_fails_prepare_clearly_and_leaves_no_task()
     if mounted {
         let _ = std::fs::write(e.state_dir.join("filler"), vec![0u8; 1 << 20]);
         let job = e.job();
-        let mut r = e.runner(&job);
-        assert_ok(&r.config());
-        let prepare = r.prepare();
+        let (_r, prepare) = e.prepare(&job);
         assert!(prepare.is_system_failure(), "{}", show(&prepare));
         assert!(
             prepare.stderr_text().contains("No space left")
@@ -673,9 +617,7 @@ fn a_state_dir_that_cannot_be_written_fails_prepare_clearly_and_leaves_no_task()
 fn a_corrupt_state_file_is_a_clear_error_and_cleanup_still_stops_the_task() {
     let e = E2e::new("corrupt");
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     let state = e.state_file(&job);
     std::fs::write(&state, b"{\"version\": 1, \"job_id\": tru").unwrap();
     let run = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, "echo never-runs\n"));
@@ -779,9 +721,7 @@ fn gc_stops_only_abandoned_tasks_and_removes_idle_task_definitions() {
 fn unregister_stops_the_runners_tasks_and_removes_its_task_definitions() {
     let e = E2e::new("unreg");
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     assert_eq!(task_definitions(&e).0.len(), 1);
     let dry = admin(&e.config, &["unregister", "--dry-run"]);
     assert!(dry.status.success(), "{}", text(&dry));

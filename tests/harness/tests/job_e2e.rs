@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{ContainerStateChange, DesiredStatus};
 use bollard::query_parameters::InspectContainerOptions;
-use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, KillReason, Stream, Verb, script, stages};
+use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, Stream, Verb, script, stages};
 use ecs_executor_tests::standin::{Fault, Standin, unique_name};
 use sha2::{Digest, Sha256};
-use support::{E2e, assert_ok, executor_lines, project_dir, show, stage_script};
+use support::{E2e, assert_cancelled, assert_ok, executor_lines, project_dir, show, stage_script};
 
 #[test]
 fn a_job_shares_files_between_helper_and_build_stages_and_runs_after_script() {
@@ -282,12 +282,7 @@ fn cancel_kills_the_remote_script_runs_after_script_and_stops_the_task() {
         build.stdout_text().contains("build-started"),
         "the script was running when the cancel came:\n{log}"
     );
-    assert_eq!(
-        build.termination.map(|t| t.reason),
-        Some(KillReason::Cancel),
-        "{}",
-        show(build)
-    );
+    assert_cancelled(build);
     assert!(
         !build.is_success(),
         "a cancelled stage never reports success: {}",
@@ -384,9 +379,7 @@ fn cleanup_after_a_failed_prepare_exits_0_and_is_idempotent() {
         .job()
         .image(Image::new(format!("ecs-executor-test/{}:1", unique_name("missing"))))
         .script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     assert!(prepare.is_build_failure(1), "{}", show(&prepare));
     assert!(!e.state_file(&job).exists(), "a failed prepare leaves no state behind");
     let first = r.cleanup();
@@ -415,20 +408,17 @@ fn cleanup_finds_the_task_when_the_state_file_is_lost() {
     // prepare killed between RunTask and writing its state: cleanup finds the task by startedBy.
     let e = E2e::new("cleanlost");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
-    let arn = e.running_task(&job).task_arn().unwrap().to_string();
-    std::fs::remove_file(e.state_file(&job)).expect("prepare wrote a state file");
-    let cleanup = r.cleanup();
+    let mut live = e.start(job);
+    let arn = live.task_arn();
+    std::fs::remove_file(e.state_file(&live.job)).expect("prepare wrote a state file");
+    let cleanup = live.r.cleanup();
     assert_ok(&cleanup);
     assert!(
         cleanup.stdout_text().contains(&format!("stopped {arn}")),
         "{}",
         show(&cleanup)
     );
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
@@ -442,55 +432,39 @@ fn unknown_stage_names_run_in_the_build_container() {
             "test -x /bin/busybox",
         ],
     );
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
-    let arn = e.running_task(&job).task_arn().unwrap().to_string();
+    let mut live = e.start(job);
+    let arn = live.task_arn();
     let build_id = e.container_id(&arn, "build");
-    assert_ok(&r.run(stages::GET_SOURCES).expect("get_sources always runs"));
+    assert_ok(&live.r.run(stages::GET_SOURCES).expect("get_sources always runs"));
 
-    let release = r.run("step_release").expect("the job has a release step");
-    assert_ok(&release);
-    assert!(
-        release
-            .stdout_text()
-            .contains(&format!("release step in {}", &build_id[..12])),
-        "{}",
-        show(&release)
+    // Ran in the build container: its hostname is the container's short id.
+    let ran_in_build = |call: &ecs_executor_tests::runner::StageResult, what: &str| {
+        assert_ok(call);
+        let said = format!("{what} in {}", &build_id[..12]);
+        assert!(call.stdout_text().contains(&said), "{said:?}: {}", show(call));
+    };
+    ran_in_build(
+        &live.r.run("step_release").expect("the job has a release step"),
+        "release step",
     );
 
     let body = script::user_lines_body(
-        r.job(),
-        r.state(),
+        live.r.job(),
+        live.r.state(),
         &[
             "echo \"future stage in $(hostname)\"".to_string(),
             "test ! -e /etc/debian_version".to_string(),
         ],
     );
-    let future = r.run_script("some_future_stage", &stage_script(&r, &body));
-    assert_ok(&future);
-    assert!(
-        future
-            .stdout_text()
-            .contains(&format!("future stage in {}", &build_id[..12])),
-        "{}",
-        show(&future)
-    );
+    ran_in_build(&live.stage("some_future_stage", &body), "future stage");
 
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
 fn jobs_with_the_same_image_reuse_one_task_definition_and_a_new_image_registers_another() {
     let e = E2e::new("reuse");
-    let registrations = |mark: u64| {
-        e.standin
-            .requests_since(mark)
-            .into_iter()
-            .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
-            .count()
-    };
+    let registrations = |mark: u64| e.own_calls_since(mark, "RegisterTaskDefinition").len();
     let run = |job: &JobSpec| {
         let mark = e.standin.request_mark();
         let outcome = e.runner(job).run_job();
@@ -670,9 +644,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn output_arrives_byte_exact() {
     let e = E2e::new("bytes");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut live = e.start(job);
     // Each body writes the bytes to a file, prints the container's sha256sum of it on stderr
     // and the bytes on stdout; the wrapper adds nothing to either stream.
     let cases: [(&str, String, Vec<u8>); 3] = [
@@ -696,7 +668,7 @@ for k in 1 2 3 4 5 6 7 8 9 10 11 12; do cat /tmp/e2e-out /tmp/e2e-out > /tmp/e2e
     ];
     for (what, produce, expected) in cases {
         let body = format!("{produce}\nsha256sum /tmp/e2e-out >&2\ncat /tmp/e2e-out\nrm -f /tmp/e2e-out\n");
-        let call = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, &body));
+        let call = live.stage(stages::BUILD_SCRIPT, &body);
         assert!(call.is_success(), "{what}: {:?}\n{}", call.status, call.stderr_text());
         let in_container = call
             .stderr_text()
@@ -721,19 +693,16 @@ for k in 1 2 3 4 5 6 7 8 9 10 11 12; do cat /tmp/e2e-out /tmp/e2e-out > /tmp/e2e
             call.duration.as_secs_f64()
         );
     }
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
 fn each_streams_own_line_order_is_preserved() {
     let e = E2e::new("streams");
     let job = e.job().script(["true"]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut live = e.start(job);
     let body = "i=1; while [ $i -le 1000 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done\n";
-    let call = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, body));
+    let call = live.stage(stages::BUILD_SCRIPT, body);
     assert_ok(&call);
     let expect = |prefix: &str| (1..=1000).map(|i| format!("{prefix} {i}")).collect::<Vec<_>>();
     let out: Vec<String> = call.stdout_text().lines().map(String::from).collect();
@@ -744,8 +713,7 @@ fn each_streams_own_line_order_is_preserved() {
     let first_err = call.log.iter().position(|c| c.stream == Stream::Stderr).unwrap();
     let last_out = call.log.iter().rposition(|c| c.stream == Stream::Stdout).unwrap();
     assert!(first_err < last_out, "stderr only arrived after all of stdout");
-    assert_ok(&r.cleanup());
-    e.assert_tasks_stopped(&job, 1);
+    live.finish();
 }
 
 #[test]
@@ -807,12 +775,7 @@ fn two_jobs_starting_together_register_one_task_definition() {
     for outcome in &outcomes {
         assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
     }
-    let registered = e
-        .standin
-        .requests_since(mark)
-        .into_iter()
-        .filter(|q| q.action.as_deref() == Some("RegisterTaskDefinition") && q.body.contains(&e.family_prefix))
-        .count();
+    let registered = e.own_calls_since(mark, "RegisterTaskDefinition").len();
     assert_eq!(
         registered, 1,
         "racing jobs on one runner host register one revision, not one each"
@@ -837,17 +800,8 @@ fn cancel_during_prepare_leaves_no_task() {
     let outcome = e.runner(&job).cancel_after(Duration::from_millis(600)).run_job();
     let log = outcome.log_text();
     assert_eq!(outcome.status, JobStatus::Canceled, "{log}");
-    let prepare = outcome
-        .calls
-        .iter()
-        .find(|c| c.verb == Verb::Prepare)
-        .expect("prepare ran");
-    assert_eq!(
-        prepare.termination.map(|t| t.reason),
-        Some(KillReason::Cancel),
-        "{}",
-        show(prepare)
-    );
+    let prepare = outcome.first_call(Verb::Prepare).expect("prepare ran");
+    assert_cancelled(prepare);
     assert!(!prepare.is_success(), "{}", show(prepare));
     assert!(
         prepare.termination.is_some_and(|t| !t.sigkill),

@@ -17,11 +17,11 @@ use aws_sdk_ecs::types::{
     NetworkMode, Task, Ulimit, UlimitName, Volume,
 };
 use bollard::Docker;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, ListVolumesOptions};
-use ecs_executor_tests::standin::{ClientCert, Fault, Standin, TaskGuard, unique_name};
-use futures_util::StreamExt;
+use ecs_executor_tests::standin::{
+    ClientCert, Fault, Standin, TaskGuard, cluster_with_instance, docker_exec, unique_name,
+};
 
 /// Keeps a container alive and exits 0 at once on SIGTERM (a plain `sleep` as PID 1 would
 /// ignore it and wait for SIGKILL).
@@ -155,33 +155,9 @@ async fn docker_containers(docker: &Docker, task_arn: &str) -> Vec<ContainerSumm
 
 /// Runs `script` in a container: (exit code, stdout and stderr).
 async fn exec(docker: &Docker, container: &str, script: &str) -> (i64, String) {
-    let created = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(sh(script)),
-                ..Default::default()
-            },
-        )
+    docker_exec(docker, container, &["sh", "-c", script])
         .await
-        .expect("docker exec create");
-    let mut text = String::new();
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&created.id, None).await.expect("docker exec start")
-    {
-        while let Some(chunk) = output.next().await {
-            text.push_str(&chunk.expect("docker exec output").to_string());
-        }
-    }
-    let code = docker
-        .inspect_exec(&created.id)
-        .await
-        .expect("docker exec inspect")
-        .exit_code
-        .unwrap_or(-1);
-    (code, text)
+        .expect("docker exec")
 }
 
 /// `ecs-<family>-<revision>-<container>-<20 hex digits>`, as the real agent names containers.
@@ -631,11 +607,7 @@ async fn two_throttled_run_tasks_are_absorbed_by_the_sdk_standard_retry() {
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     assert_eq!(last_status(&placed), "PENDING");
 
-    let calls: Vec<_> = standin
-        .requests_since(mark)
-        .into_iter()
-        .filter(|r| r.action.as_deref() == Some("RunTask") && r.body.contains(&family))
-        .collect();
+    let calls = standin.calls_since(mark, "RunTask", &family);
     assert_eq!(
         calls.len(),
         3,
@@ -691,11 +663,7 @@ async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error(
             .is_some_and(|e| e.meta().code() == Some("ThrottlingException"))
     );
 
-    let calls = standin
-        .requests_since(mark)
-        .into_iter()
-        .filter(|r| r.action.as_deref() == Some("RunTask") && r.body.contains(&family))
-        .count();
+    let calls = standin.calls_since(mark, "RunTask", &family).len();
     assert_eq!(calls, 3, "max_attempts = 3");
     let tasks = ecs
         .list_tasks()
@@ -834,23 +802,7 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
     let ecs = standin.ecs(3).await;
     let docker = standin.docker();
     let cluster = unique_name("agent-check");
-    ecs.create_cluster()
-        .cluster_name(&cluster)
-        .send()
-        .await
-        .expect("CreateCluster");
-    let instance = ecs
-        .register_container_instance()
-        .cluster(&cluster)
-        .instance_identity_document(serde_json::json!({ "instanceId": standin.instance_id }).to_string())
-        .send()
-        .await
-        .expect("RegisterContainerInstance");
-    let instance_arn = instance
-        .container_instance()
-        .and_then(|ci| ci.container_instance_arn())
-        .unwrap()
-        .to_string();
+    let instance_arn = cluster_with_instance(&ecs, &cluster, &standin.instance_id).await;
 
     // Its first ListTasks calls fail; it must log, back off and carry on.
     let _errors = standin.inject(

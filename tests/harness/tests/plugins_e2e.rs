@@ -1,7 +1,6 @@
 //! End-to-end site plugins: the built executor with `[[plugins]]` in its config, driven as
-//! gitlab-runner drives it, against the local ECS stand-in. Guest plugins are built here from
-//! `plugins/` (release, wasm32-wasip2) into `$PLUGINS_TARGET_DIR` (default
-//! `/var/tmp/ecs-executor/plugins-target`).
+//! gitlab-runner drives it, against the local ECS stand-in. The guest plugins come built from
+//! `tests/test-components` (its build.rs compiles `plugins/` for wasm32-wasip2).
 //!
 //! Each test has its own config copy (support::E2e), so AWS calls are told apart by its
 //! family prefix and its jobs' `startedBy`.
@@ -11,55 +10,19 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionField;
-use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, StageResult, stages};
-use support::{E2e, assert_ok, show, stage_script};
+use ecs_executor_test_components::plugin as plugin_wasm;
+use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, stages};
+use support::{E2e, assert_ok, assert_system_failure_saying, executor_bin, show, stage_script};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
         .expect("repo root")
-}
-
-fn plugins_target() -> PathBuf {
-    std::env::var_os("PLUGINS_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/ecs-executor/plugins-target"))
-}
-
-/// The `.wasm` of guest plugin `name` (crate dir `plugins/<name>`), built (release) here the
-/// first time it is asked for. Panics with how to build it when it cannot be had.
-fn plugin_wasm(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let wasm = plugins_target()
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let crate_dir = repo_root().join("plugins").join(name);
-    if !built.contains(&name.to_string()) && crate_dir.is_dir() {
-        let status = Command::new(env!("CARGO"))
-            .current_dir(repo_root().join("plugins"))
-            .args(["build", "--release", "-p", name])
-            .env("CARGO_TARGET_DIR", plugins_target())
-            .status()
-            .expect("run cargo for the guest plugins");
-        assert!(status.success(), "building plugins/{name} failed");
-        built.push(name.to_string());
-    }
-    if !wasm.exists() {
-        panic!(
-            "build plugins/{name} first: {} is missing (cd plugins && CARGO_TARGET_DIR={} cargo build --release -p {name})",
-            wasm.display(),
-            plugins_target().display()
-        );
-    }
-    wasm
 }
 
 /// A `[[plugins]]` table for the config (`extra`: more keys of the entry, as TOML). The
@@ -92,19 +55,11 @@ fn calls_for(e: &E2e, job: &JobSpec, mark: u64) -> Vec<(String, String)> {
         .collect()
 }
 
-/// config + prepare for `job`; returns prepare's result. cleanup is left to the caller.
-fn prepare(e: &E2e, job: &JobSpec) -> (ecs_executor_tests::runner::Runner, StageResult) {
-    let mut r = e.runner(job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
-    (r, prepare)
-}
-
 /// A failed prepare: a system failure whose message names the plugin, the hook and `cause`;
 /// no RegisterTaskDefinition, no RunTask, no task; cleanup succeeds.
 fn assert_broken_plugin_fails_closed(e: &E2e, job: &JobSpec, plugin: &str, cause: &str) {
     let mark = e.standin.request_mark();
-    let (mut r, prepare) = prepare(e, job);
+    let (mut r, prepare) = e.prepare(job);
     assert!(prepare.is_system_failure(), "{}", show(&prepare));
     let said = prepare.stderr_text();
     for part in [&format!("plugin `{plugin}`"), "task-definition.customize", cause] {
@@ -230,7 +185,7 @@ fn a_plugin_that_panics_fails_the_job_closed_with_its_panic_message() {
     let job = e.job();
     assert_broken_plugin_fails_closed(&e, &job, "panicker", "panicked: ");
     // The guest's own panic message reached the error (captured stderr).
-    let (mut r, prepare) = prepare(&e, &job);
+    let (mut r, prepare) = e.prepare(&job);
     assert!(
         prepare.stderr_text().contains("test-misbehave panicked on purpose"),
         "{}",
@@ -294,7 +249,7 @@ fn a_bad_plugin_path_or_bad_settings_fail_prepare_naming_the_plugin() {
         let e = with_plugins(&format!("badplugin-{case}"), &[entry]);
         let job = e.job();
         let mark = e.standin.request_mark();
-        let (mut r, prepare) = prepare(&e, &job);
+        let (mut r, prepare) = e.prepare(&job);
         assert!(prepare.is_system_failure(), "{case}: {}", show(&prepare));
         for part in &expected {
             assert!(
@@ -328,13 +283,7 @@ fn an_unknown_grant_is_a_config_error_naming_the_plugin() {
     );
     let job = e.job();
     let config = e.runner(&job).config();
-    assert!(config.is_system_failure(), "{}", show(&config));
-    let said = config.stderr_text();
-    assert!(
-        said.contains("entry `allowlist`") && said.contains("unknown grant `network`"),
-        "{}",
-        show(&config)
-    );
+    assert_system_failure_saying(&config, &["entry `allowlist`", "unknown grant `network`"]);
 }
 
 // ---- Tests of the other example plugins (plugins/role-mapper, plugins/address-picker).
@@ -350,8 +299,7 @@ fn the_role_mappers_role_and_tags_are_in_the_registered_task_definition() {
     let e = with_plugins("role_mapper", &[plugin_entry("roles", &wasm, &settings, "")]);
     let job = e.job();
     assert_eq!(job.project_path(), project);
-    let (mut r, prepare) = prepare(&e, &job);
-    assert_ok(&prepare);
+    let mut r = e.prepared(&job);
     let task = e.running_task(&job);
     let td_arn = task.task_definition_arn().expect("task definition arn").to_string();
     let described = e.block_on(
@@ -456,7 +404,7 @@ fn the_address_picker_makes_the_executor_connect_to_the_public_listener() {
         )],
     );
     let job = e.job();
-    let (mut r, prepare) = prepare(&e, &job);
+    let (mut r, prepare) = e.prepare(&job);
     assert_ok(&prepare);
     // Signal 1: what prepare recorded for the later stages.
     let state: serde_json::Value =
@@ -497,21 +445,6 @@ fn the_address_picker_makes_the_executor_connect_to_the_public_listener() {
 }
 
 // ---- The admin commands (no gitlab-runner, no AWS).
-
-fn executor_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ECS_EXECUTOR_BIN").filter(|b| !b.is_empty()) {
-        return PathBuf::from(bin);
-    }
-    // Test binaries live in <target>/debug/deps/.
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("ecs-executor");
-    assert!(bin.is_file(), "build the executor first: {} is missing", bin.display());
-    bin
-}
 
 fn command(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(executor_bin())
@@ -666,7 +599,10 @@ fn check_reports_each_plugin_with_its_hooks_or_what_is_wrong() {
 fn the_dind_plugin_maps_its_service_and_the_other_keeps_the_built_in_mapping() {
     const ECHO: &str = "ecs-executor-test/svc-echo:1";
     let wasm = plugin_wasm("dind-services");
-    let e = with_plugins("dind", &[plugin_entry("dind", &wasm, "{}", "grants = [\"privileged\"]")]);
+    let e = with_plugins(
+        "dind",
+        &[plugin_entry("dind", &wasm, "{}", "grants = [\"privileged\"]")],
+    );
     let response = e.dir.join("response.json");
     std::fs::write(
         &response,
@@ -759,7 +695,7 @@ fn the_services_hook_refuses_or_breaks_a_job_before_anything_is_registered() {
         );
         let job = e.job().service(Image::new(ECHO).alias("echo"));
         let mark = e.standin.request_mark();
-        let (mut r, prepare) = prepare(&e, &job);
+        let (mut r, prepare) = e.prepare(&job);
         if build_failure {
             assert_eq!(
                 prepare.exit_code(),
@@ -811,4 +747,102 @@ fn a_plugin_without_the_privileged_grant_cannot_make_a_privileged_container() {
         err.contains("plugin `dind`") && err.contains("needs the `privileged` grant"),
         "{err}"
     );
+}
+
+/// Where two JSON values differ: one line per differing path (`$.a[0].b: plan X, sent Y`).
+fn json_differences(path: &str, plan: &serde_json::Value, sent: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (plan, sent) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => json_differences(&format!("{path}.{k}"), x, y, out),
+                    (Some(x), None) => out.push(format!("{path}.{k}: plan says {x}, the request lacks it")),
+                    (None, Some(y)) => out.push(format!("{path}.{k}: the request sends {y}, plan lacks it")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                json_differences(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path}: plan says {a}, the request sends {b}")),
+        _ => {}
+    }
+}
+
+/// `plan` never lies: for one job (a CI service, a plugin that adds a tag, an environment
+/// variable, a Docker label and every task and container `extra` key, and a validating
+/// plugin), what `plan` prints as the RegisterTaskDefinition request is, as JSON, exactly the
+/// request moto recorded when `prepare` registered the task definition.
+#[test]
+fn plan_prints_exactly_the_register_task_definition_request_prepare_sends() {
+    const ECHO: &str = "ecs-executor-test/svc-echo:1";
+    let allowlist = plugin_wasm("image-allowlist");
+    let misbehave = plugin_wasm("test-misbehave");
+    let e = with_plugins(
+        "plan-vs-request",
+        &[
+            plugin_entry(
+                "allowlist",
+                &allowlist,
+                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
+                "",
+            ),
+            plugin_entry("adder", &misbehave, r#"{"customize": "add-all"}"#, ""),
+        ],
+    );
+    let job = e
+        .job()
+        .service(Image::new(ECHO).alias("echo").variable("ECHO_SAYS", "hi"))
+        .variable("PLAIN_VAR", "plain")
+        .script(["true"]);
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    let response = r.temp_dir().expect("config ran").join("response.json");
+    let config = e.config.display().to_string();
+    let (code, out, err) = command(&[
+        "--config",
+        &config,
+        "plan",
+        "--job-response",
+        &response.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("plan prints JSON");
+    let planned = plan["register_task_definition"].clone();
+    // The comparison covers what the plugins and the service added.
+    let text = planned.to_string();
+    for part in [
+        r#""key":"misbehave","value":"all""#,
+        r#""ipcMode":"task""#,
+        r#""ulimits""#,
+        r#""workingDirectory":"/""#,
+        r#""misbehave.added":"1""#,
+        ECHO,
+    ] {
+        assert!(text.contains(part), "plan shows {part}: {planned:#}");
+    }
+
+    let mark = e.standin.request_mark();
+    assert_ok(&r.prepare());
+    let sent: Vec<serde_json::Value> = e
+        .own_calls_since(mark, "RegisterTaskDefinition")
+        .into_iter()
+        .map(|q| serde_json::from_str(&q.body).expect("moto recorded the request's JSON"))
+        .collect();
+    assert_eq!(sent.len(), 1, "prepare registers once: {sent:#?}");
+    let mut differences = Vec::new();
+    json_differences("$", &planned, &sent[0], &mut differences);
+    assert!(
+        differences.is_empty(),
+        "plan's request and the one prepare sent differ:\n{}\n--- plan ---\n{planned:#}\n--- sent ---\n{:#}",
+        differences.join("\n"),
+        sent[0]
+    );
+    assert_ok(&r.cleanup());
+    e.assert_tasks_stopped(&job, 1);
 }

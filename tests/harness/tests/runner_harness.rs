@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ecs_executor_tests::runner::{
     CallOutcome, ConfigOutput, Image, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port, ProcessStatus, Runner,
@@ -157,15 +157,10 @@ fn simple_job() -> JobSpec {
 }
 
 fn wait_until_gone(pid: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    // SAFETY: signal 0 only checks that the process exists.
+    ecs_executor_tests::wait_until(Duration::from_secs(5), Duration::from_millis(20), || unsafe {
+        libc::kill(pid, 0) != 0
+    })
 }
 
 #[test]

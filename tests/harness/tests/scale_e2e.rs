@@ -39,9 +39,7 @@ fn prepare_at_once(e: &E2e, n: usize) -> (Vec<String>, u64) {
             .iter()
             .map(|job| {
                 s.spawn(move || {
-                    let mut r = er.runner(job);
-                    assert_ok(&r.config());
-                    let prepare = r.prepare();
+                    let (r, prepare) = er.prepare(job);
                     (r, prepare)
                 })
             })
@@ -78,9 +76,13 @@ fn prepares_waiting_on_one_host_share_their_describe_tasks() {
 
     // The same jobs with `shared_polling = false` poll alone: one task per request, at least
     // one request each.
-    let e = E2e::with_config_edit("solo-poll", |text| text.replace("[aws]", "[aws]\nshared_polling = false"));
+    let e = E2e::with_config_edit("solo-poll", |text| {
+        text.replace("[aws]", "[aws]\nshared_polling = false")
+    });
     assert!(
-        std::fs::read_to_string(&e.config).unwrap().contains("shared_polling = false"),
+        std::fs::read_to_string(&e.config)
+            .unwrap()
+            .contains("shared_polling = false"),
         "the stand-in's config has an [aws] table to switch it off in"
     );
     let (arns, mark) = prepare_at_once(&e, N);
@@ -95,9 +97,7 @@ fn every_request_names_the_executor_its_version_and_the_runner_host() {
     let e = E2e::new("user-agent");
     let job = e.job();
     let mark = e.standin.request_mark();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     assert_ok(&r.cleanup());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let want = format!("app/ecs-executor-{}-", env!("CARGO_PKG_VERSION"));
@@ -126,11 +126,12 @@ fn metrics_land_in_the_textfile_collector_directory() {
     let textfile = std::env::temp_dir().join(ecs_executor_tests::standin::unique_name("prom"));
     std::fs::create_dir_all(&textfile).unwrap();
     let dir = textfile.display().to_string();
-    let e = E2e::with_config_edit("metrics", |text| format!("{text}\n[metrics]\ntextfile_dir = \"{dir}\"\n"));
+    let e = E2e::with_config_edit("metrics", |text| {
+        format!("{text}\n[metrics]\ntextfile_dir = \"{dir}\"\n")
+    });
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let (mut r, prepare) = e.prepare(&job);
+    assert_ok(&prepare);
     assert_ok(&r.run_script("build_script", &stage_script(&r, "echo hello\n")));
     assert_ok(&r.cleanup());
     let prom = std::fs::read_to_string(textfile.join("ecs_executor.prom")).expect("the .prom file");

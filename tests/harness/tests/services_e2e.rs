@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use ecs_executor_tests::runner::{Image, JobStatus, Variable, stages};
-use support::{E2e, assert_ok, show};
+use ecs_executor_tests::runner::{Image, JobOutcome, JobSpec, JobStatus, StageResult, Variable, stages};
+use support::{E2e, assert_ok, show, top_level};
 
 const ECHO: &str = "ecs-executor-test/svc-echo:1";
 const SILENT: &str = "ecs-executor-test/svc-silent:1";
@@ -23,12 +23,21 @@ fn services_table(keys: &str) -> impl FnOnce(String) -> String {
     move |text| format!("{text}\n[services]\n{keys}\n")
 }
 
-/// Top-level keys go before the first table.
-fn top_level(text: &str, line: &str) -> String {
-    match text.find("\n[") {
-        Some(pos) => format!("{}\n{line}{}", &text[..pos], &text[pos..]),
-        None => format!("{text}\n{line}\n"),
+/// Runs `job` to success; its build script printed `<name>: hello from ...` (svc-echo's
+/// answer) for every one of `names`. Returns the outcome and the build_script call.
+fn run_reaching(e: &E2e, job: &ecs_executor_tests::runner::JobSpec, names: &[&str]) -> (JobOutcome, StageResult) {
+    let outcome = e.runner(job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran").clone();
+    for name in names {
+        assert!(
+            build.stdout_text().contains(&format!("{name}: hello from ")),
+            "{name} is reachable:\n{}",
+            show(&build)
+        );
     }
+    (outcome, build)
 }
 
 #[test]
@@ -76,31 +85,25 @@ fn a_job_reaches_its_services_by_every_alias_and_derived_name_and_no_variable_re
             "printf 'other: '; nc other 7001 </dev/null > other.txt; head -n 2 other.txt",
             "grep '^args: --second$' other.txt",
         ]);
-    let outcome = e.runner(&job).run_job();
-    let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
+    let (outcome, build) = run_reaching(
+        &e,
+        &job,
+        &[
+            "db",
+            "pg",
+            "db.svc.local",
+            "ecs-executor-test__svc-echo",
+            "ecs-executor-test-svc-echo",
+            "other",
+        ],
+    );
     let out = build.stdout_text();
-    for name in [
-        "db",
-        "pg",
-        "db.svc.local",
-        "ecs-executor-test__svc-echo",
-        "ecs-executor-test-svc-echo",
-        "other",
-    ] {
-        assert!(
-            out.contains(&format!("{name}: hello from ")),
-            "{name} is reachable:\n{}",
-            show(build)
-        );
-    }
-    assert!(out.contains("masked-public-seen=1"), "{}", show(build));
-    assert!(out.contains("settings-secret-seen=0"), "{}", show(build));
+    assert!(out.contains("masked-public-seen=1"), "{}", show(&build));
+    assert!(out.contains("settings-secret-seen=0"), "{}", show(&build));
     // The second service has its own container: another hostname answers there.
     let first_host = line_after(&out, "db: hello from ");
     let other_host = line_after(&out, "other: hello from ");
-    assert_ne!(first_host, other_host, "two containers:\n{}", show(build));
+    assert_ne!(first_host, other_host, "two containers:\n{}", show(&build));
     let prepare = &outcome.calls[1];
     assert!(
         prepare.stderr_text().contains("already belongs to an earlier service"),
@@ -206,20 +209,12 @@ fn too_many_services_are_refused_before_any_task_runs() {
         .service(Image::new(ECHO).alias("a"))
         .service(Image::new(ECHO).alias("b"))
         .script(["echo never-runs"]);
-    let outcome = e.runner(&job).run_job();
-    let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
-    assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
-    let prepare = &outcome.calls[1];
-    assert!(
-        prepare
-            .stderr_text()
-            .contains("the job has 2 services; this runner allows at most 1"),
-        "{}",
-        show(prepare)
+    refused_before_any_task(
+        &e,
+        &job,
+        mark,
+        &["the job has 2 services; this runner allows at most 1"],
     );
-    assert!(e.tasks_of(&job).is_empty(), "no task ran");
-    assert_no_ecs_write_by(&e, mark);
 }
 
 #[test]
@@ -234,23 +229,29 @@ fn a_service_image_outside_the_allowlist_is_refused() {
         .service(Image::new(ECHO).alias("fine"))
         .service(Image::new(SILENT).alias("refused"))
         .script(["echo never-runs"]);
-    let outcome = e.runner(&job).run_job();
-    let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
-    let prepare = &outcome.calls[1];
-    assert!(
-        prepare.stderr_text().contains(&format!(
+    refused_before_any_task(
+        &e,
+        &job,
+        mark,
+        &[&format!(
             "service image \"{SILENT}\" is not allowed on this runner (allowed: ecs-executor-test/svc-echo:*)"
-        )),
-        "{}",
-        show(prepare)
+        )],
     );
-    assert!(e.tasks_of(&job).is_empty(), "no task ran");
-    assert_no_ecs_write_by(&e, mark);
 }
 
-/// No task definition of this test's family was registered and no task run for it.
-fn assert_no_ecs_write_by(e: &E2e, mark: u64) {
+/// Runs `job`, which prepare refuses (once: a build failure, not retried) saying every one
+/// of `said`, before any task runs: no task definition of this test's family registered and
+/// no task run for it since `mark`.
+fn refused_before_any_task(e: &E2e, job: &JobSpec, mark: u64, said: &[&str]) {
+    let outcome = e.runner(job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
+    assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
+    let prepare = &outcome.calls[1];
+    for part in said {
+        assert!(prepare.stderr_text().contains(part), "{part:?}: {}", show(prepare));
+    }
+    assert!(e.tasks_of(job).is_empty(), "no task ran");
     for r in e.standin.requests_since(mark) {
         let write = matches!(r.action.as_deref(), Some("RegisterTaskDefinition" | "RunTask"));
         assert!(
@@ -262,8 +263,8 @@ fn assert_no_ecs_write_by(e: &E2e, mark: u64) {
     }
 }
 
-/// `git daemon` serving one bare repository on the Docker bridge's gateway address (the
-/// host, as the task's containers reach it); killed on drop.
+/// `git daemon` serving one bare repository on the host's Docker bridge address (as the
+/// task's containers reach the host); killed on drop.
 struct GitServer {
     child: Child,
     url: String,
@@ -278,32 +279,36 @@ impl Drop for GitServer {
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::run_ok(
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com"),
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn bridge_gateway(e: &E2e) -> String {
+/// The host's address on the Docker bridge the task's containers are attached to: the IPv4
+/// address of the bridge network's interface (`com.docker.network.bridge.name`, `docker0` by
+/// default). Not the network's IPAM gateway: on a daemon's first start its IPAM config need
+/// not list one, while the interface always has its address.
+fn bridge_host_address(e: &E2e) -> String {
     let docker = e.standin.docker();
     let net = e
         .block_on(docker.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>))
         .expect("inspect the bridge network");
-    net.ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-        .expect("the bridge network has a gateway")
+    let interface = net
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+        .cloned()
+        .unwrap_or_else(|| "docker0".to_string());
+    support::interface_ipv4(&interface)
+        .unwrap_or_else(|| panic!("the bridge network's interface {interface} has no IPv4 address"))
+        .to_string()
 }
 
 fn serve_repository(e: &E2e) -> GitServer {
@@ -316,7 +321,7 @@ fn serve_repository(e: &E2e) -> GitServer {
     git(&work, &["commit", "-q", "-m", "first"]);
     let sha = git(&work, &["rev-parse", "HEAD"]);
     git(&root, &["clone", "-q", "--bare", "work", "repo.git"]);
-    let host = bridge_gateway(e);
+    let host = bridge_host_address(e);
     let port = TcpListener::bind((host.as_str(), 0))
         .unwrap()
         .local_addr()
@@ -372,9 +377,7 @@ fn a_build_image_without_git_gets_a_checkout_through_the_helper_writable_by_a_no
             "tail -n 1 README.txt",
             "test -d /cache && echo cache-dir-mounted",
         ]);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let mut r = e.prepared(&job);
     let get_sources = r.run(stages::GET_SOURCES).expect("get_sources runs");
     assert_ok(&get_sources);
     let build = r.run(stages::BUILD_SCRIPT).expect("the job has a script");
@@ -458,24 +461,18 @@ fn in_awsvpc_mode_services_are_reached_by_every_name_on_localhost() {
             "nc other 7001 </dev/null > other.txt; printf 'other: '; head -n 1 other.txt",
             "grep '^127.0.0.1' /etc/hosts",
         ]);
-    let outcome = e.runner(&job).run_job();
+    let (outcome, _) = run_reaching(
+        &e,
+        &job,
+        &[
+            "db",
+            "db.svc.local",
+            "ecs-executor-test__svc-echo",
+            "ecs-executor-test-svc-echo",
+            "other",
+        ],
+    );
     let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
-    let out = build.stdout_text();
-    for name in [
-        "db",
-        "db.svc.local",
-        "ecs-executor-test__svc-echo",
-        "ecs-executor-test-svc-echo",
-        "other",
-    ] {
-        assert!(
-            out.contains(&format!("{name}: hello from ")),
-            "{name} is reachable:\n{}",
-            show(build)
-        );
-    }
     assert!(outcome.calls[1].stdout_text().contains("services: 2 of 2 up"), "{log}");
     let tasks = e.assert_tasks_stopped(&job, 1);
     let td = e
@@ -511,18 +508,6 @@ fn service_aliases_that_are_not_host_names_are_refused_before_any_task_runs() {
             .job()
             .service(Image::new(ECHO).alias(alias))
             .script(["echo never-runs"]);
-        let outcome = e.runner(&job).run_job();
-        let log = outcome.log_text();
-        assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{alias:?}: {log}");
-        assert_eq!(outcome.prepare_attempts, 1, "a build failure is not retried: {log}");
-        let prepare = &outcome.calls[1];
-        let stderr = prepare.stderr_text();
-        assert!(
-            stderr.contains("is not a valid host name") && stderr.contains(&format!("{alias:?}")),
-            "{alias:?}: {}",
-            show(prepare)
-        );
-        assert!(e.tasks_of(&job).is_empty(), "no task ran");
-        assert_no_ecs_write_by(&e, mark);
+        refused_before_any_task(&e, &job, mark, &["is not a valid host name", &format!("{alias:?}")]);
     }
 }

@@ -13,71 +13,26 @@
 //!
 //! The setsid test depends on the stage runner binary only (`$TENANT_STAGE_RUNNER_BIN`, default
 //! this branch's `build-static` output): the stand-in's config points at the one `up` built.
-//! Helpers live in this file (support/ is being refactored elsewhere).
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::types::{DesiredStatus, Task, TaskDefinitionField, TaskField};
-use ecs_executor_tests::runner::{CallOutcome, Image, JobSpec, JobStatus, KillReason, stages};
-use ecs_executor_tests::standin::unique_name;
-use support::{E2e, assert_ok, docker_exec, show, stage_script};
+use aws_sdk_ecs::types::{TaskDefinitionField, TaskField};
+use ecs_executor_tests::runner::{CallOutcome, Image, JobSpec, JobStatus, stages};
+use ecs_executor_tests::standin::{cluster_with_instance, unique_name};
+use support::{
+    E2e, admin, assert_cancelled, assert_ok, container_processes, docker_exec, show, stage_script, started_by, text,
+    top_level,
+};
 
 const ECHO: &str = "ecs-executor-test/svc-echo:1";
 const SILENT: &str = "ecs-executor-test/svc-silent:1";
 
 // ---- helpers ----------------------------------------------------------------------------
-
-/// Top-level keys go before the first table.
-fn top_level(text: &str, line: &str) -> String {
-    match text.find("\n[") {
-        Some(pos) => format!("{}\n{line}{}", &text[..pos], &text[pos..]),
-        None => format!("{text}\n{line}\n"),
-    }
-}
-
-/// ECS `startedBy` for a runner token and job id, as the executor builds it.
-fn started_by(token: &str, job_id: i64) -> String {
-    let mut s = format!("gl/{token}/{job_id}");
-    s.truncate(36);
-    s
-}
-
-/// Every task with this `startedBy` in the stand-in's cluster, whatever its state.
-fn tasks_started_by(e: &E2e, started_by: &str) -> Vec<Task> {
-    e.block_on(async {
-        let mut arns = Vec::new();
-        for desired in [DesiredStatus::Running, DesiredStatus::Stopped] {
-            let out = e
-                .ecs
-                .list_tasks()
-                .cluster(&e.standin.cluster)
-                .started_by(started_by)
-                .desired_status(desired)
-                .send()
-                .await
-                .expect("ListTasks");
-            arns.extend(out.task_arns().iter().cloned());
-        }
-        if arns.is_empty() {
-            return Vec::new();
-        }
-        e.ecs
-            .describe_tasks()
-            .cluster(&e.standin.cluster)
-            .set_tasks(Some(arns))
-            .send()
-            .await
-            .expect("DescribeTasks")
-            .tasks()
-            .to_vec()
-    })
-}
 
 /// Stops, when dropped, every running task started under names the E2e safety net does not
 /// know (a forged runner token's `startedBy`).
@@ -89,7 +44,7 @@ struct StopGuard<'a> {
 impl Drop for StopGuard<'_> {
     fn drop(&mut self) {
         for s in &self.started_by {
-            for t in tasks_started_by(self.e, s) {
+            for t in self.e.tasks_started_by(s) {
                 if t.desired_status() == Some("RUNNING") {
                     let arn = t.task_arn().unwrap_or_default();
                     eprintln!("tenant e2e: stopping {arn} ({s}) left running");
@@ -115,84 +70,17 @@ fn task_tags(e: &E2e, task_arn: &str) -> BTreeMap<String, String> {
     out.tasks()
         .iter()
         .flat_map(|t| t.tags())
-        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
-}
-
-/// The executor binary, found as the harness finds it (`$ECS_EXECUTOR_BIN` first).
-fn executor_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ECS_EXECUTOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut tried = Vec::new();
-    if let Ok(target) = std::env::var("CARGO_TARGET_DIR") {
-        tried.push(PathBuf::from(target).join("debug/ecs-executor"));
-    }
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(debug) = exe.parent().and_then(Path::parent)
-    {
-        tried.push(debug.join("ecs-executor"));
-    }
-    tried
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("the ecs-executor binary (cargo build -p ecs-executor)")
-}
-
-/// `ecs-executor --config <config> <args...>` as an admin runs it (no job env).
-fn admin(config: &Path, args: &[&str]) -> Output {
-    Command::new(executor_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("ECS_EXECUTOR_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ecs-executor")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn is_build_failure(call: &ecs_executor_tests::runner::StageResult) -> bool {
     matches!(call.outcome(), CallOutcome::BuildFailure { .. })
-}
-
-/// The built guest plugin `name` (plugins_e2e.rs builds them into `$PLUGINS_TARGET_DIR`).
-fn plugin_wasm(name: &str) -> PathBuf {
-    let target = std::env::var_os("PLUGINS_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/ecs-executor/plugins-target"));
-    let wasm = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(
-        wasm.is_file(),
-        "build plugins/{name} first (cd plugins && CARGO_TARGET_DIR={} cargo build --release -p {name}); {} is missing",
-        target.display(),
-        wasm.display()
-    );
-    wasm
-}
-
-/// Host processes of a container whose command line contains `needle` (`docker top`).
-fn container_processes(id: &str, needle: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["top", id, "-eo", "pid,args"])
-        .output()
-        .expect("docker top");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_string)
-        .collect()
 }
 
 // ---- identity: project and runner token come from GitLab, not from the job --------------
@@ -202,9 +90,7 @@ fn a_job_that_sets_ci_project_path_gets_its_own_projects_tag_on_its_task() {
     let e = E2e::new("forged-project");
     let job = e.job().variable("CI_PROJECT_PATH", "prod/deploy");
     let own = job.project_path().to_string();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     let tags = if prepare.is_success() {
         let task = e.running_task(&job);
         Some(task_tags(&e, task.task_arn().unwrap()))
@@ -224,7 +110,7 @@ fn a_job_that_sets_ci_project_path_gets_its_own_projects_tag_on_its_task() {
 
 #[test]
 fn a_job_that_sets_ci_project_path_gets_its_own_projects_role_from_the_role_mapper() {
-    let wasm = plugin_wasm("role-mapper");
+    let wasm = ecs_executor_test_components::plugin("role-mapper");
     let own_role = "arn:aws:iam::123456789012:role/own-project-ci";
     let prod_role = "arn:aws:iam::123456789012:role/prod-deploy";
     // E2e::job's project path: `e2e/<test name>`.
@@ -248,9 +134,7 @@ fn a_job_that_sets_ci_project_path_gets_its_own_projects_role_from_the_role_mapp
     let e = E2e::with_config_edit("forged_project_role", move |t| format!("{t}\n{entries}"));
     let job = e.job().variable("CI_PROJECT_PATH", "prod/deploy");
     assert_eq!(job.project_path(), own);
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     let role = if prepare.is_success() {
         let task = e.running_task(&job);
         let td = e
@@ -268,7 +152,11 @@ fn a_job_that_sets_ci_project_path_gets_its_own_projects_role_from_the_role_mapp
     assert_ok(&r.cleanup());
     e.assert_no_task_left(&job);
     assert_ok(&prepare);
-    assert_eq!(role.as_deref(), Some(own_role), "the job's own project's role, not prod/deploy's");
+    assert_eq!(
+        role.as_deref(),
+        Some(own_role),
+        "the job's own project's role, not prod/deploy's"
+    );
 }
 
 #[test]
@@ -283,10 +171,8 @@ fn a_job_that_sets_ci_runner_short_token_is_refused_unless_the_config_names_the_
         e: &e,
         started_by: vec![forged.clone()],
     };
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
-    let forged_tasks = tasks_started_by(&e, &forged);
+    let (mut r, prepare) = e.prepare(&job);
+    let forged_tasks = e.tasks_started_by(&forged);
     let own_tasks = e.tasks_of(&job);
     let cleanup = r.cleanup();
     e.assert_no_task_left(&job);
@@ -316,10 +202,8 @@ fn a_job_that_sets_ci_runner_short_token_is_refused_unless_the_config_names_the_
         e: &e,
         started_by: vec![forged.clone()],
     };
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
-    let forged_tasks = tasks_started_by(&e, &forged);
+    let (mut r, prepare) = e.prepare(&job);
+    let forged_tasks = e.tasks_started_by(&forged);
     let tags = if prepare.is_success() {
         Some(task_tags(&e, e.running_task(&job).task_arn().unwrap()))
     } else {
@@ -354,7 +238,10 @@ fn caches_are_per_project_and_per_protection_level_and_a_projects_next_job_finds
         let log = outcome.log_text();
         assert_eq!(outcome.status, JobStatus::Success, "{log}");
         e.assert_tasks_stopped(&job, 1);
-        outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran").stdout_text()
+        outcome
+            .stage(stages::BUILD_SCRIPT)
+            .expect("build_script ran")
+            .stdout_text()
     };
     // Project A writes its cache.
     let out = build_out(
@@ -415,11 +302,26 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
     let log = outcome.log_text();
     e.assert_tasks_stopped(&job, 1);
     assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    let out = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran").stdout_text();
-    assert!(out.contains("secret-in-service=0"), "the secret reached the service:\n{out}");
-    assert!(out.contains("name-in-service=0"), "the secret's name reached the service:\n{out}");
-    assert!(out.contains("builds-dir-in-service=1"), "runner-internal variables still do:\n{out}");
-    assert!(out.contains("public-in-service=1"), "public job variables still do:\n{out}");
+    let out = outcome
+        .stage(stages::BUILD_SCRIPT)
+        .expect("build_script ran")
+        .stdout_text();
+    assert!(
+        out.contains("secret-in-service=0"),
+        "the secret reached the service:\n{out}"
+    );
+    assert!(
+        out.contains("name-in-service=0"),
+        "the secret's name reached the service:\n{out}"
+    );
+    assert!(
+        out.contains("builds-dir-in-service=1"),
+        "runner-internal variables still do:\n{out}"
+    );
+    assert!(
+        out.contains("public-in-service=1"),
+        "public job variables still do:\n{out}"
+    );
     assert!(
         out.contains(&format!("job-secret-length={}\n", secret.len())),
         "the job's own script gets it:\n{out}"
@@ -431,7 +333,9 @@ fn a_secrets_keyword_value_never_reaches_a_service_but_runner_internal_variables
 /// warning about it shows the service's logs in the job log.
 #[test]
 fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_are_shown() {
-    let e = E2e::with_config_edit("secret-warning", |t| format!("{t}\n[services]\nwait_timeout_secs = 3\n"));
+    let e = E2e::with_config_edit("secret-warning", |t| {
+        format!("{t}\n[services]\nwait_timeout_secs = 3\n")
+    });
     // 1. The secret is named like a variable the service prints: it must not get it.
     let secret = format!("vault-{}", unique_name("w"));
     let job = e
@@ -443,7 +347,10 @@ fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_ar
     let log = outcome.log_text();
     e.assert_tasks_stopped(&job, 1);
     assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    assert!(log.contains("probably didn't start properly"), "the warning is shown:\n{log}");
+    assert!(
+        log.contains("probably didn't start properly"),
+        "the warning is shown:\n{log}"
+    );
     assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
     // 2. The service knows the value by other means (here its own variable): the warning's
     //    copy of its logs is redacted.
@@ -457,7 +364,10 @@ fn a_secrets_keyword_value_is_not_in_the_job_log_when_a_failing_services_logs_ar
     let log = outcome.log_text();
     e.assert_tasks_stopped(&job, 1);
     assert_eq!(outcome.status, JobStatus::Success, "{log}");
-    assert!(log.contains("svc-silent: secret is [MASKED]"), "the service's log line, redacted:\n{log}");
+    assert!(
+        log.contains("svc-silent: secret is [MASKED]"),
+        "the service's log line, redacted:\n{log}"
+    );
     assert!(!log.contains(&secret), "the secret is in the job log:\n{log}");
 }
 
@@ -486,25 +396,7 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
             .await
             .expect("RunInstances");
         let id = out.instances()[0].instance_id().unwrap().to_string();
-        e.ecs
-            .create_cluster()
-            .cluster_name(&cluster)
-            .send()
-            .await
-            .expect("CreateCluster");
-        let ci = e
-            .ecs
-            .register_container_instance()
-            .cluster(&cluster)
-            .instance_identity_document(serde_json::json!({"instanceId": id}).to_string())
-            .send()
-            .await
-            .expect("RegisterContainerInstance");
-        let ci = ci
-            .container_instance()
-            .and_then(|c| c.container_instance_arn())
-            .unwrap_or_default()
-            .to_string();
+        let ci = cluster_with_instance(&e.ecs, &cluster, &id).await;
         (id, ci)
     });
     let (instance_id, container_instance) = instance_id;
@@ -522,7 +414,14 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
                     .force(true)
                     .send()
                     .await;
-                let _ = e.standin.ec2(3).await.terminate_instances().instance_ids(id.as_str()).send().await;
+                let _ = e
+                    .standin
+                    .ec2(3)
+                    .await
+                    .terminate_instances()
+                    .instance_ids(id.as_str())
+                    .send()
+                    .await;
             });
         }
     }
@@ -543,7 +442,12 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
     let fail = stdout
         .lines()
         .position(|l| l.starts_with("FAIL") && l.contains(&instance_id) && l.contains("HttpTokens=optional"));
-    let fail = fail.unwrap_or_else(|| panic!("a FAIL line names {instance_id} and HttpTokens=optional:\n{}", text(&out)));
+    let fail = fail.unwrap_or_else(|| {
+        panic!(
+            "a FAIL line names {instance_id} and HttpTokens=optional:\n{}",
+            text(&out)
+        )
+    });
     let fix = stdout.lines().nth(fail + 1).unwrap_or_default();
     assert!(
         fix.contains("fix:")
@@ -556,7 +460,10 @@ fn check_fails_an_instance_whose_metadata_service_takes_optional_tokens_naming_i
     // The stand-in's own instance (IMDSv2 only, one hop) passes that check.
     let out = admin(&e.config, &["check"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = format!("ok   instance {} metadata options: HttpTokens=required", e.standin.instance_id);
+    let line = format!(
+        "ok   instance {} metadata options: HttpTokens=required",
+        e.standin.instance_id
+    );
     assert!(
         stdout.lines().any(|l| l.starts_with(&line)),
         "{line:?} in:\n{}",
@@ -571,9 +478,8 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
     let e = E2e::new("planted-td");
     // 1. A job registers the family's revision.
     let first = e.job();
-    let mut r = e.runner(&first);
-    assert_ok(&r.config());
-    assert_ok(&r.prepare());
+    let (mut r, prepare) = e.prepare(&first);
+    assert_ok(&prepare);
     let ours = e.running_task(&first).task_definition_arn().unwrap().to_string();
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&first, 1);
@@ -599,7 +505,12 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
                     // A trojaned build image (the stand-in's helper image stands in for it).
                     c.image = Some(e.standin.images.helper.clone());
                     let mut env = c.environment.take().unwrap_or_default();
-                    env.push(aws_sdk_ecs::types::KeyValuePair::builder().name("PLANTED").value("yes").build());
+                    env.push(
+                        aws_sdk_ecs::types::KeyValuePair::builder()
+                            .name("PLANTED")
+                            .value("yes")
+                            .build(),
+                    );
                     c.environment = Some(env);
                 }
                 c
@@ -622,15 +533,17 @@ fn a_planted_task_definition_revision_with_our_content_tag_is_never_used() {
             .send()
             .await
             .expect("RegisterTaskDefinition (planted)");
-        out.task_definition().unwrap().task_definition_arn().unwrap().to_string()
+        out.task_definition()
+            .unwrap()
+            .task_definition_arn()
+            .unwrap()
+            .to_string()
     });
     assert_ne!(planted, ours);
 
     // 3. The next job runs a revision this host registered, not the planted one.
     let next = e.job();
-    let mut r = e.runner(&next);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&next);
     let used = if prepare.is_success() {
         Some(e.running_task(&next).task_definition_arn().unwrap().to_string())
     } else {
@@ -678,9 +591,7 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
         std::fs::set_permissions(&e.state_dir, std::fs::Permissions::from_mode(state_mode)).unwrap();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
         let job = e.job();
-        let mut r = e.runner(&job);
-        assert_ok(&r.config());
-        let prepare = r.prepare();
+        let (mut r, prepare) = e.prepare(&job);
         let tasks = e.tasks_of(&job);
         // Back to private before cleanup (and before any assertion can fail).
         std::fs::set_permissions(&e.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -688,11 +599,13 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
         let _ = r.cleanup();
         e.assert_no_task_left(&job);
         assert!(!prepare.is_success(), "{what} writable by others: {}", show(&prepare));
-        assert!(tasks.is_empty(), "{what} writable by others: a task started: {tasks:#?}");
+        assert!(
+            tasks.is_empty(),
+            "{what} writable by others: a task started: {tasks:#?}"
+        );
         let said = prepare.stderr_text() + &prepare.stdout_text();
         assert!(
-            said.contains(&format!("{} is writable by group or others", dir.display()))
-                && said.contains("chmod go-w"),
+            said.contains(&format!("{} is writable by group or others", dir.display())) && said.contains("chmod go-w"),
             "{what}: the message names the dir and the fix:\n{}",
             show(&prepare)
         );
@@ -705,16 +618,10 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
 fn each_container_has_its_own_root_owned_stage_runner_copy_the_build_container_cannot_reach() {
     let e = E2e::new("runner-private");
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (mut r, prepare) = e.prepare(&job);
     let result = || {
         assert_ok(&prepare);
-        assert!(
-            prepare.stdout_text().contains("stage runners up"),
-            "{}",
-            show(&prepare)
-        );
+        assert!(prepare.stdout_text().contains("stage runners up"), "{}", show(&prepare));
         let builds_dir = r.state().dirs.as_ref().unwrap().builds_dir.clone();
         let arn = e.running_task(&job).task_arn().unwrap().to_string();
         let build = e.container_id(&arn, "build");
@@ -744,17 +651,15 @@ fn each_container_has_its_own_root_owned_stage_runner_copy_the_build_container_c
             .block_on(docker_exec(
                 &docker,
                 &helper,
-                &[
-                    "sh",
-                    "-c",
-                    "find /.ecs-executor-runner -exec stat -c '%u %a %n' {} +",
-                ],
+                &["sh", "-c", "find /.ecs-executor-runner -exec stat -c '%u %a %n' {} +"],
             ))
             .expect("docker exec");
         assert_eq!(code, 0, "{stat}");
         let lines: Vec<&str> = stat.lines().collect();
         assert!(
-            lines.iter().any(|l| l.ends_with("/.ecs-executor-runner/ecs-executor-stage-runner")),
+            lines
+                .iter()
+                .any(|l| l.ends_with("/.ecs-executor-runner/ecs-executor-stage-runner")),
             "{stat}"
         );
         for l in &lines {
@@ -816,15 +721,9 @@ fn cancel_on_the_stage_runner_path_ends_a_process_the_stage_started_with_setsid(
         out.join("\n") + "\n"
     });
     let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
+    let (r, prepare) = e.prepare(&job);
     assert_ok(&prepare);
-    assert!(
-        prepare.stdout_text().contains("stage runners up"),
-        "{}",
-        show(&prepare)
-    );
+    assert!(prepare.stdout_text().contains("stage runners up"), "{}", show(&prepare));
     let arn = e.running_task(&job).task_arn().unwrap().to_string();
     let build = e.container_id(&arn, "build");
     let mut r = r.cancel_after(Duration::from_secs(3));
@@ -841,12 +740,7 @@ fn cancel_on_the_stage_runner_path_ends_a_process_the_stage_started_with_setsid(
     }
     assert_ok(&r.cleanup());
     e.assert_tasks_stopped(&job, 1);
-    assert_eq!(
-        call.termination.map(|t| t.reason),
-        Some(KillReason::Cancel),
-        "{}",
-        show(&call)
-    );
+    assert_cancelled(&call);
     assert!(call.stdout_text().contains("started"), "{}", show(&call));
     assert!(
         !call.stderr_text().contains("using Docker exec"),

@@ -102,6 +102,11 @@ impl JobOutcome {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The first call of `verb` (`Verb::Prepare`, ...), if there was one.
+    pub fn first_call(&self, verb: crate::runner::Verb) -> Option<&StageResult> {
+        self.calls.iter().find(|c| c.verb == verb)
+    }
+
     /// Prints the (masked) job log to stdout, e.g. for a demo or `--nocapture`.
     pub fn print_log(&self) {
         print!("{}", self.log_text());

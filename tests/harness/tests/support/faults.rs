@@ -1,62 +1,25 @@
 //! Helpers of the fault, bad-input and secrets tests (`faults_e2e.rs`, `bad_input_e2e.rs`):
 //! the executor's admin commands, direct spawns for signals the harness does not send
-//! (SIGKILL), config variants, a TCP proxy we can cut, and throw-away certificates.
+//! (SIGKILL), config variants, TCP proxies we can cut or make stall, and throw-away
+//! certificates.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
 use ecs_executor_tests::runner::{JobSpec, Runner};
 
 use super::E2e;
 
-/// The executor binary, found as the harness finds it.
-pub fn executor_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ECS_EXECUTOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut tried = Vec::new();
-    if let Ok(target) = std::env::var("CARGO_TARGET_DIR") {
-        tried.push(PathBuf::from(target).join("debug/ecs-executor"));
-    }
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(debug) = exe.parent().and_then(Path::parent)
-    {
-        tried.push(debug.join("ecs-executor"));
-    }
-    tried
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("the ecs-executor binary (cargo build --bins)")
-}
-
-/// `ecs-executor --config <config> <args...>` as an admin runs it (no job env).
-pub fn admin(config: &Path, args: &[&str]) -> Output {
-    Command::new(executor_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("ECS_EXECUTOR_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ecs-executor")
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+#[allow(unused_imports)]
+pub use super::{admin, executor_bin, text};
 
 /// A copy of the test's config with `edit` applied, next to it as `<name>.toml`.
 pub fn config_variant(e: &E2e, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
@@ -168,18 +131,12 @@ pub fn running_count(e: &E2e, job: &JobSpec) -> usize {
 
 /// Wait until moto recorded a call of `action` whose body contains `needle` after `mark`.
 pub fn wait_for_call(e: &E2e, mark: u64, action: &str, needle: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if e.standin
+    ecs_executor_tests::wait_until(limit, Duration::from_millis(20), || {
+        e.standin
             .requests_since(mark)
             .iter()
             .any(|r| r.action.as_deref() == Some(action) && r.body.contains(needle) && r.status.is_some())
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    })
 }
 
 /// A TCP proxy on 127.0.0.1:<port> to `target` (a TCP address, or a Unix socket path when
@@ -231,6 +188,95 @@ impl Proxy {
     }
 }
 
+/// What a [`Proxy::with_fault`] does to a connection once its client has sent more than the
+/// threshold (the request, when the request is larger than a TLS handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRequest {
+    /// Forward the rest of the request, then swallow every byte the server sends: to the
+    /// client, the server went silent after reading the request.
+    Stall,
+    /// As `Stall`, and after `CLOSE_AFTER` close the connection (both sides, no goodbye).
+    Close,
+}
+
+/// How long [`AfterRequest::Close`] lets the server work on the request before closing.
+pub const CLOSE_AFTER: Duration = Duration::from_secs(1);
+
+impl Proxy {
+    /// A TCP proxy to `target` (TCP only) that forwards both ways until a client has sent
+    /// more than `threshold` bytes, then does `fault` to that connection. Bytes pass through
+    /// unchanged (TLS stays end to end); only whether and when they pass is changed.
+    pub fn with_fault(target: &str, threshold: usize, fault: AfterRequest) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (conns2, target) = (conns.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                conns2.lock().unwrap().push(client.try_clone().unwrap());
+                let Ok(up) = TcpStream::connect(&target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                faulty_pump(client, up, threshold, fault);
+            }
+        });
+        Proxy {
+            port,
+            cut: Arc::default(),
+            conns,
+        }
+    }
+}
+
+fn faulty_pump(client: TcpStream, up: TcpStream, threshold: usize, fault: AfterRequest) {
+    let tripped = Arc::new(AtomicBool::new(false));
+    let (mut from_client, mut to_up) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+    let (client_side, up_side) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+    let trip = tripped.clone();
+    std::thread::spawn(move || {
+        let mut sent = 0usize;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            sent += n;
+            // Set before forwarding: the server's answer to this request comes after it.
+            if sent > threshold && !trip.swap(true, Ordering::SeqCst) && fault == AfterRequest::Close {
+                let (c, u) = (client_side.try_clone().unwrap(), up_side.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    std::thread::sleep(CLOSE_AFTER);
+                    let _ = c.shutdown(Shutdown::Both);
+                    let _ = u.shutdown(Shutdown::Both);
+                });
+            }
+            if to_up.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to_up.shutdown(Shutdown::Write);
+    });
+    let (mut from_up, mut to_client) = (up, client);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from_up.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !tripped.load(Ordering::SeqCst) && to_client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        if !tripped.load(Ordering::SeqCst) {
+            let _ = to_client.shutdown(Shutdown::Write);
+        }
+    });
+}
+
 fn pump<U: Read + Write + Send + 'static>(
     client: TcpStream,
     mut up_read: U,
@@ -252,15 +298,17 @@ pub struct BadCerts {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(Command::new("openssl").args(args).current_dir(dir));
+}
+
+/// `<name>-key.pem` (a new RSA key) and `<name>.csr` for the subject `CN=<cn>`.
+fn key_and_csr(dir: &Path, name: &str, cn: &str) {
+    let (key, csr, subject) = (format!("{name}-key.pem"), format!("{name}.csr"), format!("/CN={cn}"));
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject,
+        ],
     );
 }
 
@@ -289,21 +337,7 @@ impl BadCerts {
             ],
         );
         // The expired one: `openssl ca` takes explicit start and end dates.
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "expired-key.pem",
-                "-out",
-                "expired.csr",
-                "-subj",
-                "/CN=expired-client",
-            ],
-        );
+        key_and_csr(dir, "expired", "expired-client");
         std::fs::write(dir.join("index.txt"), "").unwrap();
         std::fs::write(dir.join("serial"), "1000\n").unwrap();
         let conf = "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\npolicy = p\ndefault_md = sha256\nunique_subject = no\nx509_extensions = ext\n[p]\ncommonName = supplied\n[ext]\nextendedKeyUsage = clientAuth\n";
@@ -331,21 +365,7 @@ impl BadCerts {
                 "-notext",
             ],
         );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "stranger-key.pem",
-                "-out",
-                "stranger.csr",
-                "-subj",
-                "/CN=stranger",
-            ],
-        );
+        key_and_csr(dir, "stranger", "stranger");
         openssl(
             dir,
             &[

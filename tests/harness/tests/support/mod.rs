@@ -5,19 +5,22 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ecs::types::{DesiredStatus, Task};
 use bollard::Docker;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::ListContainersOptions;
 use ecs_executor_tests::runner::{Image, JobSpec, Runner, StageResult, script};
+#[allow(unused_imports)]
+pub use ecs_executor_tests::standin::docker_exec;
 use ecs_executor_tests::standin::{Standin, unique_name};
-use futures_util::StreamExt;
 
 /// How long the agent stand-in may take to stop a task's containers after StopTask.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,11 +121,14 @@ impl E2e {
         Runner::new(job).config_file(&self.config)
     }
 
+    /// This test's calls of `action` after `mark`: those naming its family prefix.
+    pub fn own_calls_since(&self, mark: u64, action: &str) -> Vec<ecs_executor_tests::standin::RecordedRequest> {
+        self.standin.calls_since(mark, action, &self.family_prefix)
+    }
+
     /// ECS `startedBy` of a job, as the executor sets it.
     pub fn started_by(&self, job: &JobSpec) -> String {
-        let mut s = format!("gl/{}/{}", self.runner_token, job.id());
-        s.truncate(36);
-        s
+        started_by(&self.runner_token, job.id())
     }
 
     /// The job's state file (present between prepare and cleanup).
@@ -134,7 +140,11 @@ impl E2e {
 
     /// Every task the job started, whatever its state.
     pub fn tasks_of(&self, job: &JobSpec) -> Vec<Task> {
-        let started_by = self.started_by(job);
+        self.tasks_started_by(&self.started_by(job))
+    }
+
+    /// Every task with this ECS `startedBy` in the stand-in's cluster, whatever its state.
+    pub fn tasks_started_by(&self, started_by: &str) -> Vec<Task> {
         self.block_on(async {
             let mut arns = Vec::new();
             for desired in [DesiredStatus::Running, DesiredStatus::Stopped] {
@@ -142,7 +152,7 @@ impl E2e {
                     .ecs
                     .list_tasks()
                     .cluster(&self.standin.cluster)
-                    .started_by(&started_by)
+                    .started_by(started_by)
                     .desired_status(desired)
                     .send()
                     .await
@@ -235,6 +245,77 @@ impl E2e {
     }
 }
 
+/// One job from config to cleanup, the ritual every job test shares: [`E2e::start`] runs
+/// config and prepare and asserts both succeeded; [`Live::stage`] runs a stage script;
+/// [`Live::finish`] runs cleanup and asserts that the job started one task and left none.
+pub struct Live<'a> {
+    pub e: &'a E2e,
+    pub job: JobSpec,
+    pub r: Runner,
+    /// prepare's call (its output and duration).
+    pub prepare: StageResult,
+}
+
+impl E2e {
+    /// config and prepare of `job`, both asserted to succeed.
+    pub fn start(&self, job: JobSpec) -> Live<'_> {
+        let (r, prepare) = self.prepare(&job);
+        assert_ok(&prepare);
+        Live {
+            e: self,
+            job,
+            r,
+            prepare,
+        }
+    }
+
+    /// config and prepare of `job`, both asserted to succeed: the runner, for the stages and
+    /// cleanup (the caller's).
+    pub fn prepared(&self, job: &JobSpec) -> Runner {
+        let (r, prepare) = self.prepare(job);
+        assert_ok(&prepare);
+        r
+    }
+
+    /// config (asserted to succeed) and prepare of `job`: prepare's call, whatever its end.
+    /// cleanup is the caller's.
+    pub fn prepare(&self, job: &JobSpec) -> (Runner, StageResult) {
+        let mut r = self.runner(job);
+        assert_ok(&r.config());
+        let prepare = r.prepare();
+        (r, prepare)
+    }
+}
+
+impl Live<'_> {
+    /// The job's one running task.
+    pub fn task(&self) -> Task {
+        self.e.running_task(&self.job)
+    }
+
+    pub fn task_arn(&self) -> String {
+        self.task().task_arn().expect("a task has an ARN").to_string()
+    }
+
+    /// The Docker id of the task's container `name` (`build`, `helper`).
+    pub fn container_id(&self, name: &str) -> String {
+        self.e.container_id(&self.task_arn(), name)
+    }
+
+    /// Stage `stage` running `body` (wrapped as gitlab-runner wraps a stage script).
+    pub fn stage(&mut self, stage: &str, body: &str) -> StageResult {
+        let script = stage_script(&self.r, body);
+        self.r.run_script(stage, &script)
+    }
+
+    /// cleanup (asserted to succeed), then: the job started exactly one task, and none of
+    /// its tasks is left running. Returns its tasks.
+    pub fn finish(mut self) -> Vec<Task> {
+        assert_ok(&self.r.cleanup());
+        self.e.assert_tasks_stopped(&self.job, 1)
+    }
+}
+
 impl Drop for E2e {
     fn drop(&mut self) {
         // Safety net for a failed test: no task of ours may outlive it.
@@ -258,6 +339,13 @@ impl Drop for E2e {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// ECS `startedBy` for a runner token and job id, as the executor builds it.
+pub fn started_by(runner_token: &str, job_id: i64) -> String {
+    let mut s = format!("gl/{runner_token}/{job_id}");
+    s.truncate(36);
+    s
 }
 
 /// A job id no other job of this or a parallel run uses (ECS `startedBy` allows 36 chars).
@@ -295,33 +383,6 @@ pub async fn container_id(docker: &Docker, task_arn: &str, name: &str) -> Option
         .await
         .ok()?;
     list.into_iter().next().and_then(|c| c.id)
-}
-
-/// `docker exec` without a TTY: (exit code, stdout and stderr together).
-pub async fn docker_exec(
-    docker: &Docker,
-    container: &str,
-    cmd: &[&str],
-) -> Result<(i64, String), bollard::errors::Error> {
-    let created = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut text = String::new();
-    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await? {
-        while let Some(chunk) = output.next().await {
-            text.push_str(&chunk?.to_string());
-        }
-    }
-    let code = docker.inspect_exec(&created.id).await?.exit_code.unwrap_or(-1);
-    Ok((code, text))
 }
 
 /// A stage script as gitlab-runner would hand it over, around a body of our own (nothing but
@@ -373,8 +434,136 @@ fn tail(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
+/// Asserts a call was a system failure whose stderr says every one of `parts`.
+#[track_caller]
+pub fn assert_system_failure_saying(call: &StageResult, parts: &[&str]) {
+    assert!(call.is_system_failure(), "expected a system failure:\n{}", show(call));
+    let err = call.stderr_text();
+    for part in parts {
+        assert!(err.contains(part), "expected stderr to say {part:?}:\n{}", show(call));
+    }
+}
+
+/// Asserts a call was ended by the cancel (gitlab-runner's SIGTERM), not by anything else.
+#[track_caller]
+pub fn assert_cancelled(call: &StageResult) {
+    assert_eq!(
+        call.termination.map(|t| t.reason),
+        Some(ecs_executor_tests::runner::KillReason::Cancel),
+        "{}",
+        show(call)
+    );
+}
+
 /// Asserts a call exited 0, showing its output otherwise.
 #[track_caller]
 pub fn assert_ok(call: &StageResult) {
     assert!(call.is_success(), "expected success:\n{}", show(call));
+}
+
+/// The first IPv4 address of the network interface `name` on this host (getifaddrs), if any.
+pub fn interface_ipv4(name: &str) -> Option<std::net::Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we only read and then free once.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = list;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; its name is a
+        // NUL-terminated string and its address, when not null, a sockaddr of `sa_family`.
+        unsafe {
+            let ifa = &*cur;
+            let addr = ifa.ifa_addr;
+            if !addr.is_null()
+                && i32::from((*addr).sa_family) == libc::AF_INET
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed exactly once, after the last read.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
+/// The executor binary, found as the harness finds it (`$ECS_EXECUTOR_BIN` first).
+pub fn executor_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ECS_EXECUTOR_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let mut tried = Vec::new();
+    if let Ok(target) = std::env::var("CARGO_TARGET_DIR") {
+        tried.push(PathBuf::from(target).join("debug/ecs-executor"));
+    }
+    // Test binaries live in <target>/debug/deps/.
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(debug) = exe.parent().and_then(Path::parent)
+    {
+        tried.push(debug.join("ecs-executor"));
+    }
+    tried
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("the ecs-executor binary (cargo build --bins): none of {tried:?}"))
+}
+
+/// `ecs-executor --config <config> <args...>` as an admin runs it (no job env).
+pub fn admin(config: &Path, args: &[&str]) -> Output {
+    Command::new(executor_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("ECS_EXECUTOR_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ecs-executor")
+}
+
+/// A command's exit code and output, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A config edit: the top-level `line` goes before the first table.
+pub fn top_level(text: &str, line: &str) -> String {
+    match text.find("\n[") {
+        Some(pos) => format!("{}\n{line}{}", &text[..pos], &text[pos..]),
+        None => format!("{text}\n{line}\n"),
+    }
+}
+
+/// Host processes (`pid args` lines, `docker top`) of container `id` whose command line
+/// contains `needle`.
+pub fn container_processes(id: &str, needle: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["top", id, "-eo", "pid,args"])
+        .output()
+        .expect("docker top");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `cmd`, asserting that it exited 0 (showing its stderr otherwise): its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
