@@ -724,6 +724,80 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
     }
 }
 
+// ---- Docker-in-Docker (a privileged service) ----------------------------------------------
+
+/// The dind example plugin through `plan` (prepare's own code without AWS; the stand-in's
+/// Docker refuses privileged containers, so the task itself cannot start here): with default
+/// settings its daemon has TLS on, with the certificates in the job's own builds volume, and a
+/// job's `entrypoint:`/`command:` for the service are not what the privileged container runs.
+#[test]
+fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privileged() {
+    let wasm = plugin_wasm("dind-services");
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), "dind".into());
+    entry.insert("path".into(), wasm.display().to_string().into());
+    entry.insert("grants".into(), toml::Value::Array(vec!["privileged".into()]));
+    let mut doc = toml::Table::new();
+    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
+    let entries = format!("\n{}\n", toml::to_string(&doc).unwrap());
+    let e = E2e::with_config_edit("dind-privileged", move |t| format!("{t}\n{entries}"));
+    let evil = "mount /dev/vda1 /mnt && cat /mnt/etc/shadow";
+    let response = e.dir.join("response.json");
+    let body = serde_json::json!({
+        "id": 8,
+        "image": {"name": e.standin.images.build},
+        "services": [{
+            "name": "docker:27-dind", "alias": "docker",
+            "entrypoint": ["sh", "-c"], "command": [evil],
+        }],
+        "variables": [{"key": "CI_PROJECT_PATH", "value": "g/p", "public": true}],
+    });
+    std::fs::write(&response, body.to_string()).unwrap();
+    let out = admin(&e.config, &["plan", "--job-response", &response.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan prints JSON");
+    let containers = plan["register_task_definition"]["containerDefinitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan:#}"))
+        .clone();
+    let dind = containers
+        .iter()
+        .find(|c| c["image"] == "docker:27-dind")
+        .unwrap_or_else(|| panic!("{plan:#}"));
+    assert_eq!(dind["privileged"], true, "{dind:#}");
+    assert!(!dind.to_string().contains(evil), "the job's command reached the privileged container: {dind:#}");
+    assert!(
+        dind["entryPoint"].is_null() || dind["entryPoint"].as_array().is_some_and(|a| a.is_empty()),
+        "the image's own entry point: {dind:#}"
+    );
+    let certdir = dind["environment"]
+        .as_array()
+        .and_then(|env| env.iter().find(|kv| kv["name"] == "DOCKER_TLS_CERTDIR"))
+        .and_then(|kv| kv["value"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(certdir, "/builds/.dind-certs/docker", "TLS on by default: {dind:#}");
+    assert!(
+        dind["mountPoints"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
+        "the certificates go to the job's own builds volume: {dind:#}"
+    );
+    let build = containers.iter().find(|c| c["name"] == "build").unwrap();
+    assert!(
+        build["mountPoints"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
+        "build sees the same volume at the same path: {build:#}"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("entrypoint and command are ignored") && said.contains("DOCKER_CERT_PATH=/builds/.dind-certs/docker/client"),
+        "the job log says what was ignored and how to connect:\n{}",
+        text(&out)
+    );
+}
+
 // ---- the compiled plugin cache ---------------------------------------------------------
 
 #[test]
