@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 fuzz_target!(|data: &[u8]| {
     static CONFIG: OnceLock<ecs_executor_fuzz::config::Config> = OnceLock::new();
     let config = CONFIG.get_or_init(ecs_executor_fuzz::minimal_config);
-    let Ok(response) = serde_json::from_slice::<JobResponse>(data) else { return };
+    let Ok(response) = serde_json::from_slice::<JobResponse>(data) else {
+        return;
+    };
     let path = response.predefined("CI_PROJECT_PATH");
     if let Some(p) = path {
         let first = response.variables.iter().find(|v| v.key == "CI_PROJECT_PATH").unwrap();

@@ -16,8 +16,12 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b"{\"id\":1}"[..]),
     };
-    let Ok(variable) = std::str::from_utf8(variable) else { return };
-    let Ok(response) = serde_json::from_slice::<JobResponse>(response) else { return };
+    let Ok(variable) = std::str::from_utf8(variable) else {
+        return;
+    };
+    let Ok(response) = serde_json::from_slice::<JobResponse>(response) else {
+        return;
+    };
     // SAFETY: libFuzzer runs the target on one thread; nothing else reads the environment.
     unsafe { std::env::set_var("CUSTOM_ENV_CI_JOB_SERVICES", variable) };
     if let Ok(services) = JobServices::load(config, &response) {

@@ -13,14 +13,23 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
-    let Ok(job) = json::job_from_json(v.get("job").unwrap_or(&json!({})), "job") else { return };
+    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(job) = json::job_from_json(v.get("job").unwrap_or(&json!({})), "job") else {
+        return;
+    };
     let before = json::default_task(&job);
     let redact = |s: &str| s.replace("s3cr3t-value", "[MASKED]");
     let grants = v
         .get("grants")
         .and_then(Value::as_array)
-        .map(|names| names.iter().filter_map(|n| n.as_str().map(String::from)).collect::<Vec<_>>())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect::<Vec<_>>()
+        })
         .and_then(|names| Grants::from_names(&names).ok())
         .unwrap_or(Grants::NONE);
     if let Some(after) = v.get("after")

@@ -47,7 +47,9 @@ fn decode(data: &[u8], chunk: usize) -> (Vec<Seen>, bool) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, data)) = data.split_first() else { return };
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
     let whole = decode(data, data.len());
     let pieces = decode(data, usize::from(split % 17) + 1);
     assert_eq!(whole, pieces, "the split changed what was decoded");

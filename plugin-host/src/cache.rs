@@ -325,7 +325,10 @@ mod tests {
         let refused = |what: &str| {
             let err = cache.load(engine, EMPTY_COMPONENT).map(|(_, o)| o).unwrap_err();
             assert!(err.contains(&shown) && err.contains(what), "{what}: {err}");
-            assert!(err.contains("Remove it") && err.contains(&format!("rm {shown}")), "{err}");
+            assert!(
+                err.contains("Remove it") && err.contains(&format!("rm {shown}")),
+                "{err}"
+            );
         };
 
         // Writable by group, then by others.
@@ -343,7 +346,10 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
         refused("is a symbolic link");
-        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "left in place");
+        assert!(
+            std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(),
+            "left in place"
+        );
 
         // Owned by someone else (needs root to give it away).
         std::fs::remove_file(&path).unwrap();
@@ -375,7 +381,10 @@ mod tests {
         let path = cwasm(&cache);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let err = cache.load_file(engine, &wasm).map(|_| ()).unwrap_err();
-        assert!(err.contains("writable by group or others") && err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("writable by group or others") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
 
         // A verdict record and a stat index others may write are not believed.
@@ -385,12 +394,19 @@ mod tests {
             .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("stat-"))
             .unwrap();
         std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert_eq!(cache.load_file(engine, &wasm).unwrap().1, CacheOutcome::Hit, "hashed again, found");
+        assert_eq!(
+            cache.load_file(engine, &wasm).unwrap().1,
+            CacheOutcome::Hit,
+            "hashed again, found"
+        );
         cache.remember_accepted("k");
         assert!(cache.accepted_before("k"));
         let record = cache.dir().join("accepted-k");
         std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o662)).unwrap();
-        assert!(!cache.accepted_before("k"), "a verdict record others may write is ignored");
+        assert!(
+            !cache.accepted_before("k"),
+            "a verdict record others may write is ignored"
+        );
         std::fs::remove_file(&record).unwrap();
         std::os::unix::fs::symlink(&wasm, &record).unwrap();
         assert!(!cache.accepted_before("k"), "a symlinked verdict record is ignored");

@@ -65,7 +65,10 @@ impl DindMapper {
         let dockerd_args: Vec<String> = settings.get("dockerd_args")?.unwrap_or_default();
         // The image's entry point runs a first argument that is not a flag as a program: only
         // flags, so the command stays the daemon's.
-        if let Some(bad) = dockerd_args.iter().find(|a| !a.starts_with('-') || a.chars().any(char::is_control)) {
+        if let Some(bad) = dockerd_args
+            .iter()
+            .find(|a| !a.starts_with('-') || a.chars().any(char::is_control))
+        {
             return Err(format!(
                 "dockerd_args: {bad:?} is not a dockerd flag (each argument must start with `-`)"
             ));
@@ -345,7 +348,10 @@ mod tests {
         let (a, b) = (&containers(&mappings[0])[0], &containers(&mappings[1])[0]);
         assert_eq!(
             a.environment,
-            [kv(TLS_CERTDIR, "/builds/.dind-certs/docker"), kv("DOCKER_DRIVER", "overlay2")]
+            [
+                kv(TLS_CERTDIR, "/builds/.dind-certs/docker"),
+                kv("DOCKER_DRIVER", "overlay2")
+            ]
         );
         assert_eq!(b.environment, [kv(TLS_CERTDIR, "/builds/.dind-certs/docker-2")]);
         for c in [a, b] {
@@ -366,7 +372,9 @@ mod tests {
         // Another builds_dir; the site's own certificate dir; TLS off (said so).
         let other = mapper(json!({"builds_dir": "/srv/builds/"}));
         assert_eq!(other.certdir("d"), "/srv/builds/.dind-certs/d");
-        let site = mapper(json!({"tls_certdir": "/certs"})).map(&[fixtures::service("docker:dind", &[])]).unwrap();
+        let site = mapper(json!({"tls_certdir": "/certs"}))
+            .map(&[fixtures::service("docker:dind", &[])])
+            .unwrap();
         let c = &containers(&site[0])[0];
         assert_eq!(c.environment, [kv(TLS_CERTDIR, "/certs")]);
         assert!(c.mount_points.is_empty(), "the site shares /certs itself");
@@ -383,7 +391,10 @@ mod tests {
         let mut service = fixtures::service("docker:27-dind", &["docker"]);
         service.entrypoint = Some(vec!["sh".into(), "-c".into()]);
         service.command = Some(vec!["mount /dev/xvda1 /mnt && cat /mnt/etc/shadow".into()]);
-        for settings in [json!({}), json!({"dockerd_args": ["--mtu=1400", "--registry-mirror=https://mirror.example"]})] {
+        for settings in [
+            json!({}),
+            json!({"dockerd_args": ["--mtu=1400", "--registry-mirror=https://mirror.example"]}),
+        ] {
             let m = mapper(settings.clone());
             let mapped = m.map(std::slice::from_ref(&service)).unwrap();
             let c = &containers(&mapped[0])[0];
@@ -471,7 +482,10 @@ mod tests {
             (json!({"tls": ""}), "unknown setting `tls`"),
             (json!({"builds_dir": "builds"}), "builds_dir: \"builds\" must be"),
             (json!({"builds_dir": "/"}), "builds_dir: \"/\" must be"),
-            (json!({"dockerd_args": ["sh"]}), "dockerd_args: \"sh\" is not a dockerd flag"),
+            (
+                json!({"dockerd_args": ["sh"]}),
+                "dockerd_args: \"sh\" is not a dockerd flag",
+            ),
             (json!({"dockerd_args": "--mtu=1"}), "dockerd_args: invalid type"),
         ] {
             let err = DindMapper::from_settings(&settings.to_string()).unwrap_err();
