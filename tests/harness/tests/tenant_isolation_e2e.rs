@@ -11,6 +11,12 @@
 //!   cargo test -p ecs-executor-tests --test tenant_isolation_e2e  # every test fails
 //! ```
 //!
+//! The later fixes fail on the executor of c05eb45 (the merge before them) and pass after: the
+//! forged-token cleanup, the no-project cache and the plugin cache test
+//! (`ECS_EXECUTOR_BIN=<c05eb45's ecs-executor>`), and the dind test, which depends on the
+//! dind-services plugin only (build c05eb45's `plugins/dind-services` into
+//! `$PLUGINS_TARGET_DIR` to see it fail).
+//!
 //! The setsid test depends on the stage runner binary only (`$TENANT_STAGE_RUNNER_BIN`, default
 //! this branch's `build-static` output): the stand-in's config points at the one `up` built.
 //! Helpers live in this file (support/ is being refactored elsewhere).
