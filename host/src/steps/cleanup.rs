@@ -1,5 +1,7 @@
 //! `cleanup`: stop the job's task and forget the job. Idempotent; copes with no state (prepare
-//! failed early) and with leftovers of an earlier prepare attempt.
+//! failed early) and with leftovers of an earlier prepare attempt. A job that forges the
+//! runner's identity was refused by `prepare` before anything started: cleanup ends OK with a
+//! note (it has no trusted name to look anything up by, and nothing to look up).
 
 use std::time::Instant;
 
@@ -8,14 +10,27 @@ use crate::config::Config;
 use crate::ecs::Ecs;
 use crate::ecs::budget::Budget;
 use crate::failure::Failure;
-use crate::protocol::JobKey;
+use crate::protocol::{JobKey, ProtocolError};
 use crate::state::StateStore;
 
 use crate::joblog::{log_note, log_phase};
 
 pub async fn run(config: &Config) -> Result<(), Failure> {
     let started = Instant::now();
-    let key = JobKey::load(config.runner_short_token.as_deref())?;
+    let key = match JobKey::load(config.runner_short_token.as_deref()) {
+        Ok(key) => key,
+        Err(ProtocolError::ForgedIdentity(name)) => {
+            log_phase(
+                started,
+                format_args!(
+                    "cleanup: nothing to stop: the job sets {name}, so prepare refused it before \
+                     starting anything"
+                ),
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let store = StateStore::open(&config.state_dir)?;
     // A corrupt state file must not keep the task alive: fall back to finding it by startedBy.
     let state = match store.load(&key) {

@@ -181,10 +181,19 @@ impl TaskSpec {
 /// (from GitLab's `job_info.project_id` and the predefined `CI_COMMIT_REF_PROTECTED`, which a
 /// job cannot set), as the Docker executor gives each project its own cache volume and GitLab
 /// keeps protected refs' caches apart. Jobs of one project and protection level share it.
+///
+/// A job response without a project id (0: GitLab always sends one, so this is a hand-made
+/// or broken response) has no trusted project to share a cache with: it gets a cache of its
+/// own, `no-project/job-<id>`, rather than one `project-0` every such job would share. (Its
+/// task definition then differs per job, so it is not reused; such directories are not
+/// removed by the executor.)
 pub fn cache_host_path(config: &Config, job: &JobContext) -> String {
+    let root = config.cache_host_path.trim_end_matches('/');
+    if job.project_id == 0 {
+        return format!("{root}/no-project/job-{}", job.key.job_id);
+    }
     format!(
-        "{}/project-{}/{}",
-        config.cache_host_path.trim_end_matches('/'),
+        "{root}/project-{}/{}",
         job.project_id,
         if job.ref_protected { "protected" } else { "unprotected" }
     )
@@ -276,6 +285,23 @@ mod tests {
         assert_eq!(spec(7, false), "/var/cache/ecs-executor/project-7/unprotected");
         assert_eq!(spec(7, true), "/var/cache/ecs-executor/project-7/protected");
         assert_ne!(spec(7, false), spec(8, false));
+    }
+
+    #[test]
+    fn a_job_without_a_project_id_gets_a_cache_of_its_own() {
+        let c = config();
+        let spec = |job_id, ref_protected| {
+            let job = JobContext {
+                key: JobKey::new(job_id, Some("abc")),
+                project_id: 0,
+                ref_protected,
+                ..job("alpine:3")
+            };
+            TaskSpec::for_job(&c, &job).volumes[1].host_path.clone().unwrap()
+        };
+        assert_eq!(spec(41, false), "/var/cache/ecs-executor/no-project/job-41");
+        assert_eq!(spec(41, true), "/var/cache/ecs-executor/no-project/job-41");
+        assert_ne!(spec(41, false), spec(42, false), "two such jobs never share one");
     }
 
     #[test]

@@ -25,13 +25,20 @@ impl services::Guest for DindServices {
         let mappings = mapper.map(&services).map_err(reject)?;
         Ok(mappings
             .into_iter()
-            .map(|mapping| match mapping {
+            .zip(&services)
+            .map(|(mapping, service)| match mapping {
                 Mapping::Decline => ServiceMapping::Decline,
                 Mapping::Containers(containers) => {
+                    if let Some(note) = DindMapper::ignored_overrides(service) {
+                        log::warn(&note);
+                    }
+                    let host = service.aliases.first().map(String::as_str).unwrap_or("docker");
                     for container in &containers {
                         log::info(&format!(
-                            "service {} runs as privileged container {}",
-                            container.image, container.name
+                            "service {} runs as privileged container {}; {}",
+                            container.image,
+                            container.name,
+                            mapper.client_hint(&container.name, host)
                         ));
                     }
                     ServiceMapping::Containers(containers)

@@ -11,6 +11,12 @@
 //!   cargo test -p ecs-executor-tests --test tenant_isolation_e2e  # every test fails
 //! ```
 //!
+//! The later fixes fail on the executor of c05eb45 (the merge before them) and pass after: the
+//! forged-token cleanup, the no-project cache and the plugin cache test
+//! (`ECS_EXECUTOR_BIN=<c05eb45's ecs-executor>`), and the dind test, which depends on the
+//! dind-services plugin only (build c05eb45's `plugins/dind-services` into
+//! `$PLUGINS_TARGET_DIR` to see it fail).
+//!
 //! The setsid test depends on the stage runner binary only (`$TENANT_STAGE_RUNNER_BIN`, default
 //! this branch's `build-static` output): the stand-in's config points at the one `up` built.
 
@@ -187,7 +193,14 @@ fn a_job_that_sets_ci_runner_short_token_is_refused_unless_the_config_names_the_
         "the message names the variable:\n{}",
         show(&prepare)
     );
-    eprintln!("cleanup after the refused prepare: {}", show(&cleanup));
+    // Prepare started nothing, so cleanup has nothing to do: it ends OK (not a failed
+    // cleanup in the job log), saying why.
+    assert_ok(&cleanup);
+    assert!(
+        cleanup.stdout_text().contains("nothing to stop") && cleanup.stdout_text().contains("CI_RUNNER_SHORT_TOKEN"),
+        "{}",
+        show(&cleanup)
+    );
 
     // 2. The config names this runner's token: the job runs, under that token.
     let config = std::fs::read_to_string(&e.config).unwrap();
@@ -275,6 +288,24 @@ fn caches_are_per_project_and_per_protection_level_and_a_projects_next_job_finds
         out.contains(&format!("cache=[{mark}]\n")),
         "project A's next job finds its cache:\n{out}"
     );
+    // Jobs without a project id (0) have no trusted project to share with: each gets its own
+    // `no-project/job-<id>`, not one `project-0` they would all share.
+    let first = e.job().project_id(0);
+    let first_id = first.id();
+    let out = build_out(first.script([look, "echo from-a-job-without-project > /cache/shared.txt"]));
+    assert!(out.contains("cache=[]\n"), "{out}");
+    let out = build_out(e.job().project_id(0).script([look]));
+    assert!(
+        out.contains("cache=[]\n"),
+        "a job without a project id sees another such job's cache:\n{out}"
+    );
+    let own = cache_host.join(format!("no-project/job-{first_id}/shared.txt"));
+    assert!(
+        std::fs::read_to_string(&own).is_ok_and(|t| t.contains("from-a-job-without-project")),
+        "{} holds the first job's cache",
+        own.display()
+    );
+    assert!(!cache_host.join("project-0").exists(), "no shared project-0 cache");
     let _ = std::fs::remove_dir_all(&cache_host);
 }
 
@@ -610,6 +641,152 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
             show(&prepare)
         );
     }
+}
+
+// ---- Docker-in-Docker (a privileged service) ----------------------------------------------
+
+/// The dind example plugin through `plan` (prepare's own code without AWS; the stand-in's
+/// Docker refuses privileged containers, so the task itself cannot start here): with default
+/// settings its daemon has TLS on, with the certificates in the job's own builds volume, and a
+/// job's `entrypoint:`/`command:` for the service are not what the privileged container runs.
+#[test]
+fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privileged() {
+    let wasm = plugin_wasm("dind-services");
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), "dind".into());
+    entry.insert("path".into(), wasm.display().to_string().into());
+    entry.insert("grants".into(), toml::Value::Array(vec!["privileged".into()]));
+    let mut doc = toml::Table::new();
+    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
+    let entries = format!("\n{}\n", toml::to_string(&doc).unwrap());
+    let e = E2e::with_config_edit("dind-privileged", move |t| format!("{t}\n{entries}"));
+    let evil = "mount /dev/vda1 /mnt && cat /mnt/etc/shadow";
+    let response = e.dir.join("response.json");
+    let body = serde_json::json!({
+        "id": 8,
+        "image": {"name": e.standin.images.build},
+        "services": [{
+            "name": "docker:27-dind", "alias": "docker",
+            "entrypoint": ["sh", "-c"], "command": [evil],
+        }],
+        "variables": [{"key": "CI_PROJECT_PATH", "value": "g/p", "public": true}],
+    });
+    std::fs::write(&response, body.to_string()).unwrap();
+    let out = admin(&e.config, &["plan", "--job-response", &response.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan prints JSON");
+    let containers = plan["register_task_definition"]["containerDefinitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan:#}"))
+        .clone();
+    let dind = containers
+        .iter()
+        .find(|c| c["image"] == "docker:27-dind")
+        .unwrap_or_else(|| panic!("{plan:#}"));
+    assert_eq!(dind["privileged"], true, "{dind:#}");
+    assert!(!dind.to_string().contains(evil), "the job's command reached the privileged container: {dind:#}");
+    assert!(
+        dind["entryPoint"].is_null() || dind["entryPoint"].as_array().is_some_and(|a| a.is_empty()),
+        "the image's own entry point: {dind:#}"
+    );
+    let certdir = dind["environment"]
+        .as_array()
+        .and_then(|env| env.iter().find(|kv| kv["name"] == "DOCKER_TLS_CERTDIR"))
+        .and_then(|kv| kv["value"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(certdir, "/builds/.dind-certs/docker", "TLS on by default: {dind:#}");
+    assert!(
+        dind["mountPoints"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
+        "the certificates go to the job's own builds volume: {dind:#}"
+    );
+    let build = containers.iter().find(|c| c["name"] == "build").unwrap();
+    assert!(
+        build["mountPoints"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
+        "build sees the same volume at the same path: {build:#}"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("entrypoint and command are ignored") && said.contains("DOCKER_CERT_PATH=/builds/.dind-certs/docker/client"),
+        "the job log says what was ignored and how to connect:\n{}",
+        text(&out)
+    );
+}
+
+// ---- the compiled plugin cache ---------------------------------------------------------
+
+#[test]
+fn a_compiled_plugin_others_could_have_written_is_never_loaded_and_prepare_says_which_file() {
+    let wasm = plugin_wasm("role-mapper");
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), "roles".into());
+    entry.insert("path".into(), wasm.display().to_string().into());
+    let settings = serde_json::json!({
+        "roles": [{"project": "nobody/here", "task_role_arn": "arn:aws:iam::123456789012:role/none"}]
+    });
+    entry.insert(
+        "settings".into(),
+        serde_json::from_value::<toml::Table>(settings).unwrap().into(),
+    );
+    let mut doc = toml::Table::new();
+    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
+    let entries = format!("\n{}\n", toml::to_string(&doc).unwrap());
+    let e = E2e::with_config_edit("plugin-cache-mode", move |t| format!("{t}\n{entries}"));
+    // 1. A job compiles the plugin into the cache (<state_dir>/plugin-cache).
+    let job = e.job();
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    let prepare = r.prepare();
+    assert_ok(&r.cleanup());
+    assert_ok(&prepare);
+    let cache = e.state_dir.join("plugin-cache");
+    let cwasm: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap_or_else(|err| panic!("{}: {err}", cache.display()))
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(cwasm.len(), 1, "{cwasm:?}");
+    let cwasm = &cwasm[0];
+
+    // 2. The compiled file becomes writable by others (as if someone could have replaced
+    //    its code): the next prepare refuses to load it, naming it and the fix; no task.
+    std::fs::set_permissions(cwasm, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let job = e.job();
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    let prepare = r.prepare();
+    let tasks = e.tasks_of(&job);
+    let _ = r.cleanup();
+    e.assert_no_task_left(&job);
+    assert!(tasks.is_empty(), "a task started: {tasks:#?}");
+    assert!(prepare.is_system_failure(), "{}", show(&prepare));
+    let said = prepare.stderr_text() + &prepare.stdout_text();
+    assert!(
+        said.contains(&cwasm.display().to_string())
+            && said.contains("writable by group or others")
+            && said.contains("Remove it"),
+        "the message names the file, what is wrong and the fix:\n{}",
+        show(&prepare)
+    );
+    assert_eq!(
+        std::fs::metadata(cwasm).unwrap().permissions().mode() & 0o777,
+        0o666,
+        "the file is left as found (not compiled over)"
+    );
+
+    // 3. As the message says: remove it, and the next job compiles the plugin again.
+    std::fs::remove_file(cwasm).unwrap();
+    let job = e.job();
+    let mut r = e.runner(&job);
+    assert_ok(&r.config());
+    let prepare = r.prepare();
+    assert_ok(&r.cleanup());
+    assert_ok(&prepare);
+    e.assert_tasks_stopped(&job, 1);
 }
 
 // ---- the stage runner ------------------------------------------------------------------
