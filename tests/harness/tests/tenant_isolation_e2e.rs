@@ -651,7 +651,7 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
 /// job's `entrypoint:`/`command:` for the service are not what the privileged container runs.
 #[test]
 fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privileged() {
-    let wasm = plugin_wasm("dind-services");
+    let wasm = ecs_executor_test_components::plugin("dind-services");
     let mut entry = toml::Table::new();
     entry.insert("name".into(), "dind".into());
     entry.insert("path".into(), wasm.display().to_string().into());
@@ -721,7 +721,7 @@ fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privi
 
 #[test]
 fn a_compiled_plugin_others_could_have_written_is_never_loaded_and_prepare_says_which_file() {
-    let wasm = plugin_wasm("role-mapper");
+    let wasm = ecs_executor_test_components::plugin("role-mapper");
     let mut entry = toml::Table::new();
     entry.insert("name".into(), "roles".into());
     entry.insert("path".into(), wasm.display().to_string().into());
@@ -744,7 +744,7 @@ fn a_compiled_plugin_others_could_have_written_is_never_loaded_and_prepare_says_
     assert_ok(&r.cleanup());
     assert_ok(&prepare);
     let cache = e.state_dir.join("plugin-cache");
-    let cwasm: Vec<PathBuf> = std::fs::read_dir(&cache)
+    let cwasm: Vec<std::path::PathBuf> = std::fs::read_dir(&cache)
         .unwrap_or_else(|err| panic!("{}: {err}", cache.display()))
         .map(|d| d.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
