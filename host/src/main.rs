@@ -92,6 +92,10 @@ enum Step {
         /// A job response JSON, as gitlab-runner writes JOB_RESPONSE_FILE.
         #[arg(long, value_name = "FILE")]
         job_response: PathBuf,
+        /// Simulate gitlab-runner's environment: `CUSTOM_ENV_NAME=value` lines (`#` comments),
+        /// used instead of this shell's `CUSTOM_ENV_*` variables.
+        #[arg(long = "env", value_name = "FILE")]
+        env: Option<PathBuf>,
     },
 }
 
@@ -106,6 +110,9 @@ enum PluginCommand {
         /// Case files (JSON, see docs/plugins.md).
         #[arg(required = true)]
         cases: Vec<PathBuf>,
+        /// Also print each case's answer and the plugin's log lines.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -143,9 +150,17 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
     let path = Config::resolve_path(cli.config.as_deref());
     // Admin commands that need neither an async runtime nor AWS.
     match &cli.step {
-        Step::Plugin(PluginCommand::Test { plugin, cases }) => return admin::plugin::plugin_test(plugin, cases),
+        Step::Plugin(PluginCommand::Test { plugin, cases, verbose }) => {
+            return admin::plugin::plugin_test(plugin, cases, *verbose);
+        }
         Step::Plugin(PluginCommand::Compile) => return admin::plugin::plugin_compile(&Config::load(&path)?),
-        Step::Plan { job_response } => return admin::plan::plan(&Config::load(&path)?, job_response),
+        Step::Plan { job_response, env } => {
+            // Before anything reads the environment or starts a thread.
+            if let Some(env) = env {
+                admin::plan::simulate_env(env)?;
+            }
+            return admin::plan::plan(&Config::load(&path)?, job_response);
+        }
         _ => {}
     }
     let runtime = || {

@@ -194,7 +194,7 @@ pub fn map_services(
 
 /// Predefined variables passed as `trusted`: their first occurrence in the job response
 /// (GitLab lists predefined variables before project and job variables).
-const TRUSTED: &[&str] = &[
+pub const TRUSTED: &[&str] = &[
     "CI_PROJECT_NAMESPACE",
     "CI_PROJECT_PATH",
     "CI_PROJECT_ID",

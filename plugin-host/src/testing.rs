@@ -125,6 +125,12 @@ pub struct CaseResult {
     pub passed: bool,
     /// Why it failed: the path of the first differing field, expected vs got.
     pub detail: String,
+    /// Expectations in this case that cannot fail (e.g. `"tags": {}`), each with its path.
+    pub warnings: Vec<String>,
+    /// What the hook answered (`ok: {...}`, `rejected: ...`), for `plugin test -v`.
+    pub answer: String,
+    /// The plugin's log lines during the case (`info: ...`), for `plugin test -v`.
+    pub log: Vec<String>,
 }
 
 /// The results of one case file.
@@ -143,8 +149,18 @@ impl CaseReport {
         self.results.iter().filter(|r| !r.passed).count()
     }
 
-    /// One line per case (`ok` / `FAILED`, with the diff under it).
+    /// Warnings of every case: expectations that match any answer.
+    pub fn warnings(&self) -> usize {
+        self.results.iter().map(|r| r.warnings.len()).sum()
+    }
+
+    /// One line per case (`ok` / `FAILED`, with the diff under it, and any warning).
     pub fn render(&self) -> String {
+        self.render_with(false)
+    }
+
+    /// [`render`](Self::render); `verbose` adds each case's answer and the plugin's log lines.
+    pub fn render_with(&self, verbose: bool) -> String {
         let mut out = String::new();
         for r in &self.results {
             if r.passed {
@@ -154,6 +170,15 @@ impl CaseReport {
                 for line in r.detail.lines() {
                     out.push_str(&format!("        {line}\n"));
                 }
+            }
+            for w in &r.warnings {
+                out.push_str(&format!("        warning: {w}\n"));
+            }
+            if verbose {
+                for line in &r.log {
+                    out.push_str(&format!("        log {line}\n"));
+                }
+                out.push_str(&format!("        answer {}\n", r.answer));
             }
         }
         out
@@ -334,6 +359,10 @@ fn run_case(
             }
         },
     };
+    let mut warnings = Vec::new();
+    if expect_kind == "ok" {
+        vacuous(expected, "expect.ok", &mut warnings);
+    }
     let verdict: Result<(), String> = match (expect_kind.as_str(), &outcome) {
         ("ok", Outcome::Ok(got)) => contains(expected, got, "$"),
         ("ok", Outcome::Declined(Some(got))) => contains(expected, got, "$"),
@@ -364,12 +393,58 @@ fn run_case(
         }
         (other, _) => return Err(format!("{at}: unknown expectation `{other}`")),
     };
+    let log = log
+        .lines
+        .into_inner()
+        .into_iter()
+        .map(|(level, line)| format!("{}: {line}", level_name(level)))
+        .collect();
     Ok(CaseResult {
         name,
         passed: verdict.is_ok(),
         detail: verdict.err().unwrap_or_default(),
+        warnings,
+        answer: outcome.describe(),
+        log,
     })
 }
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+/// Record every part of an `ok` expectation that matches any answer: an empty object under a
+/// key (`"tags": {}`, `"ok": {}`) checks nothing, since objects match as subsets. An empty
+/// object as an array element is the documented "any element" placeholder and is left alone.
+fn vacuous(expected: &Value, path: &str, warnings: &mut Vec<String>) {
+    match expected {
+        Value::Object(map) if map.is_empty() => warnings.push(format!(
+            "{path} is {{}}, which matches anything; to require an empty value write {{\"$exact\": {{}}}}"
+        )),
+        Value::Object(map) if map.contains_key(EXACT) => {}
+        Value::Object(map) => {
+            for (k, v) in map {
+                vacuous(v, &format!("{path}.{k}"), warnings);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                if !v.as_object().is_some_and(Map::is_empty) {
+                    vacuous(v, &format!("{path}[{i}]"), warnings);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `{"$exact": V}` in an expectation: the answer there must equal `V` exactly (no extra keys).
+const EXACT: &str = "$exact";
 
 fn outcome_of(r: Result<Value, PluginError>) -> Outcome {
     match r {
@@ -380,10 +455,25 @@ fn outcome_of(r: Result<Value, PluginError>) -> Outcome {
     }
 }
 
-/// `got` contains `expected`: objects key by key (keys not in `expected` ignored), arrays of
-/// the same length element by element, scalars equal. The error names the first differing
+/// `got` contains `expected`: objects key by key (keys not in `expected` ignored; `"k": null`
+/// also matches a missing key), arrays of the same length element by element, scalars equal;
+/// `{"$exact": V}` matches only a value equal to `V`. The error names the first differing
 /// path with both values.
 pub fn contains(expected: &Value, got: &Value, path: &str) -> Result<(), String> {
+    if let Some(want) = expected.as_object().and_then(|m| m.get(EXACT)) {
+        if expected.as_object().is_some_and(|m| m.len() != 1) {
+            return Err(format!("{path}: `$exact` must be the only key of its object"));
+        }
+        return if want == got {
+            Ok(())
+        } else {
+            Err(format!(
+                "{path}: differs ($exact)\n  expected: {}\n  got:      {}",
+                short(want),
+                short(got)
+            ))
+        };
+    }
     match (expected, got) {
         (Value::Object(want), Value::Object(have)) => {
             for (k, w) in want {

@@ -38,16 +38,22 @@ pub fn plugin_compile(config: &Config) -> Result<(), Failure> {
 
 /// `plugin test <plugin.wasm> <case files...>`: `Ok` when all cases pass; a failed case is a
 /// build failure (exit 1), unusable input (missing plugin, bad case file) a system failure (2).
-pub fn plugin_test(plugin: &Path, cases: &[std::path::PathBuf]) -> Result<(), Failure> {
-    let (mut passed, mut failed) = (0, 0);
+/// `verbose` also prints each case's answer and the plugin's log lines.
+pub fn plugin_test(plugin: &Path, cases: &[std::path::PathBuf], verbose: bool) -> Result<(), Failure> {
+    let (mut passed, mut failed, mut warnings) = (0, 0, 0);
     for file in cases {
         let report = run_case_file(plugin, file).map_err(|e| Failure::system(e.to_string()))?;
         println!("{}:", file.display());
-        print!("{}", report.render());
+        print!("{}", report.render_with(verbose));
         failed += report.failed();
         passed += report.results.len() - report.failed();
+        warnings += report.warnings();
     }
-    println!("{passed} passed, {failed} failed");
+    if warnings > 0 {
+        println!("{passed} passed, {failed} failed, {warnings} warnings (expectations that match anything)");
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
     if failed == 0 {
         Ok(())
     } else {
