@@ -178,7 +178,9 @@ impl CaseReport {
                 for line in &r.log {
                     out.push_str(&format!("        log {line}\n"));
                 }
-                out.push_str(&format!("        answer {}\n", r.answer));
+                for (i, line) in r.answer.lines().enumerate() {
+                    out.push_str(&format!("        {} {line}\n", if i == 0 { "answer" } else { "      " }));
+                }
             }
         }
         out
@@ -203,6 +205,18 @@ impl Outcome {
             Outcome::Error(m) => format!("error: {m}"),
             Outcome::Declined(_) => "declined".into(),
             Outcome::SettingsError(m) => format!("settings-error: {m}"),
+        }
+    }
+
+    /// Like `describe`, with the whole answer (pretty JSON), for `plugin test -v`.
+    fn full(&self) -> String {
+        match self {
+            Outcome::Ok(v) | Outcome::Declined(Some(v)) => format!(
+                "{}: {}",
+                if matches!(self, Outcome::Ok(_)) { "ok" } else { "declined" },
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            ),
+            other => other.describe(),
         }
     }
 }
@@ -404,7 +418,7 @@ fn run_case(
         passed: verdict.is_ok(),
         detail: verdict.err().unwrap_or_default(),
         warnings,
-        answer: outcome.describe(),
+        answer: outcome.full(),
         log,
     })
 }

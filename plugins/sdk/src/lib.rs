@@ -18,8 +18,8 @@
 //! ```ignore
 //! // src/component.rs
 //! // One world per role: "task-definition-plugin", "address-plugin", "services-plugin",
-//! // or "full-plugin"; the path is the `wit/` directory, relative to the plugin's Cargo.toml.
-//! ecs_executor_plugin_sdk::plugin!("task-definition-plugin", "../../wit");
+//! // or "full-plugin"; the WIT package is the one this SDK was built from.
+//! ecs_executor_plugin_sdk::plugin!("task-definition-plugin");
 //!
 //! use ecs_executor_plugin_sdk::{log, types::{JobContext, TaskDefinition}};
 //! use exports::ecs_executor::plugin::{settings, task_definition};
@@ -33,7 +33,8 @@
 //! impl task_definition::Guest for Plugin {
 //!     fn customize(job: JobContext, task: TaskDefinition)
 //!         -> Result<TaskDefinition, task_definition::Error> {
-//!         if job.project_path.starts_with("sandbox/") {
+//!         // project-path comes from GitLab, not from the job's variables (see `job`).
+//!         if ecs_executor_plugin_sdk::job::in_group(&job, "sandbox") {
 //!             return Err(ecs_executor_plugin_sdk::reject("sandbox projects may not run here"))?;
 //!         }
 //!         log::info("task definition accepted");
@@ -70,7 +71,10 @@ pub use bindings::ecs_executor::plugin::types;
 
 pub mod fixtures;
 pub mod image;
+pub mod job;
 pub mod settings;
+
+include!(concat!(env!("OUT_DIR"), "/wit_path.rs"));
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
@@ -129,12 +133,17 @@ pub mod log {
 /// Generate a plugin's bindings for one world of `ecs-executor:plugin` and tie them to this
 /// crate's types and imports.
 ///
-/// `plugin!("<world>", "<path to wit/ relative to the plugin's Cargo.toml>")`, where world is
-/// `task-definition-plugin`, `address-plugin`, `services-plugin` or `full-plugin`. Defines
+/// `plugin!("<world>")` uses the WIT package this SDK was built from, so a plugin in its own
+/// repository needs no copy of `wit/`; `plugin!("<world>", "<path to wit/ relative to the
+/// plugin's Cargo.toml>")` names one explicitly. World is `task-definition-plugin`,
+/// `address-plugin`, `services-plugin` or `full-plugin`. Defines
 /// module `exports` (the traits to implement) and macro `export!` (call it once with the type
 /// that implements them). The plugin crate needs no direct wit-bindgen dependency.
 #[macro_export]
 macro_rules! plugin {
+    ($world:tt) => {
+        $crate::__plugin_with_sdk_wit!($world);
+    };
     ("task-definition-plugin", $path:literal) => {
         $crate::plugin!(@generate "task-definition-plugin", $path);
         $crate::plugin!(@rejection exports::ecs_executor::plugin::task_definition::Error);
