@@ -534,4 +534,29 @@ mod example_tests {
         assert_eq!(config.cluster, "ci-cluster");
         assert_eq!(config.aws.max_attempts, 5);
     }
+
+    /// The commented-out `plugin_cache_dir` and `[[plugins]]` entry are real keys: uncommented,
+    /// the example still parses and gives that plugin.
+    #[test]
+    fn the_example_configs_plugin_keys_parse_when_uncommented() {
+        let text = include_str!("../../../examples/config.toml");
+        let mut in_plugins = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                in_plugins |= line == "# [[plugins]]";
+                match line.strip_prefix("# ") {
+                    Some(rest) if (in_plugins && !rest.starts_with("# ")) || rest.starts_with("plugin_cache_dir") => {
+                        rest.to_string()
+                    }
+                    _ => line.to_string(),
+                }
+            })
+            .collect();
+        let config = Config::parse(&lines.join("\n"), Path::new("examples/config.toml")).unwrap();
+        assert_eq!(config.plugin_cache_dir.as_deref(), Some(Path::new("/var/lib/ecs-executor/plugin-cache")));
+        assert_eq!(config.plugins.len(), 1);
+        assert_eq!(config.plugins[0].name, "site-policy");
+        assert_eq!(config.plugins[0].deadline_ms, Some(1000));
+    }
 }
