@@ -513,7 +513,11 @@ pub fn default_task(job: &JobContext) -> TaskDefinition {
         cpu: Some(1024),
         memory: Some(2048),
         containers: vec![
-            container("build", &job.image),
+            ContainerDefinition {
+                // As the executor does: the job's `image: entrypoint:` on `build`.
+                entry_point: job.image_entrypoint.clone(),
+                ..container("build", &job.image)
+            },
             container(
                 "helper",
                 "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:alpine-x86_64-latest",

@@ -526,3 +526,36 @@ pub fn contains(expected: &Value, got: &Value, path: &str) -> Result<(), String>
 
 /// Keep `Map` in the public signature stable for callers building case JSON by hand.
 pub type JsonObject = Map<String, Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_matches_only_an_equal_value_and_null_means_absent() {
+        let got = json!({"tags": {"a": "1"}, "name": "x"});
+        assert!(contains(&json!({"tags": {}}), &got, "$").is_ok());
+        assert!(contains(&json!({"tags": {"$exact": {"a": "1"}}}), &got, "$").is_ok());
+        let err = contains(&json!({"tags": {"$exact": {}}}), &got, "$").unwrap_err();
+        assert!(err.starts_with("$.tags: differs ($exact)"), "{err}");
+        assert!(contains(&json!({"tags": {"b": null}}), &got, "$").is_ok());
+        assert!(contains(&json!({"tags": {"a": null}}), &got, "$").is_err());
+        assert!(contains(&json!({"$exact": 1, "x": 2}), &got, "$").unwrap_err().contains("only key"));
+    }
+
+    #[test]
+    fn expectations_that_match_anything_are_warned_about() {
+        let mut warnings = vec![];
+        vacuous(
+            &json!({"tags": {}, "containers": [{}, {"docker-labels": {}}], "extra": {"$exact": {}}}),
+            "expect.ok",
+            &mut warnings,
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("expect.ok.tags is {}"), "{warnings:?}");
+        assert!(warnings[1].starts_with("expect.ok.containers[1].docker-labels is {}"), "{warnings:?}");
+        let mut none = vec![];
+        vacuous(&json!({"containers": [{"name": "build"}, {}]}), "expect.ok", &mut none);
+        assert!(none.is_empty(), "{none:?}");
+    }
+}

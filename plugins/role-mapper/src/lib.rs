@@ -17,8 +17,8 @@
 //! ```
 //!
 //! - `roles`: the first rule whose `project` matches the job's project path (`CI_PROJECT_PATH`,
-//!   from GitLab's job response, not from a variable the job controls) sets the task role, and
-//!   the execution role when the rule gives one. `team/app` matches that project only;
+//!   the first, public entry of GitLab's job response; a job variable of that name changes
+//!   nothing) sets the task role, and the execution role when the rule gives one. `team/app` matches that project only;
 //!   `team/*` matches every project below `team`, at any depth (`team/app`, `team/sub/app`),
 //!   but not `team` itself. Paths compare ASCII case-insensitively, as GitLab routes them.
 //! - `default_task_role_arn`: the task role when no rule matches; without it the task role is

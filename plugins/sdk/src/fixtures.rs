@@ -15,11 +15,11 @@ use crate::types::{
 };
 
 /// The helper image the fixtures use (GitLab's, as the executor picks by default).
-pub const HELPER_IMAGE: &str = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:alpine-latest";
+pub const HELPER_IMAGE: &str = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:alpine-x86_64-latest";
 
 /// The keep-alive command of `build` and `helper` (after `sh -c`); the job's script is
 /// executed into them later.
-pub const KEEP_ALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+pub const KEEP_ALIVE: &str = "while :; do sleep 3600; done";
 
 /// A `key-value` pair.
 pub fn kv(key: &str, value: &str) -> KeyValue {
@@ -69,8 +69,9 @@ pub fn container(name: &str, image: &str) -> ContainerDefinition {
     }
 }
 
-/// The executor's built-in shape for `job` (as `host/src/task_spec.rs` builds it with the
-/// default config): essential containers `build` (the job's image) and `helper`, each running
+/// The built-in shape for `job`, field for field the `task` fixture of `ecs-executor plugin
+/// test` (`plugin-host/src/json.rs`, `default_task`); the executor's real one differs in
+/// detail (its keep-alive command, the helper tag of the runner's version, the family hash): essential containers `build` (the job's image) and `helper`, each running
 /// a keep-alive loop, labelled `ecs-executor.role` = its name and mounting volume `builds` at
 /// `/builds`; bridge mode, 1024 CPU units, 2048 MiB.
 pub fn task(job: &JobContext) -> TaskDefinition {
@@ -89,7 +90,7 @@ pub fn task(job: &JobContext) -> TaskDefinition {
     let mut build = essential(container("build", &job.image));
     build.entry_point = job.image_entrypoint.clone();
     TaskDefinition {
-        family: "ecs-executor-0123456789abcdef".into(),
+        family: "ecs-executor-0000000000000000".into(),
         task_role_arn: None,
         execution_role_arn: None,
         network_mode: NetworkMode::Bridge,
