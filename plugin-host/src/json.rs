@@ -259,7 +259,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A job context; missing fields get the fixture defaults of CASES.md (job-id 1,
+/// A job context; missing fields get the fixture defaults of docs/plugins.md ("Case files") (job-id 1,
 /// project-path `group/project`, ref-name `main`, image `alpine:3`, the rest empty).
 pub fn job_from_json(v: &Value, path: &str) -> Result<JobContext, JsonError> {
     const KNOWN: &[&str] = &[
@@ -473,7 +473,7 @@ pub fn instance_from_json(v: &Value, path: &str) -> Result<Instance, JsonError> 
     })
 }
 
-/// The executor's built-in task shape (CASES.md fixture): `build` and `helper` sharing the
+/// The executor's built-in task shape (the case files' `task` fixture, docs/plugins.md): `build` and `helper` sharing the
 /// `builds` volume, bridge mode, 1024 CPU units, 2048 MiB.
 pub fn default_task(job: &JobContext) -> TaskDefinition {
     let keep_alive = vec![
