@@ -179,7 +179,10 @@ impl CaseReport {
                     out.push_str(&format!("        log {line}\n"));
                 }
                 for (i, line) in r.answer.lines().enumerate() {
-                    out.push_str(&format!("        {} {line}\n", if i == 0 { "answer" } else { "      " }));
+                    out.push_str(&format!(
+                        "        {} {line}\n",
+                        if i == 0 { "answer" } else { "      " }
+                    ));
                 }
             }
         }
@@ -213,7 +216,11 @@ impl Outcome {
         match self {
             Outcome::Ok(v) | Outcome::Declined(Some(v)) => format!(
                 "{}: {}",
-                if matches!(self, Outcome::Ok(_)) { "ok" } else { "declined" },
+                if matches!(self, Outcome::Ok(_)) {
+                    "ok"
+                } else {
+                    "declined"
+                },
                 serde_json::to_string_pretty(v).unwrap_or_default()
             ),
             other => other.describe(),
@@ -540,7 +547,11 @@ mod tests {
         assert!(err.starts_with("$.tags: differs ($exact)"), "{err}");
         assert!(contains(&json!({"tags": {"b": null}}), &got, "$").is_ok());
         assert!(contains(&json!({"tags": {"a": null}}), &got, "$").is_err());
-        assert!(contains(&json!({"$exact": 1, "x": 2}), &got, "$").unwrap_err().contains("only key"));
+        assert!(
+            contains(&json!({"$exact": 1, "x": 2}), &got, "$")
+                .unwrap_err()
+                .contains("only key")
+        );
     }
 
     #[test]
@@ -553,7 +564,10 @@ mod tests {
         );
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].starts_with("expect.ok.tags is {}"), "{warnings:?}");
-        assert!(warnings[1].starts_with("expect.ok.containers[1].docker-labels is {}"), "{warnings:?}");
+        assert!(
+            warnings[1].starts_with("expect.ok.containers[1].docker-labels is {}"),
+            "{warnings:?}"
+        );
         let mut none = vec![];
         vacuous(&json!({"containers": [{"name": "build"}, {}]}), "expect.ok", &mut none);
         assert!(none.is_empty(), "{none:?}");

@@ -5,7 +5,9 @@
 fn main() {
     let manifest = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let wit = manifest.join("../../wit");
-    let wit = wit.canonicalize().unwrap_or_else(|e| panic!("the SDK's WIT package {}: {e}", wit.display()));
+    let wit = wit
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("the SDK's WIT package {}: {e}", wit.display()));
     println!("cargo:rerun-if-changed=build.rs");
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("wit_path.rs");
     let text = format!(

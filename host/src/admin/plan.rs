@@ -67,7 +67,8 @@ pub fn plan(config: &Config, job_response: &Path) -> Result<(), Failure> {
 /// lines and lines starting with `#` are skipped. Must run before any thread starts.
 pub fn simulate_env(path: &Path) -> Result<(), Failure> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::system(format!("--env {shown}: cannot read: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure::system(format!("--env {shown}: cannot read: {e}")))?;
     let mut vars = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
@@ -85,7 +86,10 @@ pub fn simulate_env(path: &Path) -> Result<(), Failure> {
             })?;
         vars.push((key.to_string(), value.to_string()));
     }
-    let old: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("CUSTOM_ENV_")).collect();
+    let old: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("CUSTOM_ENV_"))
+        .collect();
     // SAFETY: called from main before the plugin thread or any other thread exists, so nothing
     // reads the environment concurrently.
     unsafe {
@@ -107,7 +111,11 @@ fn warnings(config: &Config, response: &JobResponse) -> Vec<String> {
     let (mut absent, mut not_public) = (vec![], vec![]);
     for key in crate::plugins::TRUSTED {
         if response.predefined(key).is_none() {
-            if response.sets(key) { not_public.push(*key) } else { absent.push(*key) }
+            if response.sets(key) {
+                not_public.push(*key)
+            } else {
+                absent.push(*key)
+            }
         }
     }
     if !not_public.is_empty() {
@@ -115,14 +123,22 @@ fn warnings(config: &Config, response: &JobResponse) -> Vec<String> {
             "{}: the first entry lacks \"public\": true (or is masked or a file), so it is not GitLab's \
              predefined value; plugins get no trusted value for it{}",
             not_public.join(", "),
-            if not_public.contains(&"CI_PROJECT_PATH") { " and project-path is empty" } else { "" }
+            if not_public.contains(&"CI_PROJECT_PATH") {
+                " and project-path is empty"
+            } else {
+                ""
+            }
         ));
     }
     if !absent.is_empty() {
         out.push(format!(
             "not in the job response, so plugins get no trusted value for: {}{}",
             absent.join(", "),
-            if absent.contains(&"CI_PROJECT_PATH") { " (project-path is empty)" } else { "" }
+            if absent.contains(&"CI_PROJECT_PATH") {
+                " (project-path is empty)"
+            } else {
+                ""
+            }
         ));
     }
     let hidden: Vec<&str> = response
@@ -156,7 +172,9 @@ fn warnings(config: &Config, response: &JobResponse) -> Vec<String> {
         ));
     }
     for (key, value) in std::env::vars() {
-        let Some(name) = key.strip_prefix("CUSTOM_ENV_") else { continue };
+        let Some(name) = key.strip_prefix("CUSTOM_ENV_") else {
+            continue;
+        };
         if let Some(v) = response.variables.iter().rev().find(|v| v.key == name) {
             if v.value != value {
                 out.push(format!(
@@ -173,7 +191,71 @@ fn warnings(config: &Config, response: &JobResponse) -> Vec<String> {
     if response.image.as_ref().is_none_or(|i| i.name.trim().is_empty())
         && let Some(image) = &config.default_image
     {
-        out.push(format!("the job names no image: the build container runs default_image {image}"));
+        out.push(format!(
+            "the job names no image: the build container runs default_image {image}"
+        ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = include_str!("../../../examples/config.toml");
+        Config::parse(text, Path::new("examples/config.toml")).unwrap()
+    }
+
+    fn response(variables: serde_json::Value) -> JobResponse {
+        serde_json::from_value(serde_json::json!({"id": 1, "variables": variables, "image": {"name": "alpine:3"}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_example_job_response_gives_every_trusted_value() {
+        let response: JobResponse = serde_json::from_str(include_str!("../../../examples/job-response.json")).unwrap();
+        for key in crate::plugins::TRUSTED {
+            assert!(response.predefined(key).is_some(), "{key}");
+        }
+        let warnings = warnings(&config(), &response);
+        assert!(!warnings.iter().any(|w| w.contains("trusted value")), "{warnings:?}");
+    }
+
+    #[test]
+    fn warnings_name_missing_non_public_hidden_and_repeated_values() {
+        let r = response(serde_json::json!([
+            {"key": "CI_PROJECT_PATH", "value": "team/app"},
+            {"key": "CI_PIPELINE_SOURCE", "value": "push", "public": true},
+            {"key": "TOKEN", "value": "s3cret", "masked": true},
+            {"key": "CI_PIPELINE_SOURCE", "value": "schedule", "public": true},
+            {"key": "SIZE", "value": "s", "public": true},
+            {"key": "SIZE", "value": "xl", "public": true},
+        ]));
+        let w = warnings(&config(), &r);
+        let find = |text: &str| {
+            w.iter()
+                .find(|w| w.contains(text))
+                .unwrap_or_else(|| panic!("{text:?} in {w:?}"))
+        };
+        assert!(find("CI_PROJECT_PATH: the first entry lacks").contains("project-path is empty"));
+        assert!(find("not in the job response").contains("GITLAB_USER_LOGIN"));
+        // The non-public CI_PROJECT_PATH is hidden; the masked TOKEN is a secret, not news.
+        assert!(find("hidden from plugins").ends_with(": CI_PROJECT_PATH"));
+        assert!(find("`CI_PIPELINE_SOURCE` appears more than once").contains("keep the first (GitLab's) value"));
+        assert!(find("`SIZE` appears more than once").contains("not a trusted value"));
+    }
+
+    #[test]
+    fn a_bad_env_file_is_refused_naming_the_line() {
+        let dir = std::env::temp_dir().join(format!("plan-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("env");
+        std::fs::write(&file, "# comment\n\nCUSTOM_ENV_A=1\nCI_PROJECT_PATH=x\n").unwrap();
+        let err = simulate_env(&file).unwrap_err().to_string();
+        assert!(err.contains(":4: expected CUSTOM_ENV_NAME=value"), "{err}");
+        let err = simulate_env(&dir.join("missing")).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -554,7 +554,10 @@ mod example_tests {
             })
             .collect();
         let config = Config::parse(&lines.join("\n"), Path::new("examples/config.toml")).unwrap();
-        assert_eq!(config.plugin_cache_dir.as_deref(), Some(Path::new("/var/lib/ecs-executor/plugin-cache")));
+        assert_eq!(
+            config.plugin_cache_dir.as_deref(),
+            Some(Path::new("/var/lib/ecs-executor/plugin-cache"))
+        );
         assert_eq!(config.plugins.len(), 1);
         assert_eq!(config.plugins[0].name, "site-policy");
         assert_eq!(config.plugins[0].deadline_ms, Some(1000));

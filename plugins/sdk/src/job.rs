@@ -61,7 +61,11 @@ pub fn ref_protected(job: &JobContext) -> bool {
 /// **The job's author controls it**: use it for what the author asks for (a size, a flag),
 /// never to decide who the job is. `None` when unset, secret, or hidden from plugins.
 pub fn variable<'a>(job: &'a JobContext, key: &str) -> Option<&'a str> {
-    job.variables.iter().rev().find(|kv| kv.key == key).map(|kv| kv.value.as_str())
+    job.variables
+        .iter()
+        .rev()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.as_str())
 }
 
 /// The build image, parsed (`None` if malformed). The job's author chose it.
@@ -126,7 +130,10 @@ mod tests {
     fn image_parts_and_floating_tags() {
         let parse = |s| ImageRef::parse(s).unwrap();
         let i = parse("registry.example.com:5000/team/app:1.2");
-        assert_eq!((i.registry(), i.repository()), ("registry.example.com:5000", "team/app"));
+        assert_eq!(
+            (i.registry(), i.repository()),
+            ("registry.example.com:5000", "team/app")
+        );
         let i = parse("alpine");
         assert_eq!((i.registry(), i.repository()), ("docker.io", "library/alpine"));
         assert!(parse("alpine").is_floating());

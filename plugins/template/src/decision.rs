@@ -38,8 +38,13 @@ impl Settings {
             ));
         }
         let floating_images_allowed_in = settings.get::<Vec<String>>("floating_images_allowed_in")?;
-        let cost_centres = settings.get::<BTreeMap<String, String>>("cost_centres")?.unwrap_or_default();
-        let groups = floating_images_allowed_in.iter().flatten().map(|g| ("floating_images_allowed_in", g));
+        let cost_centres = settings
+            .get::<BTreeMap<String, String>>("cost_centres")?
+            .unwrap_or_default();
+        let groups = floating_images_allowed_in
+            .iter()
+            .flatten()
+            .map(|g| ("floating_images_allowed_in", g));
         for (setting, group) in groups.chain(cost_centres.keys().map(|g| ("cost_centres", g))) {
             if group.trim_matches('/').is_empty() {
                 return Err(format!("{setting}: group {group:?} is empty"));
@@ -138,12 +143,22 @@ mod tests {
     fn floating_images_are_refused_outside_the_allowed_groups() {
         let mut job = fixtures::job();
         job.project_path = "team/app".into();
-        for (image, ok) in [("alpine", false), ("alpine:latest", false), ("alpine:3.20", true), ("alpine@sha256:ab", true)] {
+        for (image, ok) in [
+            ("alpine", false),
+            ("alpine:latest", false),
+            ("alpine:3.20", true),
+            ("alpine@sha256:ab", true),
+        ] {
             job.image = image.into();
             assert_eq!(settings().check_image(&job).is_ok(), ok, "{image}");
         }
         job.image = "alpine:latest".into();
-        assert!(settings().check_image(&job).unwrap_err().contains("docker.io/library/alpine:1.2.3"));
+        assert!(
+            settings()
+                .check_image(&job)
+                .unwrap_err()
+                .contains("docker.io/library/alpine:1.2.3")
+        );
         job.project_path = "platform/tools".into();
         assert!(settings().check_image(&job).is_ok());
         // Without the setting there is no image check.
@@ -154,7 +169,15 @@ mod tests {
     #[test]
     fn bad_settings_name_the_setting() {
         assert!(Settings::parse(r#"{"label": ""}"#).unwrap_err().starts_with("label: "));
-        assert!(Settings::parse(r#"{"cost_centres": {"": "x"}}"#).unwrap_err().starts_with("cost_centres: "));
-        assert!(Settings::parse(r#"{"floating_images_allowed_in": "platform"}"#).unwrap_err().starts_with("floating_images_allowed_in: "));
+        assert!(
+            Settings::parse(r#"{"cost_centres": {"": "x"}}"#)
+                .unwrap_err()
+                .starts_with("cost_centres: ")
+        );
+        assert!(
+            Settings::parse(r#"{"floating_images_allowed_in": "platform"}"#)
+                .unwrap_err()
+                .starts_with("floating_images_allowed_in: ")
+        );
     }
 }
