@@ -734,23 +734,22 @@ def host_arch() -> str:
     return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
-class ScaleEvents:
-    """What the simulated control plane did on its own (scale-out, registrations, Spot
-    notices, terminations, scale-in), for the harness that brings up each instance's Docker
-    listener and agent. seq never restarts, like the request recording."""
+class SeqLog:
+    """An append-only list of records numbered by `seq`, which never restarts (not even on
+    clear), so a client's `since` cursor stays valid."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[dict[str, Any]] = []
         self._seq = 0
 
-    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def _append(self, **fields: Any) -> dict[str, Any]:
+        """Numbers and keeps a record: seq first, then `fields`."""
         with self._lock:
             self._seq += 1
-            item = {"seq": self._seq, "type": kind, "time": time.time(), **fields}
+            item = {"seq": self._seq, **fields}
             self._items.append(item)
-        log.info("scale event: %s", json.dumps(item))
-        return item
+            return item
 
     def since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
         with self._lock:
@@ -759,6 +758,17 @@ class ScaleEvents:
     def clear(self) -> None:
         with self._lock:
             self._items = []
+
+
+class ScaleEvents(SeqLog):
+    """What the simulated control plane did on its own (scale-out, registrations, Spot
+    notices, terminations, scale-in), for the harness that brings up each instance's Docker
+    listener and agent. seq never restarts, like the request recording."""
+
+    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+        item = self._append(type=kind, time=time.time(), **fields)
+        log.info("scale event: %s", json.dumps(item))
+        return item
 
 
 class Scaling:
@@ -1654,34 +1664,17 @@ class Faults:
             return before - len(self._rules)
 
 
-class Recorder:
+class Recorder(SeqLog):
     """Every AWS API call, in arrival order. seq never restarts (not even on clear or
     reset), so a client's `since` cursor stays valid."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[dict[str, Any]] = []
-        self._seq = 0
-
     def add(self, service: str, action: str | None, body: str, region: str | None,
             user_agent: str = "") -> dict[str, Any]:
-        with self._lock:
-            self._seq += 1
-            # user_agent tells the executor's calls (SDK app name "ecs-executor") from the agent's.
-            item = {
-                "seq": self._seq, "service": service, "action": action, "body": body,
-                "time": time.time(), "region": region, "status": None, "user_agent": user_agent,
-            }
-            self._items.append(item)
-            return item
-
-    def since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
-        with self._lock:
-            return [dict(i) for i in self._items if i["seq"] > seq], self._seq
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items = []
+        # user_agent tells the executor's calls (SDK app name "ecs-executor") from the agent's.
+        return self._append(
+            service=service, action=action, body=body, time=time.time(), region=region,
+            status=None, user_agent=user_agent,
+        )
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
