@@ -1407,17 +1407,11 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
     if not parts or parts[0] not in ("scaling", "scale-events", "instances"):
         return None
 
-    def body() -> dict[str, Any]:
-        spec = json.loads(_read_body(environ) or b"{}")
-        if not isinstance(spec, dict):
-            raise ValueError("body must be a JSON object")
-        return spec
-
     try:
         if parts == ["scaling"] and method == "GET":
             return _json(200, SCALING.state())
         if parts == ["scaling"] and method == "POST":
-            return _json(200, SCALING.configure(body()))
+            return _json(200, SCALING.configure(_json_object_body(environ)))
         if parts == ["scale-events"] and method == "GET":
             since = int((query.get("since") or ["0"])[0])
             items, last = EVENTS.since(since)
@@ -1432,7 +1426,7 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
                     for ci in cis.values()
                 ]})
             if parts == ["instances"] and method == "POST":
-                spec = body()
+                spec = _json_object_body(environ)
                 unknown = set(spec) - {"cluster", "cpu", "memory", "arch", "availability_zone", "instance_type",
                                        "capacity_provider", "private_ip", "public_ip", "attributes"}
                 if unknown:
@@ -1450,7 +1444,7 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
                 if method == "GET":
                     return _json(200, instance_info(backend, ci))
                 if method == "POST":
-                    return _json(200, instance_control(backend, ci, body()))
+                    return _json(200, instance_control(backend, ci, _json_object_body(environ)))
     except (ValueError, TypeError) as exc:
         return _json(400, {"error": str(exc)})
     except ServiceException as exc:
@@ -1677,6 +1671,14 @@ class Recorder(SeqLog):
         )
 
 
+def _json_object_body(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty); ValueError when it is not one."""
+    spec = json.loads(_read_body(environ) or b"{}")
+    if not isinstance(spec, dict):
+        raise ValueError("body must be a JSON object")
+    return spec
+
+
 def _read_body(environ: dict[str, Any]) -> bytes:
     """Read the whole request body and put it back for moto."""
     stream = environ.get("wsgi.input")
@@ -1822,10 +1824,7 @@ class StandinApp:
         if parts == ["faults"]:
             if method == "POST":
                 try:
-                    spec = json.loads(_read_body(environ) or b"{}")
-                    if not isinstance(spec, dict):
-                        raise ValueError("body must be a JSON object")
-                    rule = self.faults.add(spec)
+                    rule = self.faults.add(_json_object_body(environ))
                 except ValueError as exc:
                     return _json(400, {"error": str(exc)})
                 log.info("fault added: %s", json.dumps(rule))
@@ -1849,10 +1848,7 @@ class StandinApp:
                 return _json(200, self.throttle.state())
             if method == "POST":
                 try:
-                    spec = json.loads(_read_body(environ) or b"{}")
-                    if not isinstance(spec, dict):
-                        raise ValueError("body must be a JSON object")
-                    state = self.throttle.configure(spec)
+                    state = self.throttle.configure(_json_object_body(environ))
                 except ValueError as exc:
                     return _json(400, {"error": str(exc)})
                 log.info("throttling: enabled=%s scale=%s", state["enabled"], state["scale"])
