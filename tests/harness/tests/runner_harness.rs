@@ -156,6 +156,19 @@ fn simple_job() -> JobSpec {
     JobSpec::new(42, "group/project").script(["echo hello"])
 }
 
+/// The calls gitlab-runner makes for a job that runs only its script (as `simple_job`).
+const SCRIPT_ONLY_CALLS: [&str; 6] = [
+    "config",
+    "prepare",
+    "run prepare_script",
+    "run get_sources",
+    "run build_script",
+    "cleanup",
+];
+
+/// The calls of a prepare attempt that failed (gitlab-runner retries it).
+const FAILED_PREPARE: [&str; 3] = ["config", "prepare", "cleanup"];
+
 fn wait_until_gone(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     ecs_executor_tests::wait_until(Duration::from_secs(5), Duration::from_millis(20), || unsafe {
@@ -491,20 +504,7 @@ echo prepared
     assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
     assert_eq!(
         outcome.call_sequence(),
-        [
-            "config",
-            "prepare",
-            "cleanup",
-            "config",
-            "prepare",
-            "cleanup",
-            "config",
-            "prepare",
-            "run prepare_script",
-            "run get_sources",
-            "run build_script",
-            "cleanup"
-        ]
+        [&FAILED_PREPARE[..], &FAILED_PREPARE, &SCRIPT_ONLY_CALLS].concat()
     );
     assert_eq!(outcome.prepare_attempts, 3);
     let dirs: Vec<&PathBuf> = outcome.calls.iter().map(|c| &c.temp_dir).collect();
@@ -588,6 +588,9 @@ fn config_output_is_parsed_with_gos_rules() {
     assert_eq!(parsed.shell.as_deref(), Some("sh"));
 }
 
+/// The stages gitlab-runner runs before build_script, in its order.
+const BEFORE_BUILD: [&str; 4] = ["prepare_script", "get_sources", "restore_cache", "download_artifacts"];
+
 #[test]
 fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     let with_stage_lines = |job: JobSpec| {
@@ -613,16 +616,16 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     assert_eq!(
         outcome.stages_run(),
         [
-            "prepare_script",
-            "get_sources",
-            "restore_cache",
-            "download_artifacts",
-            "build_script",
-            "after_script",
-            "archive_cache_on_failure",
-            "upload_artifacts_on_failure",
-            "cleanup_file_variables"
+            &BEFORE_BUILD[..],
+            &[
+                "build_script",
+                "after_script",
+                "archive_cache_on_failure",
+                "upload_artifacts_on_failure",
+                "cleanup_file_variables",
+            ],
         ]
+        .concat()
     );
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
     let after = outcome.stage(stages::AFTER_SCRIPT).unwrap();
@@ -653,16 +656,16 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     assert_eq!(
         outcome.stages_run(),
         [
-            "prepare_script",
-            "get_sources",
-            "restore_cache",
-            "download_artifacts",
-            "build_script",
-            "step_release",
-            "after_script",
-            "archive_cache",
-            "upload_artifacts_on_success"
+            &BEFORE_BUILD[..],
+            &[
+                "build_script",
+                "step_release",
+                "after_script",
+                "archive_cache",
+                "upload_artifacts_on_success"
+            ],
         ]
+        .concat()
     );
     assert!(
         outcome
@@ -878,17 +881,7 @@ fn abort_and_job_timeout_run_no_further_stage_but_cleanup() {
         };
         let outcome = runner.run_job();
         assert_eq!(outcome.status, expected, "{}", outcome.log_text());
-        assert_eq!(
-            outcome.call_sequence(),
-            [
-                "config",
-                "prepare",
-                "run prepare_script",
-                "run get_sources",
-                "run build_script",
-                "cleanup"
-            ]
-        );
+        assert_eq!(outcome.call_sequence(), SCRIPT_ONLY_CALLS);
         let reason = outcome.stage(stages::BUILD_SCRIPT).unwrap().termination.unwrap().reason;
         assert_eq!(
             reason,
