@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ecs_executor_tests::runner::{
-    CallOutcome, ConfigOutput, Image, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port, ProcessStatus, Runner,
-    Stream, Verb, script, stages,
+    CallOutcome, ConfigOutput, Image, JobOutcome, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port,
+    ProcessStatus, Runner, Stream, Verb, script, stages,
 };
 
 const FAKE_EXECUTOR: &str = r#"#!/bin/sh
@@ -588,6 +588,16 @@ fn config_output_is_parsed_with_gos_rules() {
     assert_eq!(parsed.shell.as_deref(), Some("sh"));
 }
 
+/// after_script (which echoes `status=$CI_JOB_STATUS`) saw the job as `status`.
+fn assert_after_script_saw(outcome: &JobOutcome, status: &str) {
+    let after = outcome.stage(stages::AFTER_SCRIPT).expect("after_script ran");
+    assert!(
+        after.stdout_text().contains(&format!("status={status}")),
+        "{}",
+        after.log_text()
+    );
+}
+
 /// The stages gitlab-runner runs before build_script, in its order.
 const BEFORE_BUILD: [&str; 4] = ["prepare_script", "get_sources", "restore_cache", "download_artifacts"];
 
@@ -628,8 +638,7 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
         .concat()
     );
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
-    let after = outcome.stage(stages::AFTER_SCRIPT).unwrap();
-    assert!(after.stdout_text().contains("status=failed"), "{}", after.log_text());
+    assert_after_script_saw(&outcome, "failed");
     assert_eq!(
         outcome
             .stage(stages::BUILD_SCRIPT)
@@ -667,13 +676,7 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
         ]
         .concat()
     );
-    assert!(
-        outcome
-            .stage(stages::AFTER_SCRIPT)
-            .unwrap()
-            .stdout_text()
-            .contains("status=success")
-    );
+    assert_after_script_saw(&outcome, "success");
     assert!(outcome.log_text().trim_end().ends_with("Job succeeded"));
 }
 
@@ -854,13 +857,7 @@ fn graceful_cancel_kills_the_script_and_still_runs_after_script() {
     );
     let build = outcome.stage(stages::BUILD_SCRIPT).unwrap();
     assert_eq!(build.termination.unwrap().reason, KillReason::Cancel);
-    assert!(
-        outcome
-            .stage(stages::AFTER_SCRIPT)
-            .unwrap()
-            .stdout_text()
-            .contains("status=canceled")
-    );
+    assert_after_script_saw(&outcome, "canceled");
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
     assert!(outcome.log_text().trim_end().ends_with("ERROR: Job failed: canceled"));
 }
