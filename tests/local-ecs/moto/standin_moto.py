@@ -66,7 +66,14 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from standin_throttle import Throttle, throttle_error  # noqa: E402
+from standin_throttle import (  # noqa: E402
+    EC2_THROTTLE_CODE,
+    EC2_THROTTLE_MESSAGE,
+    ECS_THROTTLE_HEADER,
+    ECS_THROTTLE_MESSAGE,
+    ECS_THROTTLE_TYPE,
+    Throttle,
+)
 
 Backend = ecs_models.EC2ContainerServiceBackend
 Task = ecs_models.Task
@@ -1564,16 +1571,18 @@ def default_status(service: str, error: str) -> int:
     return 400
 
 
-def aws_error(protocol: str, error: str, message: str, status: int) -> tuple[int, list[tuple[str, str]], bytes]:
+def aws_error(protocol: str, error: str, message: str, status: int,
+              error_type_header: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
     """An error the AWS SDKs parse like a real one. JSON protocol (ECS): the SDK takes the
-    code from x-amzn-ErrorType (then __type), so ThrottlingException is classified as
-    throttling. EC2 query protocol: <Response><Errors><Error>... with <RequestID>."""
+    code from x-amzn-ErrorType (`error_type_header`, else `error`; then __type), so
+    ThrottlingException is classified as throttling. EC2 query protocol:
+    <Response><Errors><Error>... with <RequestID>."""
     request_id = str(uuid.uuid4())
     if protocol == "json":
         body = json.dumps({"__type": error, "message": message}).encode()
         headers = [
             ("Content-Type", "application/x-amz-json-1.1"),
-            ("x-amzn-ErrorType", error),
+            ("x-amzn-ErrorType", error_type_header or error),
             ("x-amzn-RequestId", request_id),
         ]
     else:
@@ -1588,6 +1597,13 @@ def aws_error(protocol: str, error: str, message: str, status: int) -> tuple[int
         headers = [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)]
     headers.append(("Content-Length", str(len(body))))
     return status, headers, body
+
+
+def throttle_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to a throttled call (standin_throttle.py): ECS JSON (400) or EC2 XML (503)."""
+    if service == "ecs":
+        return aws_error("json", ECS_THROTTLE_TYPE, ECS_THROTTLE_MESSAGE, 400, ECS_THROTTLE_HEADER)
+    return aws_error("query", EC2_THROTTLE_CODE, EC2_THROTTLE_MESSAGE, 503)
 
 
 class Faults:
