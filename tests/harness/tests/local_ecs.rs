@@ -449,6 +449,23 @@ async fn a_task_stopped_while_pending_stops_without_starting_containers() {
     );
 }
 
+/// The task volume `data` at /data.
+fn data_mount(read_only: bool) -> MountPoint {
+    MountPoint::builder()
+        .source_volume("data")
+        .container_path("/data")
+        .read_only(read_only)
+        .build()
+}
+
+fn after(container: &str, condition: ContainerCondition) -> ContainerDependency {
+    ContainerDependency::builder()
+        .container_name(container)
+        .condition(condition)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn definition_settings_volumes_and_depends_on_reach_docker() {
     let standin = Standin::require();
@@ -458,12 +475,7 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
     let image = &standin.images.build;
     let init = container("init", image, "sleep 1; echo ready > /data/flag")
         .essential(false)
-        .mount_points(
-            MountPoint::builder()
-                .source_volume("data")
-                .container_path("/data")
-                .build(),
-        )
+        .mount_points(data_mount(false))
         .build();
     let writer = container(
         "writer",
@@ -472,12 +484,7 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
     )
     .environment(KeyValuePair::builder().name("GREETING").value("hello").build())
     .working_directory("/data")
-    .mount_points(
-        MountPoint::builder()
-            .source_volume("data")
-            .container_path("/data")
-            .build(),
-    )
+    .mount_points(data_mount(false))
     .extra_hosts(
         HostEntry::builder()
             .hostname("gitlab.local")
@@ -494,30 +501,12 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
             .unwrap(),
     )
     .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
-    .depends_on(
-        ContainerDependency::builder()
-            .container_name("init")
-            .condition(ContainerCondition::Complete)
-            .build()
-            .unwrap(),
-    )
+    .depends_on(after("init", ContainerCondition::Complete))
     .build();
     let reader = container("reader", image, KEEP_ALIVE)
         .user("1000")
-        .mount_points(
-            MountPoint::builder()
-                .source_volume("data")
-                .container_path("/data")
-                .read_only(true)
-                .build(),
-        )
-        .depends_on(
-            ContainerDependency::builder()
-                .container_name("writer")
-                .condition(ContainerCondition::Start)
-                .build()
-                .unwrap(),
-        )
+        .mount_points(data_mount(true))
+        .depends_on(after("writer", ContainerCondition::Start))
         .build();
     let (td, revision) = register(
         &ecs,
