@@ -232,11 +232,7 @@ async fn throttled_family(
 ) -> (String, String, FaultGuard, u64) {
     let family = unique_name(name);
     let td = register_keep_alive(standin, ecs, &family).await;
-    let fault = standin.inject(
-        &Fault::ecs_error("RunTask", "ThrottlingException", times)
-            .message("Rate exceeded")
-            .matching(&family),
-    );
+    let fault = standin.inject(&Fault::ecs_throttle("RunTask", times).matching(&family));
     (family, td, fault, standin.request_mark())
 }
 
