@@ -44,6 +44,16 @@ fn with_plugins(test: &str, entries: &[String]) -> E2e {
     E2e::with_config_edit(test, move |text| format!("{text}\n{entries}"))
 }
 
+/// The image-allowlist plugin, named `allowlist`, allowing the test images' registry only.
+fn test_images_allowlist(wasm: &Path) -> String {
+    plugin_entry(
+        "allowlist",
+        wasm,
+        r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
+        "",
+    )
+}
+
 /// A test-misbehave plugin, `plugin`, whose task-definition.customize hook misbehaves as `mode`.
 fn with_misbehaving_plugin(test: &str, plugin: &str, mode: &str, extra: &str) -> E2e {
     let wasm = plugin_wasm("test-misbehave");
@@ -133,15 +143,7 @@ fn an_image_the_allowlist_refuses_fails_the_job_as_a_build_failure_before_anythi
 #[test]
 fn an_allowed_image_runs_with_the_plugin_in_the_chain() {
     let wasm = plugin_wasm("image-allowlist");
-    let e = with_plugins(
-        "allowlist-accepts",
-        &[plugin_entry(
-            "allowlist",
-            &wasm,
-            r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
-            "",
-        )],
-    );
+    let e = with_plugins("allowlist-accepts", &[test_images_allowlist(&wasm)]);
     let job = e.job().script(["echo plugin-approved-job-ran"]);
     let outcome = e.runner(&job).run_job();
     let log = outcome.log_text();
@@ -458,12 +460,7 @@ fn plan_and_compile_show_the_task_definition_after_the_plugins_without_calling_a
     let e = with_plugins(
         "plan",
         &[
-            plugin_entry(
-                "allowlist",
-                &allowlist,
-                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
-                "",
-            ),
+            test_images_allowlist(&allowlist),
             plugin_entry("tagger", &misbehave, r#"{"customize": "add-tag"}"#, ""),
         ],
     );
@@ -751,12 +748,7 @@ fn plan_prints_exactly_the_register_task_definition_request_prepare_sends() {
     let e = with_plugins(
         "plan-vs-request",
         &[
-            plugin_entry(
-                "allowlist",
-                &allowlist,
-                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
-                "",
-            ),
+            test_images_allowlist(&allowlist),
             plugin_entry("adder", &misbehave, r#"{"customize": "add-all"}"#, ""),
         ],
     );
