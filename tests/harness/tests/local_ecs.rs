@@ -167,6 +167,14 @@ fn has_agent_name(docker_name: &str, family: &str, revision: i32, container: &st
         .is_some_and(|hex| hex.len() == 20 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
+/// The stand-in, an ECS client, and a task-definition family of the test's own (`name` made
+/// unique), so that tests run in parallel.
+async fn setup(name: &str) -> (Standin, Client, String) {
+    let standin = Standin::require();
+    let ecs = standin.ecs(3).await;
+    (standin, ecs, unique_name(name))
+}
+
 /// Registers `family` with one container, `main`, that runs until it is stopped.
 async fn register_keep_alive(standin: &Standin, ecs: &Client, family: &str) -> String {
     let main = container("main", &standin.images.build, KEEP_ALIVE).build();
@@ -238,10 +246,8 @@ async fn throttled_family(
 
 #[tokio::test]
 async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_task() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
+    let (standin, ecs, family) = setup("linked").await;
     let docker = standin.docker();
-    let family = unique_name("linked");
     let image = &standin.images.build;
     let server = pong_server(image)
         .docker_labels("ecs-executor-test.family", &family)
@@ -335,9 +341,7 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
 
 #[tokio::test]
 async fn a_task_whose_image_is_missing_stops_with_cannot_pull_container_error() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("no-image");
+    let (standin, ecs, family) = setup("no-image").await;
     let image = format!("ecs-executor-test/{}:1", unique_name("absent").to_lowercase());
     let (td, _) = register(
         &ecs,
@@ -365,9 +369,7 @@ async fn a_task_whose_image_is_missing_stops_with_cannot_pull_container_error() 
 
 #[tokio::test]
 async fn an_essential_container_that_exits_stops_the_task_with_its_exit_code() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("essential-exit");
+    let (standin, ecs, family) = setup("essential-exit").await;
     let image = &standin.images.build;
     let main = container("main", image, "sleep 1; exit 3").build();
     let sidecar = container("sidecar", image, KEEP_ALIVE).essential(false).build();
@@ -393,9 +395,7 @@ async fn an_essential_container_that_exits_stops_the_task_with_its_exit_code() {
 
 #[tokio::test]
 async fn a_non_essential_container_that_exits_is_reported_and_the_task_goes_on() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("non-essential-exit");
+    let (standin, ecs, family) = setup("non-essential-exit").await;
     let image = &standin.images.build;
     let worker = container("worker", image, KEEP_ALIVE).build();
     let setup = container("setup", image, "exit 5").essential(false).build();
@@ -425,9 +425,7 @@ async fn a_non_essential_container_that_exits_is_reported_and_the_task_goes_on()
 
 #[tokio::test]
 async fn a_task_stopped_while_pending_stops_without_starting_containers() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("stop-pending");
+    let (standin, ecs, family) = setup("stop-pending").await;
     let td = register_keep_alive(&standin, &ecs, &family).await;
     // Hold the agent at its DescribeTaskDefinition for this family, so the task stays PENDING.
     let _slow = standin.inject(&Fault::ecs_delay("DescribeTaskDefinition", 2000, 1).matching(&family));
@@ -464,10 +462,8 @@ fn after(container: &str, condition: ContainerCondition) -> ContainerDependency 
 
 #[tokio::test]
 async fn definition_settings_volumes_and_depends_on_reach_docker() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
+    let (standin, ecs, family) = setup("settings").await;
     let docker = standin.docker();
-    let family = unique_name("settings");
     let image = &standin.images.build;
     let init = container("init", image, "sleep 1; echo ready > /data/flag")
         .essential(false)
@@ -646,12 +642,22 @@ async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error(
     );
 }
 
+/// A Docker TLS client (with or without the client certificate) for each of the instance's
+/// addresses, with the address.
+fn tls_clients(standin: &Standin, cert: ClientCert) -> Vec<(String, Docker)> {
+    [&standin.private_ip, &standin.public_ip]
+        .into_iter()
+        .map(|ip| {
+            let address = format!("{ip}:{}", standin.docker_port);
+            let docker = standin.docker_tls(&address, cert).expect("TLS client");
+            (address, docker)
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn docker_tls_admits_clients_with_the_certificate_on_both_addresses() {
-    let standin = Standin::require();
-    for ip in [&standin.private_ip, &standin.public_ip] {
-        let address = format!("{ip}:{}", standin.docker_port);
-        let docker = standin.docker_tls(&address, ClientCert::Present).expect("TLS client");
+    for (address, docker) in tls_clients(&Standin::require(), ClientCert::Present) {
         let pong = docker
             .ping()
             .await
@@ -667,10 +673,7 @@ async fn docker_tls_admits_clients_with_the_certificate_on_both_addresses() {
 
 #[tokio::test]
 async fn docker_tls_refuses_clients_without_a_certificate() {
-    let standin = Standin::require();
-    for ip in [&standin.private_ip, &standin.public_ip] {
-        let address = format!("{ip}:{}", standin.docker_port);
-        let docker = standin.docker_tls(&address, ClientCert::Absent).expect("TLS client");
+    for (address, docker) in tls_clients(&Standin::require(), ClientCert::Absent) {
         let refused = docker.ping().await;
         assert!(
             refused.is_err(),
@@ -683,9 +686,7 @@ async fn docker_tls_refuses_clients_without_a_certificate() {
 /// bound loose enough for parallel tests on a busy machine.
 #[tokio::test]
 async fn the_agent_reacts_to_run_task_and_stop_task_within_a_second_or_two() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("reaction");
+    let (standin, ecs, family) = setup("reaction").await;
     let td = register_keep_alive(&standin, &ecs, &family).await;
     let (mut to_running, mut to_stopped) = (Vec::new(), Vec::new());
     for _ in 0..3 {
