@@ -119,7 +119,8 @@ check "TLS files are the ones put into SSM (the CLI adds a newline)" \
     "$PY -c \"import sys; same=lambda a,b: open(a).read().strip()==open(b).read().strip(); sys.exit(not all(same('$U/docker/tls/'+a, '$TLS/'+b) for a,b in [('client-ca.pem','client-ca.pem'),('server.pem','server.pem'),('server-key.pem','server-key.pem')]))\""
 check "key 0400, directory 0700" "[ \$(stat -c %a $U/docker/tls/server-key.pem) = 400 ] && [ \$(stat -c %a $U/docker/tls) = 700 ]"
 check "server certificate chains to the server CA for serverAuth; the runner's to the client CA dockerd trusts" \
-    "openssl verify -purpose sslserver -CAfile $TLS/server-ca.pem $U/docker/tls/server.pem >/dev/null \
+    "openssl verify -purpose sslserver -verify_ip 10.0.1.4 -CAfile $TLS/server-ca.pem $U/docker/tls/server.pem >/dev/null \
+     && ! openssl verify -purpose sslserver -verify_ip 10.0.2.4 -CAfile $TLS/server-ca.pem $U/docker/tls/server.pem >/dev/null 2>&1 \
      && openssl verify -purpose sslclient -CAfile $U/docker/tls/client-ca.pem $TLS/client.pem >/dev/null \
      && ! openssl verify -CAfile $U/docker/tls/client-ca.pem $U/docker/tls/server.pem >/dev/null 2>&1"
 check "the TCP listener is an extra -H flag beside the packaged ones (OPTIONS kept)" \

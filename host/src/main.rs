@@ -138,6 +138,10 @@ enum TlsCommand {
         /// IP address the runner connects to (repeatable).
         #[arg(long = "ip")]
         ips: Vec<std::net::IpAddr>,
+        /// Every host address of an IPv4 subnet, /22 to /30 (repeatable): a fleet certificate
+        /// the runner can verify against the instance IP it connects to.
+        #[arg(long = "ip-range", value_name = "CIDR")]
+        ip_ranges: Vec<String>,
         #[arg(long, default_value_t = 825)]
         days: u32,
         #[arg(long)]
@@ -205,8 +209,12 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
         Step::Tls(TlsCommand::Init { dir, ca_days, client_days, force }) => {
             return admin::tls::init(dir, *ca_days, *client_days, *force);
         }
-        Step::Tls(TlsCommand::Server { dir, names, ips, days, force }) => {
-            return admin::tls::server(dir, names, ips, *days, *force);
+        Step::Tls(TlsCommand::Server { dir, names, ips, ip_ranges, days, force }) => {
+            let mut ips = ips.clone();
+            for range in ip_ranges {
+                ips.extend(admin::tls::expand_ip_range(range)?);
+            }
+            return admin::tls::server(dir, names, &ips, *days, *force);
         }
         _ => {}
     }

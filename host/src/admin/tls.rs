@@ -8,9 +8,10 @@
 //!     a job's stage-runner certificate, a daemon's own — authenticates to dockerd.
 //!   - `client.pem` / `client-key.pem`: the runner's client certificate (EKU clientAuth),
 //!     `[docker] cert_file` / `key_file`. Whoever holds it is root on every instance.
-//! - `tls server DIR --name NAME [--ip IP]...` signs a server certificate (EKU serverAuth)
-//!   with the server CA: `server.pem` / `server-key.pem`. One for the fleet under a DNS name
-//!   (the runner then verifies that name, see docs/deploy.md), or one per instance with its IP.
+//! - `tls server DIR --name NAME [--ip IP]... [--ip-range CIDR]...` signs a server certificate
+//!   (EKU serverAuth) with the server CA: `server.pem` / `server-key.pem`. One for the fleet,
+//!   valid for every address of the instances' subnets (and a DNS name), or one per instance
+//!   with its IP (docs/deploy.md has the trade-offs).
 //! - `tls put-ssm DIR --prefix P` puts what an instance needs into SSM Parameter Store:
 //!   `P/client-ca` and `P/server-cert` (String), `P/server-key` (SecureString). CA keys and the
 //!   client key never leave DIR.
@@ -214,6 +215,25 @@ fn server_sans(names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, Failure
     Ok(sans)
 }
 
+/// Every host address of an IPv4 CIDR (network and broadcast addresses left out), for a fleet
+/// certificate valid for whatever address an instance of those subnets gets. At most /22.
+pub fn expand_ip_range(cidr: &str) -> Result<Vec<IpAddr>, Failure> {
+    let bad = |why: &str| Failure::build(format!("--ip-range {cidr:?}: {why}"));
+    let (addr, len) = cidr.split_once('/').ok_or_else(|| bad("expected an IPv4 CIDR such as 10.0.1.0/24"))?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let len: u32 = len.parse().map_err(|_| bad("not a prefix length"))?;
+    if !(22..=30).contains(&len) {
+        return Err(bad("prefix length must be 22-30 (a certificate with more addresses gets too big)"));
+    }
+    let mask = u32::MAX << (32 - len);
+    let base = u32::from(addr);
+    if base & !mask != 0 {
+        return Err(bad("host bits set; give the network address"));
+    }
+    let size = 1u32 << (32 - len);
+    Ok((1..size - 1).map(|i| IpAddr::V4((base + i).into())).collect())
+}
+
 /// `tls server`: a daemon certificate signed by the server CA in `dir`.
 pub fn server(dir: &Path, names: &[String], ips: &[IpAddr], days: u32, force: bool) -> Result<(), Failure> {
     check_days(days)?;
@@ -275,7 +295,9 @@ pub async fn put_ssm(dir: &Path, target: &SsmTarget) -> Result<(), Failure> {
             .name(&name)
             .value(value)
             .overwrite(true)
-            .tier(aws_sdk_ssm::types::ParameterTier::Standard)
+            // Standard (free) while it fits 4 KB; a certificate with a whole subnet's
+            // addresses may need the advanced tier.
+            .tier(aws_sdk_ssm::types::ParameterTier::IntelligentTiering)
             .r#type(if secure {
                 aws_sdk_ssm::types::ParameterType::SecureString
             } else {
@@ -402,6 +424,24 @@ mod tests {
             params.iter().filter(|(_, _, secure)| *secure).map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(),
             ["/ecs-executor/docker/server-key"]
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_ip_range_certificate_is_valid_for_every_host_address_of_the_subnet() {
+        let dir = tempdir("range");
+        init(&dir, 30, 30, false).unwrap();
+        let ips = expand_ip_range("10.0.1.0/24").unwrap();
+        assert_eq!(ips.len(), 254);
+        server(&dir, &["docker.ecs-executor.internal".into()], &ips, 30, false).unwrap();
+        server_ok(&dir, SERVER_CA, "10.0.1.1").unwrap();
+        server_ok(&dir, SERVER_CA, "10.0.1.254").unwrap();
+        assert!(server_ok(&dir, SERVER_CA, "10.0.2.1").is_err());
+        let pem = fs::read_to_string(dir.join(SERVER_CERT)).unwrap();
+        assert!(pem.len() < 4096, "a /24 certificate fits the standard tier: {} chars", pem.len());
+        for bad in ["10.0.1.0", "10.0.1.5/24", "10.0.0.0/16", "fd00::/120", "10.0.1.0/x"] {
+            assert!(expand_ip_range(bad).unwrap_err().message.contains("--ip-range"), "{bad}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
