@@ -12,6 +12,7 @@
 # Usage: bootstrap.sh USER_DATA TLS_DIR MOTO_ENDPOINT PYTHON
 set -euo pipefail
 USER_DATA=$1 TLS=$2 ENDPOINT=$3 PY=$4
+[ "$(id -u)" = 0 ] || { echo "FAIL bootstrap.sh needs root (network and mount namespaces, iptables)"; exit 1; }
 WORK=$(mktemp -d /tmp/ecs-executor-bootstrap.XXXXXX)
 NS="ecsx-$$"
 cleanup() {

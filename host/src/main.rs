@@ -206,10 +206,22 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
         Step::Plugin(PluginCommand::Test { plugin, cases }) => return admin::plugin::plugin_test(plugin, cases),
         Step::Plugin(PluginCommand::Compile) => return admin::plugin::plugin_compile(&Config::load(&path)?),
         Step::Plan { job_response } => return admin::plan::plan(&Config::load(&path)?, job_response),
-        Step::Tls(TlsCommand::Init { dir, ca_days, client_days, force }) => {
+        Step::Tls(TlsCommand::Init {
+            dir,
+            ca_days,
+            client_days,
+            force,
+        }) => {
             return admin::tls::init(dir, *ca_days, *client_days, *force);
         }
-        Step::Tls(TlsCommand::Server { dir, names, ips, ip_ranges, days, force }) => {
+        Step::Tls(TlsCommand::Server {
+            dir,
+            names,
+            ips,
+            ip_ranges,
+            days,
+            force,
+        }) => {
             let mut ips = ips.clone();
             for range in ip_ranges {
                 ips.extend(admin::tls::expand_ip_range(range)?);
@@ -224,7 +236,14 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             .build()
             .map_err(|e| Failure::system(format!("cannot start the async runtime: {e}")))
     };
-    if let Step::Tls(TlsCommand::PutSsm { dir, prefix, region, endpoint_url, kms_key_id }) = &cli.step {
+    if let Step::Tls(TlsCommand::PutSsm {
+        dir,
+        prefix,
+        region,
+        endpoint_url,
+        kms_key_id,
+    }) = &cli.step
+    {
         let target = admin::tls::SsmTarget {
             prefix: prefix.clone(),
             region: region.clone(),

@@ -101,8 +101,8 @@ fn new_ca(common_name: &str, days: u32) -> Result<(String, String), Failure> {
 
 /// The CA named `common_name` whose key is `key_file`, as an issuer.
 fn load_ca(key_file: &Path, common_name: &str) -> Result<Issuer<'static, KeyPair>, Failure> {
-    let pem = fs::read_to_string(key_file)
-        .map_err(|e| Failure::system(format!("reading {}: {e}", key_file.display())))?;
+    let pem =
+        fs::read_to_string(key_file).map_err(|e| Failure::system(format!("reading {}: {e}", key_file.display())))?;
     let key = KeyPair::from_pem(&pem)
         .map_err(|e| Failure::system(format!("{}: not a PEM private key: {e}", key_file.display())))?;
     Ok(Issuer::new(ca_params(common_name, 1), key))
@@ -115,7 +115,11 @@ fn write_files(dir: &Path, files: &[(&str, &str)], force: bool) -> Result<(), Fa
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| Failure::system(format!("chmod 0700 {}: {e}", dir.display())))?;
     if !force {
-        let present: Vec<_> = files.iter().filter(|(n, _)| dir.join(n).exists()).map(|(n, _)| *n).collect();
+        let present: Vec<_> = files
+            .iter()
+            .filter(|(n, _)| dir.join(n).exists())
+            .map(|(n, _)| *n)
+            .collect();
         if !present.is_empty() {
             return Err(Failure::build(format!(
                 "{} already has {}: refusing to overwrite (pass --force to replace)",
@@ -156,7 +160,9 @@ pub fn init(dir: &Path, ca_days: u32, client_days: u32, force: bool) -> Result<(
     check_days(ca_days)?;
     check_days(client_days)?;
     if client_days > ca_days {
-        return Err(Failure::build("the client certificate cannot outlive its CA (--client-days > --ca-days)"));
+        return Err(Failure::build(
+            "the client certificate cannot outlive its CA (--client-days > --ca-days)",
+        ));
     }
     let (server_ca, server_ca_key) = new_ca(SERVER_CA_NAME, ca_days)?;
     let (client_ca, client_ca_key) = new_ca(CLIENT_CA_NAME, ca_days)?;
@@ -164,7 +170,13 @@ pub fn init(dir: &Path, ca_days: u32, client_days: u32, force: bool) -> Result<(
         ca_params(CLIENT_CA_NAME, ca_days),
         KeyPair::from_pem(&client_ca_key).map_err(rcgen_failure("reloading the client CA key"))?,
     );
-    let (client, client_key) = leaf(&issuer, CLIENT_NAME, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, client_days)?;
+    let (client, client_key) = leaf(
+        &issuer,
+        CLIENT_NAME,
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        client_days,
+    )?;
     write_files(
         dir,
         &[
@@ -219,11 +231,15 @@ fn server_sans(names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, Failure
 /// certificate valid for whatever address an instance of those subnets gets. At most /22.
 pub fn expand_ip_range(cidr: &str) -> Result<Vec<IpAddr>, Failure> {
     let bad = |why: &str| Failure::build(format!("--ip-range {cidr:?}: {why}"));
-    let (addr, len) = cidr.split_once('/').ok_or_else(|| bad("expected an IPv4 CIDR such as 10.0.1.0/24"))?;
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| bad("expected an IPv4 CIDR such as 10.0.1.0/24"))?;
     let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
     let len: u32 = len.parse().map_err(|_| bad("not a prefix length"))?;
     if !(22..=30).contains(&len) {
-        return Err(bad("prefix length must be 22-30 (a certificate with more addresses gets too big)"));
+        return Err(bad(
+            "prefix length must be 22-30 (a certificate with more addresses gets too big)",
+        ));
     }
     let mask = u32::MAX << (32 - len);
     let base = u32::from(addr);
@@ -259,17 +275,19 @@ pub fn ssm_parameters(dir: &Path, prefix: &str) -> Result<Vec<(String, String, b
     let valid = prefix.starts_with('/')
         && !prefix.ends_with('/')
         && prefix.len() <= 1000
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
+        && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c));
     if !valid {
         return Err(Failure::build(format!(
             "--prefix {prefix:?}: must start with '/', not end with '/', and use only letters, digits and / _ . -"
         )));
     }
     let read = |name: &str| {
-        fs::read_to_string(dir.join(name))
-            .map_err(|e| Failure::system(format!("reading {}: {e} (run `tls init` and `tls server` first)", dir.join(name).display())))
+        fs::read_to_string(dir.join(name)).map_err(|e| {
+            Failure::system(format!(
+                "reading {}: {e} (run `tls init` and `tls server` first)",
+                dir.join(name).display()
+            ))
+        })
     };
     Ok(vec![
         (format!("{prefix}/client-ca"), read(CLIENT_CA)?, false),
@@ -388,19 +406,30 @@ mod tests {
         let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&dir.join(ca)), provider())
             .build()
             .unwrap();
-        v.verify_client_cert(&der(&dir.join(cert)), &[], UnixTime::now()).map(|_| ())
+        v.verify_client_cert(&der(&dir.join(cert)), &[], UnixTime::now())
+            .map(|_| ())
     }
 
     #[test]
     fn init_and_server_make_separate_cas_with_ekus_and_private_keys() {
         let dir = tempdir("init");
         init(&dir, 3650, 365, false).unwrap();
-        server(&dir, &["docker.ecs-executor.internal".into()], &["10.0.1.4".parse().unwrap()], 365, false).unwrap();
+        server(
+            &dir,
+            &["docker.ecs-executor.internal".into()],
+            &["10.0.1.4".parse().unwrap()],
+            365,
+            false,
+        )
+        .unwrap();
 
         // The daemon's certificate chains to the server CA, for its name and its IP.
         server_ok(&dir, SERVER_CA, "docker.ecs-executor.internal").unwrap();
         server_ok(&dir, SERVER_CA, "10.0.1.4").unwrap();
-        assert!(server_ok(&dir, SERVER_CA, "10.0.1.5").is_err(), "another IP must not verify");
+        assert!(
+            server_ok(&dir, SERVER_CA, "10.0.1.5").is_err(),
+            "another IP must not verify"
+        );
         // ... and not to the client CA: the two CAs are distinct.
         assert!(server_ok(&dir, CLIENT_CA, "docker.ecs-executor.internal").is_err());
         // The runner's client certificate is accepted by a daemon trusting the client CA.
@@ -421,7 +450,11 @@ mod tests {
         assert_eq!(params.len(), 3);
         assert!(params.iter().all(|(_, v, _)| v.len() < 4096));
         assert_eq!(
-            params.iter().filter(|(_, _, secure)| *secure).map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(),
+            params
+                .iter()
+                .filter(|(_, _, secure)| *secure)
+                .map(|(n, _, _)| n.as_str())
+                .collect::<Vec<_>>(),
             ["/ecs-executor/docker/server-key"]
         );
         fs::remove_dir_all(&dir).unwrap();
@@ -438,9 +471,16 @@ mod tests {
         server_ok(&dir, SERVER_CA, "10.0.1.254").unwrap();
         assert!(server_ok(&dir, SERVER_CA, "10.0.2.1").is_err());
         let pem = fs::read_to_string(dir.join(SERVER_CERT)).unwrap();
-        assert!(pem.len() < 4096, "a /24 certificate fits the standard tier: {} chars", pem.len());
+        assert!(
+            pem.len() < 4096,
+            "a /24 certificate fits the standard tier: {} chars",
+            pem.len()
+        );
         for bad in ["10.0.1.0", "10.0.1.5/24", "10.0.0.0/16", "fd00::/120", "10.0.1.0/x"] {
-            assert!(expand_ip_range(bad).unwrap_err().message.contains("--ip-range"), "{bad}");
+            assert!(
+                expand_ip_range(bad).unwrap_err().message.contains("--ip-range"),
+                "{bad}"
+            );
         }
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -451,7 +491,10 @@ mod tests {
         init(&dir, 30, 30, false).unwrap();
         let before = fs::read_to_string(dir.join(CLIENT_CA)).unwrap();
         let err = init(&dir, 30, 30, false).unwrap_err();
-        assert!(err.message.contains("refusing to overwrite") && err.message.contains(CLIENT_CA), "{err}");
+        assert!(
+            err.message.contains("refusing to overwrite") && err.message.contains(CLIENT_CA),
+            "{err}"
+        );
         assert_eq!(fs::read_to_string(dir.join(CLIENT_CA)).unwrap(), before);
         init(&dir, 30, 30, true).unwrap();
         assert_ne!(fs::read_to_string(dir.join(CLIENT_CA)).unwrap(), before);
