@@ -86,6 +86,9 @@ enum Step {
     /// Site plugin tools (not called by gitlab-runner).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Certificates for the container instances' Docker daemons (mutual TLS on 2376).
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Print the task definition a job would get (after every plugin, exactly as
     /// RegisterTaskDefinition would get it) and the address rule, without calling AWS.
     Plan {
@@ -116,6 +119,60 @@ enum PluginCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make the server CA, the client CA (trusted by dockerd, used for nothing else) and the
+    /// runner's client certificate.
+    Init {
+        #[arg(long, default_value_os_t = admin::tls::default_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3650)]
+        ca_days: u32,
+        #[arg(long, default_value_t = 825)]
+        client_days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a daemon server certificate with the server CA: one for the fleet (--name) or
+    /// one per instance (--ip).
+    Server {
+        #[arg(long, default_value_os_t = admin::tls::default_dir())]
+        dir: PathBuf,
+        /// DNS name the runner verifies (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// IP address the runner connects to (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Every host address of an IPv4 subnet, /22 to /30 (repeatable): a fleet certificate
+        /// the runner can verify against the instance IP it connects to.
+        #[arg(long = "ip-range", value_name = "CIDR")]
+        ip_ranges: Vec<String>,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put the instance side (client CA, server certificate, server key as SecureString) into
+    /// SSM Parameter Store under --prefix.
+    PutSsm {
+        #[arg(long, default_value_os_t = admin::tls::default_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value = "/ecs-executor/docker")]
+        prefix: String,
+        /// Default: the SDK's region chain (AWS_REGION, profile).
+        #[arg(long)]
+        region: Option<String>,
+        /// Endpoint override (a local stand-in).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// KMS key for the SecureString (default: the account's aws/ssm key).
+        #[arg(long)]
+        kms_key_id: Option<String>,
+    },
+}
+
 impl Step {
     fn name(&self) -> &'static str {
         match self {
@@ -129,6 +186,9 @@ impl Step {
             Step::Plugin(PluginCommand::Compile) => "plugin compile",
             Step::Plugin(PluginCommand::Test { .. }) => "plugin test",
             Step::Plan { .. } => "plan",
+            Step::Tls(TlsCommand::Init { .. }) => "tls init",
+            Step::Tls(TlsCommand::Server { .. }) => "tls server",
+            Step::Tls(TlsCommand::PutSsm { .. }) => "tls put-ssm",
         }
     }
 
@@ -161,6 +221,28 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             }
             return admin::plan::plan(&Config::load(&path)?, job_response);
         }
+        Step::Tls(TlsCommand::Init {
+            dir,
+            ca_days,
+            client_days,
+            force,
+        }) => {
+            return admin::tls::init(dir, *ca_days, *client_days, *force);
+        }
+        Step::Tls(TlsCommand::Server {
+            dir,
+            names,
+            ips,
+            ip_ranges,
+            days,
+            force,
+        }) => {
+            let mut ips = ips.clone();
+            for range in ip_ranges {
+                ips.extend(admin::tls::expand_ip_range(range)?);
+            }
+            return admin::tls::server(dir, names, &ips, *days, *force);
+        }
         _ => {}
     }
     let runtime = || {
@@ -169,6 +251,22 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             .build()
             .map_err(|e| Failure::system(format!("cannot start the async runtime: {e}")))
     };
+    if let Step::Tls(TlsCommand::PutSsm {
+        dir,
+        prefix,
+        region,
+        endpoint_url,
+        kms_key_id,
+    }) = &cli.step
+    {
+        let target = admin::tls::SsmTarget {
+            prefix: prefix.clone(),
+            region: region.clone(),
+            endpoint_url: endpoint_url.clone(),
+            kms_key_id: kms_key_id.clone(),
+        };
+        return runtime()?.block_on(admin::tls::put_ssm(dir, &target));
+    }
     if let Step::Check = cli.step {
         // check reports a bad config as one of its lines.
         return runtime()?.block_on(admin::check::run(&path));
@@ -191,7 +289,7 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             Step::Cleanup => steps::cleanup::run(&config).await,
             Step::Gc { dry_run, runners } => admin::gc::gc(&config, dry_run, &runners).await,
             Step::Unregister { dry_run, runners } => admin::gc::unregister(&config, dry_run, &runners).await,
-            Step::Check | Step::Plugin(_) | Step::Plan { .. } => unreachable!("handled above"),
+            Step::Check | Step::Plugin(_) | Step::Plan { .. } | Step::Tls(_) => unreachable!("handled above"),
         }
     })
 }

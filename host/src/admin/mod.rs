@@ -1,8 +1,9 @@
 //! Commands for runner admins and plugin authors, not called by gitlab-runner: `check`, `gc`
-//! and `unregister`, `plan`, `plugin compile` / `plugin test`. Their exit codes follow
+//! and `unregister`, `plan`, `plugin compile` / `plugin test`, `tls init|server|put-ssm`. Their exit codes follow
 //! [`Caller::Admin`](crate::failure::Caller::Admin).
 
 pub mod check;
 pub mod gc;
 pub mod plan;
 pub mod plugin;
+pub mod tls;

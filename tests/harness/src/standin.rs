@@ -357,6 +357,12 @@ impl Fault {
         }
     }
 
+    /// The next `count` ECS `action` calls are throttled as ECS throttles them
+    /// (`ThrottlingException`, "Rate exceeded").
+    pub fn ecs_throttle(action: &str, count: i64) -> Fault {
+        Fault::ecs_error(action, "ThrottlingException", count).message("Rate exceeded")
+    }
+
     /// The next `count` ECS `action` calls are served `delay_ms` late.
     pub fn ecs_delay(action: &str, delay_ms: u64, count: i64) -> Fault {
         Fault {

@@ -32,11 +32,9 @@ fn throttling_and_5xx_in_prepare_and_cleanup_are_retried_and_the_job_succeeds() 
     let job = e.job().script(["echo survived-the-throttling"]);
     let mark = e.standin.request_mark();
     // Bodies of RegisterTaskDefinition and RunTask name our family: only our calls match.
-    let _f1 = e.standin.inject(
-        &Fault::ecs_error("RegisterTaskDefinition", "ThrottlingException", 2)
-            .message("Rate exceeded")
-            .matching(&e.family_prefix),
-    );
+    let _f1 = e
+        .standin
+        .inject(&Fault::ecs_throttle("RegisterTaskDefinition", 2).matching(&e.family_prefix));
     let _f2 = e.standin.inject(
         &Fault::ecs_error("RunTask", "ServerException", 2)
             .status(500)
@@ -47,11 +45,7 @@ fn throttling_and_5xx_in_prepare_and_cleanup_are_retried_and_the_job_succeeds() 
     let task = e.running_task(&job);
     let task_id = task.task_arn().unwrap().rsplit('/').next().unwrap().to_string();
     // Cleanup's StopTask names the task: throttle exactly ours.
-    let _f3 = e.standin.inject(
-        &Fault::ecs_error("StopTask", "ThrottlingException", 2)
-            .message("Rate exceeded")
-            .matching(&task_id),
-    );
+    let _f3 = e.standin.inject(&Fault::ecs_throttle("StopTask", 2).matching(&task_id));
     let build = r.run_script(
         stages::BUILD_SCRIPT,
         &stage_script(&r, "echo survived-the-throttling\n"),

@@ -20,7 +20,7 @@ use bollard::Docker;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, ListVolumesOptions};
 use ecs_executor_tests::standin::{
-    ClientCert, Fault, Standin, TaskGuard, cluster_with_instance, docker_exec, unique_name,
+    ClientCert, Fault, FaultGuard, Standin, TaskGuard, cluster_with_instance, docker_exec, unique_name,
 };
 
 /// Keeps a container alive and exits 0 at once on SIGTERM (a plain `sleep` as PID 1 would
@@ -167,20 +167,91 @@ fn has_agent_name(docker_name: &str, family: &str, revision: i32, container: &st
         .is_some_and(|hex| hex.len() == 20 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
-#[tokio::test]
-async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_task() {
+/// The stand-in, an ECS client, and a task-definition family of the test's own (`name` made
+/// unique), so that tests run in parallel.
+async fn setup(name: &str) -> (Standin, Client, String) {
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
-    let docker = standin.docker();
-    let family = unique_name("linked");
-    let image = &standin.images.build;
-    let server = container(
+    (standin, ecs, unique_name(name))
+}
+
+/// Registers `family` with one container, `main`, that runs until it is stopped.
+async fn register_keep_alive(standin: &Standin, ecs: &Client, family: &str) -> String {
+    let main = container("main", &standin.images.build, KEEP_ALIVE).build();
+    register(ecs, family, vec![main], vec![]).await.0
+}
+
+async fn wait_running(standin: &Standin, ecs: &Client, arn: &str) -> Task {
+    wait_for(standin, ecs, arn, "RUNNING", START_TIMEOUT, |t| {
+        last_status(t) == "RUNNING"
+    })
+    .await
+}
+
+/// Waits for STOPPED within `timeout` (START_TIMEOUT where the task stops on its own).
+async fn wait_stopped(standin: &Standin, ecs: &Client, arn: &str, timeout: Duration) -> Task {
+    wait_for(standin, ecs, arn, "STOPPED", timeout, |t| last_status(t) == "STOPPED").await
+}
+
+/// StopTask (with `reason`, if any) and wait for STOPPED.
+async fn stop(standin: &Standin, ecs: &Client, arn: &str, reason: Option<&str>) -> Task {
+    ecs.stop_task()
+        .cluster(&standin.cluster)
+        .task(arn)
+        .set_reason(reason.map(str::to_string))
+        .send()
+        .await
+        .expect("StopTask");
+    wait_stopped(standin, ecs, arn, STOP_TIMEOUT).await
+}
+
+/// Until `client` gets `pong` from `nc <address> 7777` (the server containers below answer so).
+async fn wait_for_pong(docker: &Docker, client: &str, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out) = exec(docker, client, &format!("nc {address} 7777 </dev/null")).await;
+        if code == 0 && out.contains("pong") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client could not reach server as {address}: exit {code}, output {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A server container answering `pong` on port 7777 until it is stopped.
+fn pong_server(image: &str) -> aws_sdk_ecs::types::builders::ContainerDefinitionBuilder {
+    container(
         "server",
         image,
         &format!("trap 'exit 0' TERM; nc -ll -p 7777 -e echo pong & wait $!; {KEEP_ALIVE}"),
     )
-    .docker_labels("ecs-executor-test.family", &family)
-    .build();
+}
+
+/// A family with one KEEP_ALIVE container whose first `times` RunTask calls are throttled;
+/// returns the family, its task definition, the fault and the request mark before any call.
+async fn throttled_family(
+    standin: &Standin,
+    ecs: &Client,
+    name: &str,
+    times: i64,
+) -> (String, String, FaultGuard, u64) {
+    let family = unique_name(name);
+    let td = register_keep_alive(standin, ecs, &family).await;
+    let fault = standin.inject(&Fault::ecs_throttle("RunTask", times).matching(&family));
+    (family, td, fault, standin.request_mark())
+}
+
+#[tokio::test]
+async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_task() {
+    let (standin, ecs, family) = setup("linked").await;
+    let docker = standin.docker();
+    let image = &standin.images.build;
+    let server = pong_server(image)
+        .docker_labels("ecs-executor-test.family", &family)
+        .build();
     let client = container("client", image, KEEP_ALIVE).links("server:backend").build();
     let (td, revision) = register(&ecs, &family, vec![server, client], vec![]).await;
 
@@ -243,31 +314,10 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
     }
 
     // The link alias resolves to the server container of the same task.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, out) = exec(&docker, ids["client"], "nc backend 7777 </dev/null").await;
-        if code == 0 && out.contains("pong") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "client could not reach server as `backend`: exit {code}, output {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_pong(&docker, ids["client"], "backend").await;
 
     let stopping = Instant::now();
-    ecs.stop_task()
-        .cluster(&standin.cluster)
-        .task(&arn)
-        .reason("done with it")
-        .send()
-        .await
-        .expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = stop(&standin, &ecs, &arn, Some("done with it")).await;
     eprintln!("StopTask -> STOPPED observed after {:?}", stopping.elapsed());
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
     assert_eq!(stopped.stopped_reason(), Some("done with it"));
@@ -291,9 +341,7 @@ async fn a_linked_two_container_task_runs_resolves_its_link_and_stops_on_stop_ta
 
 #[tokio::test]
 async fn a_task_whose_image_is_missing_stops_with_cannot_pull_container_error() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("no-image");
+    let (standin, ecs, family) = setup("no-image").await;
     let image = format!("ecs-executor-test/{}:1", unique_name("absent").to_lowercase());
     let (td, _) = register(
         &ecs,
@@ -305,10 +353,7 @@ async fn a_task_whose_image_is_missing_stops_with_cannot_pull_container_error() 
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     let arn = placed.task_arn().unwrap();
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", START_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = wait_stopped(&standin, &ecs, arn, START_TIMEOUT).await;
 
     let reference = format!("docker.io/{image}");
     let expected = format!(
@@ -324,9 +369,7 @@ async fn a_task_whose_image_is_missing_stops_with_cannot_pull_container_error() 
 
 #[tokio::test]
 async fn an_essential_container_that_exits_stops_the_task_with_its_exit_code() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("essential-exit");
+    let (standin, ecs, family) = setup("essential-exit").await;
     let image = &standin.images.build;
     let main = container("main", image, "sleep 1; exit 3").build();
     let sidecar = container("sidecar", image, KEEP_ALIVE).essential(false).build();
@@ -334,10 +377,7 @@ async fn an_essential_container_that_exits_stops_the_task_with_its_exit_code() {
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     let arn = placed.task_arn().unwrap();
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", START_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = wait_stopped(&standin, &ecs, arn, START_TIMEOUT).await;
 
     assert_eq!(
         stopped.stop_code().map(|c| c.as_str()),
@@ -355,9 +395,7 @@ async fn an_essential_container_that_exits_stops_the_task_with_its_exit_code() {
 
 #[tokio::test]
 async fn a_non_essential_container_that_exits_is_reported_and_the_task_goes_on() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("non-essential-exit");
+    let (standin, ecs, family) = setup("non-essential-exit").await;
     let image = &standin.images.build;
     let worker = container("worker", image, KEEP_ALIVE).build();
     let setup = container("setup", image, "exit 5").essential(false).build();
@@ -378,16 +416,7 @@ async fn a_non_essential_container_that_exits_is_reported_and_the_task_goes_on()
         "the task goes on"
     );
 
-    ecs.stop_task()
-        .cluster(&standin.cluster)
-        .task(arn)
-        .send()
-        .await
-        .expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = stop(&standin, &ecs, arn, None).await;
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
     assert_eq!(stopped.stopped_reason(), Some("Task stopped by user"));
     assert_eq!(container_of(&stopped, "worker").exit_code(), Some(0));
@@ -396,16 +425,8 @@ async fn a_non_essential_container_that_exits_is_reported_and_the_task_goes_on()
 
 #[tokio::test]
 async fn a_task_stopped_while_pending_stops_without_starting_containers() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("stop-pending");
-    let (td, _) = register(
-        &ecs,
-        &family,
-        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
-        vec![],
-    )
-    .await;
+    let (standin, ecs, family) = setup("stop-pending").await;
+    let td = register_keep_alive(&standin, &ecs, &family).await;
     // Hold the agent at its DescribeTaskDefinition for this family, so the task stays PENDING.
     let _slow = standin.inject(&Fault::ecs_delay("DescribeTaskDefinition", 2000, 1).matching(&family));
 
@@ -413,17 +434,7 @@ async fn a_task_stopped_while_pending_stops_without_starting_containers() {
     let arn = placed.task_arn().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(last_status(&describe(&standin, &ecs, arn).await), "PENDING");
-    ecs.stop_task()
-        .cluster(&standin.cluster)
-        .task(arn)
-        .send()
-        .await
-        .expect("StopTask");
-
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = stop(&standin, &ecs, arn, None).await;
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
     assert!(stopped.started_at().is_none(), "it never ran: {stopped:#?}");
     assert!(
@@ -432,21 +443,31 @@ async fn a_task_stopped_while_pending_stops_without_starting_containers() {
     );
 }
 
+/// The task volume `data` at /data.
+fn data_mount(read_only: bool) -> MountPoint {
+    MountPoint::builder()
+        .source_volume("data")
+        .container_path("/data")
+        .read_only(read_only)
+        .build()
+}
+
+fn after(container: &str, condition: ContainerCondition) -> ContainerDependency {
+    ContainerDependency::builder()
+        .container_name(container)
+        .condition(condition)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn definition_settings_volumes_and_depends_on_reach_docker() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
+    let (standin, ecs, family) = setup("settings").await;
     let docker = standin.docker();
-    let family = unique_name("settings");
     let image = &standin.images.build;
     let init = container("init", image, "sleep 1; echo ready > /data/flag")
         .essential(false)
-        .mount_points(
-            MountPoint::builder()
-                .source_volume("data")
-                .container_path("/data")
-                .build(),
-        )
+        .mount_points(data_mount(false))
         .build();
     let writer = container(
         "writer",
@@ -455,12 +476,7 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
     )
     .environment(KeyValuePair::builder().name("GREETING").value("hello").build())
     .working_directory("/data")
-    .mount_points(
-        MountPoint::builder()
-            .source_volume("data")
-            .container_path("/data")
-            .build(),
-    )
+    .mount_points(data_mount(false))
     .extra_hosts(
         HostEntry::builder()
             .hostname("gitlab.local")
@@ -477,30 +493,12 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
             .unwrap(),
     )
     .linux_parameters(LinuxParameters::builder().init_process_enabled(true).build())
-    .depends_on(
-        ContainerDependency::builder()
-            .container_name("init")
-            .condition(ContainerCondition::Complete)
-            .build()
-            .unwrap(),
-    )
+    .depends_on(after("init", ContainerCondition::Complete))
     .build();
     let reader = container("reader", image, KEEP_ALIVE)
         .user("1000")
-        .mount_points(
-            MountPoint::builder()
-                .source_volume("data")
-                .container_path("/data")
-                .read_only(true)
-                .build(),
-        )
-        .depends_on(
-            ContainerDependency::builder()
-                .container_name("writer")
-                .condition(ContainerCondition::Start)
-                .build()
-                .unwrap(),
-        )
+        .mount_points(data_mount(true))
+        .depends_on(after("writer", ContainerCondition::Start))
         .build();
     let (td, revision) = register(
         &ecs,
@@ -567,16 +565,7 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
     let (code, _) = exec(&docker, &reader_id, "touch /data/x").await;
     assert_ne!(code, 0, "the reader's mount is read-only");
 
-    ecs.stop_task()
-        .cluster(&standin.cluster)
-        .task(arn)
-        .send()
-        .await
-        .expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = stop(&standin, &ecs, arn, None).await;
     assert_eq!(
         container_of(&stopped, "writer").exit_code(),
         Some(0),
@@ -589,20 +578,7 @@ async fn definition_settings_volumes_and_depends_on_reach_docker() {
 async fn two_throttled_run_tasks_are_absorbed_by_the_sdk_standard_retry() {
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
-    let family = unique_name("throttle-absorbed");
-    let (td, _) = register(
-        &ecs,
-        &family,
-        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
-        vec![],
-    )
-    .await;
-    let fault = standin.inject(
-        &Fault::ecs_error("RunTask", "ThrottlingException", 2)
-            .message("Rate exceeded")
-            .matching(&family),
-    );
-    let mark = standin.request_mark();
+    let (family, td, fault, mark) = throttled_family(&standin, &ecs, "throttle-absorbed", 2).await;
 
     let (placed, _guard) = run_task(&standin, &ecs, &td).await;
     assert_eq!(last_status(&placed), "PENDING");
@@ -633,20 +609,7 @@ async fn two_throttled_run_tasks_are_absorbed_by_the_sdk_standard_retry() {
 async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error() {
     let standin = Standin::require();
     let ecs = standin.ecs(3).await;
-    let family = unique_name("throttle-surfaced");
-    let (td, _) = register(
-        &ecs,
-        &family,
-        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
-        vec![],
-    )
-    .await;
-    let _fault = standin.inject(
-        &Fault::ecs_error("RunTask", "ThrottlingException", 3)
-            .message("Rate exceeded")
-            .matching(&family),
-    );
-    let mark = standin.request_mark();
+    let (family, td, _fault, mark) = throttled_family(&standin, &ecs, "throttle-surfaced", 3).await;
 
     let err = ecs
         .run_task()
@@ -679,12 +642,22 @@ async fn three_throttled_run_tasks_exhaust_three_attempts_and_surface_the_error(
     );
 }
 
+/// A Docker TLS client (with or without the client certificate) for each of the instance's
+/// addresses, with the address.
+fn tls_clients(standin: &Standin, cert: ClientCert) -> Vec<(String, Docker)> {
+    [&standin.private_ip, &standin.public_ip]
+        .into_iter()
+        .map(|ip| {
+            let address = format!("{ip}:{}", standin.docker_port);
+            let docker = standin.docker_tls(&address, cert).expect("TLS client");
+            (address, docker)
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn docker_tls_admits_clients_with_the_certificate_on_both_addresses() {
-    let standin = Standin::require();
-    for ip in [&standin.private_ip, &standin.public_ip] {
-        let address = format!("{ip}:{}", standin.docker_port);
-        let docker = standin.docker_tls(&address, ClientCert::Present).expect("TLS client");
+    for (address, docker) in tls_clients(&Standin::require(), ClientCert::Present) {
         let pong = docker
             .ping()
             .await
@@ -700,10 +673,7 @@ async fn docker_tls_admits_clients_with_the_certificate_on_both_addresses() {
 
 #[tokio::test]
 async fn docker_tls_refuses_clients_without_a_certificate() {
-    let standin = Standin::require();
-    for ip in [&standin.private_ip, &standin.public_ip] {
-        let address = format!("{ip}:{}", standin.docker_port);
-        let docker = standin.docker_tls(&address, ClientCert::Absent).expect("TLS client");
+    for (address, docker) in tls_clients(&Standin::require(), ClientCert::Absent) {
         let refused = docker.ping().await;
         assert!(
             refused.is_err(),
@@ -716,37 +686,17 @@ async fn docker_tls_refuses_clients_without_a_certificate() {
 /// bound loose enough for parallel tests on a busy machine.
 #[tokio::test]
 async fn the_agent_reacts_to_run_task_and_stop_task_within_a_second_or_two() {
-    let standin = Standin::require();
-    let ecs = standin.ecs(3).await;
-    let family = unique_name("reaction");
-    let (td, _) = register(
-        &ecs,
-        &family,
-        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
-        vec![],
-    )
-    .await;
+    let (standin, ecs, family) = setup("reaction").await;
+    let td = register_keep_alive(&standin, &ecs, &family).await;
     let (mut to_running, mut to_stopped) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
         let (placed, _guard) = run_task(&standin, &ecs, &td).await;
         let arn = placed.task_arn().unwrap();
-        wait_for(&standin, &ecs, arn, "RUNNING", START_TIMEOUT, |t| {
-            last_status(t) == "RUNNING"
-        })
-        .await;
+        wait_running(&standin, &ecs, arn).await;
         to_running.push(started.elapsed());
         let stopping = Instant::now();
-        ecs.stop_task()
-            .cluster(&standin.cluster)
-            .task(arn)
-            .send()
-            .await
-            .expect("StopTask");
-        wait_for(&standin, &ecs, arn, "STOPPED", STOP_TIMEOUT, |t| {
-            last_status(t) == "STOPPED"
-        })
-        .await;
+        stop(&standin, &ecs, arn, None).await;
         to_stopped.push(stopping.elapsed());
     }
     to_running.sort();
@@ -828,13 +778,7 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
     let mut agent = OwnAgent { child, log };
 
     let family = unique_name("own-agent");
-    let (td, _) = register(
-        &ecs,
-        &family,
-        vec![container("main", &standin.images.build, KEEP_ALIVE).build()],
-        vec![],
-    )
-    .await;
+    let td = register_keep_alive(&standin, &ecs, &family).await;
     let out = ecs
         .run_task()
         .cluster(&cluster)
@@ -848,10 +792,7 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
         ..standin.clone()
     };
     let _guard = TaskGuard::new(&on_own_cluster, &arn);
-    let running = wait_for(&on_own_cluster, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| {
-        last_status(t) == "RUNNING"
-    })
-    .await;
+    let running = wait_running(&on_own_cluster, &ecs, &arn).await;
     let labels = docker_containers(&docker, &arn).await[0].labels.clone().unwrap();
     assert_eq!(labels["com.amazonaws.ecs.cluster"], cluster);
     assert!(
@@ -863,16 +804,7 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
     );
     assert!(agent.log().contains("ECS answers again"), "{}", agent.log());
 
-    ecs.stop_task()
-        .cluster(&cluster)
-        .task(&arn)
-        .send()
-        .await
-        .expect("StopTask");
-    let stopped = wait_for(&on_own_cluster, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = stop(&on_own_cluster, &ecs, &arn, None).await;
     assert_eq!(
         container_of(&stopped, "main").runtime_id(),
         container_of(&running, "main").runtime_id()
@@ -936,12 +868,7 @@ async fn awsvpc_containers_share_one_network_namespace() {
     let docker = standin.docker();
     let family = unique_name("awsvpc");
     let image = &standin.images.build;
-    let server = container(
-        "server",
-        image,
-        &format!("trap 'exit 0' TERM; nc -ll -p 7777 -e echo pong & wait $!; {KEEP_ALIVE}"),
-    )
-    .build();
+    let server = pong_server(image).build();
     let client = container("client", image, KEEP_ALIVE).build();
     let out = ecs
         .register_task_definition()
@@ -986,10 +913,7 @@ async fn awsvpc_containers_share_one_network_namespace() {
     let arn = out.tasks()[0].task_arn().unwrap().to_string();
     let _guard = TaskGuard::new(&standin, &arn);
 
-    let running = wait_for(&standin, &ecs, &arn, "RUNNING", START_TIMEOUT, |t| {
-        last_status(t) == "RUNNING"
-    })
-    .await;
+    let running = wait_running(&standin, &ecs, &arn).await;
     let server_id = container_of(&running, "server").runtime_id().unwrap();
     let client_id = container_of(&running, "client").runtime_id().unwrap();
     let client = docker
@@ -1000,29 +924,9 @@ async fn awsvpc_containers_share_one_network_namespace() {
         client.host_config.unwrap().network_mode,
         Some(format!("container:{server_id}"))
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, out) = exec(&docker, client_id, "nc 127.0.0.1 7777 </dev/null").await;
-        if code == 0 && out.contains("pong") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "client could not reach server on localhost: exit {code}, output {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_pong(&docker, client_id, "127.0.0.1").await;
 
-    ecs.stop_task()
-        .cluster(&standin.cluster)
-        .task(&arn)
-        .send()
-        .await
-        .expect("StopTask");
-    let stopped = wait_for(&standin, &ecs, &arn, "STOPPED", STOP_TIMEOUT, |t| {
-        last_status(t) == "STOPPED"
-    })
-    .await;
+    let stopped = stop(&standin, &ecs, &arn, None).await;
     assert_eq!(container_of(&stopped, "client").exit_code(), Some(0));
     assert_eq!(container_of(&stopped, "server").exit_code(), Some(0));
 }

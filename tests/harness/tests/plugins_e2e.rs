@@ -44,6 +44,23 @@ fn with_plugins(test: &str, entries: &[String]) -> E2e {
     E2e::with_config_edit(test, move |text| format!("{text}\n{entries}"))
 }
 
+/// The image-allowlist plugin, named `allowlist`, allowing the test images' registry only.
+fn test_images_allowlist(wasm: &Path) -> String {
+    plugin_entry(
+        "allowlist",
+        wasm,
+        r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
+        "",
+    )
+}
+
+/// A test-misbehave plugin, `plugin`, whose task-definition.customize hook misbehaves as `mode`.
+fn with_misbehaving_plugin(test: &str, plugin: &str, mode: &str, extra: &str) -> E2e {
+    let wasm = plugin_wasm("test-misbehave");
+    let settings = format!(r#"{{"customize": "{mode}"}}"#);
+    with_plugins(test, &[plugin_entry(plugin, &wasm, &settings, extra)])
+}
+
 /// AWS calls that name this test's families or this job since `mark`: `(action, body)`.
 fn calls_for(e: &E2e, job: &JobSpec, mark: u64) -> Vec<(String, String)> {
     let started_by = e.started_by(job);
@@ -126,15 +143,7 @@ fn an_image_the_allowlist_refuses_fails_the_job_as_a_build_failure_before_anythi
 #[test]
 fn an_allowed_image_runs_with_the_plugin_in_the_chain() {
     let wasm = plugin_wasm("image-allowlist");
-    let e = with_plugins(
-        "allowlist-accepts",
-        &[plugin_entry(
-            "allowlist",
-            &wasm,
-            r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
-            "",
-        )],
-    );
+    let e = with_plugins("allowlist-accepts", &[test_images_allowlist(&wasm)]);
     let job = e.job().script(["echo plugin-approved-job-ran"]);
     let outcome = e.runner(&job).run_job();
     let log = outcome.log_text();
@@ -143,45 +152,36 @@ fn an_allowed_image_runs_with_the_plugin_in_the_chain() {
     e.assert_tasks_stopped(&job, 1);
 }
 
+/// Each way test-misbehave's task-definition.customize hook can misbehave (looping past its
+/// deadline, allocating past its memory cap, breaking the task definition, failing) fails
+/// the job closed, naming the plugin and the cause.
 #[test]
-fn a_plugin_that_loops_forever_is_stopped_at_its_deadline_and_fails_the_job_closed() {
-    let wasm = plugin_wasm("test-misbehave");
-    let e = with_plugins(
-        "misbehave-loop",
-        &[plugin_entry(
-            "looper",
-            &wasm,
-            r#"{"customize": "loop"}"#,
-            "deadline_ms = 300",
-        )],
-    );
-    let job = e.job();
-    assert_broken_plugin_fails_closed(&e, &job, "looper", "timed out after 300 ms");
-}
-
-#[test]
-fn a_plugin_that_allocates_without_bound_hits_its_memory_cap_and_fails_the_job_closed() {
-    let wasm = plugin_wasm("test-misbehave");
-    let e = with_plugins(
-        "misbehave-alloc",
-        &[plugin_entry(
+fn a_misbehaving_customize_hook_fails_the_job_closed_naming_the_plugin_and_the_cause() {
+    for (mode, plugin, extra, cause) in [
+        ("loop", "looper", "deadline_ms = 300", "timed out after 300 ms"),
+        (
+            "allocate",
             "hoarder",
-            &wasm,
-            r#"{"customize": "allocate"}"#,
             "memory_mib = 16",
-        )],
-    );
-    let job = e.job();
-    assert_broken_plugin_fails_closed(&e, &job, "hoarder", "exceeded its memory limit of 16 MiB");
+            "exceeded its memory limit of 16 MiB",
+        ),
+        (
+            "remove-build",
+            "breaker",
+            "",
+            "container `build` must be present exactly once",
+        ),
+        ("oversize", "bloater", "", "bytes of JSON (ECS allows 65536)"),
+        ("other-error", "failer", "", "broken on purpose"),
+    ] {
+        let e = with_misbehaving_plugin(&format!("misbehave-{mode}"), plugin, mode, extra);
+        assert_broken_plugin_fails_closed(&e, &e.job(), plugin, cause);
+    }
 }
 
 #[test]
 fn a_plugin_that_panics_fails_the_job_closed_with_its_panic_message() {
-    let wasm = plugin_wasm("test-misbehave");
-    let e = with_plugins(
-        "misbehave-panic",
-        &[plugin_entry("panicker", &wasm, r#"{"customize": "panic"}"#, "")],
-    );
+    let e = with_misbehaving_plugin("misbehave-panic", "panicker", "panic", "");
     let job = e.job();
     assert_broken_plugin_fails_closed(&e, &job, "panicker", "panicked: ");
     // The guest's own panic message reached the error (captured stderr).
@@ -192,39 +192,6 @@ fn a_plugin_that_panics_fails_the_job_closed_with_its_panic_message() {
         show(&prepare)
     );
     assert_ok(&r.cleanup());
-}
-
-#[test]
-fn a_plugin_that_removes_the_build_container_is_a_broken_plugin() {
-    let wasm = plugin_wasm("test-misbehave");
-    let e = with_plugins(
-        "misbehave-nobuild",
-        &[plugin_entry("breaker", &wasm, r#"{"customize": "remove-build"}"#, "")],
-    );
-    let job = e.job();
-    assert_broken_plugin_fails_closed(&e, &job, "breaker", "container `build` must be present exactly once");
-}
-
-#[test]
-fn a_plugin_that_returns_an_oversized_task_definition_is_a_broken_plugin() {
-    let wasm = plugin_wasm("test-misbehave");
-    let e = with_plugins(
-        "misbehave-oversize",
-        &[plugin_entry("bloater", &wasm, r#"{"customize": "oversize"}"#, "")],
-    );
-    let job = e.job();
-    assert_broken_plugin_fails_closed(&e, &job, "bloater", "bytes of JSON (ECS allows 65536)");
-}
-
-#[test]
-fn a_plugin_that_fails_with_other_is_a_broken_plugin() {
-    let wasm = plugin_wasm("test-misbehave");
-    let e = with_plugins(
-        "misbehave-other",
-        &[plugin_entry("failer", &wasm, r#"{"customize": "other-error"}"#, "")],
-    );
-    let job = e.job();
-    assert_broken_plugin_fails_closed(&e, &job, "failer", "broken on purpose");
 }
 
 #[test]
@@ -493,12 +460,7 @@ fn plan_and_compile_show_the_task_definition_after_the_plugins_without_calling_a
     let e = with_plugins(
         "plan",
         &[
-            plugin_entry(
-                "allowlist",
-                &allowlist,
-                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
-                "",
-            ),
+            test_images_allowlist(&allowlist),
             plugin_entry("tagger", &misbehave, r#"{"customize": "add-tag"}"#, ""),
         ],
     );
@@ -786,12 +748,7 @@ fn plan_prints_exactly_the_register_task_definition_request_prepare_sends() {
     let e = with_plugins(
         "plan-vs-request",
         &[
-            plugin_entry(
-                "allowlist",
-                &allowlist,
-                r#"{"allowed_registries": ["docker.io/ecs-executor-test"]}"#,
-                "",
-            ),
+            test_images_allowlist(&allowlist),
             plugin_entry("adder", &misbehave, r#"{"customize": "add-all"}"#, ""),
         ],
     );

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ecs_executor_tests::runner::{
-    CallOutcome, ConfigOutput, Image, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port, ProcessStatus, Runner,
-    Stream, Verb, script, stages,
+    CallOutcome, ConfigOutput, Image, JobOutcome, JobSpec, JobState, JobStatus, KillReason, LogChunk, Port,
+    ProcessStatus, Runner, Stream, Verb, script, stages,
 };
 
 const FAKE_EXECUTOR: &str = r#"#!/bin/sh
@@ -155,6 +155,19 @@ impl Drop for Fake {
 fn simple_job() -> JobSpec {
     JobSpec::new(42, "group/project").script(["echo hello"])
 }
+
+/// The calls gitlab-runner makes for a job that runs only its script (as `simple_job`).
+const SCRIPT_ONLY_CALLS: [&str; 6] = [
+    "config",
+    "prepare",
+    "run prepare_script",
+    "run get_sources",
+    "run build_script",
+    "cleanup",
+];
+
+/// The calls of a prepare attempt that failed (gitlab-runner retries it).
+const FAILED_PREPARE: [&str; 3] = ["config", "prepare", "cleanup"];
 
 fn wait_until_gone(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
@@ -491,20 +504,7 @@ echo prepared
     assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
     assert_eq!(
         outcome.call_sequence(),
-        [
-            "config",
-            "prepare",
-            "cleanup",
-            "config",
-            "prepare",
-            "cleanup",
-            "config",
-            "prepare",
-            "run prepare_script",
-            "run get_sources",
-            "run build_script",
-            "cleanup"
-        ]
+        [&FAILED_PREPARE[..], &FAILED_PREPARE, &SCRIPT_ONLY_CALLS].concat()
     );
     assert_eq!(outcome.prepare_attempts, 3);
     let dirs: Vec<&PathBuf> = outcome.calls.iter().map(|c| &c.temp_dir).collect();
@@ -588,6 +588,19 @@ fn config_output_is_parsed_with_gos_rules() {
     assert_eq!(parsed.shell.as_deref(), Some("sh"));
 }
 
+/// after_script (which echoes `status=$CI_JOB_STATUS`) saw the job as `status`.
+fn assert_after_script_saw(outcome: &JobOutcome, status: &str) {
+    let after = outcome.stage(stages::AFTER_SCRIPT).expect("after_script ran");
+    assert!(
+        after.stdout_text().contains(&format!("status={status}")),
+        "{}",
+        after.log_text()
+    );
+}
+
+/// The stages gitlab-runner runs before build_script, in its order.
+const BEFORE_BUILD: [&str; 4] = ["prepare_script", "get_sources", "restore_cache", "download_artifacts"];
+
 #[test]
 fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     let with_stage_lines = |job: JobSpec| {
@@ -613,20 +626,19 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     assert_eq!(
         outcome.stages_run(),
         [
-            "prepare_script",
-            "get_sources",
-            "restore_cache",
-            "download_artifacts",
-            "build_script",
-            "after_script",
-            "archive_cache_on_failure",
-            "upload_artifacts_on_failure",
-            "cleanup_file_variables"
+            &BEFORE_BUILD[..],
+            &[
+                "build_script",
+                "after_script",
+                "archive_cache_on_failure",
+                "upload_artifacts_on_failure",
+                "cleanup_file_variables",
+            ],
         ]
+        .concat()
     );
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
-    let after = outcome.stage(stages::AFTER_SCRIPT).unwrap();
-    assert!(after.stdout_text().contains("status=failed"), "{}", after.log_text());
+    assert_after_script_saw(&outcome, "failed");
     assert_eq!(
         outcome
             .stage(stages::BUILD_SCRIPT)
@@ -653,24 +665,18 @@ fn stages_run_in_gitlab_order_and_after_script_runs_after_a_failure() {
     assert_eq!(
         outcome.stages_run(),
         [
-            "prepare_script",
-            "get_sources",
-            "restore_cache",
-            "download_artifacts",
-            "build_script",
-            "step_release",
-            "after_script",
-            "archive_cache",
-            "upload_artifacts_on_success"
+            &BEFORE_BUILD[..],
+            &[
+                "build_script",
+                "step_release",
+                "after_script",
+                "archive_cache",
+                "upload_artifacts_on_success"
+            ],
         ]
+        .concat()
     );
-    assert!(
-        outcome
-            .stage(stages::AFTER_SCRIPT)
-            .unwrap()
-            .stdout_text()
-            .contains("status=success")
-    );
+    assert_after_script_saw(&outcome, "success");
     assert!(outcome.log_text().trim_end().ends_with("Job succeeded"));
 }
 
@@ -851,13 +857,7 @@ fn graceful_cancel_kills_the_script_and_still_runs_after_script() {
     );
     let build = outcome.stage(stages::BUILD_SCRIPT).unwrap();
     assert_eq!(build.termination.unwrap().reason, KillReason::Cancel);
-    assert!(
-        outcome
-            .stage(stages::AFTER_SCRIPT)
-            .unwrap()
-            .stdout_text()
-            .contains("status=canceled")
-    );
+    assert_after_script_saw(&outcome, "canceled");
     assert_eq!(outcome.calls.last().unwrap().verb, Verb::Cleanup);
     assert!(outcome.log_text().trim_end().ends_with("ERROR: Job failed: canceled"));
 }
@@ -878,17 +878,7 @@ fn abort_and_job_timeout_run_no_further_stage_but_cleanup() {
         };
         let outcome = runner.run_job();
         assert_eq!(outcome.status, expected, "{}", outcome.log_text());
-        assert_eq!(
-            outcome.call_sequence(),
-            [
-                "config",
-                "prepare",
-                "run prepare_script",
-                "run get_sources",
-                "run build_script",
-                "cleanup"
-            ]
-        );
+        assert_eq!(outcome.call_sequence(), SCRIPT_ONLY_CALLS);
         let reason = outcome.stage(stages::BUILD_SCRIPT).unwrap().termination.unwrap().reason;
         assert_eq!(
             reason,

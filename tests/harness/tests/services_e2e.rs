@@ -203,18 +203,12 @@ fn a_service_that_never_opens_its_port_is_a_warning_with_its_logs_and_the_job_ru
 #[test]
 fn too_many_services_are_refused_before_any_task_runs() {
     let e = E2e::with_config_edit("svc-max", services_table("max_per_job = 1"));
-    let mark = e.standin.request_mark();
     let job = e
         .job()
         .service(Image::new(ECHO).alias("a"))
         .service(Image::new(ECHO).alias("b"))
         .script(["echo never-runs"]);
-    refused_before_any_task(
-        &e,
-        &job,
-        mark,
-        &["the job has 2 services; this runner allows at most 1"],
-    );
+    refused_before_any_task(&e, &job, &["the job has 2 services; this runner allows at most 1"]);
 }
 
 #[test]
@@ -223,7 +217,6 @@ fn a_service_image_outside_the_allowlist_is_refused() {
         "svc-allow",
         services_table("allowed_images = [\"ecs-executor-test/svc-echo:*\"]"),
     );
-    let mark = e.standin.request_mark();
     let job = e
         .job()
         .service(Image::new(ECHO).alias("fine"))
@@ -232,7 +225,6 @@ fn a_service_image_outside_the_allowlist_is_refused() {
     refused_before_any_task(
         &e,
         &job,
-        mark,
         &[&format!(
             "service image \"{SILENT}\" is not allowed on this runner (allowed: ecs-executor-test/svc-echo:*)"
         )],
@@ -241,8 +233,9 @@ fn a_service_image_outside_the_allowlist_is_refused() {
 
 /// Runs `job`, which prepare refuses (once: a build failure, not retried) saying every one
 /// of `said`, before any task runs: no task definition of this test's family registered and
-/// no task run for it since `mark`.
-fn refused_before_any_task(e: &E2e, job: &JobSpec, mark: u64, said: &[&str]) {
+/// no task run for it while the job ran.
+fn refused_before_any_task(e: &E2e, job: &JobSpec, said: &[&str]) {
+    let mark = e.standin.request_mark();
     let outcome = e.runner(job).run_job();
     let log = outcome.log_text();
     assert_eq!(outcome.status, JobStatus::Failed { exit_code: 1 }, "{log}");
@@ -503,11 +496,10 @@ fn service_aliases_that_are_not_host_names_are_refused_before_any_task_runs() {
         ("ctl", "db\u{7}"),
     ] {
         let e = E2e::new(&format!("svc-alias-{name}"));
-        let mark = e.standin.request_mark();
         let job = e
             .job()
             .service(Image::new(ECHO).alias(alias))
             .script(["echo never-runs"]);
-        refused_before_any_task(&e, &job, mark, &["is not a valid host name", &format!("{alias:?}")]);
+        refused_before_any_task(&e, &job, &["is not a valid host name", &format!("{alias:?}")]);
     }
 }

@@ -66,7 +66,14 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from standin_throttle import Throttle, throttle_error  # noqa: E402
+from standin_throttle import (  # noqa: E402
+    EC2_THROTTLE_CODE,
+    EC2_THROTTLE_MESSAGE,
+    ECS_THROTTLE_HEADER,
+    ECS_THROTTLE_MESSAGE,
+    ECS_THROTTLE_TYPE,
+    Throttle,
+)
 
 Backend = ecs_models.EC2ContainerServiceBackend
 Task = ecs_models.Task
@@ -734,23 +741,22 @@ def host_arch() -> str:
     return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
-class ScaleEvents:
-    """What the simulated control plane did on its own (scale-out, registrations, Spot
-    notices, terminations, scale-in), for the harness that brings up each instance's Docker
-    listener and agent. seq never restarts, like the request recording."""
+class SeqLog:
+    """An append-only list of records numbered by `seq`, which never restarts (not even on
+    clear), so a client's `since` cursor stays valid."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[dict[str, Any]] = []
         self._seq = 0
 
-    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def _append(self, **fields: Any) -> dict[str, Any]:
+        """Numbers and keeps a record: seq first, then `fields`."""
         with self._lock:
             self._seq += 1
-            item = {"seq": self._seq, "type": kind, "time": time.time(), **fields}
+            item = {"seq": self._seq, **fields}
             self._items.append(item)
-        log.info("scale event: %s", json.dumps(item))
-        return item
+            return item
 
     def since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
         with self._lock:
@@ -759,6 +765,17 @@ class ScaleEvents:
     def clear(self) -> None:
         with self._lock:
             self._items = []
+
+
+class ScaleEvents(SeqLog):
+    """What the simulated control plane did on its own (scale-out, registrations, Spot
+    notices, terminations, scale-in), for the harness that brings up each instance's Docker
+    listener and agent. seq never restarts, like the request recording."""
+
+    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+        item = self._append(type=kind, time=time.time(), **fields)
+        log.info("scale event: %s", json.dumps(item))
+        return item
 
 
 class Scaling:
@@ -1397,17 +1414,11 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
     if not parts or parts[0] not in ("scaling", "scale-events", "instances"):
         return None
 
-    def body() -> dict[str, Any]:
-        spec = json.loads(_read_body(environ) or b"{}")
-        if not isinstance(spec, dict):
-            raise ValueError("body must be a JSON object")
-        return spec
-
     try:
         if parts == ["scaling"] and method == "GET":
             return _json(200, SCALING.state())
         if parts == ["scaling"] and method == "POST":
-            return _json(200, SCALING.configure(body()))
+            return _json(200, SCALING.configure(_json_object_body(environ)))
         if parts == ["scale-events"] and method == "GET":
             since = int((query.get("since") or ["0"])[0])
             items, last = EVENTS.since(since)
@@ -1422,7 +1433,7 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
                     for ci in cis.values()
                 ]})
             if parts == ["instances"] and method == "POST":
-                spec = body()
+                spec = _json_object_body(environ)
                 unknown = set(spec) - {"cluster", "cpu", "memory", "arch", "availability_zone", "instance_type",
                                        "capacity_provider", "private_ip", "public_ip", "attributes"}
                 if unknown:
@@ -1440,7 +1451,7 @@ def scale_control(method: str, parts: list[str], query: dict[str, list[str]],
                 if method == "GET":
                     return _json(200, instance_info(backend, ci))
                 if method == "POST":
-                    return _json(200, instance_control(backend, ci, body()))
+                    return _json(200, instance_control(backend, ci, _json_object_body(environ)))
     except (ValueError, TypeError) as exc:
         return _json(400, {"error": str(exc)})
     except ServiceException as exc:
@@ -1560,16 +1571,18 @@ def default_status(service: str, error: str) -> int:
     return 400
 
 
-def aws_error(protocol: str, error: str, message: str, status: int) -> tuple[int, list[tuple[str, str]], bytes]:
+def aws_error(protocol: str, error: str, message: str, status: int,
+              error_type_header: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
     """An error the AWS SDKs parse like a real one. JSON protocol (ECS): the SDK takes the
-    code from x-amzn-ErrorType (then __type), so ThrottlingException is classified as
-    throttling. EC2 query protocol: <Response><Errors><Error>... with <RequestID>."""
+    code from x-amzn-ErrorType (`error_type_header`, else `error`; then __type), so
+    ThrottlingException is classified as throttling. EC2 query protocol:
+    <Response><Errors><Error>... with <RequestID>."""
     request_id = str(uuid.uuid4())
     if protocol == "json":
         body = json.dumps({"__type": error, "message": message}).encode()
         headers = [
             ("Content-Type", "application/x-amz-json-1.1"),
-            ("x-amzn-ErrorType", error),
+            ("x-amzn-ErrorType", error_type_header or error),
             ("x-amzn-RequestId", request_id),
         ]
     else:
@@ -1584,6 +1597,13 @@ def aws_error(protocol: str, error: str, message: str, status: int) -> tuple[int
         headers = [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)]
     headers.append(("Content-Length", str(len(body))))
     return status, headers, body
+
+
+def throttle_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to a throttled call (standin_throttle.py): ECS JSON (400) or EC2 XML (503)."""
+    if service == "ecs":
+        return aws_error("json", ECS_THROTTLE_TYPE, ECS_THROTTLE_MESSAGE, 400, ECS_THROTTLE_HEADER)
+    return aws_error("query", EC2_THROTTLE_CODE, EC2_THROTTLE_MESSAGE, 503)
 
 
 class Faults:
@@ -1654,34 +1674,25 @@ class Faults:
             return before - len(self._rules)
 
 
-class Recorder:
+class Recorder(SeqLog):
     """Every AWS API call, in arrival order. seq never restarts (not even on clear or
     reset), so a client's `since` cursor stays valid."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[dict[str, Any]] = []
-        self._seq = 0
-
     def add(self, service: str, action: str | None, body: str, region: str | None,
             user_agent: str = "") -> dict[str, Any]:
-        with self._lock:
-            self._seq += 1
-            # user_agent tells the executor's calls (SDK app name "ecs-executor") from the agent's.
-            item = {
-                "seq": self._seq, "service": service, "action": action, "body": body,
-                "time": time.time(), "region": region, "status": None, "user_agent": user_agent,
-            }
-            self._items.append(item)
-            return item
+        # user_agent tells the executor's calls (SDK app name "ecs-executor") from the agent's.
+        return self._append(
+            service=service, action=action, body=body, time=time.time(), region=region,
+            status=None, user_agent=user_agent,
+        )
 
-    def since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
-        with self._lock:
-            return [dict(i) for i in self._items if i["seq"] > seq], self._seq
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items = []
+def _json_object_body(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty); ValueError when it is not one."""
+    spec = json.loads(_read_body(environ) or b"{}")
+    if not isinstance(spec, dict):
+        raise ValueError("body must be a JSON object")
+    return spec
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
@@ -1829,10 +1840,7 @@ class StandinApp:
         if parts == ["faults"]:
             if method == "POST":
                 try:
-                    spec = json.loads(_read_body(environ) or b"{}")
-                    if not isinstance(spec, dict):
-                        raise ValueError("body must be a JSON object")
-                    rule = self.faults.add(spec)
+                    rule = self.faults.add(_json_object_body(environ))
                 except ValueError as exc:
                     return _json(400, {"error": str(exc)})
                 log.info("fault added: %s", json.dumps(rule))
@@ -1856,10 +1864,7 @@ class StandinApp:
                 return _json(200, self.throttle.state())
             if method == "POST":
                 try:
-                    spec = json.loads(_read_body(environ) or b"{}")
-                    if not isinstance(spec, dict):
-                        raise ValueError("body must be a JSON object")
-                    state = self.throttle.configure(spec)
+                    state = self.throttle.configure(_json_object_body(environ))
                 except ValueError as exc:
                     return _json(400, {"error": str(exc)})
                 log.info("throttling: enabled=%s scale=%s", state["enabled"], state["scale"])

@@ -13,10 +13,8 @@ Control (standin_moto.py wires it to the HTTP port):
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import uuid
 from typing import Any
 
 # category -> (burst, refill per second, actions)   [ecs-at-scale.md §1.1, S1]
@@ -216,27 +214,3 @@ class Throttle:
                 "allowed": dict(self.allowed),
                 "exempt_calls": self.exempted,
             }
-
-
-def throttle_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    """The answer to a throttled call: ECS JSON (400) or EC2 XML (503)."""
-    request_id = str(uuid.uuid4())
-    if service == "ecs":
-        body = json.dumps({"__type": ECS_THROTTLE_TYPE, "message": ECS_THROTTLE_MESSAGE}).encode()
-        headers = [
-            ("Content-Type", "application/x-amz-json-1.1"),
-            ("x-amzn-ErrorType", ECS_THROTTLE_HEADER),
-            ("x-amzn-RequestId", request_id),
-        ]
-        status = 400
-    else:
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Response><Errors><Error><Code>{EC2_THROTTLE_CODE}</Code>"
-            f"<Message>{EC2_THROTTLE_MESSAGE}</Message></Error></Errors>"
-            f"<RequestID>{request_id}</RequestID></Response>"
-        ).encode()
-        headers = [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)]
-        status = 503
-    headers.append(("Content-Length", str(len(body))))
-    return status, headers, body
