@@ -684,7 +684,10 @@ fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privi
         .find(|c| c["image"] == "docker:27-dind")
         .unwrap_or_else(|| panic!("{plan:#}"));
     assert_eq!(dind["privileged"], true, "{dind:#}");
-    assert!(!dind.to_string().contains(evil), "the job's command reached the privileged container: {dind:#}");
+    assert!(
+        !dind.to_string().contains(evil),
+        "the job's command reached the privileged container: {dind:#}"
+    );
     assert!(
         dind["entryPoint"].is_null() || dind["entryPoint"].as_array().is_some_and(|a| a.is_empty()),
         "the image's own entry point: {dind:#}"
@@ -697,21 +700,22 @@ fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privi
         .to_string();
     assert_eq!(certdir, "/builds/.dind-certs/docker", "TLS on by default: {dind:#}");
     assert!(
-        dind["mountPoints"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
+        dind["mountPoints"].as_array().is_some_and(|m| m
+            .iter()
+            .any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
         "the certificates go to the job's own builds volume: {dind:#}"
     );
     let build = containers.iter().find(|c| c["name"] == "build").unwrap();
     assert!(
-        build["mountPoints"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
+        build["mountPoints"].as_array().is_some_and(|m| m
+            .iter()
+            .any(|m| m["sourceVolume"] == "builds" && m["containerPath"] == "/builds")),
         "build sees the same volume at the same path: {build:#}"
     );
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("entrypoint and command are ignored") && said.contains("DOCKER_CERT_PATH=/builds/.dind-certs/docker/client"),
+        said.contains("entrypoint and command are ignored")
+            && said.contains("DOCKER_CERT_PATH=/builds/.dind-certs/docker/client"),
         "the job log says what was ignored and how to connect:\n{}",
         text(&out)
     );
