@@ -127,16 +127,7 @@ fn a_job_that_sets_ci_project_path_gets_its_own_projects_role_from_the_role_mapp
             {"project": own, "task_role_arn": own_role},
         ]
     });
-    let mut entry = toml::Table::new();
-    entry.insert("name".into(), "roles".into());
-    entry.insert("path".into(), wasm.display().to_string().into());
-    entry.insert(
-        "settings".into(),
-        serde_json::from_value::<toml::Table>(settings).unwrap().into(),
-    );
-    let mut doc = toml::Table::new();
-    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
-    let entries = format!("\n{}\n", toml::to_string(&doc).unwrap());
+    let entries = plugins_config("roles", &wasm, &[], Some(settings));
     let e = E2e::with_config_edit("forged_project_role", move |t| format!("{t}\n{entries}"));
     let job = e.job().variable("CI_PROJECT_PATH", "prod/deploy");
     assert_eq!(job.project_path(), own);
@@ -652,13 +643,7 @@ fn a_state_dir_or_parent_others_can_write_is_refused_by_prepare_and_no_task_star
 #[test]
 fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privileged() {
     let wasm = ecs_executor_test_components::plugin("dind-services");
-    let mut entry = toml::Table::new();
-    entry.insert("name".into(), "dind".into());
-    entry.insert("path".into(), wasm.display().to_string().into());
-    entry.insert("grants".into(), toml::Value::Array(vec!["privileged".into()]));
-    let mut doc = toml::Table::new();
-    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
-    let entries = format!("\n{}\n", toml::to_string(&doc).unwrap());
+    let entries = plugins_config("dind", &wasm, &["privileged"], None);
     let e = E2e::with_config_edit("dind-privileged", move |t| format!("{t}\n{entries}"));
     let evil = "mount /dev/vda1 /mnt && cat /mnt/etc/shadow";
     let response = e.dir.join("response.json");
@@ -726,19 +711,10 @@ fn a_dind_service_has_tls_on_and_never_runs_the_jobs_entrypoint_or_command_privi
 #[test]
 fn a_compiled_plugin_others_could_have_written_is_never_loaded_and_prepare_says_which_file() {
     let wasm = ecs_executor_test_components::plugin("role-mapper");
-    let mut entry = toml::Table::new();
-    entry.insert("name".into(), "roles".into());
-    entry.insert("path".into(), wasm.display().to_string().into());
     let settings = serde_json::json!({
         "roles": [{"project": "nobody/here", "task_role_arn": "arn:aws:iam::123456789012:role/none"}]
     });
-    entry.insert(
-        "settings".into(),
-        serde_json::from_value::<toml::Table>(settings).unwrap().into(),
-    );
-    let mut doc = toml::Table::new();
-    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
-    let entries = format!("\n{}\n", toml::to_string(&doc).unwrap());
+    let entries = plugins_config("roles", &wasm, &[], Some(settings));
     let e = E2e::with_config_edit("plugin-cache-mode", move |t| format!("{t}\n{entries}"));
     // 1. A job compiles the plugin into the cache (<state_dir>/plugin-cache).
     let job = e.job();
@@ -932,4 +908,27 @@ fn cancel_on_the_stage_runner_path_ends_a_process_the_stage_started_with_setsid(
         left.is_empty(),
         "the setsid process outlived the cancelled stage: {left:?}"
     );
+}
+
+/// A `[[plugins]]` entry for the executor config: `name`, the component at `wasm`, its
+/// `grants` and `settings`, as TOML to append to the stand-in's config.
+fn plugins_config(name: &str, wasm: &std::path::Path, grants: &[&str], settings: Option<serde_json::Value>) -> String {
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), name.into());
+    entry.insert("path".into(), wasm.display().to_string().into());
+    if !grants.is_empty() {
+        entry.insert(
+            "grants".into(),
+            toml::Value::Array(grants.iter().map(|g| (*g).into()).collect()),
+        );
+    }
+    if let Some(settings) = settings {
+        entry.insert(
+            "settings".into(),
+            serde_json::from_value::<toml::Table>(settings).unwrap().into(),
+        );
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("plugins".into(), toml::Value::Array(vec![entry.into()]));
+    format!("\n{}\n", toml::to_string(&doc).unwrap())
 }
