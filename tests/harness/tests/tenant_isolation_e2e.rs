@@ -716,13 +716,18 @@ fn a_compiled_plugin_others_could_have_written_is_never_loaded_and_prepare_says_
     });
     let entries = plugins_config("roles", &wasm, &[], Some(settings));
     let e = E2e::with_config_edit("plugin-cache-mode", move |t| format!("{t}\n{entries}"));
+    // A whole job (config, prepare, cleanup) that must pass.
+    let job_passes = || {
+        let job = e.job();
+        let mut r = e.runner(&job);
+        assert_ok(&r.config());
+        let prepare = r.prepare();
+        assert_ok(&r.cleanup());
+        assert_ok(&prepare);
+        job
+    };
     // 1. A job compiles the plugin into the cache (<state_dir>/plugin-cache).
-    let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
-    assert_ok(&r.cleanup());
-    assert_ok(&prepare);
+    job_passes();
     let cache = e.state_dir.join("plugin-cache");
     let cwasm: Vec<std::path::PathBuf> = std::fs::read_dir(&cache)
         .unwrap_or_else(|err| panic!("{}: {err}", cache.display()))
@@ -760,12 +765,7 @@ fn a_compiled_plugin_others_could_have_written_is_never_loaded_and_prepare_says_
 
     // 3. As the message says: remove it, and the next job compiles the plugin again.
     std::fs::remove_file(cwasm).unwrap();
-    let job = e.job();
-    let mut r = e.runner(&job);
-    assert_ok(&r.config());
-    let prepare = r.prepare();
-    assert_ok(&r.cleanup());
-    assert_ok(&prepare);
+    let job = job_passes();
     e.assert_tasks_stopped(&job, 1);
 }
 
