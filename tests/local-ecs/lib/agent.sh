@@ -2,6 +2,8 @@
 # cargo when its sources changed, run against $STATE/standin.json.
 
 AGENT_CRATE=$LOCAL_ECS_DIR/agent
+# Extra agent flags, e.g. AGENT_ARGS="--all-instances --latency realistic" for the scale
+# benchmark (every container instance of the cluster served, ECS-like pull/start/report delays).
 AGENT_BIN=${CARGO_TARGET_DIR:-/var/tmp/ecs-executor/target}/debug/ecs-agent-standin
 # Touched after each successful build: sources newer than this mean "build again".
 AGENT_BUILD_STAMP=$STATE/agent.build-stamp
@@ -44,7 +46,7 @@ ensure_agent() {
     fi
     spawn agent "$LOGS/agent.log" env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
         AWS_REGION="$REGION" AWS_DEFAULT_REGION="$REGION" AWS_EC2_METADATA_DISABLED=true \
-        "$AGENT_BIN" --standin "$STATE/standin.json"
+        "$AGENT_BIN" --standin "$STATE/standin.json" ${AGENT_ARGS:-}
     echo "$stamp" >"$PIDS/agent.stamp"
     # No readiness signal to wait for; an agent that cannot start dies at once.
     sleep 0.3

@@ -129,6 +129,8 @@ impl ControlPlane {
                 "ecs-agent-standin",
             ))
             .retry_config(RetryConfig::disabled())
+            // The request records (and CloudTrail) tell the agent's calls from the executor's.
+            .app_name(aws_config::AppName::new("ecs-agent-standin").expect("a valid app name"))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(2))
@@ -155,6 +157,44 @@ impl ControlPlane {
             .await
             .map_err(call_error("ListTasks"))?;
         Ok(out.task_arns().to_vec())
+    }
+
+    /// The cluster's container instances that may run tasks (ACTIVE or DRAINING): ARN → status.
+    pub async fn container_instances(&self) -> Result<Vec<(String, String)>, CallError> {
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_container_instances()
+                .cluster(&self.cluster)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(call_error("ListContainerInstances"))?;
+            let arns = out.container_instance_arns().to_vec();
+            if !arns.is_empty() {
+                for chunk in arns.chunks(100) {
+                    let d = self
+                        .client
+                        .describe_container_instances()
+                        .cluster(&self.cluster)
+                        .set_container_instances(Some(chunk.to_vec()))
+                        .send()
+                        .await
+                        .map_err(call_error("DescribeContainerInstances"))?;
+                    for ci in d.container_instances() {
+                        if let (Some(arn), Some(status)) = (ci.container_instance_arn(), ci.status()) {
+                            found.push((arn.to_string(), status.to_string()));
+                        }
+                    }
+                }
+            }
+            match out.next_token() {
+                Some(t) => next = Some(t.to_string()),
+                None => return Ok(found),
+            }
+        }
     }
 
     pub async fn describe_tasks(&self, arns: &[String]) -> Result<Described, CallError> {

@@ -282,3 +282,63 @@ impl InstanceLoop {
         }
     }
 }
+
+/// How often the cluster's container instances are listed in `--all-instances` mode.
+const INSTANCES_EVERY: Duration = Duration::from_secs(1);
+/// An instance gone from ListContainerInstances this long has its loop ended (its tasks were
+/// stopped by ECS when it was drained or lost; the loop had time to stop their containers).
+const GONE_FOR: Duration = Duration::from_secs(30);
+
+/// Serves every ACTIVE or DRAINING container instance of the cluster, one `InstanceLoop` each,
+/// as ListContainerInstances shows them: a scale-out's new instance is served within a
+/// second; a drained or lost instance's tasks are stopped by its loop when ECS marks them
+/// STOPPED (with ECS's stop code and reason, set by the stand-in's moto).
+pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes) {
+    let mut loops: HashMap<String, (JoinHandle<()>, Option<tokio::time::Instant>)> = HashMap::new();
+    let mut last_error = String::new();
+    loop {
+        match agent.ecs.container_instances().await {
+            Ok(instances) => {
+                last_error.clear();
+                let now = tokio::time::Instant::now();
+                for (arn, status) in &instances {
+                    if status != "ACTIVE" && status != "DRAINING" {
+                        continue;
+                    }
+                    let entry = loops.entry(arn.clone()).or_insert_with(|| {
+                        say!("serving container instance {arn} ({status})");
+                        let mut s = settings.clone();
+                        s.container_instance_arn = arn.clone();
+                        s.source = None;
+                        let run = InstanceLoop::new(agent.clone(), s, routes.clone()).run();
+                        (tokio::spawn(run), None)
+                    });
+                    entry.1 = None;
+                }
+                loops.retain(|arn, (join, gone)| {
+                    let listed = instances
+                        .iter()
+                        .any(|(a, st)| a == arn && (st == "ACTIVE" || st == "DRAINING"));
+                    if listed {
+                        return true;
+                    }
+                    let since = *gone.get_or_insert(now);
+                    if now.duration_since(since) >= GONE_FOR {
+                        say!("container instance {arn} is gone; no longer serving it");
+                        join.abort();
+                        return false;
+                    }
+                    true
+                });
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    say!("{text}; retrying");
+                    last_error = text;
+                }
+            }
+        }
+        tokio::time::sleep(INSTANCES_EVERY).await;
+    }
+}

@@ -36,7 +36,7 @@ use crate::action_log::say;
 use crate::control_plane::ControlPlane;
 use crate::docker_events::ExitRoutes;
 use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
-use crate::task_run::Agent;
+use crate::task_run::{Agent, Latency};
 
 /// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
 const DOCKER_API: ClientVersion = ClientVersion {
@@ -74,6 +74,24 @@ struct Cli {
     /// Milliseconds between two looks at ECS
     #[arg(long, default_value_t = 100)]
     poll_ms: u64,
+    /// Serve every ACTIVE or DRAINING container instance of the cluster, following
+    /// ListContainerInstances (instances registered by a simulated scale-out are served
+    /// within a second), instead of the one container instance
+    #[arg(long)]
+    all_instances: bool,
+    /// Milliseconds the image pull takes (the real agent checks the registry even for a cached image)
+    #[arg(long, default_value_t = 0)]
+    pull_ms: u64,
+    /// Milliseconds before each container start
+    #[arg(long, default_value_t = 0)]
+    start_ms: u64,
+    /// Milliseconds before the RUNNING state report reaches ECS
+    #[arg(long, default_value_t = 0)]
+    report_ms: u64,
+    /// `realistic`: pull 2000 ms, start 700 ms, report 500 ms unless given (benchmarks);
+    /// `fast`: no delays (tests)
+    #[arg(long, default_value = "fast")]
+    latency: String,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -121,10 +139,23 @@ async fn main() -> anyhow::Result<()> {
         settings.poll.as_millis(),
         settings.cleanup_after.as_secs()
     );
+    let (pull, start, report) = match cli.latency.as_str() {
+        "fast" => (0, 0, 0),
+        "realistic" => (2000, 700, 500),
+        other => anyhow::bail!("--latency {other}: expected fast or realistic"),
+    };
+    let pick = |given: u64, profile: u64| if given > 0 { given } else { profile };
+    let latency = Latency {
+        pull: Duration::from_millis(pick(cli.pull_ms, pull)),
+        start: Duration::from_millis(pick(cli.start_ms, start)),
+        report: Duration::from_millis(pick(cli.report_ms, report)),
+    };
+    say!("latency: pull {:?}, start {:?}, report {:?}", latency.pull, latency.start, latency.report);
     let agent = Arc::new(Agent {
         ecs,
         docker: docker.clone(),
         cluster: settings.cluster.clone(),
+        latency,
     });
     let routes = ExitRoutes::default();
 
@@ -138,7 +169,11 @@ async fn main() -> anyhow::Result<()> {
         routes.clone(),
         settings.cleanup_after,
     ));
-    let instance = tokio::spawn(instance::InstanceLoop::new(agent, settings, routes).run());
+    let instance = if cli.all_instances {
+        tokio::spawn(instance::serve_all(agent, settings, routes))
+    } else {
+        tokio::spawn(instance::InstanceLoop::new(agent, settings, routes).run())
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -43,6 +43,19 @@ pub struct Agent {
     pub docker: Docker,
     /// The cluster as configured; it is also the value of the cluster label.
     pub cluster: String,
+    /// Delays the real agent spends (pull, start, state report), slept before each.
+    pub latency: Latency,
+}
+
+/// The agent's latency profile. The real agent on EC2 takes seconds to pull a cached light
+/// image (a manifest check against the registry), about a second to create and start a
+/// container, and batches container state changes (`ECS_CONTAINER_STATE_CHANGE_...`); the
+/// task-level RUNNING goes out at once but ECS shows it after its own processing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub pull: Duration,
+    pub start: Duration,
+    pub report: Duration,
 }
 
 /// How a task learns of StopTask and of its containers' exits.
@@ -272,6 +285,9 @@ impl TaskRun {
     /// Images are never pulled: a missing image fails the task as a failed pull does on ECS.
     async fn check_images(&mut self) -> Result<(), StopCause> {
         self.pull_started_at = Some(SystemTime::now());
+        if self.containers.iter().any(|c| c.docker_id.is_none()) {
+            tokio::time::sleep(self.agent.latency.pull).await;
+        }
         let mut failure = None;
         for c in self.containers.iter_mut().filter(|c| c.docker_id.is_none()) {
             match self.agent.docker.inspect_image(&c.image).await {
@@ -496,6 +512,7 @@ impl TaskRun {
         let docker = self.agent.docker.clone();
         let c = &mut self.containers[idx];
         let id = c.docker_id.clone().expect("created");
+        tokio::time::sleep(self.agent.latency.start).await;
         if let Err(e) = docker.start_container(&id, None::<StartContainerOptions>).await {
             let reason = format!("CannotStartContainerError: {}", docker_message(&e));
             c.reason = Some(reason.clone());
@@ -533,6 +550,7 @@ impl TaskRun {
             execution_stopped_at: None,
         };
         let agent = self.agent.clone();
+        tokio::time::sleep(agent.latency.report).await;
         if persist(&self.id, || agent.ecs.submit_task(&report)).await.is_ok() {
             say!("task {}: reported RUNNING", self.id);
         }
