@@ -288,7 +288,9 @@ fn bad_certs(name: &str) -> BadCerts {
     let standin = ecs_executor_tests::standin::Standin::require();
     let dir =
         std::path::PathBuf::from("/var/tmp/ecs-executor/e2e").join(ecs_executor_tests::standin::unique_name(name));
-    BadCerts::make(&dir, &standin.certs.ca, &standin.state_dir.join("certs/ca-key.pem"))
+    // The expired client certificate is signed by the client CA dockerd trusts.
+    let certs = standin.state_dir.join("certs");
+    BadCerts::make(&dir, &certs.join("client-ca.pem"), &certs.join("client-ca-key.pem"))
 }
 
 #[test]

@@ -31,7 +31,7 @@ standin = {
     "docker_port": int(e["DOCKER_PORT"]),
     "docker_host": "unix://" + e["DOCKER_SOCK"],
     "certs": {
-        "ca": e["CERTS"] + "/ca.pem",
+        "ca": e["CERTS"] + "/server-ca.pem",
         "cert": e["CERTS"] + "/client.pem",
         "key": e["CERTS"] + "/client-key.pem",
     },
@@ -64,7 +64,7 @@ secret_access_key = "test"
 
 [docker]
 port = $DOCKER_PORT
-ca_file = "$CERTS/ca.pem"
+ca_file = "$CERTS/server-ca.pem"
 cert_file = "$CERTS/client.pem"
 key_file = "$CERTS/client-key.pem"
 

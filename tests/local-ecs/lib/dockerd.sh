@@ -8,7 +8,7 @@ docker_unix_ok() {
 docker_tls_ok() {
     local ip
     for ip in "${DOCKER_TLS_ADDRS[@]}"; do
-        curl -sf --max-time 3 --cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" \
+        curl -sf --max-time 3 --cacert "$CERTS/server-ca.pem" --cert "$CERTS/client.pem" \
             --key "$CERTS/client-key.pem" "https://$ip:$DOCKER_PORT/_ping" >/dev/null || return 1
     done
 }
@@ -31,7 +31,7 @@ start_dockerd() {
     ensure_loopback_addrs
     local args=(-H "unix://$DOCKER_SOCK") ip rc=0
     for ip in "${DOCKER_TLS_ADDRS[@]}"; do args+=(-H "tcp://$ip:$DOCKER_PORT"); done
-    args+=(--tlsverify --tlscacert "$CERTS/ca.pem" --tlscert "$CERTS/server.pem" --tlskey "$CERTS/server-key.pem")
+    args+=(--tlsverify --tlscacert "$CERTS/client-ca.pem" --tlscert "$CERTS/server.pem" --tlskey "$CERTS/server-key.pem")
     spawn dockerd "$LOGS/dockerd.log" dockerd "${args[@]}"
     wait_ready dockerd dockerd 60 docker_ready || rc=$?
     case $rc in

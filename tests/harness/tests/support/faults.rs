@@ -314,7 +314,7 @@ fn key_and_csr(dir: &Path, name: &str, cn: &str) {
 
 impl BadCerts {
     /// `other-ca.pem` (a CA that signed nothing of the stand-in's), `expired.pem` + key (a
-    /// client certificate signed by the stand-in's real CA, valid only in 2020), `stranger.pem`
+    /// client certificate signed by the stand-in's real client CA, valid only in 2020), `stranger.pem`
     /// + key (a current client certificate signed by the other CA).
     pub fn make(dir: &Path, real_ca: &Path, real_ca_key: &Path) -> BadCerts {
         std::fs::create_dir_all(dir).unwrap();
