@@ -525,12 +525,12 @@ mod tests {
         let state = std::path::Path::new("/var/tmp/ecs-executor/local-ecs");
         let certs = state.join("certs");
         assert!(
-            certs.join("ca.pem").exists(),
+            certs.join("server-ca.pem").exists(),
             "the local ECS stand-in is not up: run tests/local-ecs/up (KEEP_LOCAL_ECS=1)"
         );
         let settings = DockerSettings {
             port: 2376,
-            ca_file: certs.join("ca.pem"),
+            ca_file: certs.join("server-ca.pem"),
             cert_file: certs.join("client.pem"),
             key_file: certs.join("client-key.pem"),
             connect_timeout_secs: 5,
