@@ -70,7 +70,7 @@ cp /pkg/filled.toml /etc/ecs-executor/config.toml
 check=$(ecs-executor check 2>&1) || fail "ecs-executor check against the stand-in:
 $check"
 host=$(sed -n 's#^endpoint_url = "http://\([^:]*\):.*#\1#p' /etc/ecs-executor/config.toml)
-grep -q "^$host" /etc/hosts || fail "$host is not in the container's /etc/hosts"
+grep -qE "^[0-9.]+[[:space:]]+$host([[:space:]]|$)" /etc/hosts || fail "$host is not in the container's /etc/hosts"
 for line in "ok   config" "ok   AWS credentials and cluster local" "ok   Docker at 127.0.0.1:2376"; do
     grep -q "^$line" <<<"$check" || fail "check printed no '$line...':
 $check"
