@@ -140,6 +140,8 @@ fn access_denied_hint(action: &str, message: &str) -> String {
         rest.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == ':' || *c == '-')
             .collect::<String>()
+            .trim_end_matches(':')
+            .to_string()
     });
     let denied = named.filter(|a| a.contains(':')).unwrap_or_else(|| action.to_string());
     let statement = RUNNER_POLICY_STATEMENTS
