@@ -756,11 +756,19 @@ fn check_reports_each_check_and_fails_with_what_to_fix() {
 
     // A TLS listener with the instance's own server certificate that does not ask for a client
     // certificate (dockerd with --tls but without --tlsverify does the same): openssl's
-    // s_server serving files as HTTP, `_ping` and the version document.
+    // s_server -HTTP, which answers a GET with the file of that path (a whole HTTP response):
+    // `_ping` and the version document.
     let lax = e.dir.join("lax-tls");
-    std::fs::create_dir_all(lax.join("v1.41")).unwrap();
-    std::fs::write(lax.join("_ping"), "OK").unwrap();
-    std::fs::write(lax.join("v1.41/version"), r#"{"Version":"0-lax","ApiVersion":"1.41"}"#).unwrap();
+    std::fs::create_dir_all(&lax).unwrap();
+    let response = |ctype: &str, body: &str| {
+        format!("HTTP/1.0 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    std::fs::write(lax.join("_ping"), response("text/plain", "OK")).unwrap();
+    std::fs::write(
+        lax.join("version"),
+        response("application/json", r#"{"Version":"0-lax","ApiVersion":"1.41"}"#),
+    )
+    .unwrap();
     let server_certs = e.standin.certs.ca.parent().expect("the certs dir").to_path_buf();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
