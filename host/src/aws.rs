@@ -144,13 +144,10 @@ fn access_denied_hint(action: &str, message: &str) -> String {
             .to_string()
     });
     let denied = named.filter(|a| a.contains(':')).unwrap_or_else(|| action.to_string());
-    let statement = RUNNER_POLICY_STATEMENTS
-        .iter()
-        .find(|(a, _)| *a == denied)
-        .map_or_else(
-            || "no statement of it allows this action: the executor does not need it".to_string(),
-            |(_, sid)| format!("its statement `{sid}` allows it"),
-        );
+    let statement = RUNNER_POLICY_STATEMENTS.iter().find(|(a, _)| *a == denied).map_or_else(
+        || "no statement of it allows this action: the executor does not need it".to_string(),
+        |(_, sid)| format!("its statement `{sid}` allows it"),
+    );
     format!(
         " [access denied to {denied}: the IAM policy of these credentials does not allow it (here); \
          the runner policy in deploy/runner.yaml is what the executor needs ({statement}; \
@@ -170,10 +167,19 @@ mod tests {
              resource: arn:aws:ecs:eu-west-1:1:task/ci/x because no identity-based policy allows it",
         );
         assert!(hint.contains("access denied to ecs:TagResource"), "{hint}");
-        assert!(hint.contains("statement `TagOnCreate`") && hint.contains("deploy/runner.yaml"), "{hint}");
+        assert!(
+            hint.contains("statement `TagOnCreate`") && hint.contains("deploy/runner.yaml"),
+            "{hint}"
+        );
         // No action in the message (EC2's older wording): the call's own.
-        let hint = access_denied_hint("ec2:DescribeInstances", "You are not authorized to perform this operation.");
-        assert!(hint.contains("access denied to ec2:DescribeInstances") && hint.contains("`Instances`"), "{hint}");
+        let hint = access_denied_hint(
+            "ec2:DescribeInstances",
+            "You are not authorized to perform this operation.",
+        );
+        assert!(
+            hint.contains("access denied to ec2:DescribeInstances") && hint.contains("`Instances`"),
+            "{hint}"
+        );
         let hint = access_denied_hint("ecs:ExecuteCommand", "");
         assert!(hint.contains("the executor does not need it"), "{hint}");
     }

@@ -103,9 +103,11 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     let address_plugins = if config.plugins.is_empty() || report.failed > 0 {
         None
     } else {
-        crate::plugins::load(&config)
-            .ok()
-            .filter(|set| set.plugins().iter().any(|p| p.has(ecs_executor_plugin_host::Hook::PickAddress)))
+        crate::plugins::load(&config).ok().filter(|set| {
+            set.plugins()
+                .iter()
+                .any(|p| p.has(ecs_executor_plugin_host::Hook::PickAddress))
+        })
     };
 
     let clients = AwsClients::load(&config).await;
@@ -295,9 +297,12 @@ async fn check_refuses_anonymous(
         ),
         Ok(Err(e)) => {
             let text = e.to_string();
-            let refused = ["refused our client certificate", "the connection to the daemon was lost"]
-                .iter()
-                .any(|m| text.contains(m));
+            let refused = [
+                "refused our client certificate",
+                "the connection to the daemon was lost",
+            ]
+            .iter()
+            .any(|m| text.contains(m));
             if refused {
                 report.ok(format_args!("{what} refuses a client without a certificate"))
             } else {
@@ -308,7 +313,10 @@ async fn check_refuses_anonymous(
             }
         }
         Err(_) => report.fail(
-            format_args!("{what}: no answer within {} s to a client without a certificate", limit.as_secs()),
+            format_args!(
+                "{what}: no answer within {} s to a client without a certificate",
+                limit.as_secs()
+            ),
             "check dockerd's TLS settings (--tlsverify, tlscacert)",
         ),
     }

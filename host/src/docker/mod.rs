@@ -480,14 +480,12 @@ fn tls_config(settings: &DockerSettings, client_cert: ClientCert) -> Result<rust
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| file_err(&settings.key_file, format!("not a PEM private key: {e}")))?;
 
-    builder
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| {
-            file_err(
-                &settings.key_file,
-                format!("does not match the client certificate: {e}"),
-            )
-        })
+    builder.with_client_auth_cert(chain, key).map_err(|e| {
+        file_err(
+            &settings.key_file,
+            format!("does not match the client certificate: {e}"),
+        )
+    })
 }
 
 /// An error and its causes on one line: TLS problems hide two or three levels down.

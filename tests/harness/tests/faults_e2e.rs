@@ -761,7 +761,10 @@ fn check_reports_each_check_and_fails_with_what_to_fix() {
     let lax = e.dir.join("lax-tls");
     std::fs::create_dir_all(&lax).unwrap();
     let response = |ctype: &str, body: &str| {
-        format!("HTTP/1.0 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
     };
     std::fs::write(lax.join("_ping"), response("text/plain", "OK")).unwrap();
     std::fs::write(
@@ -810,7 +813,10 @@ fn check_reports_each_check_and_fails_with_what_to_fix() {
     let at = stdout.lines().position(|l| l.starts_with(&answers));
     let at = at.unwrap_or_else(|| panic!("{answers:?} in:\n{}", text(&out)));
     assert!(
-        stdout.lines().nth(at + 1).is_some_and(|l| l.contains("fix:") && l.contains("--tlsverify")),
+        stdout
+            .lines()
+            .nth(at + 1)
+            .is_some_and(|l| l.contains("fix:") && l.contains("--tlsverify")),
         "{}",
         text(&out)
     );

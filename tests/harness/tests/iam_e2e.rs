@@ -329,7 +329,11 @@ fn run_everything(e: &E2e, own: &OwnEcs, user: &str) -> Vec<Refusal> {
         r.new_attempt();
         assert!(r.config().is_success());
         let again = r.prepare();
-        assert!(again.is_success(), "{user}: prepare with the whole policy: {}", show(&again));
+        assert!(
+            again.is_success(),
+            "{user}: prepare with the whole policy: {}",
+            show(&again)
+        );
         set(&as_user);
     }
     let build = r.run_script(stages::BUILD_SCRIPT, &stage_script(&r, "echo iam-e2e-ran\n"));
@@ -347,7 +351,11 @@ fn run_everything(e: &E2e, own: &OwnEcs, user: &str) -> Vec<Refusal> {
         });
         set(&as_whole);
         let again = r.cleanup();
-        assert!(again.is_success(), "{user}: cleanup with the whole policy: {}", show(&again));
+        assert!(
+            again.is_success(),
+            "{user}: cleanup with the whole policy: {}",
+            show(&again)
+        );
         set(&as_user);
     }
     for step in ["gc", "check"] {
@@ -365,7 +373,11 @@ fn run_everything(e: &E2e, own: &OwnEcs, user: &str) -> Vec<Refusal> {
             });
             set(&as_whole);
             let again = admin(&ours, &[step]);
-            assert!(again.status.success(), "{user}: {step} with the whole policy: {}", text(&again));
+            assert!(
+                again.status.success(),
+                "{user}: {step} with the whole policy: {}",
+                text(&again)
+            );
             set(&as_user);
         }
     }

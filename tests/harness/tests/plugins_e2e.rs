@@ -581,11 +581,15 @@ fn check_uses_the_address_plugins_address_and_tls_server_name() {
         "ok   Docker at 127.0.0.2:2376 on {} (mutual TLS, address from plugin `address`, certificate for localhost): Docker",
         e.standin.instance_id
     );
-    assert!(stdout.lines().any(|l| l.starts_with(&docker)), "{docker:?} in:\n{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with(&docker)),
+        "{docker:?} in:\n{stdout}"
+    );
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("ok   Docker at 127.0.0.2:2376") && l.ends_with("refuses a client without a certificate")),
+            .any(|l| l.starts_with("ok   Docker at 127.0.0.2:2376")
+                && l.ends_with("refuses a client without a certificate")),
         "{stdout}"
     );
 
