@@ -339,10 +339,17 @@ fn cancel_kills_the_remote_script_runs_after_script_and_stops_the_task() {
 fn a_job_timeout_ends_the_script_runs_no_further_stage_and_stops_the_task() {
     // gitlab-runner's job timeout: SIGTERM to the running call, then no after_script, no
     // cache or artifact stage, only cleanup. (Counted from the job's start, prepare included.)
+    // The job names no image: the build container runs the config's `default_image`.
     let e = E2e::new("jobtimeout");
     let job = e
         .job()
-        .script(["echo build-started", "sleep 300", "echo never-printed"])
+        .without_image()
+        .script([
+            "test -x /bin/busybox",
+            "echo build-started",
+            "sleep 300",
+            "echo never-printed",
+        ])
         .after_script(["echo after-script-ran"])
         .stage_lines(stages::UPLOAD_ARTIFACTS_ON_FAILURE, ["echo upload-ran"]);
     let outcome = e.runner(&job).job_timeout(Duration::from_secs(20)).run_job();
