@@ -7,7 +7,9 @@
 //!
 //! An instance that is lost or deregistered has its listeners closed and every connection
 //! through them cut at once: a Docker client of a terminated host loses its connection, and a
-//! new one is refused. Addresses dockerd already listens on (the first instance's 127.0.0.1
+//! new one is refused. With `Lost::Hang` the connections are not closed but go silent instead
+//! (nothing passes either way, the socket stays open), as a client sees a host that vanished
+//! without a word: only something other than the connection can tell it the host is gone. Addresses dockerd already listens on (the first instance's 127.0.0.1
 //! and 127.0.0.2) stay dockerd's: binding them fails and they are left alone.
 
 use std::collections::HashMap;
@@ -26,6 +28,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::action_log::say;
 
+/// What a lost instance's open Docker connections do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// Closed at once (the client reads an end or a reset).
+    Cut,
+    /// Kept open, silent, for `HANG_FOR` (the client waits for bytes that never come).
+    Hang,
+}
+
+/// How long a silent connection of a lost instance is held open.
+const HANG_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The server side of Docker's mutual TLS, from the stand-in's certificate directory.
 pub fn server_config(dir: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let read = |name: &str| -> anyhow::Result<Vec<u8>> {
@@ -39,11 +53,19 @@ pub fn server_config(dir: &Path) -> anyhow::Result<Arc<ServerConfig>> {
             .add(c.context("client-ca.pem")?)
             .context("client-ca.pem: not a usable CA certificate")?;
     }
-    anyhow::ensure!(!roots.is_empty(), "{}: no certificate", dir.join("client-ca.pem").display());
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "{}: no certificate",
+        dir.join("client-ca.pem").display()
+    );
     let certs = CertificateDer::pem_slice_iter(&cert)
         .collect::<Result<Vec<_>, _>>()
         .context("server.pem")?;
-    anyhow::ensure!(!certs.is_empty(), "{}: no certificate", dir.join("server.pem").display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{}: no certificate",
+        dir.join("server.pem").display()
+    );
     let key = PrivateKeyDer::from_pem_slice(&key).context("server-key.pem")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -63,6 +85,7 @@ pub struct Listeners {
     acceptor: TlsAcceptor,
     socket: PathBuf,
     port: u16,
+    lost: Lost,
     open: HashMap<String, InstanceListeners>,
 }
 
@@ -80,11 +103,12 @@ struct InstanceListeners {
 }
 
 impl Listeners {
-    pub fn new(config: Arc<ServerConfig>, socket: PathBuf, port: u16) -> Listeners {
+    pub fn new(config: Arc<ServerConfig>, socket: PathBuf, port: u16, lost: Lost) -> Listeners {
         Listeners {
             acceptor: TlsAcceptor::from(config),
             socket,
             port,
+            lost,
             open: HashMap::new(),
         }
     }
@@ -109,8 +133,7 @@ impl Listeners {
                     say!("container instance {arn}: Docker listens with mutual TLS on {at}");
                     tokio::spawn(accept_loop(
                         listener,
-                        self.acceptor.clone(),
-                        self.socket.clone(),
+                        (self.acceptor.clone(), self.socket.clone(), self.lost),
                         entry.alive.clone(),
                     ));
                 }
@@ -130,8 +153,12 @@ impl Listeners {
     pub fn close(&mut self, arn: &str) {
         if let Some(l) = self.open.remove(arn) {
             let at: Vec<String> = l.addresses.iter().map(|ip| format!("{ip}:{}", self.port)).collect();
+            let what = match self.lost {
+                Lost::Cut => "their connections cut",
+                Lost::Hang => "their connections silent",
+            };
             say!(
-                "container instance {arn} is gone: its Docker listeners ({}) are closed and their connections cut",
+                "container instance {arn} is gone: its Docker listeners ({}) are closed and {what}",
                 at.join(", ")
             );
         }
@@ -143,12 +170,16 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, socket: PathBuf, mut alive: watch::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    (acceptor, socket, lost): (TlsAcceptor, PathBuf, Lost),
+    mut alive: watch::Receiver<()>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
-                tokio::spawn(connection(client, acceptor.clone(), socket.clone(), alive.clone()));
+                tokio::spawn(connection(client, acceptor.clone(), socket.clone(), lost, alive.clone()));
             }
             // The sender is dropped: the instance is gone. Dropping the listener closes it.
             _ = alive.changed() => return,
@@ -158,17 +189,28 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, socket: PathB
 
 /// One client: the TLS handshake (a client without a certificate of the client CA is
 /// refused by it), then bytes both ways to dockerd's socket until either side ends — or the
-/// instance goes, which drops both sockets mid-stream.
-async fn connection(client: TcpStream, acceptor: TlsAcceptor, socket: PathBuf, mut alive: watch::Receiver<()>) {
+/// instance goes, which drops dockerd's side and cuts the client's or leaves it silent.
+async fn connection(
+    client: TcpStream,
+    acceptor: TlsAcceptor,
+    socket: PathBuf,
+    lost: Lost,
+    mut alive: watch::Receiver<()>,
+) {
     let _ = client.set_nodelay(true);
-    let relay = async {
-        let mut tls = acceptor.accept(client).await.ok()?;
-        let mut docker = UnixStream::connect(&socket).await.ok()?;
-        tokio::io::copy_bidirectional(&mut tls, &mut docker).await.ok()
+    let Ok(mut tls) = acceptor.accept(client).await else {
+        return;
+    };
+    let Ok(mut docker) = UnixStream::connect(&socket).await else {
+        return;
     };
     tokio::select! {
-        _ = relay => {}
+        _ = tokio::io::copy_bidirectional(&mut tls, &mut docker) => return,
         _ = alive.changed() => {}
+    }
+    drop(docker);
+    if lost == Lost::Hang {
+        tokio::time::sleep(HANG_FOR).await;
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::action_log::say;
 use crate::control_plane::{CallError, InstanceRow};
-use crate::docker_listener::Listeners;
 use crate::docker_events::ExitRoutes;
+use crate::docker_listener::Listeners;
 use crate::naming::{LABEL_CLUSTER, LABEL_TASK_ARN, task_id};
 use crate::settings::{Settings, StandinFile};
 use crate::task_run::{Agent, Desired, TaskRun, TaskSignals};

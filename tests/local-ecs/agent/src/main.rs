@@ -91,6 +91,10 @@ struct Cli {
     /// With --all-instances: open no Docker listeners (clients reach dockerd's own only)
     #[arg(long)]
     no_docker_listeners: bool,
+    /// What a lost instance's open Docker connections do: `cut` (closed at once) or `hang`
+    /// (kept open and silent, as with a host that vanished without a word)
+    #[arg(long, default_value = "cut")]
+    lost_connections: String,
     /// Milliseconds the image pull takes (the real agent checks the registry even for a cached image)
     #[arg(long, default_value_t = 0)]
     pull_ms: u64,
@@ -175,7 +179,12 @@ async fn main() -> anyhow::Result<()> {
         start: Duration::from_millis(pick(cli.start_ms, start)),
         report: Duration::from_millis(pick(cli.report_ms, report)),
     };
-    say!("latency: pull {:?}, start {:?}, report {:?}", latency.pull, latency.start, latency.report);
+    say!(
+        "latency: pull {:?}, start {:?}, report {:?}",
+        latency.pull,
+        latency.start,
+        latency.report
+    );
     let agent = Arc::new(Agent {
         ecs,
         docker: docker.clone(),
@@ -195,6 +204,11 @@ async fn main() -> anyhow::Result<()> {
         settings.cleanup_after,
     ));
     let instance = if cli.all_instances {
+        let lost = match cli.lost_connections.as_str() {
+            "cut" => docker_listener::Lost::Cut,
+            "hang" => docker_listener::Lost::Hang,
+            other => anyhow::bail!("--lost-connections {other}: expected cut or hang"),
+        };
         let listeners = if cli.no_docker_listeners {
             None
         } else {
@@ -203,11 +217,15 @@ async fn main() -> anyhow::Result<()> {
                  standin.json with state_dir), or --no-docker-listeners",
             )?;
             let config = docker_listener::server_config(&dir)?;
-            say!("Docker listeners: mutual TLS on port {docker_port} of each instance's addresses, certificates from {}", dir.display());
+            say!(
+                "Docker listeners: mutual TLS on port {docker_port} of each instance's addresses, certificates from {}",
+                dir.display()
+            );
             Some(docker_listener::Listeners::new(
                 config,
                 settings.docker_socket.clone(),
                 docker_port,
+                lost,
             ))
         };
         tokio::spawn(instance::serve_all(agent, settings, routes, listeners))
