@@ -2,7 +2,7 @@
 //! it, and find tasks again (`cleanup`, `gc`).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 
@@ -13,7 +13,6 @@ use super::poller::TaskWatch;
 use super::{Ecs, EcsError, api, tag, tag_pairs};
 use crate::config::Config;
 use crate::failure::Failure;
-use crate::joblog::log_note;
 
 /// The job's task as RunTask placed it.
 #[derive(Debug, Clone)]
@@ -296,9 +295,6 @@ fn task_status(task: &aws_sdk_ecs::types::Task) -> TaskStatus {
     }
 }
 
-/// How often a job waiting for capacity is told that it still waits.
-const WAITING_NOTE_EVERY: Duration = Duration::from_secs(30);
-
 /// Why a task did not reach RUNNING.
 pub enum WaitError {
     /// ECS stopped it (its reason is in the status).
@@ -313,115 +309,6 @@ impl From<EcsError> for WaitError {
 }
 
 impl Ecs {
-    /// RunTask, waiting while the cluster is full: a `RESOURCE:*` placement failure means the
-    /// instances are busy with other jobs (or capacity is being added), which passes; the job
-    /// waits for room within `start_timeout_secs` instead of failing at once.
-    pub async fn run_when_capacity(
-        &self,
-        config: &Config,
-        task_definition_arn: &str,
-        started_by: &str,
-        tags: &[(&str, String)],
-    ) -> Result<PlacedTask, EcsError> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(config.start_timeout_secs);
-        let mut pause = Duration::from_secs(2);
-        let mut told: Option<Instant> = None;
-        for attempt in 1u32.. {
-            // A new token per attempt: a placement failure started nothing, and ECS would
-            // answer a repeated token with the same failure.
-            let token = format!("{started_by}-{attempt}-{}", crate::state::random_hex());
-            let token: String = token
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(64)
-                .collect();
-            match self
-                .run_task(config, task_definition_arn, started_by, tags, &token)
-                .await
-            {
-                Err(EcsError::Placement { reasons, .. })
-                    if reasons.contains("RESOURCE:") && Instant::now() + pause < deadline =>
-                {
-                    if told.is_none_or(|t| t.elapsed() >= WAITING_NOTE_EVERY) {
-                        log_note(format!(
-                            "cluster {} has no room for the task yet ({reasons}); waiting ({} s of at most {} s)",
-                            self.cluster(),
-                            started.elapsed().as_secs(),
-                            config.start_timeout_secs
-                        ));
-                        told = Some(Instant::now());
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 3 / 2).min(Duration::from_secs(15));
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the attempts never run out before the deadline")
-    }
-
-    /// The container instance of a task RunTask returned without one: with a capacity
-    /// provider, a task that fits nowhere is PROVISIONING until scaling adds an instance (ECS
-    /// takes minutes). Waits up to `start_timeout_secs`, polling less often the longer it
-    /// waits, and says in the job log every ~30 s how long and which capacity provider.
-    pub async fn wait_for_placement(&self, config: &Config, watch: &mut TaskWatch<'_>) -> Result<String, Failure> {
-        let task_arn = watch.arn().to_string();
-        let started = Instant::now();
-        let limit = Duration::from_secs(config.start_timeout_secs);
-        let mut pause = Duration::from_secs(1);
-        let mut told = Instant::now();
-        loop {
-            let status = watch.status(false).await?;
-            if let Some(arn) = status.container_instance_arn.clone() {
-                if started.elapsed() >= WAITING_NOTE_EVERY {
-                    log_note(format!("task placed after {} s", started.elapsed().as_secs()));
-                }
-                return Ok(arn);
-            }
-            if status.last_status == "STOPPED" || status.desired_status == "STOPPED" || status.missing {
-                return Err(Failure::system(format!(
-                    "task {task_arn} stopped before it was placed: {}",
-                    status.stop_explanation()
-                )));
-            }
-            if started.elapsed() >= limit {
-                return Err(Failure::system(format!(
-                    "task {task_arn} was not placed on a container instance within {} s (last status {}{}); \
-                     raise start_timeout_secs or the capacity provider's maximum size",
-                    limit.as_secs(),
-                    status.last_status,
-                    status
-                        .capacity_provider
-                        .as_deref()
-                        .map(|c| format!(", capacity provider {c}"))
-                        .unwrap_or_default()
-                )));
-            }
-            if told.elapsed() >= WAITING_NOTE_EVERY {
-                log_note(format!(
-                    "task {} for {} s, waiting for capacity{} (at most {} s)",
-                    if status.last_status.is_empty() {
-                        "not placed"
-                    } else {
-                        status.last_status.as_str()
-                    },
-                    started.elapsed().as_secs(),
-                    status
-                        .capacity_provider
-                        .as_deref()
-                        .map(|c| format!(" from capacity provider {c}"))
-                        .unwrap_or_default(),
-                    limit.as_secs()
-                ));
-                told = Instant::now();
-            }
-            tokio::time::sleep(pause).await;
-            // Placement by scaling takes minutes: no need to ask every second.
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    }
-
     /// Poll DescribeTasks once a second, and once more 100 ms after Docker on the instance says
     /// the last of the task's containers started: RUNNING is noticed quickly without a poll storm.
     /// Returns how many DescribeTasks calls it took.
