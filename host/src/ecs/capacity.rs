@@ -186,10 +186,18 @@ impl Ecs {
                 }
                 last = Some(status);
             }
-            tokio::select! {
-                biased;
-                () = sleep_until(deadline) => return Err(gave_up(last.as_ref())),
-                () = tokio::time::sleep(pause) => {}
+            let look_again = Instant::now() + pause;
+            loop {
+                let note_at = next_note.unwrap_or(deadline);
+                tokio::select! {
+                    biased;
+                    () = sleep_until(deadline) => return Err(gave_up(last.as_ref())),
+                    () = sleep_until(note_at), if next_note.is_some() && note_at < look_again => {
+                        note(last.as_ref(), false);
+                        next_note = Some(Instant::now() + every);
+                    }
+                    () = sleep_until(look_again) => break,
+                }
             }
             // Placement by scaling takes minutes: no need to ask every second.
             pause = (pause * 2).min(Duration::from_secs(5));
