@@ -29,6 +29,12 @@ pub struct AwsSettings {
     /// hosts on one account, about 0.5 / hosts leaves room for the console and other tools.
     #[serde(default = "default_rate_share")]
     pub rate_share: f64,
+    /// `false` (default): prepare goes on once Docker on the instance runs every container of
+    /// the task, without waiting for ECS's RUNNING report (ECS stays the fallback for pulls that
+    /// fail and tasks it stops): most jobs then cost no DescribeTasks at all. `true`: prepare
+    /// waits until DescribeTasks says RUNNING.
+    #[serde(default)]
+    pub wait_for_ecs_running: bool,
 }
 
 fn default_rate_share() -> f64 {
@@ -48,6 +54,7 @@ impl Default for AwsSettings {
             max_attempts: default_max_attempts(),
             shared_polling: true,
             rate_share: default_rate_share(),
+            wait_for_ecs_running: false,
         }
     }
 }

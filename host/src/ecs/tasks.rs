@@ -308,38 +308,72 @@ impl From<EcsError> for WaitError {
     }
 }
 
+/// How prepare learned that the task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    /// ECS reported RUNNING, after this many DescribeTasks looks.
+    Ecs(u32),
+    /// Docker on the instance runs every container of the task (ECS's report not awaited),
+    /// after this many DescribeTasks looks.
+    Docker(u32),
+}
+
 impl Ecs {
-    /// Poll DescribeTasks once a second, and once more 100 ms after Docker on the instance says
-    /// the last of the task's containers started: RUNNING is noticed quickly without a poll storm.
-    /// Returns how many DescribeTasks calls it took.
+    /// Wait until the task runs. Docker on the instance tells first: its start events for the
+    /// task's containers. With `[aws] wait_for_ecs_running = false` (the default) that is the
+    /// answer once `docker_all_running` confirms every container runs — checked on each start
+    /// event and once a second (an event may come before the subscription) — and ECS is not
+    /// asked; ECS is then only a slow fallback (a look every 5 s, through the host's shared
+    /// poller) for what Docker cannot show: a pull that fails, a task ECS stops before it
+    /// starts. With `wait_for_ecs_running` (or when a container stopped again), DescribeTasks
+    /// once a second, and once more 100 ms after the last container started, until ECS says
+    /// RUNNING.
     pub async fn wait_until_running(
         &self,
         config: &Config,
         watch: &mut TaskWatch<'_>,
         container_count: usize,
         (already_started, starts): (usize, impl Stream<Item = ()>),
-    ) -> Result<u32, WaitError> {
+        mut docker_all_running: impl AsyncFnMut() -> bool,
+    ) -> Result<Running, WaitError> {
+        use tokio::time::{Instant, sleep_until};
         let task_arn = watch.arn().to_string();
         let mut urgent = false;
         const STEADY: Duration = Duration::from_millis(1000);
+        const FALLBACK: Duration = Duration::from_secs(5);
         const AFTER_START: Duration = Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(config.start_timeout_secs);
+        let mut docker_suffices = !config.aws.wait_for_ecs_running;
+        let deadline = Instant::now() + Duration::from_secs(config.start_timeout_secs);
         let mut events = std::pin::pin!(starts);
         // Containers that started before we subscribed.
         let mut started_containers = already_started;
         let mut events_open = true;
-        // With the event stream open, the start events usually tell first: the first timed poll
-        // comes a little later so a quick start costs one DescribeTasks, not two.
-        let mut next_poll = tokio::time::Instant::now()
-            + if started_containers >= container_count {
+        let mut polls = 0u32;
+        let mut next_docker_check = Instant::now();
+        // With the event stream open, the start events usually tell first: the first look at
+        // ECS comes a little later so a quick start costs one DescribeTasks (or none), not two.
+        let mut next_poll = Instant::now()
+            + if docker_suffices {
+                FALLBACK
+            } else if started_containers >= container_count {
                 Duration::ZERO
             } else {
                 2 * STEADY
             };
-        let mut polls = 0u32;
         loop {
+            if docker_suffices && Instant::now() >= next_docker_check {
+                if docker_all_running().await {
+                    return Ok(Running::Docker(polls));
+                }
+                next_docker_check = Instant::now() + STEADY;
+            }
+            let wake = if docker_suffices {
+                next_poll.min(next_docker_check)
+            } else {
+                next_poll
+            };
             tokio::select! {
-                () = tokio::time::sleep_until(next_poll) => {}
+                () = sleep_until(wake) => {}
                 event = events.next(), if events_open => {
                     match event {
                         Some(()) => {
@@ -347,10 +381,18 @@ impl Ecs {
                             if started_containers < container_count {
                                 continue;
                             }
+                            if docker_suffices {
+                                if docker_all_running().await {
+                                    return Ok(Running::Docker(polls));
+                                }
+                                // Counted twice, or one stopped again (then ECS will say why):
+                                // ECS's word from here on.
+                                docker_suffices = false;
+                            }
                             // All started: the agent reports RUNNING shortly after. One look a
                             // little later (not at once, which would usually be too early and cost
                             // a second call), then back to the steady pace.
-                            next_poll = tokio::time::Instant::now() + AFTER_START;
+                            next_poll = Instant::now() + AFTER_START;
                             continue;
                         }
                         // The event stream is only a hint; polling goes on without it.
@@ -358,7 +400,10 @@ impl Ecs {
                     }
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if Instant::now() < next_poll {
+                continue; // a Docker check is due, not a look at ECS
+            }
+            if Instant::now() >= deadline {
                 let last = watch.status(false).await?;
                 return Err(WaitError::Other(Failure::system(format!(
                     "task {task_arn} did not reach RUNNING within {} s (last status {})",
@@ -373,12 +418,12 @@ impl Ecs {
                 ))));
             }
             match status.last_status.as_str() {
-                "RUNNING" => return Ok(polls),
+                "RUNNING" => return Ok(Running::Ecs(polls)),
                 "STOPPED" | "DEPROVISIONING" | "STOPPING" => return Err(WaitError::Stopped(status)),
                 _ if status.desired_status == "STOPPED" => return Err(WaitError::Stopped(status)),
                 _ => {}
             }
-            next_poll = tokio::time::Instant::now() + STEADY;
+            next_poll = Instant::now() + if docker_suffices { FALLBACK } else { STEADY };
         }
     }
 }

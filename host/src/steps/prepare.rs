@@ -16,7 +16,7 @@ use crate::docker::DockerHost;
 use crate::ecs::budget::Budget;
 use crate::ecs::poller::TaskWatch;
 use crate::ecs::task_definitions::TaskDefinitionUse;
-use crate::ecs::tasks::WaitError;
+use crate::ecs::tasks::{Running, WaitError};
 use crate::ecs::{self, Ecs, stop_reason};
 use crate::failure::Failure;
 use crate::job::JobContext;
@@ -283,7 +283,9 @@ async fn ping(docker: &DockerHost, new_instance: bool, address: &str) -> Result<
     }
 }
 
-/// Phase 4, RUNNING: ECS's word, with Docker's container start events as a hint to look.
+/// Phase 4, running: Docker on the instance says every container of the task runs (its start
+/// events, then a check that they still run); ECS's RUNNING report is awaited only with
+/// `[aws] wait_for_ecs_running`, and ECS is the fallback for what Docker cannot show.
 async fn wait_until_running(
     config: &Config,
     ecs: &Ecs,
@@ -296,24 +298,38 @@ async fn wait_until_running(
     let task_arn = watch.arn().to_string();
     let starts = docker.container_starts(&task_arn);
     let already = docker.running_task_containers(&task_arn).await.unwrap_or(0);
+    let count = task.spec.containers.len();
     let waited = ecs
-        .wait_until_running(config, watch, task.spec.containers.len(), (already, starts))
+        .wait_until_running(config, watch, count, (already, starts), async || {
+            docker.running_task_containers(&task_arn).await.is_ok_and(|n| n >= count)
+        })
         .await;
-    let polls = match waited {
-        Ok(polls) => polls,
+    let running = match waited {
+        Ok(running) => running,
         Err(WaitError::Stopped(status)) => return Err(stop_reason::before_running(&task.spec, &status)),
         Err(WaitError::Other(f)) => return Err(f),
     };
-    if watch.is_shared() {
-        log_phase(
+    let shared = if watch.is_shared() {
+        ", shared by the host's waiting jobs"
+    } else {
+        ""
+    };
+    match running {
+        Running::Docker(_) => log_phase(
             phase,
             format_args!(
-                "task RUNNING ({polls} looks, {} DescribeTasks from this job, shared by the host's waiting jobs)",
+                "task running: Docker on the instance runs its {count} containers ({} DescribeTasks from this job{shared})",
                 watch.calls()
             ),
-        );
-    } else {
-        log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)"));
+        ),
+        Running::Ecs(polls) if watch.is_shared() => log_phase(
+            phase,
+            format_args!(
+                "task RUNNING ({polls} looks, {} DescribeTasks from this job{shared})",
+                watch.calls()
+            ),
+        ),
+        Running::Ecs(polls) => log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)")),
     }
     Ok(())
 }
