@@ -323,8 +323,8 @@ impl Ecs {
     /// task's containers. With `[aws] wait_for_ecs_running = false` (the default) that is the
     /// answer once `docker_all_running` confirms every container runs — checked on each start
     /// event and once a second (an event may come before the subscription) — and ECS is not
-    /// asked; ECS is then only a slow fallback (a look every 5 s, through the host's shared
-    /// poller) for what Docker cannot show: a pull that fails, a task ECS stops before it
+    /// asked; ECS is then only a slow fallback (a look every 10 s, after 30 s every 30 s, on a
+    /// host-wide clock grid, through the host's shared poller) for what Docker cannot show: a pull that fails, a task ECS stops before it
     /// starts. With `wait_for_ecs_running` (or when a container stopped again), DescribeTasks
     /// once a second, and once more 100 ms after the last container started, until ECS says
     /// RUNNING.
@@ -340,7 +340,25 @@ impl Ecs {
         let task_arn = watch.arn().to_string();
         let mut urgent = false;
         const STEADY: Duration = Duration::from_millis(1000);
-        const FALLBACK: Duration = Duration::from_secs(5);
+        // ECS's fallback looks fall on a host-wide grid (wall-clock multiples of 10 s, the first
+        // at least 5 s in; of 30 s after 30 s of waiting): all the host's waiting jobs ask at the same moment, so the shared
+        // poller answers them with one DescribeTasks per 100 tasks, however many wait.
+        // After 30 s of waiting (slow pulls, a busy instance) the grid widens to 30 s.
+        let waiting_since = Instant::now();
+        let fallback_after = |at_least: Duration| -> Instant {
+            let grid_ms: u128 = if waiting_since.elapsed() < Duration::from_secs(30) {
+                10_000
+            } else {
+                30_000
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let earliest = now_ms + at_least.as_millis();
+            let next = earliest.div_ceil(grid_ms) * grid_ms;
+            Instant::now() + Duration::from_millis((next - now_ms) as u64)
+        };
         const AFTER_START: Duration = Duration::from_millis(100);
         let mut docker_suffices = !config.aws.wait_for_ecs_running;
         let deadline = Instant::now() + Duration::from_secs(config.start_timeout_secs);
@@ -354,7 +372,7 @@ impl Ecs {
         // ECS comes a little later so a quick start costs one DescribeTasks (or none), not two.
         let mut next_poll = Instant::now()
             + if docker_suffices {
-                FALLBACK
+                fallback_after(Duration::from_secs(5)).saturating_duration_since(Instant::now())
             } else if started_containers >= container_count {
                 Duration::ZERO
             } else {
@@ -423,7 +441,11 @@ impl Ecs {
                 _ if status.desired_status == "STOPPED" => return Err(WaitError::Stopped(status)),
                 _ => {}
             }
-            next_poll = Instant::now() + if docker_suffices { FALLBACK } else { STEADY };
+            next_poll = if docker_suffices {
+                fallback_after(Duration::from_secs(1))
+            } else {
+                Instant::now() + STEADY
+            };
         }
     }
 }
