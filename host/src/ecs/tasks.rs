@@ -324,8 +324,8 @@ impl Ecs {
     /// answer once `docker_all_running` confirms every container runs — checked on each start
     /// event and once a second (an event may come before the subscription) — and ECS is not
     /// asked; ECS is then only a slow fallback (a look every 10 s, after 30 s every 30 s, on a
-    /// host-wide clock grid, through the host's shared poller) for what Docker cannot show: a pull that fails, a task ECS stops before it
-    /// starts. With `wait_for_ecs_running` (or when a container stopped again), DescribeTasks
+    /// host-wide clock grid, through the host's shared poller) for what Docker cannot show: a
+    /// pull that fails, a task ECS stops before it starts. With `wait_for_ecs_running` (or when a container stopped again), DescribeTasks
     /// once a second, and once more 100 ms after the last container started, until ECS says
     /// RUNNING.
     pub async fn wait_until_running(
@@ -341,9 +341,9 @@ impl Ecs {
         let mut urgent = false;
         const STEADY: Duration = Duration::from_millis(1000);
         // ECS's fallback looks fall on a host-wide grid (wall-clock multiples of 10 s, the first
-        // at least 5 s in; of 30 s after 30 s of waiting): all the host's waiting jobs ask at the same moment, so the shared
-        // poller answers them with one DescribeTasks per 100 tasks, however many wait.
-        // After 30 s of waiting (slow pulls, a busy instance) the grid widens to 30 s.
+        // at least 5 s in): all the host's waiting jobs ask at the same moment, so the shared
+        // poller answers them with one DescribeTasks per 100 tasks, however many wait. After
+        // 30 s of waiting (slow pulls, a busy instance) the grid widens to 30 s.
         let waiting_since = Instant::now();
         let fallback_after = |at_least: Duration| -> Instant {
             let grid_ms: u128 = if waiting_since.elapsed() < Duration::from_secs(30) {

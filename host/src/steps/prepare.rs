@@ -301,7 +301,10 @@ async fn wait_until_running(
     let count = task.spec.containers.len();
     let waited = ecs
         .wait_until_running(config, watch, count, (already, starts), async || {
-            docker.running_task_containers(&task_arn).await.is_ok_and(|n| n >= count)
+            docker
+                .running_task_containers(&task_arn)
+                .await
+                .is_ok_and(|n| n >= count)
         })
         .await;
     let running = match waited {

@@ -80,12 +80,11 @@ impl ScalingGuard {
 
 impl Drop for ScalingGuard {
     fn drop(&mut self) {
-        if let Err(e) = control_post_lenient(
-            &self.endpoint,
-            "/_standin/scaling",
-            &Value::Object(self.before.clone()),
-        ) {
-            eprintln!("could not restore the stand-in's scaling settings {:?}: {e}", self.before);
+        if let Err(e) = control_post_lenient(&self.endpoint, "/_standin/scaling", &Value::Object(self.before.clone())) {
+            eprintln!(
+                "could not restore the stand-in's scaling settings {:?}: {e}",
+                self.before
+            );
         }
     }
 }

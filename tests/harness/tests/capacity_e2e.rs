@@ -69,13 +69,18 @@ fn a_task_that_does_not_fit_waits_provisioning_and_runs_once_a_scale_out_adds_an
     // capacity provider and how long.
     let notes = waiting_notes(&log);
     eprintln!("FIGURE the job log while waiting:\n{}", notes.join("\n"));
-    assert!(notes.len() >= 2, "at least two notes in an 8 s wait told every 2 s:\n{log}");
+    assert!(
+        notes.len() >= 2,
+        "at least two notes in an 8 s wait told every 2 s:\n{log}"
+    );
     assert!(
         notes[0].contains("task PROVISIONING") && notes[0].contains(&format!("capacity provider {}", cap.provider)),
         "{log}"
     );
     assert!(
-        notes[1..].iter().all(|n| n.contains("still PROVISIONING after") && n.contains(&cap.provider)),
+        notes[1..]
+            .iter()
+            .all(|n| n.contains("still PROVISIONING after") && n.contains(&cap.provider)),
         "{log}"
     );
     assert!(log.contains("task placed on container instance"), "{log}");
@@ -84,7 +89,9 @@ fn a_task_that_does_not_fit_waits_provisioning_and_runs_once_a_scale_out_adds_an
     // ran there.
     let events = cap.events_since(mark);
     assert!(
-        events.iter().any(|e| e["type"] == "scale-out" && e["capacity_provider"] == cap.provider.as_str()),
+        events
+            .iter()
+            .any(|e| e["type"] == "scale-out" && e["capacity_provider"] == cap.provider.as_str()),
         "{events:#?}"
     );
     let added: Vec<_> = events
@@ -104,7 +111,11 @@ fn a_task_that_does_not_fit_waits_provisioning_and_runs_once_a_scale_out_adds_an
 #[test]
 fn prepare_gives_up_at_its_capacity_wait_limit_as_a_system_failure_and_stops_the_task() {
     let _one = serial();
-    let (cap, e) = setup("wait-limit", TOO_BIG_MIB, "capacity_note_secs = 1\ncapacity_wait_secs = 4");
+    let (cap, e) = setup(
+        "wait-limit",
+        TOO_BIG_MIB,
+        "capacity_note_secs = 1\ncapacity_wait_secs = 4",
+    );
     let job = e.job();
     let (mut r, prepare) = e.prepare(&job);
     assert_system_failure_saying(
@@ -118,7 +129,10 @@ fn prepare_gives_up_at_its_capacity_wait_limit_as_a_system_failure_and_stops_the
     );
     let log = prepare.log_text();
     assert!(!waiting_notes(&log).is_empty(), "{log}");
-    assert!(log.contains("ecs-executor: stopped arn:"), "prepare stopped its task: {log}");
+    assert!(
+        log.contains("ecs-executor: stopped arn:"),
+        "prepare stopped its task: {log}"
+    );
     // Nothing is left: the task was stopped at once (it never had an instance), and the state
     // file is gone, so cleanup finds nothing to do.
     let tasks = e.assert_tasks_stopped(&job, 1);
@@ -131,7 +145,11 @@ fn prepare_gives_up_at_its_capacity_wait_limit_as_a_system_failure_and_stops_the
 #[test]
 fn sigterm_to_prepare_while_provisioning_then_cleanup_leaves_no_task() {
     let _one = serial();
-    let (cap, e) = setup("cancel", TOO_BIG_MIB, "capacity_note_secs = 1\ncapacity_wait_secs = 300");
+    let (cap, e) = setup(
+        "cancel",
+        TOO_BIG_MIB,
+        "capacity_note_secs = 1\ncapacity_wait_secs = 300",
+    );
     let job = e.job();
     let mut r = e.runner(&job);
     assert_ok(&r.config());
@@ -164,8 +182,15 @@ fn sigterm_to_prepare_while_provisioning_then_cleanup_leaves_no_task() {
     reader.join().unwrap();
     let rest: Vec<String> = lines.try_iter().collect();
     let rest = rest.join("\n");
-    assert_eq!(status.code(), Some(2), "a cancelled prepare is a system failure: {rest}");
-    assert!(rest.contains("interrupted (SIGTERM)") && rest.contains("stopped arn:"), "{rest}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a cancelled prepare is a system failure: {rest}"
+    );
+    assert!(
+        rest.contains("interrupted (SIGTERM)") && rest.contains("stopped arn:"),
+        "{rest}"
+    );
     assert_ok(&r.cleanup());
     let tasks = e.assert_tasks_stopped(&job, 1);
     assert_eq!(tasks[0].stopped_reason(), Some("ecs-executor: prepare failed"));
@@ -178,7 +203,11 @@ fn a_task_ecs_stops_at_its_provisioning_timeout_is_reported_with_ecs_reason() {
     let standin = Standin::require();
     let (_scaling, settings) = ScalingGuard::set(&standin.endpoint, json!({"provisioning_timeout_s": 3}));
     let reason = settings["provisioning_timeout_reason"].as_str().unwrap().to_string();
-    let (cap, e) = setup("ecs-timeout", TOO_BIG_MIB, "capacity_note_secs = 1\ncapacity_wait_secs = 300");
+    let (cap, e) = setup(
+        "ecs-timeout",
+        TOO_BIG_MIB,
+        "capacity_note_secs = 1\ncapacity_wait_secs = 300",
+    );
     let mark = cap.event_mark();
     let job = e.job();
     let (mut r, prepare) = e.prepare(&job);

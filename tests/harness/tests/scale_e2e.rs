@@ -215,7 +215,14 @@ fn a_burst_of_jobs_over_two_runner_hosts_passes_with_no_throttling_reaching_a_jo
     let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/scale");
     let run = std::process::Command::new(&bench)
         .args(["--jobs", "20", "--hosts", "2", "--poller", "on", "--phases", "burst"])
-        .args(["--latency", "realistic", "--throttle-scale", "0.1", "--port", &port.to_string()])
+        .args([
+            "--latency",
+            "realistic",
+            "--throttle-scale",
+            "0.1",
+            "--port",
+            &port.to_string(),
+        ])
         .arg("--executor")
         .arg(executor_bin())
         .arg("--agent")

@@ -135,7 +135,8 @@ impl CapacityCluster {
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded: Arc<Mutex<Vec<String>>> = Arc::default();
         let watcher = {
-            let (stop, forwarded, standin, cluster) = (stop.clone(), forwarded.clone(), standin.clone(), cluster.clone());
+            let (stop, forwarded, standin, cluster) =
+                (stop.clone(), forwarded.clone(), standin.clone(), cluster.clone());
             std::thread::spawn(move || forward_new_instances(&standin, &cluster, mark, &stop, &forwarded))
         };
         CapacityCluster {
@@ -253,7 +254,11 @@ impl Drop for CapacityCluster {
                     .set_default_capacity_provider_strategy(Some(vec![]))
                     .send()
                     .await;
-                let _ = ecs.delete_capacity_provider().capacity_provider(&self.provider).send().await;
+                let _ = ecs
+                    .delete_capacity_provider()
+                    .capacity_provider(&self.provider)
+                    .send()
+                    .await;
             });
         }
     }
@@ -261,7 +266,13 @@ impl Drop for CapacityCluster {
 
 /// Follows the scale events; for each instance of `cluster` that registers, a forwarder on
 /// its private address's Docker port to the shared listener (unless that port is taken).
-fn forward_new_instances(standin: &Standin, cluster: &str, mut since: u64, stop: &Arc<AtomicBool>, forwarded: &Mutex<Vec<String>>) {
+fn forward_new_instances(
+    standin: &Standin,
+    cluster: &str,
+    mut since: u64,
+    stop: &Arc<AtomicBool>,
+    forwarded: &Mutex<Vec<String>>,
+) {
     let target = format!("{}:{}", standin.private_ip, standin.docker_port);
     let mut accepting = Vec::new();
     while !stop.load(Ordering::SeqCst) {
