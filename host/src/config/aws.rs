@@ -36,6 +36,12 @@ pub struct AwsSettings {
     /// Docker connection to a vanished host finally times out. 0: stages do not watch.
     #[serde(default = "default_stage_watch_secs")]
     pub stage_watch_secs: u64,
+    /// `false` (default): prepare goes on once Docker on the instance runs every container of
+    /// the task, without waiting for ECS's RUNNING report (ECS stays the fallback for pulls that
+    /// fail and tasks it stops): most jobs then cost no DescribeTasks at all. `true`: prepare
+    /// waits until DescribeTasks says RUNNING.
+    #[serde(default)]
+    pub wait_for_ecs_running: bool,
 }
 
 fn default_stage_watch_secs() -> u64 {
@@ -60,6 +66,7 @@ impl Default for AwsSettings {
             shared_polling: true,
             rate_share: default_rate_share(),
             stage_watch_secs: default_stage_watch_secs(),
+            wait_for_ecs_running: false,
         }
     }
 }

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use super::tasks::TaskStatus;
 use super::{Ecs, EcsError};
 
+/// A status from a round that began at most this long before a (non-urgent) ask answers it.
+const FRESH_ENOUGH_MS: u64 = 500;
 /// How often a waiter looks for its status (and whether it may run a round).
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 const ROUND_GAP: Duration = Duration::from_secs(1);
@@ -398,7 +400,9 @@ impl<'a> TaskWatch<'a> {
             self.calls += 1;
             return self.ecs.describe_task(&self.arn).await;
         };
-        let asked = now_ms();
+        // A round that began just before this ask answers it too (unless urgent): waiters that
+        // wake together on the fallback grid are served by one round, not one and a late one.
+        let asked = now_ms().saturating_sub(if urgent { 0 } else { FRESH_ENOUGH_MS });
         if urgent {
             let _ = write_atomic(&dir.urgent(), b"");
         }

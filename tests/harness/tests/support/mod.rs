@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod capacity;
 pub mod faults;
 pub mod standin_agent;
 
