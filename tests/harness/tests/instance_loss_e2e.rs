@@ -190,7 +190,15 @@ fn each_instance_has_its_own_docker_listener_that_goes_with_the_instance() {
     let docker = own.docker_at(&first.private_ip, ClientCert::Present);
     let held = own.block_on(async {
         use futures_util::StreamExt;
-        let mut events = docker.events(None::<bollard::query_parameters::EventsOptions>);
+        // Only events of a label nothing carries: other tests share this dockerd.
+        let quiet = bollard::query_parameters::EventsOptions {
+            filters: Some(std::collections::HashMap::from([(
+                "label".to_string(),
+                vec!["ecs-executor-test.instance-loss-quiet=none".to_string()],
+            )])),
+            ..Default::default()
+        };
+        let mut events = docker.events(Some(quiet));
         // The stream is open once the request went through; nothing happens on it.
         let opened = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
         assert!(opened.is_err(), "the event stream ended at once: {opened:?}");

@@ -222,6 +222,10 @@ fn a_burst_of_jobs_over_two_runner_hosts_passes_with_no_throttling_reaching_a_jo
             "0.1",
             "--port",
             &port.to_string(),
+            // Stages longer than 5 s would also watch their tasks (one shared round per host
+            // per 5 s); this test counts prepare's polling alone.
+            "--stage-watch-secs",
+            "0",
         ])
         .arg("--executor")
         .arg(executor_bin())

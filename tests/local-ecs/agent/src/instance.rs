@@ -28,6 +28,11 @@ const ORPHAN_SCAN_EVERY: u64 = 50;
 /// `docker stop` timeout for an orphan (its task definition may be gone with the task).
 const ORPHAN_STOP_TIMEOUT_SECS: i32 = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A task ECS stopped because its host was terminated is left alone this long first: on a
+/// real host the containers and the host's Docker connections go at the same moment, so the
+/// instance's listeners (closed or silenced within `INSTANCES_EVERY`) must go before the
+/// containers stop, or a client would see its exec end as if the host had stopped it.
+const HOST_GONE_GRACE: Duration = Duration::from_secs(3);
 
 struct TaskHandle {
     desired: watch::Sender<Desired>,
@@ -41,6 +46,8 @@ pub struct InstanceLoop {
     tracked: HashMap<String, TaskHandle>,
     /// Tasks finished here or found already STOPPED: never picked up again.
     done: HashSet<String>,
+    /// Tracked tasks stopped by their host's termination, and when that was first seen.
+    host_gone: HashMap<String, tokio::time::Instant>,
 }
 
 impl InstanceLoop {
@@ -51,6 +58,7 @@ impl InstanceLoop {
             routes,
             tracked: HashMap::new(),
             done: HashSet::new(),
+            host_gone: HashMap::new(),
         }
     }
 
@@ -128,6 +136,12 @@ impl InstanceLoop {
                 Desired::Running
             };
             if let Some(handle) = self.tracked.get(&arn) {
+                if desired == Desired::Stopped && stopped_by_host_termination(&task) {
+                    let first = *self.host_gone.entry(arn.clone()).or_insert_with(tokio::time::Instant::now);
+                    if first.elapsed() < HOST_GONE_GRACE {
+                        continue;
+                    }
+                }
                 handle.desired.send_if_modified(|d| {
                     let changed = *d == Desired::Running && desired == Desired::Stopped;
                     if changed {
@@ -196,6 +210,7 @@ impl InstanceLoop {
             .collect();
         for arn in finished {
             self.tracked.remove(&arn);
+            self.host_gone.remove(&arn);
             self.routes.lock().unwrap().remove(&arn);
             self.done.insert(arn);
         }
@@ -298,6 +313,13 @@ const GONE_FOR: Duration = Duration::from_secs(30);
 /// each served instance also gets its own mutual-TLS Docker listener on its private and public
 /// address (`docker_listener`), closed — connections cut — as soon as the instance is no
 /// longer listed (terminated, deregistered).
+/// ECS's reason for a task whose instance was terminated under it: "Host EC2 (instance
+/// i-…) terminated." (stop code `TerminationNotice`).
+fn stopped_by_host_termination(task: &aws_sdk_ecs::types::Task) -> bool {
+    let reason = task.stopped_reason().unwrap_or_default();
+    reason.starts_with("Host EC2 (instance ") && reason.ends_with(") terminated.")
+}
+
 pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes, mut listeners: Option<Listeners>) {
     let mut loops: HashMap<String, (JoinHandle<()>, Option<tokio::time::Instant>)> = HashMap::new();
     // EC2 addresses of the instances, looked up once each.
