@@ -1,4 +1,4 @@
-//! AWS clients for ECS and EC2: region, endpoint override, credentials and retry policy, in
+//! AWS clients for ECS, EC2 and Secrets Manager: region, endpoint override, credentials and retry policy, in
 //! one place. Only `prepare` and `cleanup` load this; `run` stages never touch AWS.
 
 use std::time::Duration;
@@ -12,6 +12,8 @@ use crate::config::Config;
 pub struct AwsClients {
     pub ecs: aws_sdk_ecs::Client,
     pub ec2: aws_sdk_ec2::Client,
+    /// Registry secrets (`registry_secrets`); no call unless a job's image needs a login.
+    pub secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl AwsClients {
@@ -52,6 +54,7 @@ impl AwsClients {
         AwsClients {
             ecs: aws_sdk_ecs::Client::new(&shared),
             ec2: aws_sdk_ec2::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
         }
     }
 }

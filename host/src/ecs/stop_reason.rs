@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::tasks::TaskStatus;
 use crate::config::Config;
 use crate::failure::Failure;
+use crate::registry_auth::{self, JobRegistryAuth};
 use crate::task::TaskSpec;
 
 impl TaskStatus {
@@ -29,11 +30,22 @@ impl TaskStatus {
 }
 
 /// Why the task stopped before RUNNING, in words a user understands, with ECS's reason quoted.
-/// An image that does not exist is the job's failure (as with GitLab's Docker executor); a
-/// pull that failed for reasons that may pass (throttling, timeouts) is a system failure, so
-/// gitlab-runner retries.
-pub fn before_running(spec: &TaskSpec, status: &TaskStatus) -> Failure {
+/// An image that does not exist, or a registry that refuses the job's credentials (or asks
+/// for some and the job has none), is the job's failure (as with GitLab's Docker executor); a
+/// pull that failed for reasons that may pass (throttling, timeouts, a registry that cannot be
+/// reached) is a system failure, so gitlab-runner retries. ECS not reading a registry secret
+/// is ours (the execution role). No password is in any of it: the task definition holds only
+/// secret names, and the caller redacts the job's secrets from the message as well.
+pub fn before_running(spec: &TaskSpec, registry: &JobRegistryAuth, status: &TaskStatus) -> Failure {
     let why = status.stop_explanation();
+    if why.contains("asm fetching") || why.contains("asm resource") {
+        let secrets: Vec<&str> = registry.secrets.iter().map(|s| s.name.as_str()).collect();
+        return Failure::system(format!(
+            "ECS could not read the job's registry credentials from Secrets Manager ({}); the task's \
+             execution role needs secretsmanager:GetSecretValue on them (docs/security.md). ECS says: {why}",
+            secrets.join(", ")
+        ));
+    }
     let pull_failed = |text: &str| text.contains("CannotPullContainerError");
     if !pull_failed(&why) {
         return Failure::system(format!("ECS stopped the task before it ran: {why}"));
@@ -50,12 +62,49 @@ pub fn before_running(spec: &TaskSpec, status: &TaskStatus) -> Failure {
         .find(|c| c.name == failed_container)
         .map(|c| c.image.as_str())
         .unwrap_or("?");
-    let message = format!("the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}");
-    if pull_error_is_transient(&why) {
-        Failure::system(message)
-    } else {
-        Failure::build(message)
+    let host = registry_auth::registry_host(image);
+    let used = registry.of_container(failed_container);
+    if pull_error_is_auth(&why) {
+        let whose = match used {
+            Some(p) => format!(
+                "registry {host} refused the credentials from {} (user {:?}) for it",
+                p.source, p.username
+            ),
+            None => format!(
+                "registry {host} asks for credentials and the job has none for it \
+                 (DOCKER_AUTH_CONFIG, the runner's Docker config or the job's registry credentials)"
+            ),
+        };
+        return Failure::build(format!(
+            "the image {image:?} (container {failed_container}) could not be pulled: {whose}. ECS says: {why}"
+        ));
     }
+    if pull_error_is_transient(&why) {
+        return Failure::system(format!(
+            "the image {image:?} (container {failed_container}) could not be pulled: registry {host} \
+             could not be reached or failed (this may pass; gitlab-runner retries). ECS says: {why}"
+        ));
+    }
+    Failure::build(format!(
+        "the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}"
+    ))
+}
+
+/// The registry refused the request for want of (valid) credentials or access: Docker's
+/// words for 401/403 answers of a registry.
+fn pull_error_is_auth(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied: ",
+        "access to the resource is denied",
+        "incorrect username or password",
+        "403 forbidden",
+    ]
+    .iter()
+    .any(|p| r.contains(p))
 }
 
 fn pull_error_is_transient(reason: &str) -> bool {
@@ -152,7 +201,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let f = before_running(&spec, &status);
+        let f = before_running(&spec, &JobRegistryAuth::default(), &status);
         assert_eq!(f.blame, crate::failure::Blame::Build);
         assert!(
             f.message.contains("\"nosuch:1\"") && f.message.contains("not found"),
