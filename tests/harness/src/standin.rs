@@ -210,7 +210,8 @@ impl Standin {
                 let v: serde_json::Value = serde_json::from_str(&body).expect("GetSecretValue answers JSON");
                 Some(v["SecretString"].as_str().unwrap_or_default().to_string())
             }
-            400 if body.contains("ResourceNotFoundException") => None,
+            // AWS answers 400, moto 404.
+            400 | 404 if body.contains("ResourceNotFoundException") => None,
             _ => panic!("GetSecretValue {name}: HTTP {status}: {body}"),
         }
     }
