@@ -12,7 +12,7 @@ mod support;
 
 use ecs_executor_tests::runner::{Image, JobStatus, Variable};
 use ecs_executor_tests::standin::{AgentProcess, Registry, Standin, cluster_with_instance, unique_name};
-use support::{E2e, show};
+use support::{E2e, admin, assert_ok, show, text};
 
 const EXECUTION_ROLE: &str = "arn:aws:iam::123456789012:role/ecs-executor-task-execution";
 
@@ -25,12 +25,17 @@ struct Private {
 }
 
 fn private(name: &str) -> Private {
+    private_with(name, "")
+}
+
+/// As `private`, with `tail` appended to the executor config (a table of its own).
+fn private_with(name: &str, tail: &str) -> Private {
     let standin = Standin::require();
     let registry = standin.registry();
     let cluster = unique_name(&format!("reg-{name}"));
     let mut e = E2e::with_config_edit(name, |text| {
         let text = text.replace("cluster = \"local\"", &format!("cluster = \"{cluster}\""));
-        format!("execution_role_arn = \"{EXECUTION_ROLE}\"\n{text}")
+        format!("execution_role_arn = \"{EXECUTION_ROLE}\"\n{text}\n{tail}")
     });
     e.standin.cluster = cluster.clone();
     let ecs = e.ecs.clone();
@@ -299,4 +304,47 @@ fn docker_auth_config_wins_over_the_job_payloads_login() {
     );
     assert!(!log.contains(&reg.password) && !log.contains(&auth), "{log}");
     p.e.assert_no_task_left(&job);
+}
+
+#[test]
+fn gc_deletes_the_secret_of_a_job_whose_cleanup_never_ran_and_keeps_a_running_jobs() {
+    let p = private_with("reggc", "[gc]\nstart_grace_secs = 0\n");
+    let reg = &p.registry;
+    let job = |slot: u32| {
+        p.e.job()
+            .image(Image::new(&reg.images.build))
+            .registry_credentials(&reg.address, &reg.username, &reg.password)
+            .concurrency_slot(slot, slot)
+            .script(["true"])
+    };
+    let secret_of = |job: &ecs_executor_tests::runner::JobSpec| -> String {
+        let state = std::fs::read_to_string(p.e.state_file(job)).expect("the job's state file");
+        assert!(!state.contains(&reg.password), "the state file holds no password");
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+        v["registry_secrets"][0].as_str().expect("the state names the secret").to_string()
+    };
+    // Two jobs of the project in two slots: two secrets.
+    let live = job(0);
+    let mut live_runner = p.e.prepared(&live);
+    let dead = job(1);
+    let mut dead_runner = p.e.prepared(&dead);
+    let (live_secret, dead_secret) = (secret_of(&live), secret_of(&dead));
+    assert_ne!(live_secret, dead_secret);
+    assert!(dead_secret.contains("/slot-1/"), "{dead_secret}");
+    // The dead job's runner went away: its task ended, its cleanup never ran.
+    let dead_task = p.e.running_task(&dead).task_arn().unwrap().to_string();
+    p.e.standin.stop_task_blocking(&dead_task, "e2e: the runner host died");
+
+    let out = admin(&p.e.config, &["gc"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains(&format!("delete registry secret {dead_secret}")), "{}", text(&out));
+    assert!(!said.contains(&live_secret), "{}", text(&out));
+    assert_eq!(p.e.standin.secret_string(&dead_secret), None);
+    assert!(p.e.standin.secret_string(&live_secret).is_some(), "a running job keeps its secret");
+
+    assert_ok(&live_runner.cleanup());
+    assert_eq!(p.e.standin.secret_string(&live_secret), None);
+    assert_ok(&dead_runner.cleanup());
+    p.e.assert_no_task_left(&live);
 }
