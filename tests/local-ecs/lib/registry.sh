@@ -99,24 +99,45 @@ ensure_registry() {
     step_end "started on $REGISTRY_ADDR (pid $(<"$PIDS/registry.pid"))"
 }
 
-# Pushes the private copies (a push of layers the registry has is a few HEAD requests), then
+# Whether the registry holds DST as pushed from the local image SRC (its image id recorded at
+# the push, the manifest still answered by the registry).
+registry_has() {
+    local src=$1 dst=$2 id path ref code
+    id=$(docker_local image inspect -f '{{.Id}}' "$src" 2>/dev/null) || return 1
+    [ "$(cat "$REGISTRY_DIR/pushed/${dst//[:\/]/_}" 2>/dev/null)" = "$id" ] || return 1
+    path=${dst#"$REGISTRY_ADDR"/} ref=${path##*:} path=${path%:*}
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -u "$REGISTRY_USER:$(registry_password)" \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' -I \
+        "http://$REGISTRY_ADDR/v2/$path/manifests/$ref" 2>/dev/null) || true
+    [ "$code" = 200 ]
+}
+
+# Pushes the private copies (unless the registry has them from the same local images), then
 # untags them locally, so that the first pull of each really comes from the registry. The
 # login goes to a Docker config of our own, never to root's ~/.docker.
 push_registry_images() {
     step_begin registry-images
-    local log=$LOGS/registry-push.log cfg=$REGISTRY_DIR/docker-config pair src dst
-    mkdir -p "$cfg"
+    local log=$LOGS/registry-push.log cfg=$REGISTRY_DIR/docker-config pair src dst todo=()
+    for pair in "$BUILD_IMAGE=$REGISTRY_BUILD_IMAGE" "ecs-executor-test/svc-echo:1=$REGISTRY_SERVICE_IMAGE"; do
+        registry_has "${pair%%=*}" "${pair#*=}" || todo+=("$pair")
+    done
+    if [ ${#todo[@]} -eq 0 ]; then
+        step_end "$REGISTRY_BUILD_IMAGE and $REGISTRY_SERVICE_IMAGE already there"
+        return
+    fi
+    mkdir -p "$cfg" "$REGISTRY_DIR/pushed"
     chmod 0700 "$cfg"
     registry_password | DOCKER_CONFIG=$cfg docker_local login -u "$REGISTRY_USER" --password-stdin "$REGISTRY_ADDR" >>"$log" 2>&1 \
         || { log_tail "$log"; die "registry-images: docker login $REGISTRY_ADDR failed (log: $log)"; }
-    for pair in "$BUILD_IMAGE=$REGISTRY_BUILD_IMAGE" "ecs-executor-test/svc-echo:1=$REGISTRY_SERVICE_IMAGE"; do
+    for pair in "${todo[@]}"; do
         src=${pair%%=*} dst=${pair#*=}
         docker_local tag "$src" "$dst"
         DOCKER_CONFIG=$cfg docker_local push "$dst" >>"$log" 2>&1 \
             || { log_tail "$log"; die "registry-images: docker push $dst failed (log: $log)"; }
+        docker_local image inspect -f '{{.Id}}' "$src" >"$REGISTRY_DIR/pushed/${dst//[:\/]/_}"
         # Untag only; a container created from the tag keeps it (and then so do we).
         docker_local rmi "$dst" >>"$log" 2>&1 || true
     done
     DOCKER_CONFIG=$cfg docker_local logout "$REGISTRY_ADDR" >>"$log" 2>&1 || true
-    step_end "pushed $REGISTRY_BUILD_IMAGE and $REGISTRY_SERVICE_IMAGE"
+    step_end "pushed ${todo[*]#*=}"
 }
