@@ -94,7 +94,8 @@ impl Logins {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        out.notes.push(format!("registry credentials: {} not read: {e}", file.display()));
+                        out.notes
+                            .push(format!("registry credentials: {} not read: {e}", file.display()));
                         break;
                     }
                 }
@@ -173,13 +174,22 @@ struct ParsedConfig {
 fn parse_docker_config(text: &str) -> Result<ParsedConfig, String> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let obj = value.as_object().ok_or("not a JSON object")?;
-    let uses_helpers = obj.get("credHelpers").is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()))
-        || obj.get("credsStore").is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+    let uses_helpers = obj
+        .get("credHelpers")
+        .is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+        || obj
+            .get("credsStore")
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
     let auths = match obj.get("auths") {
         Some(a) => a.as_object().ok_or("`auths` is not an object")?,
         // Legacy .dockercfg: registries at top level (each an object with `auth`).
         None if !obj.contains_key("credHelpers") && !obj.contains_key("credsStore") => obj,
-        None => return Ok(ParsedConfig { auths: vec![], uses_helpers }),
+        None => {
+            return Ok(ParsedConfig {
+                auths: vec![],
+                uses_helpers,
+            });
+        }
     };
     let mut out = Vec::new();
     for (server, entry) in auths {
@@ -201,7 +211,10 @@ fn parse_docker_config(text: &str) -> Result<ParsedConfig, String> {
         out.push((server.clone(), username, password));
     }
     out.sort();
-    Ok(ParsedConfig { auths: out, uses_helpers })
+    Ok(ParsedConfig {
+        auths: out,
+        uses_helpers,
+    })
 }
 
 fn base64_decode(text: &str) -> Option<String> {
@@ -238,7 +251,11 @@ pub fn registry_path(address: &str) -> String {
     let lower = address.to_ascii_lowercase();
     if let Some(rest) = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")) {
         let host = rest.split('/').next().unwrap_or(rest);
-        return if host == "index.docker.io" { "docker.io".into() } else { host.into() };
+        return if host == "index.docker.io" {
+            "docker.io".into()
+        } else {
+            host.into()
+        };
     }
     let mut path = address.trim_end_matches('/').to_string();
     if let (Some(tag), Some(slash)) = (path.rfind(':'), path.rfind('/'))
@@ -305,7 +322,11 @@ pub struct RegistrySecret {
 
 impl std::fmt::Debug for RegistrySecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RegistrySecret {{ name: {:?}, registry: {:?}, value: *** }}", self.name, self.registry)
+        write!(
+            f,
+            "RegistrySecret {{ name: {:?}, registry: {:?}, value: *** }}",
+            self.name, self.registry
+        )
     }
 }
 
@@ -371,7 +392,10 @@ fn secret_name(config: &Config, job: &JobContext, scope: &str, registry: &str) -
         .collect();
     // Ends in "/auth": a name ending in "-" and six characters would be taken for the random
     // suffix of a secret ARN.
-    let name = format!("{}{scope}/{registry}/auth", secret_prefix(config, &job.key.runner_token));
+    let name = format!(
+        "{}{scope}/{registry}/auth",
+        secret_prefix(config, &job.key.runner_token)
+    );
     name.chars().take(512).collect()
 }
 
@@ -392,7 +416,9 @@ pub fn attach(
         if c.name == "helper" {
             continue;
         }
-        let Some(login) = logins.for_image(&c.image) else { continue };
+        let Some(login) = logins.for_image(&c.image) else {
+            continue;
+        };
         let host = registry_host(&c.image);
         if is_ecr(&host) {
             notes.push(format!(
@@ -447,12 +473,21 @@ mod tests {
     fn image_refs_normalise_as_gitlab_runner_does() {
         assert_eq!(normalize_image_ref("nginx"), "docker.io/nginx");
         assert_eq!(normalize_image_ref("nginx:1"), "docker.io/nginx");
-        assert_eq!(normalize_image_ref("index.docker.io/library/nginx:1"), "docker.io/library/nginx");
-        assert_eq!(normalize_image_ref("Registry.Example.com:5050/Group/App:1"), "registry.example.com:5050/Group/App");
+        assert_eq!(
+            normalize_image_ref("index.docker.io/library/nginx:1"),
+            "docker.io/library/nginx"
+        );
+        assert_eq!(
+            normalize_image_ref("Registry.Example.com:5050/Group/App:1"),
+            "registry.example.com:5050/Group/App"
+        );
         assert_eq!(normalize_image_ref("localhost:5000/x@sha256:abc"), "localhost:5000/x");
         assert_eq!(registry_path("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(registry_path("http://127.0.0.1:5000/v2/"), "127.0.0.1:5000");
-        assert_eq!(registry_path("registry.example.com/group/"), "registry.example.com/group");
+        assert_eq!(
+            registry_path("registry.example.com/group/"),
+            "registry.example.com/group"
+        );
         assert_eq!(registry_path("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 
@@ -472,12 +507,24 @@ mod tests {
         let l = logins.for_image("registry.example.com/app/x:1").unwrap();
         assert_eq!((l.username.as_str(), l.password.as_str()), ("ci", "from-variable"));
         assert_eq!(l.source, Source::DockerAuthConfig);
-        assert_eq!(logins.for_image("registry.example.com/team/x:1").unwrap().username, "team");
+        assert_eq!(
+            logins.for_image("registry.example.com/team/x:1").unwrap().username,
+            "team"
+        );
         let l = logins.for_image("other.example.com:5050/g/p:latest").unwrap();
-        assert_eq!((l.source.clone(), l.password.as_str()), (Source::JobPayload, "job-token"));
+        assert_eq!(
+            (l.source.clone(), l.password.as_str()),
+            (Source::JobPayload, "job-token")
+        );
         assert!(logins.for_image("busybox").is_none());
-        assert!(logins.for_image("other.example.com/g/p").is_none(), "the port is part of the host");
-        assert!(!format!("{logins:?}").contains("from-variable"), "Debug shows no password");
+        assert!(
+            logins.for_image("other.example.com/g/p").is_none(),
+            "the port is part of the host"
+        );
+        assert!(
+            !format!("{logins:?}").contains("from-variable"),
+            "Debug shows no password"
+        );
     }
 
     #[test]
@@ -498,7 +545,11 @@ mod tests {
         let l = logins.for_image("registry.example.com/g/p").unwrap();
         assert_eq!(l.username, "host");
         assert!(matches!(l.source, Source::RunnerDockerConfig(_)));
-        assert!(logins.notes.iter().any(|n| n.contains("credHelpers")), "{:?}", logins.notes);
+        assert!(
+            logins.notes.iter().any(|n| n.contains("credHelpers")),
+            "{:?}",
+            logins.notes
+        );
         let _ = std::fs::remove_dir_all(&home);
     }
 
@@ -510,8 +561,15 @@ mod tests {
             &[payload("registry.example.com", "gitlab-ci-token", "job-token")],
         );
         assert!(logins.notes[0].contains("$DOCKER_AUTH_CONFIG"), "{:?}", logins.notes);
-        assert_eq!(logins.for_image("registry.example.com/g/p").unwrap().source, Source::JobPayload);
-        let bad = Logins::resolve(Some(r#"{"auths": {"r.example.com": {"auth": "bm9jb2xvbg=="}}}"#), None, &[]);
+        assert_eq!(
+            logins.for_image("registry.example.com/g/p").unwrap().source,
+            Source::JobPayload
+        );
+        let bad = Logins::resolve(
+            Some(r#"{"auths": {"r.example.com": {"auth": "bm9jb2xvbg=="}}}"#),
+            None,
+            &[],
+        );
         assert!(bad.notes[0].contains("user:password"), "{:?}", bad.notes);
     }
 
@@ -528,14 +586,24 @@ mod tests {
         let config = config();
         let job = JobContext::for_tests("127.0.0.1:5000/private/build:1");
         let mut spec = TaskSpec::for_job(&config, &job);
-        let logins = Logins::resolve(None, None, &[payload("127.0.0.1:5000", "gitlab-ci-token", "s3cr3t-token")]);
+        let logins = Logins::resolve(
+            None,
+            None,
+            &[payload("127.0.0.1:5000", "gitlab-ci-token", "s3cr3t-token")],
+        );
         let (auth, notes) = attach(&config, &job, "project-1/slot-0", &logins, &mut spec);
         assert!(notes.is_empty(), "{notes:?}");
         let name = "ecs-executor/registry/abc/project-1/slot-0/127.0.0.1-5000/auth";
         assert_eq!(spec.containers[0].repository_credentials.as_deref(), Some(name));
-        assert_eq!(spec.containers[1].repository_credentials, None, "the helper image is the admin's");
+        assert_eq!(
+            spec.containers[1].repository_credentials, None,
+            "the helper image is the admin's"
+        );
         assert_eq!(auth.secrets.len(), 1);
-        assert_eq!(auth.secrets[0].value, r#"{"username":"gitlab-ci-token","password":"s3cr3t-token"}"#);
+        assert_eq!(
+            auth.secrets[0].value,
+            r#"{"username":"gitlab-ci-token","password":"s3cr3t-token"}"#
+        );
         let json = serde_json::to_string(&spec).unwrap();
         assert!(!json.contains("s3cr3t-token") && json.contains(name));
         // The same project and slot: the same secret name, so the same task definition.
@@ -552,7 +620,10 @@ mod tests {
         let mut spec = TaskSpec::for_job(&config, &job);
         let logins = Logins::resolve(None, None, &[payload("127.0.0.1:5000", "u", "p")]);
         let (auth, notes) = attach(&config, &job, "s", &logins, &mut spec);
-        assert!(auth.secrets.is_empty() && notes[0].contains("execution_role_arn"), "{notes:?}");
+        assert!(
+            auth.secrets.is_empty() && notes[0].contains("execution_role_arn"),
+            "{notes:?}"
+        );
         let config = self::config();
         let ecr = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1";
         let job = JobContext::for_tests(ecr);

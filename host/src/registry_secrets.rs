@@ -113,12 +113,7 @@ pub async fn list(client: &Client, prefix: &str) -> Result<Vec<SecretSummary>, F
     loop {
         let page = client
             .list_secrets()
-            .filters(
-                Filter::builder()
-                    .key(FilterNameStringType::Name)
-                    .values(prefix)
-                    .build(),
-            )
+            .filters(Filter::builder().key(FilterNameStringType::Name).values(prefix).build())
             .set_next_token(next.take())
             .send()
             .await

@@ -100,8 +100,16 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
         };
         stop(&ecs, &task, &why, dry_run, &mut tally).await;
     }
-    collect_registry_secrets(config, &store, &clients.secrets, (&runner_tokens, &kept), now, dry_run, &mut tally)
-        .await;
+    collect_registry_secrets(
+        config,
+        &store,
+        &clients.secrets,
+        (&runner_tokens, &kept),
+        now,
+        dry_run,
+        &mut tally,
+    )
+    .await;
 
     let idle = config.gc.task_definition_idle_secs;
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {
@@ -165,8 +173,16 @@ pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String])
         stop(&ecs, &task, "the runner is being unregistered", dry_run, &mut tally).await;
     }
     // Every registry secret of these runners, whatever its age.
-    collect_registry_secrets(config, &store, &clients.secrets, (&runner_tokens, &[]), f64::INFINITY, dry_run, &mut tally)
-        .await;
+    collect_registry_secrets(
+        config,
+        &store,
+        &clients.secrets,
+        (&runner_tokens, &[]),
+        f64::INFINITY,
+        dry_run,
+        &mut tally,
+    )
+    .await;
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {
         let active = managed(
             config,
@@ -231,7 +247,10 @@ async fn collect_registry_secrets(
                 continue;
             }
             let verb = if dry_run { "would delete" } else { "delete" };
-            println!("{verb} registry secret {}: no running job of this host needs it", s.name);
+            println!(
+                "{verb} registry secret {}: no running job of this host needs it",
+                s.name
+            );
             tally.secrets_deleted += 1;
             if !dry_run && let Err(e) = crate::registry_secrets::delete(client, &s.name).await {
                 tally.problems.push(e.message);

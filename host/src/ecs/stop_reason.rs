@@ -173,6 +173,78 @@ mod tests {
         ));
     }
 
+    fn stopped(reason: &str) -> TaskStatus {
+        TaskStatus {
+            last_status: "STOPPED".into(),
+            stopped_reason: Some(reason.into()),
+            containers: vec![ContainerStatus {
+                name: "build".into(),
+                reason: Some(reason.into()),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registry_refusals_are_the_jobs_unreachable_registries_and_unread_secrets_are_ours() {
+        let config = Config::parse(
+            "cluster='c'\nregion='us-east-1'\nhelper_image='helper:1'\nexecution_role_arn='arn:aws:iam::1:role/x'\n\
+             [docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let job = JobContext::for_tests("registry.example.com:5050/g/app:1");
+        let mut spec = TaskSpec::for_job(&config, &job);
+        let logins = crate::registry_auth::Logins::resolve(
+            None,
+            None,
+            &[crate::protocol::JobCredentials {
+                kind: "registry".into(),
+                url: "registry.example.com:5050".into(),
+                username: "gitlab-ci-token".into(),
+                password: "job-token-value".into(),
+            }],
+        );
+        let (auth, _) = crate::registry_auth::attach(&config, &job, "project-1/slot-0", &logins, &mut spec);
+
+        let refused = before_running(
+            &spec,
+            &auth,
+            &stopped("CannotPullContainerError: Error response from daemon: unauthorized: authentication required"),
+        );
+        assert_eq!(refused.blame, crate::failure::Blame::Build);
+        assert!(
+            refused.message.contains("registry registry.example.com:5050 refused the credentials from job payload")
+                && refused.message.contains("\"gitlab-ci-token\"")
+                && !refused.message.contains("job-token-value"),
+            "{}",
+            refused.message
+        );
+        let none = before_running(
+            &spec,
+            &JobRegistryAuth::default(),
+            &stopped("CannotPullContainerError: Error response from daemon: Head \"https://r/v2/x\": no basic auth credentials"),
+        );
+        assert_eq!(none.blame, crate::failure::Blame::Build);
+        assert!(none.message.contains("the job has none for it"), "{}", none.message);
+
+        let down = before_running(
+            &spec,
+            &auth,
+            &stopped("CannotPullContainerError: Error response from daemon: Get \"https://registry.example.com:5050/v2/\": dial tcp 10.0.0.9:5050: i/o timeout"),
+        );
+        assert_eq!(down.blame, crate::failure::Blame::System);
+        assert!(down.message.contains("could not be reached"), "{}", down.message);
+
+        let unread = before_running(
+            &spec,
+            &auth,
+            &stopped("asm fetching secret from the service for x: AccessDeniedException: not authorized"),
+        );
+        assert_eq!(unread.blame, crate::failure::Blame::System);
+        assert!(unread.message.contains("secretsmanager:GetSecretValue"), "{}", unread.message);
+    }
+
     #[test]
     fn stopped_task_names_the_image_that_failed() {
         let config = Config::parse(

@@ -41,7 +41,8 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
         }
     };
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
+    let ecs =
+        Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
 
     let mut stopped = Vec::new();
     if let Some(state) = &state {

@@ -71,7 +71,9 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
             }
             for name in &secrets_written {
                 if crate::registry_secrets::delete(&clients.secrets, name).await.is_err() {
-                    log_note(format!("registry secret {name} not deleted; `ecs-executor gc` removes it"));
+                    log_note(format!(
+                        "registry secret {name} not deleted; `ecs-executor gc` removes it"
+                    ));
                 }
             }
             // Error texts can quote ECS or Docker, which may echo what the job gave them.

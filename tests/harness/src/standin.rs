@@ -184,10 +184,13 @@ impl Standin {
 
     /// Creates (or overwrites) a secret in moto's Secrets Manager.
     pub fn put_secret(&self, name: &str, value: &str) {
-        let (status, body) = self.secrets_call("CreateSecret", serde_json::json!({"Name": name, "SecretString": value}));
+        let (status, body) =
+            self.secrets_call("CreateSecret", serde_json::json!({"Name": name, "SecretString": value}));
         if status == 400 && body.contains("ResourceExistsException") {
-            let (status, body) =
-                self.secrets_call("PutSecretValue", serde_json::json!({"SecretId": name, "SecretString": value}));
+            let (status, body) = self.secrets_call(
+                "PutSecretValue",
+                serde_json::json!({"SecretId": name, "SecretString": value}),
+            );
             assert_eq!(status, 200, "PutSecretValue {name}: {body}");
         } else {
             assert_eq!(status, 200, "CreateSecret {name}: {body}");

@@ -183,8 +183,20 @@ async fn repository_credentials_are_read_from_secrets_manager_and_their_failures
     let t = c.settle(&ok).await;
     assert_eq!(t.last_status(), Some("RUNNING"), "{t:#?}\n{}", c.agent.log_text());
     let log = c.agent.log_text();
-    assert!(log.contains(&format!("registry credentials for {} read from secret {secret}", r.images.build)), "{log}");
-    assert!(log.contains(&format!("pulled {} for container main as {}", r.images.build, r.username)), "{log}");
+    assert!(
+        log.contains(&format!(
+            "registry credentials for {} read from secret {secret}",
+            r.images.build
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "pulled {} for container main as {}",
+            r.images.build, r.username
+        )),
+        "{log}"
+    );
     c.stop(&ok).await;
 
     // A wrong password: the registry's refusal, as Docker words it, in ECS's reason.
@@ -202,7 +214,9 @@ async fn repository_credentials_are_read_from_secrets_manager_and_their_failures
     let missing = unique_name("ecs-executor-test/registry/none");
     let t = c.settle(&c.run(&r.images.build, Some(&missing), true).await).await;
     assert!(
-        reason(&t).starts_with(&format!("asm fetching secret from the service for {missing}: ResourceNotFoundException")),
+        reason(&t).starts_with(&format!(
+            "asm fetching secret from the service for {missing}: ResourceNotFoundException"
+        )),
         "{t:#?}"
     );
     c.standin.put_secret(&secret, "user:password");
@@ -232,7 +246,11 @@ async fn engine_auth_data_lets_the_agent_pull_and_without_any_login_the_registry
                 | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
                 | u32::from(*chunk.get(2).unwrap_or(&0));
             for i in 0..4 {
-                out.push(if i <= chunk.len() { A[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' });
+                out.push(if i <= chunk.len() {
+                    A[((n >> (18 - 6 * i)) & 63) as usize] as char
+                } else {
+                    '='
+                });
             }
         }
         out
@@ -259,7 +277,8 @@ async fn engine_auth_data_lets_the_agent_pull_and_without_any_login_the_registry
     assert_eq!(t.last_status(), Some("STOPPED"));
     let why = reason(&t);
     assert!(
-        why.starts_with("CannotPullContainerError: Error response from daemon: ") && why.contains("no basic auth credentials"),
+        why.starts_with("CannotPullContainerError: Error response from daemon: ")
+            && why.contains("no basic auth credentials"),
         "{why}"
     );
     without.finish().await;
@@ -269,7 +288,10 @@ async fn engine_auth_data_lets_the_agent_pull_and_without_any_login_the_registry
         &base,
         &unique_name("bad-auth"),
         "arn:none",
-        &[("ECS_ENGINE_AUTH_TYPE", "dockercfg"), ("ECS_ENGINE_AUTH_DATA", "{not json")],
+        &[
+            ("ECS_ENGINE_AUTH_TYPE", "dockercfg"),
+            ("ECS_ENGINE_AUTH_DATA", "{not json"),
+        ],
     );
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
@@ -280,7 +302,11 @@ async fn engine_auth_data_lets_the_agent_pull_and_without_any_login_the_registry
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success());
-    assert!(bad.log_text().contains("ECS_ENGINE_AUTH_DATA (dockercfg)"), "{}", bad.log_text());
+    assert!(
+        bad.log_text().contains("ECS_ENGINE_AUTH_DATA (dockercfg)"),
+        "{}",
+        bad.log_text()
+    );
 }
 
 /// `ECS_IMAGE_PULL_BEHAVIOR`: an image that is on the host but whose registry cannot be
@@ -309,7 +335,8 @@ async fn the_four_pull_behaviours_use_the_cache_as_the_agent_documents() {
     let t = c.settle(&c.run(&cached, None, false).await).await;
     assert_eq!(t.last_status(), Some("RUNNING"), "{t:#?}\n{}", c.agent.log_text());
     assert!(
-        c.agent.log_text().contains(&format!("pull of {cached} failed")) && c.agent.log_text().contains("using the cached image"),
+        c.agent.log_text().contains(&format!("pull of {cached} failed"))
+            && c.agent.log_text().contains("using the cached image"),
         "{}",
         c.agent.log_text()
     );
@@ -330,7 +357,11 @@ async fn the_four_pull_behaviours_use_the_cache_as_the_agent_documents() {
     let c = OwnCluster::start("pull-cached", &[("ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached")]).await;
     let t = c.settle(&c.run(&cached, None, false).await).await;
     assert_eq!(t.last_status(), Some("RUNNING"), "{t:#?}\n{}", c.agent.log_text());
-    assert!(!c.agent.log_text().contains(&format!("pull of {cached}")), "{}", c.agent.log_text());
+    assert!(
+        !c.agent.log_text().contains(&format!("pull of {cached}")),
+        "{}",
+        c.agent.log_text()
+    );
     c.finish().await;
 
     // once: the first task pulls (with the login), the second uses what the first pulled.
@@ -343,11 +374,13 @@ async fn the_four_pull_behaviours_use_the_cache_as_the_agent_documents() {
         assert_eq!(t.last_status(), Some("RUNNING"), "{t:#?}\n{}", c.agent.log_text());
         c.stop(&arn).await;
     }
-    let pulls = c.agent.log_text().matches(&format!("pulled {} for container", r.images.build)).count();
+    let pulls = c
+        .agent
+        .log_text()
+        .matches(&format!("pulled {} for container", r.images.build))
+        .count();
     assert_eq!(pulls, 1, "{}", c.agent.log_text());
     c.finish().await;
     base.delete_secret(&secret);
-    let _ = docker
-        .remove_image(&cached, None::<RemoveImageOptions>, None)
-        .await;
+    let _ = docker.remove_image(&cached, None::<RemoveImageOptions>, None).await;
 }

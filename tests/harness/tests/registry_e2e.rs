@@ -40,7 +40,12 @@ fn private_with(name: &str, tail: &str) -> Private {
     e.standin.cluster = cluster.clone();
     let ecs = e.ecs.clone();
     let instance_arn = e.block_on(cluster_with_instance(&ecs, &cluster, &standin.instance_id));
-    let agent = AgentProcess::start(&standin, &cluster, &instance_arn, &[("ECS_IMAGE_PULL_BEHAVIOR", "always")]);
+    let agent = AgentProcess::start(
+        &standin,
+        &cluster,
+        &instance_arn,
+        &[("ECS_IMAGE_PULL_BEHAVIOR", "always")],
+    );
     Private {
         e,
         registry,
@@ -119,7 +124,12 @@ fn base64(text: &str) -> String {
 /// The `repositoryCredentials` secret names of a task's definition, by container.
 fn repository_secrets(e: &E2e, task_definition_arn: &str) -> Vec<(String, Option<String>)> {
     let out = e
-        .block_on(e.ecs.describe_task_definition().task_definition(task_definition_arn).send())
+        .block_on(
+            e.ecs
+                .describe_task_definition()
+                .task_definition(task_definition_arn)
+                .send(),
+        )
         .expect("DescribeTaskDefinition");
     out.task_definition()
         .expect("a task definition")
@@ -140,16 +150,20 @@ fn a_private_image_and_a_private_service_pull_with_only_the_jobs_credentials() {
     let p = private("regok");
     let reg = &p.registry;
     let mark = p.e.standin.request_mark();
-    let job = p
-        .e
-        .job()
-        .image(Image::new(&reg.images.build))
-        .service(Image::new(&reg.images.service).alias("svc"))
-        .registry_credentials(&reg.address, &reg.username, &reg.password)
-        .script(["echo private-build-ran"]);
+    let job =
+        p.e.job()
+            .image(Image::new(&reg.images.build))
+            .service(Image::new(&reg.images.service).alias("svc"))
+            .registry_credentials(&reg.address, &reg.username, &reg.password)
+            .script(["echo private-build-ran"]);
     let outcome = p.e.runner(&job).run_job();
     let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Success, "{log}\nagent:\n{}", p.agent.log_text());
+    assert_eq!(
+        outcome.status,
+        JobStatus::Success,
+        "{log}\nagent:\n{}",
+        p.agent.log_text()
+    );
     assert!(log.contains("private-build-ran"), "{log}");
     assert!(
         log.contains(&format!(
@@ -175,7 +189,9 @@ fn a_private_image_and_a_private_service_pull_with_only_the_jobs_credentials() {
         .and_then(|(_, s)| s.clone())
         .expect("the build container names a secret");
     assert!(
-        secrets.iter().any(|(n, s)| n != "build" && n != "helper" && s.as_ref() == Some(&build_secret)),
+        secrets
+            .iter()
+            .any(|(n, s)| n != "build" && n != "helper" && s.as_ref() == Some(&build_secret)),
         "the service container uses the same registry's secret: {secrets:?}"
     );
     assert_eq!(
@@ -187,7 +203,12 @@ fn a_private_image_and_a_private_service_pull_with_only_the_jobs_credentials() {
     // executor's output or the agent's log; cleanup deleted the secret.
     let requests = p.e.standin.requests_since(mark);
     for r in requests.iter().filter(|r| r.service != "secretsmanager") {
-        assert!(!r.body.contains(&reg.password), "{} {:?} carries the password", r.service, r.action);
+        assert!(
+            !r.body.contains(&reg.password),
+            "{} {:?} carries the password",
+            r.service,
+            r.action
+        );
     }
     // The extra AWS calls of a job with private images from one registry: the executor's
     // CreateSecret and DeleteSecret, the agent's one GetSecretValue (two containers, one secret).
@@ -204,7 +225,11 @@ fn a_private_image_and_a_private_service_pull_with_only_the_jobs_credentials() {
         assert!(!call.stderr_text().contains(&reg.password), "{}", show(call));
     }
     assert!(!agent.contains(&reg.password));
-    assert_eq!(p.e.standin.secret_string(&build_secret), None, "cleanup deletes the secret");
+    assert_eq!(
+        p.e.standin.secret_string(&build_secret),
+        None,
+        "cleanup deletes the secret"
+    );
 }
 
 #[test]
@@ -212,12 +237,11 @@ fn a_wrong_password_is_a_build_failure_naming_image_and_registry_and_the_next_jo
     let p = private("regbad");
     let reg = &p.registry;
     let wrong = format!("not-{}", reg.password);
-    let bad = p
-        .e
-        .job()
-        .image(Image::new(&reg.images.build))
-        .registry_credentials(&reg.address, &reg.username, &wrong)
-        .script(["echo never-runs"]);
+    let bad =
+        p.e.job()
+            .image(Image::new(&reg.images.build))
+            .registry_credentials(&reg.address, &reg.username, &wrong)
+            .script(["echo never-runs"]);
     let outcome = p.e.runner(&bad).run_job();
     let log = outcome.log_text();
     // BUILD_FAILURE: the job's login is wrong; gitlab-runner does not retry prepare.
@@ -232,18 +256,25 @@ fn a_wrong_password_is_a_build_failure_naming_image_and_registry_and_the_next_jo
         "{}",
         show(prepare)
     );
-    assert!(said.contains("CannotPullContainerError"), "ECS's reason is quoted:\n{}", show(prepare));
-    assert!(!said.contains(&wrong) && !log.contains(&wrong), "no password printed:\n{}", show(prepare));
+    assert!(
+        said.contains("CannotPullContainerError"),
+        "ECS's reason is quoted:\n{}",
+        show(prepare)
+    );
+    assert!(
+        !said.contains(&wrong) && !log.contains(&wrong),
+        "no password printed:\n{}",
+        show(prepare)
+    );
     let failed = p.e.assert_tasks_stopped(&bad, 1);
 
     // The next job of the project, in the same concurrency slot, with the right login: the
     // same task definition revision (the secret's name is the same), and it runs.
-    let good = p
-        .e
-        .job()
-        .image(Image::new(&reg.images.build))
-        .registry_credentials(&reg.address, &reg.username, &reg.password)
-        .script(["echo second-job-ran"]);
+    let good =
+        p.e.job()
+            .image(Image::new(&reg.images.build))
+            .registry_credentials(&reg.address, &reg.username, &reg.password)
+            .script(["echo second-job-ran"]);
     let outcome = p.e.runner(&good).run_job();
     assert_eq!(outcome.status, JobStatus::Success, "{}", outcome.log_text());
     let ran = p.e.assert_no_task_left(&good);
@@ -255,12 +286,11 @@ fn an_unreachable_registry_is_a_system_failure() {
     let p = private("regdown");
     let reg = &p.registry;
     let image = format!("{}/private/build:1", reg.unreachable);
-    let job = p
-        .e
-        .job()
-        .image(Image::new(&image))
-        .registry_credentials(&reg.unreachable, &reg.username, &reg.password)
-        .script(["echo never-runs"]);
+    let job =
+        p.e.job()
+            .image(Image::new(&image))
+            .registry_credentials(&reg.unreachable, &reg.username, &reg.password)
+            .script(["echo never-runs"]);
     let mut r = p.e.runner(&job);
     assert!(r.config().exit_code() == Some(0));
     let prepare = r.prepare();
@@ -271,7 +301,8 @@ fn an_unreachable_registry_is_a_system_failure() {
     );
     let said = prepare.stderr_text();
     assert!(
-        said.contains(&format!("\"{image}\"")) && said.contains(&format!("registry {} could not be reached", reg.unreachable)),
+        said.contains(&format!("\"{image}\""))
+            && said.contains(&format!("registry {} could not be reached", reg.unreachable)),
         "{}",
         show(&prepare)
     );
@@ -286,18 +317,22 @@ fn docker_auth_config_wins_over_the_job_payloads_login() {
     let reg = &p.registry;
     let auth = base64(&format!("{}:{}", reg.username, reg.password));
     let docker_auth_config = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.address);
-    let job = p
-        .e
-        .job()
-        .image(Image::new(&reg.images.build))
-        // GitLab's login for the registry is wrong here; the job's own DOCKER_AUTH_CONFIG is
-        // right, and gitlab-runner takes DOCKER_AUTH_CONFIG first.
-        .registry_credentials(&reg.address, "gitlab-ci-token", "expired-job-token")
-        .add_variable(Variable::new("DOCKER_AUTH_CONFIG", &docker_auth_config).masked())
-        .script(["echo dac-job-ran"]);
+    let job =
+        p.e.job()
+            .image(Image::new(&reg.images.build))
+            // GitLab's login for the registry is wrong here; the job's own DOCKER_AUTH_CONFIG is
+            // right, and gitlab-runner takes DOCKER_AUTH_CONFIG first.
+            .registry_credentials(&reg.address, "gitlab-ci-token", "expired-job-token")
+            .add_variable(Variable::new("DOCKER_AUTH_CONFIG", &docker_auth_config).masked())
+            .script(["echo dac-job-ran"]);
     let outcome = p.e.runner(&job).run_job();
     let log = outcome.log_text();
-    assert_eq!(outcome.status, JobStatus::Success, "{log}\nagent:\n{}", p.agent.log_text());
+    assert_eq!(
+        outcome.status,
+        JobStatus::Success,
+        "{log}\nagent:\n{}",
+        p.agent.log_text()
+    );
     assert!(
         log.contains(&format!("{} from $DOCKER_AUTH_CONFIG as {}", reg.address, reg.username)),
         "{log}"
@@ -321,7 +356,10 @@ fn gc_deletes_the_secret_of_a_job_whose_cleanup_never_ran_and_keeps_a_running_jo
         let state = std::fs::read_to_string(p.e.state_file(job)).expect("the job's state file");
         assert!(!state.contains(&reg.password), "the state file holds no password");
         let v: serde_json::Value = serde_json::from_str(&state).unwrap();
-        v["registry_secrets"][0].as_str().expect("the state names the secret").to_string()
+        v["registry_secrets"][0]
+            .as_str()
+            .expect("the state names the secret")
+            .to_string()
     };
     // Two jobs of the project in two slots: two secrets.
     let live = job(0);
@@ -338,10 +376,17 @@ fn gc_deletes_the_secret_of_a_job_whose_cleanup_never_ran_and_keeps_a_running_jo
     let out = admin(&p.e.config, &["gc"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(said.contains(&format!("delete registry secret {dead_secret}")), "{}", text(&out));
+    assert!(
+        said.contains(&format!("delete registry secret {dead_secret}")),
+        "{}",
+        text(&out)
+    );
     assert!(!said.contains(&live_secret), "{}", text(&out));
     assert_eq!(p.e.standin.secret_string(&dead_secret), None);
-    assert!(p.e.standin.secret_string(&live_secret).is_some(), "a running job keeps its secret");
+    assert!(
+        p.e.standin.secret_string(&live_secret).is_some(),
+        "a running job keeps its secret"
+    );
 
     assert_ok(&live_runner.cleanup());
     assert_eq!(p.e.standin.secret_string(&live_secret), None);

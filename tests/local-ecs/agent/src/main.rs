@@ -36,8 +36,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::action_log::say;
 use crate::control_plane::ControlPlane;
 use crate::docker_events::ExitRoutes;
-use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
 use crate::pull::{EngineAuth, ImageState, PullBehavior};
+use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
 use crate::task_run::{Agent, Latency, PullSettings};
 
 /// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
@@ -152,7 +152,12 @@ async fn main() -> anyhow::Result<()> {
         start: Duration::from_millis(pick(cli.start_ms, start)),
         report: Duration::from_millis(pick(cli.report_ms, report)),
     };
-    say!("latency: pull {:?}, start {:?}, report {:?}", latency.pull, latency.start, latency.report);
+    say!(
+        "latency: pull {:?}, start {:?}, report {:?}",
+        latency.pull,
+        latency.start,
+        latency.report
+    );
     // The agent's own settings, read from its environment as the agent reads /etc/ecs/ecs.config.
     let env = |name: &str| std::env::var(name).ok();
     let behavior = PullBehavior::parse(&env("ECS_IMAGE_PULL_BEHAVIOR").unwrap_or_default())?;

@@ -40,9 +40,9 @@ impl PullBehavior {
             "always" => PullBehavior::Always,
             "once" => PullBehavior::Once,
             "prefer-cached" => PullBehavior::PreferCached,
-            other => anyhow::bail!(
-                "ECS_IMAGE_PULL_BEHAVIOR={other:?}: expected default, always, once or prefer-cached"
-            ),
+            other => {
+                anyhow::bail!("ECS_IMAGE_PULL_BEHAVIOR={other:?}: expected default, always, once or prefer-cached")
+            }
         })
     }
 
@@ -100,8 +100,8 @@ impl EngineAuth {
                 struct Entry {
                     auth: String,
                 }
-                let map: HashMap<String, Entry> = serde_json::from_str(data)
-                    .map_err(|e| anyhow::anyhow!("ECS_ENGINE_AUTH_DATA (dockercfg): {e}"))?;
+                let map: HashMap<String, Entry> =
+                    serde_json::from_str(data).map_err(|e| anyhow::anyhow!("ECS_ENGINE_AUTH_DATA (dockercfg): {e}"))?;
                 for (registry, entry) in map {
                     let decoded = base64_decode(&entry.auth).ok_or_else(|| {
                         anyhow::anyhow!("ECS_ENGINE_AUTH_DATA (dockercfg): malformed auth data for registry {registry}")
@@ -128,8 +128,8 @@ impl EngineAuth {
                     #[serde(default)]
                     password: String,
                 }
-                let map: HashMap<String, Entry> = serde_json::from_str(data)
-                    .map_err(|e| anyhow::anyhow!("ECS_ENGINE_AUTH_DATA (docker): {e}"))?;
+                let map: HashMap<String, Entry> =
+                    serde_json::from_str(data).map_err(|e| anyhow::anyhow!("ECS_ENGINE_AUTH_DATA (docker): {e}"))?;
                 for (registry, entry) in map {
                     auths.insert(
                         strip_scheme(&registry).to_string(),
@@ -364,7 +364,10 @@ mod tests {
     fn pull_behaviours_parse_and_unknown_ones_are_refused() {
         assert_eq!(PullBehavior::parse("").unwrap(), PullBehavior::Default);
         assert_eq!(PullBehavior::parse("once").unwrap(), PullBehavior::Once);
-        assert_eq!(PullBehavior::parse("prefer-cached").unwrap(), PullBehavior::PreferCached);
+        assert_eq!(
+            PullBehavior::parse("prefer-cached").unwrap(),
+            PullBehavior::PreferCached
+        );
         let err = PullBehavior::parse("sometimes").unwrap_err().to_string();
         assert!(err.contains("sometimes") && err.contains("prefer-cached"), "{err}");
     }
@@ -377,7 +380,10 @@ mod tests {
             Some(r#"{"https://127.0.0.1:5000": {"auth": "dXNlcjpwYTpzcw==", "email": ""}}"#),
         )
         .unwrap();
-        assert_eq!(auth.for_image("127.0.0.1:5000/private/build:1"), Some(&creds("user", "pa:ss")));
+        assert_eq!(
+            auth.for_image("127.0.0.1:5000/private/build:1"),
+            Some(&creds("user", "pa:ss"))
+        );
         assert_eq!(auth.for_image("127.0.0.1:5001/private/build:1"), None);
         let err = EngineAuth::parse(Some("dockercfg"), Some(r#"{"r": {"auth": "bm9jb2xvbg=="}}"#)).unwrap_err();
         assert!(err.to_string().contains("must contain ':'"), "{err}");
@@ -420,7 +426,11 @@ mod tests {
             "asm fetching authorization data: empty secrets value"
         );
         assert!(parse_asm_value(Some("u:p")).unwrap_err().contains("invalid schema"));
-        assert!(parse_asm_value(Some(r#"{"username":"u"}"#)).unwrap_err().contains("asm fetching password"));
+        assert!(
+            parse_asm_value(Some(r#"{"username":"u"}"#))
+                .unwrap_err()
+                .contains("asm fetching password")
+        );
         assert!(format!("{:?}", creds("u", "hunter2")).contains("***"));
         assert!(!format!("{:?}", creds("u", "hunter2")).contains("hunter2"));
     }

@@ -23,8 +23,8 @@ use crate::action_log::say;
 use crate::container_config::{ContainerInputs, NetworkPlacement, VolumeSource, plan_container};
 use crate::control_plane::{ContainerReport, ControlPlane, TaskReport, persist};
 use crate::docker_events::ContainerExit;
-use crate::pull::{Credentials, ImageState, Outcome, PullBehavior, parse_asm_value};
 use crate::naming::{LABEL_CONTAINER_NAME, LABEL_TASK_ARN, LABEL_VOLUME_NAME, TaskIdentity, task_id};
+use crate::pull::{Credentials, ImageState, Outcome, PullBehavior, parse_asm_value};
 use crate::start_order::{Progress, Readiness, StartOrder, declared_dependencies};
 
 /// What ECS wants of a task, as the instance loop last saw it.
@@ -363,12 +363,10 @@ impl TaskRun {
                     "asm resource: unable to find execution role credentials".into(),
                 ));
             }
-            let value = self
-                .agent
-                .ecs
-                .secret_string(&secret)
-                .await
-                .map_err(|e| StopCause::Failed(format!("asm fetching secret from the service for {secret}: {e}")))?;
+            let value =
+                self.agent.ecs.secret_string(&secret).await.map_err(|e| {
+                    StopCause::Failed(format!("asm fetching secret from the service for {secret}: {e}"))
+                })?;
             let credentials = parse_asm_value(value.as_deref()).map_err(StopCause::Failed)?;
             say!(
                 "task {}: registry credentials for {} read from secret {secret}",
