@@ -17,7 +17,8 @@ use ecs_executor_tests::standin::{AgentProcess, Registry, Standin, cluster_with_
 
 const KEEP_ALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done";
 const EXECUTION_ROLE: &str = "arn:aws:iam::123456789012:role/ecs-executor-task-execution";
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// A generous bound: a loaded 2-core machine (load 20+) took 10 s for one pull.
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A cluster with one container instance and an agent stand-in of its own.
 struct OwnCluster {
