@@ -214,7 +214,9 @@ mod tests {
         );
         assert_eq!(refused.blame, crate::failure::Blame::Build);
         assert!(
-            refused.message.contains("registry registry.example.com:5050 refused the credentials from job payload")
+            refused
+                .message
+                .contains("registry registry.example.com:5050 refused the credentials from job payload")
                 && refused.message.contains("\"gitlab-ci-token\"")
                 && !refused.message.contains("job-token-value"),
             "{}",
@@ -223,7 +225,9 @@ mod tests {
         let none = before_running(
             &spec,
             &JobRegistryAuth::default(),
-            &stopped("CannotPullContainerError: Error response from daemon: Head \"https://r/v2/x\": no basic auth credentials"),
+            &stopped(
+                "CannotPullContainerError: Error response from daemon: Head \"https://r/v2/x\": no basic auth credentials",
+            ),
         );
         assert_eq!(none.blame, crate::failure::Blame::Build);
         assert!(none.message.contains("the job has none for it"), "{}", none.message);
@@ -231,7 +235,9 @@ mod tests {
         let down = before_running(
             &spec,
             &auth,
-            &stopped("CannotPullContainerError: Error response from daemon: Get \"https://registry.example.com:5050/v2/\": dial tcp 10.0.0.9:5050: i/o timeout"),
+            &stopped(
+                "CannotPullContainerError: Error response from daemon: Get \"https://registry.example.com:5050/v2/\": dial tcp 10.0.0.9:5050: i/o timeout",
+            ),
         );
         assert_eq!(down.blame, crate::failure::Blame::System);
         assert!(down.message.contains("could not be reached"), "{}", down.message);
@@ -242,7 +248,11 @@ mod tests {
             &stopped("asm fetching secret from the service for x: AccessDeniedException: not authorized"),
         );
         assert_eq!(unread.blame, crate::failure::Blame::System);
-        assert!(unread.message.contains("secretsmanager:GetSecretValue"), "{}", unread.message);
+        assert!(
+            unread.message.contains("secretsmanager:GetSecretValue"),
+            "{}",
+            unread.message
+        );
     }
 
     #[test]

@@ -126,42 +126,59 @@ impl OwnCluster {
         }
     }
 
-    /// Removes what the agent left on this cluster, then the cluster.
+    /// Removes what the agent left on this cluster, then the cluster (also when the test
+    /// failed: `Drop`).
     async fn finish(self) {
-        let docker = self.standin.docker();
-        let filters = std::collections::HashMap::from([(
-            "label".to_string(),
-            vec![format!("com.amazonaws.ecs.cluster={}", self.standin.cluster)],
-        )]);
-        let list = docker
-            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .unwrap_or_default();
-        for c in list {
-            let _ = docker
-                .remove_container(
-                    &c.id.unwrap_or_default(),
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
+        drop(self);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let (standin, ecs, instance) = (self.standin.clone(), self.ecs.clone(), self.instance_arn.clone());
+        // Drop may run inside the test's runtime: a thread with a runtime of its own.
+        let cleaned = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let docker = standin.docker();
+                let filters = std::collections::HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("com.amazonaws.ecs.cluster={}", standin.cluster)],
+                )]);
+                let list = docker
+                    .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                        all: true,
+                        filters: Some(filters),
                         ..Default::default()
-                    }),
-                )
-                .await;
-        }
-        let _ = self
-            .ecs
-            .deregister_container_instance()
-            .cluster(&self.standin.cluster)
-            .container_instance(&self.instance_arn)
-            .force(true)
-            .send()
-            .await;
-        let _ = self.ecs.delete_cluster().cluster(&self.standin.cluster).send().await;
+                    }))
+                    .await
+                    .unwrap_or_default();
+                for c in list {
+                    let _ = docker
+                        .remove_container(
+                            &c.id.unwrap_or_default(),
+                            Some(RemoveContainerOptions {
+                                force: true,
+                                v: true,
+                                ..Default::default()
+                            }),
+                        )
+                        .await;
+                }
+                let _ = ecs
+                    .deregister_container_instance()
+                    .cluster(&standin.cluster)
+                    .container_instance(&instance)
+                    .force(true)
+                    .send()
+                    .await;
+                let _ = ecs.delete_cluster().cluster(&standin.cluster).send().await;
+            });
+        });
+        let _ = cleaned.join();
     }
 }
 
