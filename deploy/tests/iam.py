@@ -5,7 +5,8 @@ Usage: iam.py POLICY_JSON REPO_ROOT (prints the moto port protocol below)
 1. From the code: every ECS/EC2/Secrets Manager operation host/src calls (SDK method names matched against
    botocore's operation list) has an Allow in the policy, and every Allow'd action is one the
    code calls, or a dependent action the code makes necessary (ecs:TagResource for the `tags`
-   RunTask/RegisterTaskDefinition send, iam:PassRole for task_role_arn/execution_role_arn).
+   RunTask/RegisterTaskDefinition send, iam:PassRole for task_role_arn/execution_role_arn);
+   the executor's access-denied messages name each action's statement as the policy does.
 2. Against moto's IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT): one user with the whole
    policy and one per Allow statement with that statement removed; every action of the
    removed statement must then be refused with AccessDenied naming it, and none refused with
@@ -71,6 +72,14 @@ missing = code_actions - allowed
 extra = allowed - code_actions - set(dependent)
 check(not missing, f"every operation host/src calls is allowed ({len(code_actions)}): missing {sorted(missing)}")
 check(not extra, f"every allowed action is called by host/src or dependent: extra {sorted(extra)}")
+
+# The executor's access-denied messages name the statement that allows the denied action
+# (host/src/aws.rs RUNNER_POLICY_STATEMENTS): that table must be this policy's.
+aws_rs = source[root / "host/src/aws.rs"]
+table = dict(re.findall(r'\("([a-z0-9]+:[A-Za-z]+)", "([A-Za-z]+)"\)', aws_rs.split("RUNNER_POLICY_STATEMENTS", 1)[1].split("];", 1)[0]))
+by_policy = {a: s["Sid"] for s in allows for a in actions(s)}
+check(table == by_policy, f"host/src/aws.rs names each action's statement as the policy does ({len(table)} actions): "
+      f"differs {sorted(set(table.items()) ^ set(by_policy.items()))}")
 
 # ---- 2. moto's IAM enforcement ----
 EXAMPLE_TD = "ecs-executor-0123456789abcdef:1"

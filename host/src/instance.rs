@@ -65,7 +65,7 @@ impl ContainerInstance {
             .await
             .map_err(|e| InstanceError::Ec2 {
                 instance_id: instance_id.clone(),
-                message: describe_sdk_error(&e),
+                message: describe_sdk_error("ec2:DescribeInstances", &e),
             })?;
         let instance = out
             .reservations()

@@ -8,19 +8,18 @@
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 
 use crate::failure::Failure;
 use crate::registry_auth::RegistrySecret;
 
+/// The SDK error as every AWS error of the executor is worded (`aws::describe_sdk_error`:
+/// an access-denied one names the action and its runner-policy statement).
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    action: &str,
     e: &aws_sdk_secretsmanager::error::SdkError<E>,
 ) -> String {
-    match (e.code(), e.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_string(),
-        _ => DisplayErrorContext(e).to_string().replace('\n', " "),
-    }
+    crate::aws::describe_sdk_error(action, e)
 }
 
 /// Writes a registry secret: CreateSecret, or PutSecretValue when it exists (a cleanup that
@@ -41,7 +40,7 @@ pub async fn write(client: &Client, secret: &RegistrySecret) -> Result<(), Failu
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(|e| describe("secretsmanager:PutSecretValue", &e))
     };
     let mut attempt = 0;
     loop {
@@ -62,17 +61,17 @@ pub async fn write(client: &Client, secret: &RegistrySecret) -> Result<(), Failu
         };
         match e.code() {
             Some("ResourceExistsException") => return put().await.map_err(|e| fail("PutSecretValue", e)),
-            Some("InvalidRequestException") if describe(&e).contains("deletion") => {
+            Some("InvalidRequestException") if e.message().is_some_and(|m| m.contains("deletion")) => {
                 // Deleted a moment ago (deletion is asynchronous) or scheduled for deletion.
                 if client.restore_secret().secret_id(&secret.name).send().await.is_ok() {
                     return put().await.map_err(|e| fail("PutSecretValue", e));
                 }
                 if attempt >= 5 {
-                    return Err(fail("CreateSecret", describe(&e)));
+                    return Err(fail("CreateSecret", describe("secretsmanager:CreateSecret", &e)));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            _ => return Err(fail("CreateSecret", describe(&e))),
+            _ => return Err(fail("CreateSecret", describe("secretsmanager:CreateSecret", &e))),
         }
     }
 }
@@ -92,7 +91,7 @@ pub async fn delete(client: &Client, name: &str) -> Result<(), Failure> {
         Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
         Err(e) => Err(Failure::system(format!(
             "deleting the registry secret {name}: {} (the runner needs secretsmanager:DeleteSecret on it)",
-            describe(&e)
+            describe("secretsmanager:DeleteSecret", &e)
         ))),
     }
 }
@@ -120,7 +119,7 @@ pub async fn list(client: &Client, prefix: &str) -> Result<Vec<SecretSummary>, F
             .map_err(|e| {
                 Failure::system(format!(
                     "listing registry secrets {prefix}*: {} (gc needs secretsmanager:ListSecrets)",
-                    describe(&e)
+                    describe("secretsmanager:ListSecrets", &e)
                 ))
             })?;
         for s in page.secret_list() {

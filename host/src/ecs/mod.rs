@@ -45,11 +45,11 @@ impl Classify for EcsError {
 
 fn api<E, R>(action: &'static str) -> impl FnOnce(aws_sdk_ecs::error::SdkError<E, R>) -> EcsError
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + aws_sdk_ecs::error::ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
     move |e| {
-        let message = describe_sdk_error(&e);
+        let message = describe_sdk_error(&format!("ecs:{action}"), &e);
         if message.contains("ThrottlingException") || message.contains("Rate exceeded") {
             crate::metrics::aws_throttle(action);
         }
