@@ -20,6 +20,7 @@ mod aws;
 mod docker;
 mod ecs;
 mod instance;
+mod instance_cache;
 // How stages run, what is kept between steps, what the job log is told.
 mod joblog;
 mod metrics;

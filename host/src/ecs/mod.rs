@@ -6,10 +6,12 @@
 //! - `tasks`: running, describing, stopping and listing tasks, and waiting for one to run;
 //! - `poller`: one DescribeTasks poller per runner host for every prepare that waits;
 //! - `budget`: a host-wide token bucket per ECS throttling category;
+//! - `capacity`: waiting, visibly and within a limit, while the cluster has no room;
 //! - `cluster`: the cluster and its container instances;
 //! - `stop_reason`: ECS's words on why a task stopped, as the job log tells them.
 
 pub mod budget;
+pub mod capacity;
 pub mod cluster;
 pub mod poller;
 pub mod stop_reason;
