@@ -1,4 +1,4 @@
-//! AWS clients for ECS and EC2: region, endpoint override, credentials and retry policy, in
+//! AWS clients for ECS, EC2 and Secrets Manager: region, endpoint override, credentials and retry policy, in
 //! one place. `prepare` and `cleanup` load this; a `run` stage only when it runs longer than
 //! `[aws] stage_watch_secs` (to watch its task) or when it ended for want of its container.
 
@@ -13,6 +13,8 @@ use crate::config::Config;
 pub struct AwsClients {
     pub ecs: aws_sdk_ecs::Client,
     pub ec2: aws_sdk_ec2::Client,
+    /// Registry secrets (`registry_secrets`); no call unless a job's image needs a login.
+    pub secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl AwsClients {
@@ -53,6 +55,7 @@ impl AwsClients {
         AwsClients {
             ecs: aws_sdk_ecs::Client::new(&shared),
             ec2: aws_sdk_ec2::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
         }
     }
 }
@@ -129,6 +132,11 @@ pub const RUNNER_POLICY_STATEMENTS: &[(&str, &str)] = &[
     ("ecs:ListTaskDefinitions", "TaskDefinitionsNoResourceLevel"),
     ("ecs:ListTaskDefinitionFamilies", "TaskDefinitionsNoResourceLevel"),
     ("ecs:TagResource", "TagOnCreate"),
+    ("secretsmanager:CreateSecret", "RegistrySecrets"),
+    ("secretsmanager:PutSecretValue", "RegistrySecrets"),
+    ("secretsmanager:RestoreSecret", "RegistrySecrets"),
+    ("secretsmanager:DeleteSecret", "RegistrySecrets"),
+    ("secretsmanager:ListSecrets", "ListRegistrySecrets"),
     ("ec2:DescribeInstances", "Instances"),
     ("iam:PassRole", "PassRole"),
 ];

@@ -101,6 +101,14 @@ impl JobContext {
                         .map(|(_, v)| v)
                         .filter(|v| v.len() >= 4),
                 )
+                // Registry passwords, also those decoded from a DOCKER_AUTH_CONFIG `auth`.
+                .chain(
+                    crate::registry_auth::job_logins(response)
+                        .passwords()
+                        .filter(|p| p.len() >= 4)
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
+                )
                 .collect(),
         })
     }

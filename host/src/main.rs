@@ -9,6 +9,8 @@
 mod config;
 mod job;
 mod protocol;
+mod registry_auth;
+mod registry_secrets;
 // The task the job gets, shaped by site plugins.
 mod plugins;
 mod services;

@@ -109,6 +109,31 @@ pub struct JobResponse {
     /// gitlab-runner writes Go's nil slice as `null` (a job without services).
     #[serde(deserialize_with = "null_as_empty")]
     pub services: Vec<JobService>,
+    /// GitLab's logins for the job (type `registry`: its container registry with the job
+    /// token). Secret: never printed, never sent anywhere but into a registry secret.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub credentials: Vec<JobCredentials>,
+}
+
+/// A `credentials[]` entry of the job response. `Debug` never shows the password.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobCredentials {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for JobCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "JobCredentials {{ kind: {:?}, url: {:?}, username: {:?}, password: *** }}",
+            self.kind, self.url, self.username
+        )
+    }
 }
 
 /// A JSON `null` where a list belongs: Go's `encoding/json` writes nil slices that way.
@@ -256,6 +281,12 @@ impl JobResponse {
             .iter()
             .filter(|v| (v.masked || v.file || !v.public) && v.value.len() >= 4)
             .map(|v| v.value.as_str())
+            .chain(
+                self.credentials
+                    .iter()
+                    .map(|c| c.password.as_str())
+                    .filter(|p| p.len() >= 4),
+            )
             .collect()
     }
 }

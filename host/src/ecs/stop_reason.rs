@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::tasks::TaskStatus;
 use crate::config::Config;
 use crate::failure::Failure;
+use crate::registry_auth::{self, JobRegistryAuth};
 use crate::task::TaskSpec;
 
 impl TaskStatus {
@@ -45,11 +46,22 @@ impl TaskStatus {
 }
 
 /// Why the task stopped before RUNNING, in words a user understands, with ECS's reason quoted.
-/// An image that does not exist is the job's failure (as with GitLab's Docker executor); a
-/// pull that failed for reasons that may pass (throttling, timeouts) is a system failure, so
-/// gitlab-runner retries.
-pub fn before_running(spec: &TaskSpec, status: &TaskStatus) -> Failure {
+/// An image that does not exist, or a registry that refuses the job's credentials (or asks
+/// for some and the job has none), is the job's failure (as with GitLab's Docker executor); a
+/// pull that failed for reasons that may pass (throttling, timeouts, a registry that cannot be
+/// reached) is a system failure, so gitlab-runner retries. ECS not reading a registry secret
+/// is ours (the execution role). No password is in any of it: the task definition holds only
+/// secret names, and the caller redacts the job's secrets from the message as well.
+pub fn before_running(spec: &TaskSpec, registry: &JobRegistryAuth, status: &TaskStatus) -> Failure {
     let why = status.stop_explanation();
+    if why.contains("asm fetching") || why.contains("asm resource") {
+        let secrets: Vec<&str> = registry.secrets.iter().map(|s| s.name.as_str()).collect();
+        return Failure::system(format!(
+            "ECS could not read the job's registry credentials from Secrets Manager ({}); the task's \
+             execution role needs secretsmanager:GetSecretValue on them (docs/security.md). ECS says: {why}",
+            secrets.join(", ")
+        ));
+    }
     let pull_failed = |text: &str| text.contains("CannotPullContainerError");
     if !pull_failed(&why) {
         return Failure::system(format!("ECS stopped the task before it ran: {why}"));
@@ -66,12 +78,49 @@ pub fn before_running(spec: &TaskSpec, status: &TaskStatus) -> Failure {
         .find(|c| c.name == failed_container)
         .map(|c| c.image.as_str())
         .unwrap_or("?");
-    let message = format!("the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}");
-    if pull_error_is_transient(&why) {
-        Failure::system(message)
-    } else {
-        Failure::build(message)
+    let host = registry_auth::registry_host(image);
+    let used = registry.of_container(failed_container);
+    if pull_error_is_auth(&why) {
+        let whose = match used {
+            Some(p) => format!(
+                "registry {host} refused the credentials from {} (user {:?}) for it",
+                p.source, p.username
+            ),
+            None => format!(
+                "registry {host} asks for credentials and the job has none for it \
+                 (DOCKER_AUTH_CONFIG, the runner's Docker config or the job's registry credentials)"
+            ),
+        };
+        return Failure::build(format!(
+            "the image {image:?} (container {failed_container}) could not be pulled: {whose}. ECS says: {why}"
+        ));
     }
+    if pull_error_is_transient(&why) {
+        return Failure::system(format!(
+            "the image {image:?} (container {failed_container}) could not be pulled: registry {host} \
+             could not be reached or failed (this may pass; gitlab-runner retries). ECS says: {why}"
+        ));
+    }
+    Failure::build(format!(
+        "the image {image:?} (container {failed_container}) could not be pulled. ECS says: {why}"
+    ))
+}
+
+/// The registry refused the request for want of (valid) credentials or access: Docker's
+/// words for 401/403 answers of a registry.
+fn pull_error_is_auth(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied: ",
+        "access to the resource is denied",
+        "incorrect username or password",
+        "403 forbidden",
+    ]
+    .iter()
+    .any(|p| r.contains(p))
 }
 
 fn pull_error_is_transient(reason: &str) -> bool {
@@ -169,6 +218,88 @@ mod tests {
         ));
     }
 
+    fn stopped(reason: &str) -> TaskStatus {
+        TaskStatus {
+            last_status: "STOPPED".into(),
+            stopped_reason: Some(reason.into()),
+            containers: vec![ContainerStatus {
+                name: "build".into(),
+                reason: Some(reason.into()),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registry_refusals_are_the_jobs_unreachable_registries_and_unread_secrets_are_ours() {
+        let config = Config::parse(
+            "cluster='c'\nregion='us-east-1'\nhelper_image='helper:1'\nexecution_role_arn='arn:aws:iam::1:role/x'\n\
+             [docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let job = JobContext::for_tests("registry.example.com:5050/g/app:1");
+        let mut spec = TaskSpec::for_job(&config, &job);
+        let logins = crate::registry_auth::Logins::resolve(
+            None,
+            None,
+            &[crate::protocol::JobCredentials {
+                kind: "registry".into(),
+                url: "registry.example.com:5050".into(),
+                username: "gitlab-ci-token".into(),
+                password: "job-token-value".into(),
+            }],
+        );
+        let (auth, _) = crate::registry_auth::attach(&config, &job, "project-1/slot-0", &logins, &mut spec);
+
+        let refused = before_running(
+            &spec,
+            &auth,
+            &stopped("CannotPullContainerError: Error response from daemon: unauthorized: authentication required"),
+        );
+        assert_eq!(refused.blame, crate::failure::Blame::Build);
+        assert!(
+            refused
+                .message
+                .contains("registry registry.example.com:5050 refused the credentials from job payload")
+                && refused.message.contains("\"gitlab-ci-token\"")
+                && !refused.message.contains("job-token-value"),
+            "{}",
+            refused.message
+        );
+        let none = before_running(
+            &spec,
+            &JobRegistryAuth::default(),
+            &stopped(
+                "CannotPullContainerError: Error response from daemon: Head \"https://r/v2/x\": no basic auth credentials",
+            ),
+        );
+        assert_eq!(none.blame, crate::failure::Blame::Build);
+        assert!(none.message.contains("the job has none for it"), "{}", none.message);
+
+        let down = before_running(
+            &spec,
+            &auth,
+            &stopped(
+                "CannotPullContainerError: Error response from daemon: Get \"https://registry.example.com:5050/v2/\": dial tcp 10.0.0.9:5050: i/o timeout",
+            ),
+        );
+        assert_eq!(down.blame, crate::failure::Blame::System);
+        assert!(down.message.contains("could not be reached"), "{}", down.message);
+
+        let unread = before_running(
+            &spec,
+            &auth,
+            &stopped("asm fetching secret from the service for x: AccessDeniedException: not authorized"),
+        );
+        assert_eq!(unread.blame, crate::failure::Blame::System);
+        assert!(
+            unread.message.contains("secretsmanager:GetSecretValue"),
+            "{}",
+            unread.message
+        );
+    }
+
     #[test]
     fn a_task_stopped_under_a_stage_names_ecs_stop_code_and_reason() {
         let status = TaskStatus {
@@ -249,7 +380,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let f = before_running(&spec, &status);
+        let f = before_running(&spec, &JobRegistryAuth::default(), &status);
         assert_eq!(f.blame, crate::failure::Blame::Build);
         assert!(
             f.message.contains("\"nosuch:1\"") && f.message.contains("not found"),

@@ -49,8 +49,9 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
     }
 
     let mut launched: Option<JobState> = None;
+    let mut secrets_written: Vec<String> = Vec::new();
     let result = tokio::select! {
-        r = launch(config, (&job, &response, &plugins), &store, &ecs, &clients, &mut launched) => r,
+        r = launch(config, (&job, &response, &plugins), &store, &ecs, &clients, (&mut launched, &mut secrets_written)) => r,
         () = shutdown => Err(Failure::system("prepare was interrupted (SIGTERM); the task is being stopped")),
     };
     match result {
@@ -66,6 +67,13 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
                 }
                 let _ = store.remove(&job.key);
                 log_note(format!("stopped {}", state.task_arn));
+            }
+            for name in &secrets_written {
+                if crate::registry_secrets::delete(&clients.secrets, name).await.is_err() {
+                    log_note(format!(
+                        "registry secret {name} not deleted; `ecs-executor gc` removes it"
+                    ));
+                }
             }
             // Error texts can quote ECS or Docker, which may echo what the job gave them.
             Err(Failure {
@@ -93,11 +101,12 @@ async fn launch(
     store: &StateStore,
     ecs: &Ecs,
     clients: &AwsClients,
-    launched: &mut Option<JobState>,
+    (launched, secrets_written): (&mut Option<JobState>, &mut Vec<String>),
 ) -> Result<(), Failure> {
     let task = JobTask::build(config, job, response, plugins)?;
     let td = task_definition(config, job, store, ecs, &task).await?;
-    let mut state = run_task(config, job, store, ecs, &td, launched).await?;
+    write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
+    let mut state = run_task(config, job, store, ecs, &td, launched, secrets_written).await?;
     // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
     let shared = config.aws.shared_polling.then(|| store.dir());
     let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
@@ -165,6 +174,37 @@ async fn task_definition(
     Ok(td)
 }
 
+/// The job's registry logins, written to their secrets before RunTask (the agent reads them
+/// when the task starts). One line in the job log, naming registries and users, never a
+/// password.
+async fn write_registry_secrets(
+    client: &aws_sdk_secretsmanager::Client,
+    task: &JobTask,
+    written: &mut Vec<String>,
+) -> Result<(), Failure> {
+    if task.registry.secrets.is_empty() {
+        return Ok(());
+    }
+    let phase = Instant::now();
+    let _timer = PhaseTimer("registry_secrets", phase);
+    for secret in &task.registry.secrets {
+        crate::registry_secrets::write(client, secret).await?;
+        written.push(secret.name.clone());
+    }
+    let mut pulls: Vec<String> = task
+        .registry
+        .pulls
+        .iter()
+        .map(|p| format!("{} ({} from {} as {})", p.image, p.registry, p.source, p.username))
+        .collect();
+    pulls.dedup();
+    log_phase(
+        phase,
+        format_args!("registry credentials for {} in Secrets Manager", pulls.join(", ")),
+    );
+    Ok(())
+}
+
 /// Phase 2, the task: RunTask (waiting while the cluster is full), then the job's state file.
 /// Tags identify runner, project and job; no job variable goes to ECS.
 async fn run_task(
@@ -174,6 +214,7 @@ async fn run_task(
     ecs: &Ecs,
     td: &TaskDefinitionUse,
     launched: &mut Option<JobState>,
+    registry_secrets: &[String],
 ) -> Result<JobState, Failure> {
     let phase = Instant::now();
     let _timer = PhaseTimer("run_task", phase);
@@ -198,6 +239,7 @@ async fn run_task(
     };
     let mut state = JobState::new(job.key.job_id, ecs.cluster(), &placed.arn, &td.arn, per_job);
     state.container_instance_arn = placed.container_instance_arn;
+    state.registry_secrets = registry_secrets.to_vec();
     // Known to the failure path before the save: a state dir that cannot take the file must
     // not leave the task running.
     *launched = Some(state.clone());
@@ -309,7 +351,9 @@ async fn wait_until_running(
         .await;
     let running = match waited {
         Ok(running) => running,
-        Err(WaitError::Stopped(status)) => return Err(stop_reason::before_running(&task.spec, &status)),
+        Err(WaitError::Stopped(status)) => {
+            return Err(stop_reason::before_running(&task.spec, &task.registry, &status));
+        }
         Err(WaitError::Other(f)) => return Err(f),
     };
     let shared = if watch.is_shared() {

@@ -1610,17 +1610,22 @@ AUTH_ERRORS = {
     ("ec2", "AccessDenied"): ("UnauthorizedOperation", 403),
     ("ec2", "InvalidClientTokenId"): ("AuthFailure", 401),
     ("ec2", "SignatureDoesNotMatch"): ("AuthFailure", 401),
+    # Secrets Manager speaks JSON 1.1 as ECS does, with the same codes.
+    ("secretsmanager", "AccessDenied"): ("AccessDeniedException", 400),
+    ("secretsmanager", "InvalidClientTokenId"): ("UnrecognizedClientException", 400),
+    ("secretsmanager", "SignatureDoesNotMatch"): ("InvalidSignatureException", 400),
 }
 
 
 def auth_error_in_protocol(service: str, action: str | None, protocol: str, status: int,
                            headers: list[tuple[str, str]], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-    """moto's IAM refusal of an ECS or EC2 call, answered as that service answers it: ECS JSON
+    """moto's IAM refusal of an ECS, EC2 or Secrets Manager call, answered as that service
+    answers it: ECS (and Secrets Manager) JSON
     `AccessDeniedException` ("User: ... is not authorized to perform: ecs:RunTask because no
     identity-based policy allows the ecs:RunTask action"), EC2 XML `UnauthorizedOperation`
     ("You are not authorized to perform this operation. User: ..."). Anything else unchanged."""
     m = re.search(rb"<Code>([^<]+)</Code>\s*<Message>([^<]*)</Message>", body)
-    if not m or service not in ("ecs", "ec2"):
+    if not m or service not in ("ecs", "ec2", "secretsmanager"):
         return status, headers, body
     from xml.sax.saxutils import unescape
 

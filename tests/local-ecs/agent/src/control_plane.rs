@@ -121,6 +121,8 @@ pub struct InstanceRow {
 pub struct ControlPlane {
     client: aws_sdk_ecs::Client,
     ec2: aws_sdk_ec2::Client,
+    /// Secrets Manager (the same moto), for `repositoryCredentials`.
+    secrets: aws_sdk_secretsmanager::Client,
     cluster: String,
     definitions: Mutex<HashMap<String, TaskDefinition>>,
 }
@@ -154,6 +156,7 @@ impl ControlPlane {
         ControlPlane {
             client: aws_sdk_ecs::Client::new(&shared),
             ec2: aws_sdk_ec2::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
             cluster: cluster.to_string(),
             definitions: Mutex::default(),
         }
@@ -279,6 +282,19 @@ impl ControlPlane {
         })?;
         self.definitions.lock().unwrap().insert(arn.to_string(), def.clone());
         Ok(def)
+    }
+
+    /// A secret's `SecretString` (GetSecretValue, AWSCURRENT), as the agent reads a
+    /// `repositoryCredentials` secret. The error text is `<code>: <message>` as AWS SDKs print it.
+    pub async fn secret_string(&self, secret_id: &str) -> Result<Option<String>, String> {
+        match self.secrets.get_secret_value().secret_id(secret_id).send().await {
+            Ok(out) => Ok(out.secret_string().map(String::from)),
+            Err(e) => Err(match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                _ => DisplayErrorContext(&e).to_string().replace('\n', " "),
+            }),
+        }
     }
 
     pub async fn submit_task(&self, report: &TaskReport) -> Result<(), CallError> {

@@ -20,6 +20,7 @@ mod docker_listener;
 mod image_ref;
 mod instance;
 mod naming;
+mod pull;
 mod settings;
 mod start_order;
 mod task_run;
@@ -36,8 +37,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::action_log::say;
 use crate::control_plane::ControlPlane;
 use crate::docker_events::ExitRoutes;
+use crate::pull::{EngineAuth, ImageState, PullBehavior};
 use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
-use crate::task_run::{Agent, Latency};
+use crate::task_run::{Agent, Latency, PullSettings};
 
 /// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
 const DOCKER_API: ClientVersion = ClientVersion {
@@ -185,11 +187,28 @@ async fn main() -> anyhow::Result<()> {
         latency.start,
         latency.report
     );
+    // The agent's own settings, read from its environment as the agent reads /etc/ecs/ecs.config.
+    let env = |name: &str| std::env::var(name).ok();
+    let behavior = PullBehavior::parse(&env("ECS_IMAGE_PULL_BEHAVIOR").unwrap_or_default())?;
+    let engine_auth = EngineAuth::parse(
+        env("ECS_ENGINE_AUTH_TYPE").as_deref(),
+        env("ECS_ENGINE_AUTH_DATA").as_deref(),
+    )?;
+    say!(
+        "image pull behaviour {}; engine auth data {}; images are pulled from loopback registries only",
+        behavior.as_str(),
+        if engine_auth.is_empty() { "none" } else { "set" }
+    );
     let agent = Arc::new(Agent {
         ecs,
         docker: docker.clone(),
         cluster: settings.cluster.clone(),
         latency,
+        pull: PullSettings {
+            behavior,
+            engine_auth,
+            images: ImageState::default(),
+        },
     });
     let routes = ExitRoutes::default();
 
