@@ -279,6 +279,7 @@ fn tail_lines(text: &str, n: usize) -> String {
 
 /// A test config on our moto and cluster with the credentials of `user`; `[gc]` collects a
 /// task definition as soon as no job uses it, so one `gc` reaches every call it can make.
+/// The base config (the stand-in's executor.toml) has an `[aws]` table.
 fn config_text(base: &str, own: &OwnEcs, user: &str) -> String {
     let (id, secret) = own.keys(user);
     let mut out: Vec<String> = Vec::new();
@@ -289,6 +290,9 @@ fn config_text(base: &str, own: &OwnEcs, user: &str) -> String {
             "endpoint_url" => format!("endpoint_url = \"{}\"", own.endpoint),
             "access_key_id" => format!("access_key_id = \"{id}\""),
             "secret_access_key" => format!("secret_access_key = \"{secret}\""),
+            // prepare then asks ECS for RUNNING instead of taking Docker's word first, so
+            // the one job makes DescribeTasks (the fallback and the stage watch need it too).
+            "[aws]" => "[aws]\nwait_for_ecs_running = true".to_string(),
             _ => line.to_string(),
         });
     }
