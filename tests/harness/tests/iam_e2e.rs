@@ -415,11 +415,17 @@ fn denied_in(output: &str) -> Vec<(String, String)> {
 /// notices when moto learns them).
 const NOT_ASKED_BY_MOTO: &[&str] = &["ecs:TagResource", "iam:PassRole"];
 
+/// prepare waits for ECS's RUNNING (DescribeTasks), as it does where Docker cannot tell: by
+/// default Docker's word ends the wait and a quick job never calls DescribeTasks.
+fn waits_for_ecs_running(text: String) -> String {
+    text.replace("[aws]", "[aws]\nwait_for_ecs_running = true")
+}
+
 #[test]
 fn the_runner_policy_is_exactly_enough_for_whole_jobs_gc_and_check() {
     let started = Instant::now();
     let standin = Standin::require();
-    let e = E2e::new("iam");
+    let e = E2e::with_config_edit("iam", waits_for_ecs_running);
     let own = OwnEcs::start(&standin, &e.dir);
     let setup_secs = started.elapsed().as_secs_f64();
     let allows = own.allows();
@@ -459,7 +465,7 @@ fn the_runner_policy_is_exactly_enough_for_whole_jobs_gc_and_check() {
     let mut unproven = Vec::new();
     let mut table: BTreeMap<String, String> = BTreeMap::new();
     for (sid, actions) in &allows {
-        let variant = E2e::new(&format!("iam-{}", sid.to_lowercase()));
+        let variant = E2e::with_config_edit(&format!("iam-{}", sid.to_lowercase()), waits_for_ecs_running);
         let refusals = run_everything(&variant, &own, &format!("without:{sid}"));
         let testable = actions.iter().any(|a| !NOT_ASKED_BY_MOTO.contains(&a.as_str()));
         if !testable {
