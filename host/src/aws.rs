@@ -1,5 +1,6 @@
 //! AWS clients for ECS and EC2: region, endpoint override, credentials and retry policy, in
-//! one place. Only `prepare` and `cleanup` load this; `run` stages never touch AWS.
+//! one place. `prepare` and `cleanup` load this; a `run` stage only when it runs longer than
+//! `[aws] stage_watch_secs` (to watch its task) or when it ended for want of its container.
 
 use std::time::Duration;
 

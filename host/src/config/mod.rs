@@ -257,6 +257,12 @@ impl Config {
         if !(self.aws.rate_share > 0.0 && self.aws.rate_share <= 1.0) {
             return Err(invalid("aws.rate_share", "must be more than 0 and at most 1".into()));
         }
+        if self.aws.stage_watch_secs > 3600 {
+            return Err(invalid(
+                "aws.stage_watch_secs",
+                "must be at most 3600 (0 switches the watch off)".into(),
+            ));
+        }
         if self.aws.max_attempts == 0 || self.aws.max_attempts > 20 {
             return Err(invalid("aws.max_attempts", "must be between 1 and 20".into()));
         }
@@ -475,11 +481,26 @@ key_file = "/etc/ecs-executor/key.pem"
         assert_eq!(c.services.max_per_job, 10);
         assert_eq!(c.services.wait_timeout_secs, 30);
         assert!(c.services.allowed_images.is_empty());
+        assert_eq!(c.aws.stage_watch_secs, 5);
         // The capacity wait follows the start timeout unless set.
         assert_eq!(c.capacity_wait(), std::time::Duration::from_secs(600));
         assert_eq!(c.capacity_note_every(), std::time::Duration::from_secs(30));
         let c = parse(&MINIMAL.replacen("region", "capacity_wait_secs = 1200\nregion", 1)).unwrap();
         assert_eq!(c.capacity_wait(), std::time::Duration::from_secs(1200));
+    }
+
+    #[test]
+    fn stage_watch_is_checked() {
+        let c = parse(&format!("{MINIMAL}\n[aws]\nstage_watch_secs = 0\n")).unwrap();
+        assert_eq!(c.aws.stage_watch_secs, 0);
+        let err = parse(&format!("{MINIMAL}\n[aws]\nstage_watch_secs = 86400\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aws.stage_watch_secs"), "{err}");
+        let err = parse(&format!("{MINIMAL}\n[aws]\nstage_watch_secs = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stage_watch_secs"), "{err}");
     }
 
     #[test]

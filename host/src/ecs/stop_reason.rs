@@ -8,6 +8,22 @@ use crate::failure::Failure;
 use crate::task::TaskSpec;
 
 impl TaskStatus {
+    /// ECS stopped the task or is stopping it (desired STOPPED). A MISSING task is not: ECS
+    /// keeps stopped tasks for an hour, so MISSING says nothing about an instance's loss.
+    pub fn is_stopped(&self) -> bool {
+        !self.missing && (self.desired_status == "STOPPED" || self.last_status == "STOPPED")
+    }
+
+    /// ECS's words and its stop code (`TerminationNotice`, `UserInitiated`, ...), which retry
+    /// policies and admins key on.
+    pub fn explanation_with_code(&self) -> String {
+        let words = self.stop_explanation();
+        match self.stop_code.as_deref() {
+            Some(code) if !words.contains(code) => format!("{words} (stop code {code})"),
+            _ => words,
+        }
+    }
+
     /// ECS's own words on why the task stopped: the task's reason and any container reasons.
     pub fn stop_explanation(&self) -> String {
         let mut parts = Vec::new();
@@ -74,6 +90,37 @@ fn pull_error_is_transient(reason: &str) -> bool {
     true
 }
 
+/// ECS stopped the task under a running stage (its instance drained and terminated, a spot
+/// interruption, StopTask): a system failure naming ECS's stop code and reason, so
+/// gitlab-runner's retry policy can act. `place` names the stage, container and task.
+pub fn during_stage(place: &str, status: &TaskStatus) -> Failure {
+    let what = if status.last_status == "STOPPED" {
+        "ECS stopped the task"
+    } else {
+        "ECS is stopping the task"
+    };
+    Failure::system(format!(
+        "{place}: {what} while the stage ran (stop code {}). ECS says: {}. The stage's output after this \
+         point is lost and its exit status is unknown",
+        status.stop_code.as_deref().unwrap_or("unknown"),
+        status.stop_explanation()
+    ))
+}
+
+/// Whether ECS has stopped the task (or is stopping it), in one look: for a stage whose
+/// connection broke, to tell a lost instance from a network fault. `None`: running, or ECS
+/// could not be asked.
+pub async fn stopped_now(config: &Config, cluster: &str, task_arn: &str) -> Option<TaskStatus> {
+    let clients = crate::aws::AwsClients::load(config).await;
+    let ecs = super::Ecs::new(clients.ecs, cluster)
+        .with_budget(super::budget::Budget::new(&config.state_dir, config.aws.rate_share));
+    let look = ecs.describe_task(task_arn);
+    match tokio::time::timeout(Duration::from_secs(10), look).await {
+        Ok(Ok(status)) if status.is_stopped() => Some(status),
+        _ => None,
+    }
+}
+
 /// ECS's reason for stopping the task. Only on this failure path does a run stage talk to
 /// AWS: the agent reports a stop a moment after the containers die, so look for a few seconds.
 pub async fn after_stage(config: &Config, task_arn: &str) -> String {
@@ -84,9 +131,7 @@ pub async fn after_stage(config: &Config, task_arn: &str) -> String {
         for _ in 0..20 {
             match ecs.describe_task(task_arn).await {
                 Ok(status) if status.missing => return "the task is unknown to ECS (MISSING)".to_string(),
-                Ok(status) if status.desired_status == "STOPPED" || status.last_status == "STOPPED" => {
-                    return status.stop_explanation();
-                }
+                Ok(status) if status.is_stopped() => return status.explanation_with_code(),
                 Ok(status) => {
                     last = format!(
                         "the task is still {} (desired {})",
@@ -122,6 +167,58 @@ mod tests {
         assert!(pull_error_is_transient(
             "CannotPullContainerError: dial tcp 1.2.3.4:443: i/o timeout"
         ));
+    }
+
+    #[test]
+    fn a_task_stopped_under_a_stage_names_ecs_stop_code_and_reason() {
+        let status = TaskStatus {
+            last_status: "STOPPED".into(),
+            desired_status: "STOPPED".into(),
+            stop_code: Some("TerminationNotice".into()),
+            stopped_reason: Some("Host EC2 (instance i-0abc) terminated.".into()),
+            ..Default::default()
+        };
+        assert!(status.is_stopped());
+        let f = during_stage("stage build_script in the build container of task arn:t", &status);
+        assert_eq!(f.blame, crate::failure::Blame::System);
+        assert!(
+            f.message
+                .starts_with("stage build_script in the build container of task arn:t: ECS stopped the task")
+                && f.message.contains("stop code TerminationNotice")
+                && f.message.contains("ECS says: Host EC2 (instance i-0abc) terminated."),
+            "{}",
+            f.message
+        );
+        // Being stopped (the agent has not finished it yet) counts; MISSING or RUNNING do not.
+        let stopping = TaskStatus {
+            last_status: "RUNNING".into(),
+            desired_status: "STOPPED".into(),
+            stop_code: Some("SpotInterruption".into()),
+            ..Default::default()
+        };
+        assert!(stopping.is_stopped());
+        assert!(
+            during_stage("s", &stopping)
+                .message
+                .contains("ECS is stopping the task")
+        );
+        assert_eq!(
+            status.explanation_with_code(),
+            "Host EC2 (instance i-0abc) terminated. (stop code TerminationNotice)"
+        );
+        // No reason given: the code alone, once.
+        assert_eq!(stopping.explanation_with_code(), "stop code SpotInterruption");
+        let running = TaskStatus {
+            last_status: "RUNNING".into(),
+            desired_status: "RUNNING".into(),
+            ..Default::default()
+        };
+        assert!(!running.is_stopped());
+        let missing = TaskStatus {
+            missing: true,
+            ..Default::default()
+        };
+        assert!(!missing.is_stopped());
     }
 
     #[test]

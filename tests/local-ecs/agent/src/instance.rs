@@ -4,6 +4,7 @@
 //! Each task is run by its own `TaskRun`; this loop only tells it what ECS wants.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::action_log::say;
-use crate::control_plane::CallError;
+use crate::control_plane::{CallError, InstanceRow};
 use crate::docker_events::ExitRoutes;
+use crate::docker_listener::Listeners;
 use crate::naming::{LABEL_CLUSTER, LABEL_TASK_ARN, task_id};
 use crate::settings::{Settings, StandinFile};
 use crate::task_run::{Agent, Desired, TaskRun, TaskSignals};
@@ -292,19 +294,32 @@ const GONE_FOR: Duration = Duration::from_secs(30);
 /// Serves every ACTIVE or DRAINING container instance of the cluster, one `InstanceLoop` each,
 /// as ListContainerInstances shows them: a scale-out's new instance is served within a
 /// second; a drained or lost instance's tasks are stopped by its loop when ECS marks them
-/// STOPPED (with ECS's stop code and reason, set by the stand-in's moto).
-pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes) {
+/// STOPPED (with ECS's stop code and reason, set by the stand-in's moto). With `listeners`,
+/// each served instance also gets its own mutual-TLS Docker listener on its private and public
+/// address (`docker_listener`), closed — connections cut — as soon as the instance is no
+/// longer listed (terminated, deregistered).
+pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes, mut listeners: Option<Listeners>) {
     let mut loops: HashMap<String, (JoinHandle<()>, Option<tokio::time::Instant>)> = HashMap::new();
+    // EC2 addresses of the instances, looked up once each.
+    let mut addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
     let mut last_error = String::new();
     loop {
         match agent.ecs.container_instances().await {
             Ok(instances) => {
                 last_error.clear();
                 let now = tokio::time::Instant::now();
-                for (arn, status) in &instances {
-                    if status != "ACTIVE" && status != "DRAINING" {
-                        continue;
+                let serving = |row: &InstanceRow| row.status == "ACTIVE" || row.status == "DRAINING";
+                // Gone first: a lost instance's addresses may be a new instance's already.
+                if let Some(l) = listeners.as_mut() {
+                    for arn in l.instances() {
+                        if !instances.iter().any(|r| r.arn == arn && serving(r)) {
+                            l.close(&arn);
+                            addresses.remove(&arn);
+                        }
                     }
+                }
+                for row in instances.iter().filter(|r| serving(r)) {
+                    let (arn, status) = (&row.arn, &row.status);
                     let entry = loops.entry(arn.clone()).or_insert_with(|| {
                         say!("serving container instance {arn} ({status})");
                         let mut s = settings.clone();
@@ -314,12 +329,24 @@ pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes
                         (tokio::spawn(run), None)
                     });
                     entry.1 = None;
+                    let (Some(l), Some(ec2_id)) = (listeners.as_mut(), row.ec2_instance_id.as_deref()) else {
+                        continue;
+                    };
+                    if !addresses.contains_key(arn) {
+                        match agent.ecs.instance_addresses(ec2_id).await {
+                            Ok(found) if !found.is_empty() => {
+                                addresses.insert(arn.clone(), found);
+                            }
+                            Ok(_) => {}
+                            Err(e) => say!("container instance {arn}: {e}; trying again"),
+                        }
+                    }
+                    if let Some(ips) = addresses.get(arn) {
+                        l.serve(arn, ips).await;
+                    }
                 }
                 loops.retain(|arn, (join, gone)| {
-                    let listed = instances
-                        .iter()
-                        .any(|(a, st)| a == arn && (st == "ACTIVE" || st == "DRAINING"));
-                    if listed {
+                    if instances.iter().any(|r| &r.arn == arn && serving(r)) {
                         return true;
                     }
                     let since = *gone.get_or_insert(now);
