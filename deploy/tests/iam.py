@@ -2,10 +2,11 @@
 
 Usage: iam.py POLICY_JSON REPO_ROOT (prints the moto port protocol below)
 
-1. From the code: every ECS/EC2 operation host/src calls (SDK method names matched against
+1. From the code: every ECS/EC2/Secrets Manager operation host/src calls (SDK method names matched against
    botocore's operation list) has an Allow in the policy, and every Allow'd action is one the
    code calls, or a dependent action the code makes necessary (ecs:TagResource for the `tags`
-   RunTask/RegisterTaskDefinition send, iam:PassRole for task_role_arn/execution_role_arn).
+   RunTask/RegisterTaskDefinition send, iam:PassRole for task_role_arn/execution_role_arn);
+   the executor's access-denied messages name each action's statement as the policy does.
 2. Against moto's IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT): one user with the whole
    policy and one per Allow statement with that statement removed; every action of the
    removed statement must then be refused with AccessDenied naming it, and none refused with
@@ -54,7 +55,7 @@ for text in source.values():
     called |= set(re.findall(r"\.([a-z][a-z0-9_]*)\(", text))
 session = botocore.session.get_session()
 code_actions = set()
-for service in ("ecs", "ec2"):
+for service in ("ecs", "ec2", "secretsmanager"):
     ops = {xform_name(o): o for o in session.get_service_model(service).operation_names}
     code_actions |= {f"{service}:{ops[c]}" for c in called if c in ops}
 tasks_rs = source[root / "host/src/ecs/tasks.rs"]
@@ -71,6 +72,14 @@ missing = code_actions - allowed
 extra = allowed - code_actions - set(dependent)
 check(not missing, f"every operation host/src calls is allowed ({len(code_actions)}): missing {sorted(missing)}")
 check(not extra, f"every allowed action is called by host/src or dependent: extra {sorted(extra)}")
+
+# The executor's access-denied messages name the statement that allows the denied action
+# (host/src/aws.rs RUNNER_POLICY_STATEMENTS): that table must be this policy's.
+aws_rs = source[root / "host/src/aws.rs"]
+table = dict(re.findall(r'\("([a-z0-9]+:[A-Za-z]+)", "([A-Za-z]+)"\)', aws_rs.split("RUNNER_POLICY_STATEMENTS", 1)[1].split("];", 1)[0]))
+by_policy = {a: s["Sid"] for s in allows for a in actions(s)}
+check(table == by_policy, f"host/src/aws.rs names each action's statement as the policy does ({len(table)} actions): "
+      f"differs {sorted(set(table.items()) ^ set(by_policy.items()))}")
 
 # ---- 2. moto's IAM enforcement ----
 EXAMPLE_TD = "ecs-executor-0123456789abcdef:1"
@@ -94,6 +103,13 @@ CALLS = {
         resourceArn="arn:aws:ecs:eu-west-1:123456789012:task/ci/0123", tags=[{"key": "k", "value": "v"}]
     ),
     "ec2:DescribeInstances": lambda c: c.describe_instances(InstanceIds=["i-0123456789abcdef0"]),
+    "secretsmanager:CreateSecret": lambda c: c.create_secret(Name="ecs-executor/registry/r/p/s/h/auth", SecretString="{}"),
+    "secretsmanager:PutSecretValue": lambda c: c.put_secret_value(SecretId="ecs-executor/registry/r/p/s/h/auth", SecretString="{}"),
+    "secretsmanager:RestoreSecret": lambda c: c.restore_secret(SecretId="ecs-executor/registry/r/p/s/h/auth"),
+    "secretsmanager:DeleteSecret": lambda c: c.delete_secret(
+        SecretId="ecs-executor/registry/r/p/s/h/auth", ForceDeleteWithoutRecovery=True
+    ),
+    "secretsmanager:ListSecrets": lambda c: c.list_secrets(),
 }
 # iam:PassRole is not an API call: ECS evaluates it inside RunTask/RegisterTaskDefinition,
 # which moto does not. Part 1 is its proof here.

@@ -1,5 +1,6 @@
-//! AWS clients for ECS and EC2: region, endpoint override, credentials and retry policy, in
-//! one place. Only `prepare` and `cleanup` load this; `run` stages never touch AWS.
+//! AWS clients for ECS, EC2 and Secrets Manager: region, endpoint override, credentials and retry policy, in
+//! one place. `prepare` and `cleanup` load this; a `run` stage only when it runs longer than
+//! `[aws] stage_watch_secs` (to watch its task) or when it ended for want of its container.
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use crate::config::Config;
 pub struct AwsClients {
     pub ecs: aws_sdk_ecs::Client,
     pub ec2: aws_sdk_ec2::Client,
+    /// Registry secrets (`registry_secrets`); no call unless a job's image needs a login.
+    pub secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl AwsClients {
@@ -52,6 +55,7 @@ impl AwsClients {
         AwsClients {
             ecs: aws_sdk_ecs::Client::new(&shared),
             ec2: aws_sdk_ec2::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
         }
     }
 }
@@ -79,21 +83,113 @@ fn app_name() -> AppName {
     AppName::new(name).unwrap_or_else(|_| AppName::new("ecs-executor").expect("a valid app name"))
 }
 
-/// An AWS SDK error with its code and message, as a one-line text for the job log.
-pub fn describe_sdk_error<E, R>(err: &aws_sdk_ecs::error::SdkError<E, R>) -> String
+/// An AWS SDK error of the call `action` (`"ecs:RunTask"`) with its code and message, as a
+/// one-line text for the job log. When IAM refused the call, the text also names the denied
+/// action (the one AWS names — a dependent action such as `ecs:TagResource` or `iam:PassRole`
+/// refused inside RunTask — else `action`), the statement of the runner policy that allows it
+/// and where that policy is (`deploy/runner.yaml`). Every AWS error message of the executor is
+/// made here; whose fault it is stays with the error types (`failure::Classify`: AWS errors are
+/// system failures).
+pub fn describe_sdk_error<E, R>(action: &str, err: &aws_sdk_ecs::error::SdkError<E, R>) -> String
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + aws_sdk_ecs::error::ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
     use aws_sdk_ecs::error::SdkError;
-    match err {
-        SdkError::ServiceError(e) => {
-            let inner = e.err();
-            let text = aws_sdk_ecs::error::DisplayErrorContext(inner).to_string();
-            text.replace('\n', " ")
+    let text = match err {
+        SdkError::ServiceError(e) => aws_sdk_ecs::error::DisplayErrorContext(e.err()).to_string(),
+        other => aws_sdk_ecs::error::DisplayErrorContext(other).to_string(),
+    }
+    .replace('\n', " ");
+    let code = err.as_service_error().and_then(|e| e.code());
+    match code {
+        Some(code) if ACCESS_DENIED_CODES.contains(&code) => {
+            let message = err.as_service_error().and_then(|e| e.message()).unwrap_or_default();
+            format!("{text}{}", access_denied_hint(action, message))
         }
-        other => aws_sdk_ecs::error::DisplayErrorContext(other)
+        _ => text,
+    }
+}
+
+/// The error codes with which AWS services say "IAM does not allow this": ECS (JSON)
+/// `AccessDeniedException`, EC2 (query) `UnauthorizedOperation`, others `AccessDenied`.
+const ACCESS_DENIED_CODES: &[&str] = &["AccessDeniedException", "AccessDenied", "UnauthorizedOperation"];
+
+/// The statement (`Sid`) of the runner policy in deploy/runner.yaml that allows each action the
+/// executor needs (the harness's iam_e2e test checks this table against the file).
+pub const RUNNER_POLICY_STATEMENTS: &[(&str, &str)] = &[
+    ("ecs:RunTask", "RunTask"),
+    ("ecs:DescribeTasks", "Tasks"),
+    ("ecs:StopTask", "Tasks"),
+    ("ecs:ListTasks", "ListTasks"),
+    ("ecs:DescribeContainerInstances", "ContainerInstances"),
+    ("ecs:DescribeClusters", "Cluster"),
+    ("ecs:ListContainerInstances", "Cluster"),
+    ("ecs:RegisterTaskDefinition", "TaskDefinitions"),
+    ("ecs:DeleteTaskDefinitions", "TaskDefinitions"),
+    ("ecs:DescribeTaskDefinition", "TaskDefinitionsNoResourceLevel"),
+    ("ecs:DeregisterTaskDefinition", "TaskDefinitionsNoResourceLevel"),
+    ("ecs:ListTaskDefinitions", "TaskDefinitionsNoResourceLevel"),
+    ("ecs:ListTaskDefinitionFamilies", "TaskDefinitionsNoResourceLevel"),
+    ("ecs:TagResource", "TagOnCreate"),
+    ("secretsmanager:CreateSecret", "RegistrySecrets"),
+    ("secretsmanager:PutSecretValue", "RegistrySecrets"),
+    ("secretsmanager:RestoreSecret", "RegistrySecrets"),
+    ("secretsmanager:DeleteSecret", "RegistrySecrets"),
+    ("secretsmanager:ListSecrets", "ListRegistrySecrets"),
+    ("ec2:DescribeInstances", "Instances"),
+    ("iam:PassRole", "PassRole"),
+];
+
+/// What to tell the admin when IAM refused `action`: the denied action (as AWS's `message`
+/// names it, e.g. "... is not authorized to perform: ecs:TagResource on resource ..."), and
+/// the runner policy's statement for it.
+fn access_denied_hint(action: &str, message: &str) -> String {
+    let named = message.split("perform: ").nth(1).map(|rest| {
+        rest.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == ':' || *c == '-')
+            .collect::<String>()
+            .trim_end_matches(':')
             .to_string()
-            .replace('\n', " "),
+    });
+    let denied = named.filter(|a| a.contains(':')).unwrap_or_else(|| action.to_string());
+    let statement = RUNNER_POLICY_STATEMENTS.iter().find(|(a, _)| *a == denied).map_or_else(
+        || "no statement of it allows this action: the executor does not need it".to_string(),
+        |(_, sid)| format!("its statement `{sid}` allows it"),
+    );
+    format!(
+        " [access denied to {denied}: the IAM policy of these credentials does not allow it (here); \
+         the runner policy in deploy/runner.yaml is what the executor needs ({statement}; \
+         docs/deploy.md, step 3)]"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_denied_names_the_action_aws_names_and_its_statement() {
+        let hint = access_denied_hint(
+            "ecs:RunTask",
+            "User: arn:aws:sts::1:assumed-role/r/i is not authorized to perform: ecs:TagResource on \
+             resource: arn:aws:ecs:eu-west-1:1:task/ci/x because no identity-based policy allows it",
+        );
+        assert!(hint.contains("access denied to ecs:TagResource"), "{hint}");
+        assert!(
+            hint.contains("statement `TagOnCreate`") && hint.contains("deploy/runner.yaml"),
+            "{hint}"
+        );
+        // No action in the message (EC2's older wording): the call's own.
+        let hint = access_denied_hint(
+            "ec2:DescribeInstances",
+            "You are not authorized to perform this operation.",
+        );
+        assert!(
+            hint.contains("access denied to ec2:DescribeInstances") && hint.contains("`Instances`"),
+            "{hint}"
+        );
+        let hint = access_denied_hint("ecs:ExecuteCommand", "");
+        assert!(hint.contains("the executor does not need it"), "{hint}");
     }
 }

@@ -26,7 +26,7 @@ impl Classify for InstanceError {
 }
 
 /// A container instance as the executor sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ContainerInstance {
     pub container_instance_arn: String,
     pub ec2_instance_id: String,
@@ -47,7 +47,7 @@ pub struct ContainerInstance {
 
 /// How the instance's metadata service answers (`check` requires IMDSv2 with one hop, so
 /// bridge-mode containers cannot fetch the instance role's credentials).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MetadataOptions {
     /// `required` (IMDSv2 only) or `optional`.
     pub http_tokens: String,
@@ -65,7 +65,7 @@ impl ContainerInstance {
             .await
             .map_err(|e| InstanceError::Ec2 {
                 instance_id: instance_id.clone(),
-                message: describe_sdk_error(&e),
+                message: describe_sdk_error("ec2:DescribeInstances", &e),
             })?;
         let instance = out
             .reservations()

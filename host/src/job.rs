@@ -13,6 +13,12 @@ pub enum JobError {
     NoImage,
     #[error("image name {shown} is not valid: {problem}")]
     BadImage { shown: String, problem: &'static str },
+    #[error(
+        "image name {shown} uses the variable ${var}, which is masked, file-type or not public: \
+         an image name is shown in the ECS task definition and the job log, so it may only use \
+         public variables"
+    )]
+    SecretInImage { shown: String, var: String },
 }
 
 impl Classify for JobError {
@@ -21,7 +27,7 @@ impl Classify for JobError {
             JobError::Protocol(e) => e.blame(),
             JobError::NoImage => Blame::System,
             // The user wrote `image:`; GitLab treats a bad image as the job's failure.
-            JobError::BadImage { .. } => Blame::Build,
+            JobError::BadImage { .. } | JobError::SecretInImage { .. } => Blame::Build,
         }
     }
 }
@@ -61,7 +67,13 @@ impl JobContext {
         let key = JobKey::new(response.id, token.as_deref());
         let job_image = response.image.as_ref().filter(|i| !i.name.trim().is_empty());
         let image = match job_image {
-            Some(i) => i.name.clone(),
+            // GitLab sends `image:` as the job wrote it; gitlab-runner expands its variables.
+            Some(i) => response
+                .expand_image_name(&i.name)
+                .map_err(|var| JobError::SecretInImage {
+                    shown: format!("{:?}", i.name),
+                    var,
+                })?,
             None => config.default_image.clone().ok_or(JobError::NoImage)?,
         };
         validate_image(&image)?;
@@ -88,6 +100,14 @@ impl JobContext {
                         .into_iter()
                         .map(|(_, v)| v)
                         .filter(|v| v.len() >= 4),
+                )
+                // Registry passwords, also those decoded from a DOCKER_AUTH_CONFIG `auth`.
+                .chain(
+                    crate::registry_auth::job_logins(response)
+                        .passwords()
+                        .filter(|p| p.len() >= 4)
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
                 )
                 .collect(),
         })
@@ -184,6 +204,24 @@ mod tests {
             std::path::Path::new("t.toml"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_image_name_is_expanded_with_public_variables_and_refuses_secret_ones() {
+        let mut r = response(&[
+            ("CI_REGISTRY_IMAGE", "registry.example.com/team/app", true),
+            ("TAG", "1", true),
+            ("TAG", "2", true),
+            ("TOKEN", "s3cret-value", false),
+        ]);
+        r.image.as_mut().unwrap().name = "$CI_REGISTRY_IMAGE/ci:${TAG}-$$x$UNSET".into();
+        let job = JobContext::from_response(&config(), &r).unwrap();
+        assert_eq!(job.image, "registry.example.com/team/app/ci:2-$x");
+        r.image.as_mut().unwrap().name = "alpine:$TOKEN".into();
+        let err = JobContext::from_response(&config(), &r).unwrap_err();
+        assert!(matches!(err.blame(), Blame::Build));
+        let text = err.to_string();
+        assert!(text.contains("$TOKEN") && !text.contains("s3cret-value"), "{text}");
     }
 
     #[test]

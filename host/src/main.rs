@@ -9,6 +9,8 @@
 mod config;
 mod job;
 mod protocol;
+mod registry_auth;
+mod registry_secrets;
 // The task the job gets, shaped by site plugins.
 mod plugins;
 mod services;
@@ -18,6 +20,7 @@ mod aws;
 mod docker;
 mod ecs;
 mod instance;
+mod instance_cache;
 // How stages run, what is kept between steps, what the job log is told.
 mod joblog;
 mod metrics;

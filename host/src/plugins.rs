@@ -441,6 +441,8 @@ pub fn container_from_wit(c: &ContainerDefinition, before: Option<&ContainerSpec
         privileged: c.privileged,
         port_mappings: vec![],
         extra: extra_map(&c.extra).map_err(|e| format!("container `{}`: {e}", c.name))?,
+        // Attached after the plugin chain (`registry_auth::attach`).
+        repository_credentials: None,
     })
 }
 

@@ -109,6 +109,31 @@ pub struct JobResponse {
     /// gitlab-runner writes Go's nil slice as `null` (a job without services).
     #[serde(deserialize_with = "null_as_empty")]
     pub services: Vec<JobService>,
+    /// GitLab's logins for the job (type `registry`: its container registry with the job
+    /// token). Secret: never printed, never sent anywhere but into a registry secret.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub credentials: Vec<JobCredentials>,
+}
+
+/// A `credentials[]` entry of the job response. `Debug` never shows the password.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobCredentials {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for JobCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "JobCredentials {{ kind: {:?}, url: {:?}, username: {:?}, password: *** }}",
+            self.kind, self.url, self.username
+        )
+    }
 }
 
 /// A JSON `null` where a list belongs: Go's `encoding/json` writes nil slices that way.
@@ -230,12 +255,38 @@ impl JobResponse {
         self.variables.iter().any(|v| v.key == name)
     }
 
+    /// `image: name:` as gitlab-runner hands it to its Docker executor: `$VAR`s expanded with
+    /// the job's variables (the last definition wins). A variable whose value must stay secret
+    /// (masked, file-type, not public) is refused instead: the name would be shown in the ECS
+    /// task definition and the job log. `Err` carries the variable's name.
+    pub fn expand_image_name(&self, name: &str) -> Result<String, String> {
+        let refused = std::cell::RefCell::new(None);
+        let expanded = expand_value(name, &|var| match self.variables.iter().rev().find(|v| v.key == var) {
+            Some(v) if v.masked || v.file || !v.public => {
+                refused.borrow_mut().get_or_insert_with(|| var.to_string());
+                String::new()
+            }
+            Some(v) => v.value.clone(),
+            None => String::new(),
+        });
+        match refused.into_inner() {
+            Some(var) => Err(var),
+            None => Ok(expanded),
+        }
+    }
+
     /// Values that must never be printed or sent anywhere but into the job's own script.
     pub fn secret_values(&self) -> Vec<&str> {
         self.variables
             .iter()
             .filter(|v| (v.masked || v.file || !v.public) && v.value.len() >= 4)
             .map(|v| v.value.as_str())
+            .chain(
+                self.credentials
+                    .iter()
+                    .map(|c| c.password.as_str())
+                    .filter(|p| p.len() >= 4),
+            )
             .collect()
     }
 }
@@ -346,6 +397,38 @@ pub fn validate_stage(stage: &str) -> Result<(), ProtocolError> {
     } else {
         Err(ProtocolError::BadStage(stage.to_string()))
     }
+}
+
+/// One `$VAR` / `${VAR}` expansion as gitlab-runner's `os.Expand` does it: `lookup` gives a
+/// name's value (unknown names: ""), `$$` is a literal `$`, a `$` not followed by a name stays.
+pub fn expand_value(s: &str, lookup: &dyn Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('{')
+            && let Some(end) = inner.find('}')
+        {
+            out.push_str(&lookup(&inner[..end]));
+            rest = &inner[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 {
+                out.push('$');
+            } else {
+                out.push_str(&lookup(&after[..len]));
+            }
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ pub struct JobState {
     #[serde(default, alias = "runner", skip_serializing_if = "Option::is_none")]
     pub stage_runner: Option<crate::stages::runner::StageRunnerState>,
     pub created_unix: u64,
+    /// Names of the registry secrets prepare wrote for this job (cleanup deletes them; never
+    /// their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_secrets: Vec<String>,
 }
 
 impl JobState {
@@ -81,6 +85,7 @@ impl JobState {
             docker: None,
             containers: BTreeMap::new(),
             stage_runner: None,
+            registry_secrets: Vec::new(),
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -214,6 +219,31 @@ impl StateStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Self::io(&path)(e)),
             _ => Ok(()),
         }
+    }
+
+    /// `(task ARN, registry secrets)` of every job state on this host that names secrets (for
+    /// `gc`). Unreadable states name nothing; `Err` only when the directory cannot be read.
+    pub fn registry_secrets_by_task(&self) -> Result<Vec<(String, Vec<String>)>, StateError> {
+        let dir = self.dir.join("jobs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Self::io(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            if let Ok(bytes) = fs::read(&path)
+                && let Ok(state) = serde_json::from_slice::<JobState>(&bytes)
+                && !state.registry_secrets.is_empty()
+            {
+                out.push((state.task_arn, state.registry_secrets));
+            }
+        }
+        Ok(out)
     }
 
     /// An exclusive lock shared by every executor process on this host (released on drop).

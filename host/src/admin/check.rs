@@ -2,8 +2,12 @@
 //! `FAIL` with what to fix; fails (SYSTEM_FAILURE's code) unless every check passed.
 //!
 //! Checks: the config file; each configured plugin (loads, settings accepted); AWS credentials and the cluster
-//! (DescribeClusters); for each registered container instance, its address as prepare picks
-//! it and a Docker ping over mutual TLS (or plain TCP where the config allows it).
+//! (DescribeClusters); for each registered container instance: its EC2 metadata options
+//! (IMDSv2 required, hop limit 1: containers cannot reach the instance role), its Docker
+//! address as prepare picks it (address plugins applied, with a job of no project: id 0, no
+//! variables), the daemon's version over mutual TLS (or plain TCP where the config allows it)
+//! with the server certificate checked against the address or the plugin's
+//! `tls_server_name`, and that the daemon refuses a TLS client without a certificate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +18,8 @@ use crate::docker::{DockerEndpoint, DockerHost};
 use crate::ecs::Ecs;
 use crate::failure::Failure;
 use crate::instance::ContainerInstance;
+use crate::job::JobContext;
+use crate::protocol::{JobKey, JobResponse};
 
 #[derive(Default)]
 struct Report {
@@ -92,6 +98,18 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         }
     }
 
+    // The whole set for the Docker address, as prepare loads it (only when every plugin
+    // loaded: a broken one is reported above, and the built-in rule is used then).
+    let address_plugins = if config.plugins.is_empty() || report.failed > 0 {
+        None
+    } else {
+        crate::plugins::load(&config).ok().filter(|set| {
+            set.plugins()
+                .iter()
+                .any(|p| p.has(ecs_executor_plugin_host::Hook::PickAddress))
+        })
+    };
+
     let clients = AwsClients::load(&config).await;
     let ecs = Ecs::new(clients.ecs.clone(), &config.cluster);
     match ecs.cluster_status().await {
@@ -131,12 +149,19 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         );
     }
     for arn in instances {
-        check_instance(&config, &ecs, &clients.ec2, &arn, &mut report).await;
+        check_instance(&config, address_plugins.as_ref(), &ecs, &clients.ec2, &arn, &mut report).await;
     }
     finish(report)
 }
 
-async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, arn: &str, report: &mut Report) {
+async fn check_instance(
+    config: &Config,
+    plugins: Option<&ecs_executor_plugin_host::PluginSet>,
+    ecs: &Ecs,
+    ec2: &aws_sdk_ec2::Client,
+    arn: &str,
+    report: &mut Report,
+) {
     let instance = match ContainerInstance::resolve(ecs, ec2, arn).await {
         Ok(i) => i,
         Err(e) => {
@@ -174,23 +199,23 @@ async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, a
             "check that ec2:DescribeInstances answers for the instance",
         ),
     }
-    let host = match instance.docker_host(config.use_private_ip) {
-        Ok(h) => h,
+    let (endpoint, chosen_by) = match docker_endpoint(config, plugins, &instance) {
+        Ok(e) => e,
         Err(e) => {
             return report.fail(
-                format_args!("{e}"),
-                "set `use_private_ip` to the address the runner can reach",
+                format_args!("Docker address of {}: {e}", instance.ec2_instance_id),
+                "set `use_private_ip` to the address the runner can reach, or fix the address plugin",
             );
         }
     };
-    let endpoint = DockerEndpoint {
-        host,
-        port: config.docker.port,
-        tls_server_name: None,
-    };
     let transport = if config.docker.tls { "mutual TLS" } else { "PLAIN TCP" };
+    let how = match (&chosen_by, &endpoint.tls_server_name) {
+        (Some(plugin), Some(name)) => format!("{transport}, address from plugin `{plugin}`, certificate for {name}"),
+        (Some(plugin), None) => format!("{transport}, address from plugin `{plugin}`"),
+        (None, _) => transport.to_string(),
+    };
     let what = format!(
-        "Docker at {} on {} ({transport})",
+        "Docker at {} on {} ({how})",
         endpoint.address(),
         instance.ec2_instance_id
     );
@@ -201,14 +226,98 @@ async fn check_instance(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, a
     let limit = Duration::from_secs(config.docker.connect_timeout_secs + 5);
     match tokio::time::timeout(limit, docker.version()).await {
         Ok(Ok((version, api))) => report.ok(format_args!("{what}: Docker {version} (API {api})")),
-        Ok(Err(e)) => report.fail(
-            format_args!("{what}: {e}"),
-            "make dockerd listen with --tlsverify on docker.port, signed by docker.ca_file, trusting the CA of \
-             docker.cert_file (and let the runner host through the security group)",
+        Ok(Err(e)) => {
+            return report.fail(
+                format_args!("{what}: {e}"),
+                "make dockerd listen with --tlsverify on docker.port, signed by docker.ca_file, trusting the CA of \
+                 docker.cert_file (and let the runner host through the security group)",
+            );
+        }
+        Err(_) => {
+            return report.fail(
+                format_args!("{what}: no answer within {} s", limit.as_secs()),
+                "check the security group / firewall between this host and the instance",
+            );
+        }
+    }
+    if config.docker.tls {
+        check_refuses_anonymous(config, &endpoint, &instance.ec2_instance_id, limit, report).await;
+    }
+}
+
+/// The Docker endpoint of `instance` as prepare picks it: the first address plugin that does
+/// not decline (asked with a job of no project), else the built-in `use_private_ip` rule.
+fn docker_endpoint(
+    config: &Config,
+    plugins: Option<&ecs_executor_plugin_host::PluginSet>,
+    instance: &ContainerInstance,
+) -> Result<(DockerEndpoint, Option<String>), Failure> {
+    let Some(plugins) = plugins else {
+        let endpoint = DockerEndpoint {
+            host: instance.docker_host(config.use_private_ip)?,
+            port: config.docker.port,
+            tls_server_name: None,
+        };
+        return Ok((endpoint, None));
+    };
+    let job = JobContext {
+        key: JobKey::new(0, config.runner_short_token.as_deref()),
+        project_id: 0,
+        project_path: String::new(),
+        ref_protected: false,
+        runner_version: String::new(),
+        image: config.default_image.clone().unwrap_or_default(),
+        image_entrypoint: None,
+        secrets: Vec::new(),
+    };
+    crate::plugins::docker_endpoint(plugins, config, &job, &JobResponse::default(), instance)
+}
+
+/// The daemon must refuse a TLS client that offers no certificate (dockerd's `--tlsverify`):
+/// one connection trusting docker.ca_file without a client certificate, and a ping.
+async fn check_refuses_anonymous(
+    config: &Config,
+    endpoint: &DockerEndpoint,
+    instance_id: &str,
+    limit: Duration,
+    report: &mut Report,
+) {
+    let what = format!("Docker at {} on {instance_id}", endpoint.address());
+    let anonymous = match DockerHost::connect_without_client_cert(&config.docker, endpoint) {
+        Ok(d) => d,
+        Err(e) => return report.fail(format_args!("{what}: {e}"), "fix the docker.* TLS files"),
+    };
+    match tokio::time::timeout(limit, anonymous.ping()).await {
+        Ok(Ok(())) => report.fail(
+            format_args!(
+                "{what} answers a client WITHOUT a certificate: anyone who reaches the port is root on the instance"
+            ),
+            "run dockerd with --tlsverify and tlscacert = the client CA (daemon.json \"tlsverify\": true; \
+             deploy/cluster.yaml's user data writes it)",
         ),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let refused = [
+                "refused our client certificate",
+                "the connection to the daemon was lost",
+            ]
+            .iter()
+            .any(|m| text.contains(m));
+            if refused {
+                report.ok(format_args!("{what} refuses a client without a certificate"))
+            } else {
+                report.fail(
+                    format_args!("{what}: cannot tell whether it refuses a client without a certificate: {e}"),
+                    "check dockerd's TLS settings (--tlsverify, tlscacert) and the network path",
+                )
+            }
+        }
         Err(_) => report.fail(
-            format_args!("{what}: no answer within {} s", limit.as_secs()),
-            "check the security group / firewall between this host and the instance",
+            format_args!(
+                "{what}: no answer within {} s to a client without a certificate",
+                limit.as_secs()
+            ),
+            "check dockerd's TLS settings (--tlsverify, tlscacert)",
         ),
     }
 }

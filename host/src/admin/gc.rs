@@ -51,6 +51,7 @@ struct Tally {
     tasks_stopped: usize,
     deregistered: usize,
     deleted: usize,
+    secrets_deleted: usize,
     problems: Vec<String>,
 }
 
@@ -58,12 +59,14 @@ impl Tally {
     fn finish(self, what: &str, dry_run: bool) -> Result<(), Failure> {
         let verb = if dry_run { "would stop" } else { "stopped" };
         println!(
-            "ecs-executor {what}: {verb} {} task(s), {} {} task definition(s), {} {} task definition(s)",
+            "ecs-executor {what}: {verb} {} task(s), {} {} task definition(s), {} {} task definition(s), {} {} registry secret(s)",
             self.tasks_stopped,
             if dry_run { "would deregister" } else { "deregistered" },
             self.deregistered,
             if dry_run { "would delete" } else { "deleted" },
             self.deleted,
+            if dry_run { "would delete" } else { "deleted" },
+            self.secrets_deleted,
         );
         if self.problems.is_empty() {
             Ok(())
@@ -82,18 +85,31 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
     let store = StateStore::open(&config.state_dir)?;
     let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs, &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
+    let ecs =
+        Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
     let mut tally = Tally::default();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
 
+    let mut kept = Vec::new();
     for task in ours(&ecs, config, &runner_tokens).await? {
         let Some(why) = why_collect(config, &store, &task, now) else {
+            kept.push(task.arn.clone());
             continue;
         };
         stop(&ecs, &task, &why, dry_run, &mut tally).await;
     }
+    collect_registry_secrets(
+        config,
+        &store,
+        &clients.secrets,
+        (&runner_tokens, &kept),
+        now,
+        dry_run,
+        &mut tally,
+    )
+    .await;
 
     let idle = config.gc.task_definition_idle_secs;
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {
@@ -150,11 +166,23 @@ pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String])
     let store = StateStore::open(&config.state_dir)?;
     let runner_tokens = runner_tokens(&store, extra_tokens);
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs, &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
+    let ecs =
+        Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
     let mut tally = Tally::default();
     for task in ours(&ecs, config, &runner_tokens).await? {
         stop(&ecs, &task, "the runner is being unregistered", dry_run, &mut tally).await;
     }
+    // Every registry secret of these runners, whatever its age.
+    collect_registry_secrets(
+        config,
+        &store,
+        &clients.secrets,
+        (&runner_tokens, &[]),
+        f64::INFINITY,
+        dry_run,
+        &mut tally,
+    )
+    .await;
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {
         let active = managed(
             config,
@@ -174,6 +202,61 @@ pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String])
         }
     }
     tally.finish("unregister", dry_run)
+}
+
+/// Deletes the registry secrets of `runner_tokens` that no job still running needs: a secret
+/// is kept while a job state on this host names it and that job's task is in `kept` (running
+/// and not being stopped by this gc), and while it is younger than `[gc] start_grace_secs` (a
+/// prepare writes it just before RunTask and its state).
+async fn collect_registry_secrets(
+    config: &Config,
+    store: &StateStore,
+    client: &aws_sdk_secretsmanager::Client,
+    (runner_tokens, kept): (&[String], &[String]),
+    now: f64,
+    dry_run: bool,
+    tally: &mut Tally,
+) {
+    let live: Vec<String> = match store.registry_secrets_by_task() {
+        Ok(by_task) => by_task
+            .into_iter()
+            .filter(|(arn, _)| kept.contains(arn))
+            .flat_map(|(_, names)| names)
+            .collect(),
+        Err(e) => {
+            tally.problems.push(format!("registry secrets: {e}"));
+            return;
+        }
+    };
+    for token in runner_tokens {
+        let prefix = crate::registry_auth::secret_prefix(config, token);
+        let secrets = match crate::registry_secrets::list(client, &prefix).await {
+            Ok(s) => s,
+            Err(e) => {
+                tally.problems.push(e.message);
+                continue;
+            }
+        };
+        for s in secrets {
+            if live.contains(&s.name) {
+                continue;
+            }
+            // Without a time, assume it was just written: never delete on a guess.
+            let age = s.changed_at.map_or(0.0, |c| (now - c).max(0.0));
+            if age < config.gc.start_grace_secs as f64 {
+                continue;
+            }
+            let verb = if dry_run { "would delete" } else { "delete" };
+            println!(
+                "{verb} registry secret {}: no running job of this host needs it",
+                s.name
+            );
+            tally.secrets_deleted += 1;
+            if !dry_run && let Err(e) = crate::registry_secrets::delete(client, &s.name).await {
+                tally.problems.push(e.message);
+            }
+        }
+    }
 }
 
 fn runner_tokens(store: &StateStore, extra: &[String]) -> Vec<String> {

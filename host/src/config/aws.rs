@@ -29,6 +29,23 @@ pub struct AwsSettings {
     /// hosts on one account, about 0.5 / hosts leaves room for the console and other tools.
     #[serde(default = "default_rate_share")]
     pub rate_share: f64,
+    /// While a stage runs longer than this, its task's status is looked at about this often
+    /// (through the host's shared poller, within `rate_share`): a task ECS stopped under the
+    /// stage (its instance drained or lost, a spot interruption) ends the stage within
+    /// seconds as a system failure naming ECS's stop code and reason, instead of when a
+    /// Docker connection to a vanished host finally times out. 0: stages do not watch.
+    #[serde(default = "default_stage_watch_secs")]
+    pub stage_watch_secs: u64,
+    /// `false` (default): prepare goes on once Docker on the instance runs every container of
+    /// the task, without waiting for ECS's RUNNING report (ECS stays the fallback for pulls that
+    /// fail and tasks it stops): most jobs then cost no DescribeTasks at all. `true`: prepare
+    /// waits until DescribeTasks says RUNNING.
+    #[serde(default)]
+    pub wait_for_ecs_running: bool,
+}
+
+fn default_stage_watch_secs() -> u64 {
+    5
 }
 
 fn default_rate_share() -> f64 {
@@ -48,6 +65,8 @@ impl Default for AwsSettings {
             max_attempts: default_max_attempts(),
             shared_polling: true,
             rate_share: default_rate_share(),
+            stage_watch_secs: default_stage_watch_secs(),
+            wait_for_ecs_running: false,
         }
     }
 }

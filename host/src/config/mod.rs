@@ -126,6 +126,14 @@ pub struct Config {
     /// How long prepare waits for the task to reach RUNNING (image pulls included).
     #[serde(default = "default_start_timeout")]
     pub start_timeout_secs: u64,
+    /// How long prepare waits for capacity: while RunTask finds no room (`RESOURCE:*`) or the
+    /// task is PROVISIONING for a capacity provider to add an instance. Unset: the same as
+    /// `start_timeout_secs`. Keep it under ECS's own provisioning timeout (10-30 min).
+    #[serde(default)]
+    pub capacity_wait_secs: Option<u64>,
+    /// How often the job log says that the job still waits for capacity.
+    #[serde(default = "default_capacity_note")]
+    pub capacity_note_secs: u64,
     /// `ecs-executor gc`: what counts as abandoned (see `admin::gc`).
     #[serde(default)]
     pub gc: GcSettings,
@@ -174,6 +182,9 @@ fn default_cache_host_path() -> String {
 fn default_start_timeout() -> u64 {
     600
 }
+fn default_capacity_note() -> u64 {
+    30
+}
 
 impl Config {
     /// The config path from `--config`, else `$ECS_EXECUTOR_CONFIG`, else [`DEFAULT_PATH`].
@@ -185,6 +196,16 @@ impl Config {
             Some(p) if !p.is_empty() => PathBuf::from(p),
             _ => PathBuf::from(DEFAULT_PATH),
         }
+    }
+
+    /// How long prepare waits for capacity (`capacity_wait_secs`, else `start_timeout_secs`).
+    pub fn capacity_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.capacity_wait_secs.unwrap_or(self.start_timeout_secs))
+    }
+
+    /// How often the job log is told that the job still waits for capacity.
+    pub fn capacity_note_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.capacity_note_secs)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -235,6 +256,12 @@ impl Config {
         }
         if !(self.aws.rate_share > 0.0 && self.aws.rate_share <= 1.0) {
             return Err(invalid("aws.rate_share", "must be more than 0 and at most 1".into()));
+        }
+        if self.aws.stage_watch_secs > 3600 {
+            return Err(invalid(
+                "aws.stage_watch_secs",
+                "must be at most 3600 (0 switches the watch off)".into(),
+            ));
         }
         if self.aws.max_attempts == 0 || self.aws.max_attempts > 20 {
             return Err(invalid("aws.max_attempts", "must be between 1 and 20".into()));
@@ -336,6 +363,15 @@ impl Config {
         }
         if self.start_timeout_secs == 0 {
             return Err(invalid("start_timeout_secs", "must be at least 1".into()));
+        }
+        if self.capacity_wait_secs == Some(0) {
+            return Err(invalid(
+                "capacity_wait_secs",
+                "must be at least 1 (unset: the same as start_timeout_secs)".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.capacity_note_secs) {
+            return Err(invalid("capacity_note_secs", "must be between 1 and 3600".into()));
         }
         if self.docker.tls {
             for (key, file) in [
@@ -445,6 +481,26 @@ key_file = "/etc/ecs-executor/key.pem"
         assert_eq!(c.services.max_per_job, 10);
         assert_eq!(c.services.wait_timeout_secs, 30);
         assert!(c.services.allowed_images.is_empty());
+        assert_eq!(c.aws.stage_watch_secs, 5);
+        // The capacity wait follows the start timeout unless set.
+        assert_eq!(c.capacity_wait(), std::time::Duration::from_secs(600));
+        assert_eq!(c.capacity_note_every(), std::time::Duration::from_secs(30));
+        let c = parse(&MINIMAL.replacen("region", "capacity_wait_secs = 1200\nregion", 1)).unwrap();
+        assert_eq!(c.capacity_wait(), std::time::Duration::from_secs(1200));
+    }
+
+    #[test]
+    fn stage_watch_is_checked() {
+        let c = parse(&format!("{MINIMAL}\n[aws]\nstage_watch_secs = 0\n")).unwrap();
+        assert_eq!(c.aws.stage_watch_secs, 0);
+        let err = parse(&format!("{MINIMAL}\n[aws]\nstage_watch_secs = 86400\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aws.stage_watch_secs"), "{err}");
+        let err = parse(&format!("{MINIMAL}\n[aws]\nstage_watch_secs = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stage_watch_secs"), "{err}");
     }
 
     #[test]
@@ -515,6 +571,9 @@ key_file = "/etc/ecs-executor/key.pem"
             ("builds_dir = \"relative\"", "builds_dir"),
             ("network_mode = \"awsvpc\"", "awsvpc.subnets"),
             ("cache_host_path = \"cache\"", "cache_host_path"),
+            ("capacity_wait_secs = 0", "capacity_wait_secs"),
+            ("capacity_note_secs = 0", "capacity_note_secs"),
+            ("capacity_note_secs = -3", "capacity_note_secs"),
         ] {
             let text = MINIMAL.replacen("region", &format!("{line}\nregion"), 1);
             let err = parse(&text).unwrap_err().to_string();

@@ -99,6 +99,23 @@ impl DockerHost {
     /// A client for `endpoint`: mutual TLS, or plain TCP when the config explicitly allows it
     /// (with a warning on every use). Nothing is sent until the first request.
     pub fn connect(settings: &DockerSettings, endpoint: &DockerEndpoint) -> Result<DockerHost, DockerError> {
+        Self::connect_as(settings, endpoint, ClientCert::Present)
+    }
+
+    /// As [`DockerHost::connect`] over TLS, trusting the same CA but offering NO client
+    /// certificate: what `check` tries, to see that the daemon refuses such a client.
+    pub fn connect_without_client_cert(
+        settings: &DockerSettings,
+        endpoint: &DockerEndpoint,
+    ) -> Result<DockerHost, DockerError> {
+        Self::connect_as(settings, endpoint, ClientCert::Absent)
+    }
+
+    fn connect_as(
+        settings: &DockerSettings,
+        endpoint: &DockerEndpoint,
+        client_cert: ClientCert,
+    ) -> Result<DockerHost, DockerError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(settings.connect_timeout_secs)));
@@ -112,7 +129,7 @@ impl DockerHost {
         // bollard's per-request timeout: long, because exec output streams for hours.
         const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
         let api = if settings.tls {
-            let tls = tls_config(settings)?;
+            let tls = tls_config(settings, client_cert)?;
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_only();
@@ -417,7 +434,14 @@ impl DockerHost {
     }
 }
 
-fn tls_config(settings: &DockerSettings) -> Result<rustls::ClientConfig, DockerError> {
+/// Whether a TLS connection offers the configured client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientCert {
+    Present,
+    Absent,
+}
+
+fn tls_config(settings: &DockerSettings, client_cert: ClientCert) -> Result<rustls::ClientConfig, DockerError> {
     let file_err = |path: &std::path::Path, message: String| DockerError::TlsFile {
         path: path.display().to_string(),
         message,
@@ -435,6 +459,16 @@ fn tls_config(settings: &DockerSettings) -> Result<rustls::ClientConfig, DockerE
     if roots.is_empty() {
         return Err(file_err(&settings.ca_file, "contains no certificate".into()));
     }
+    // ring, not aws-lc: aws-lc seeds its RNG with CPU jitter entropy, ~50 ms of CPU at start,
+    // which would double the cost of every `run` stage (the AWS SDK keeps aws-lc).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| file_err(&settings.ca_file, e.to_string()))?
+        .with_root_certificates(roots);
+    if client_cert == ClientCert::Absent {
+        return Ok(builder.with_no_client_auth());
+    }
     let cert_pem = read(&settings.cert_file)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_reader_iter(&mut BufReader::new(&cert_pem[..]))
         .collect::<Result<_, _>>()
@@ -446,20 +480,12 @@ fn tls_config(settings: &DockerSettings) -> Result<rustls::ClientConfig, DockerE
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| file_err(&settings.key_file, format!("not a PEM private key: {e}")))?;
 
-    // ring, not aws-lc: aws-lc seeds its RNG with CPU jitter entropy, ~50 ms of CPU at start,
-    // which would double the cost of every `run` stage (the AWS SDK keeps aws-lc).
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| file_err(&settings.ca_file, e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| {
-            file_err(
-                &settings.key_file,
-                format!("does not match the client certificate: {e}"),
-            )
-        })
+    builder.with_client_auth_cert(chain, key).map_err(|e| {
+        file_err(
+            &settings.key_file,
+            format!("does not match the client certificate: {e}"),
+        )
+    })
 }
 
 /// An error and its causes on one line: TLS problems hide two or three levels down.

@@ -6,10 +6,12 @@
 //! - `tasks`: running, describing, stopping and listing tasks, and waiting for one to run;
 //! - `poller`: one DescribeTasks poller per runner host for every prepare that waits;
 //! - `budget`: a host-wide token bucket per ECS throttling category;
+//! - `capacity`: waiting, visibly and within a limit, while the cluster has no room;
 //! - `cluster`: the cluster and its container instances;
 //! - `stop_reason`: ECS's words on why a task stopped, as the job log tells them.
 
 pub mod budget;
+pub mod capacity;
 pub mod cluster;
 pub mod poller;
 pub mod stop_reason;
@@ -45,11 +47,11 @@ impl Classify for EcsError {
 
 fn api<E, R>(action: &'static str) -> impl FnOnce(aws_sdk_ecs::error::SdkError<E, R>) -> EcsError
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + aws_sdk_ecs::error::ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
     move |e| {
-        let message = describe_sdk_error(&e);
+        let message = describe_sdk_error(&format!("ecs:{action}"), &e);
         if message.contains("ThrottlingException") || message.contains("Rate exceeded") {
             crate::metrics::aws_throttle(action);
         }

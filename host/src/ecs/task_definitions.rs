@@ -179,7 +179,7 @@ impl Ecs {
                 .await;
             let described = match described {
                 Ok(d) => d,
-                Err(e) if already_gone(&describe_sdk_error(&e)) => continue,
+                Err(e) if already_gone(&describe_sdk_error("ecs:DescribeTaskDefinition", &e)) => continue,
                 Err(e) => return Err(api("DescribeTaskDefinition")(e)),
             };
             let Some(td) = described.task_definition() else {

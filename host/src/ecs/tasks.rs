@@ -2,7 +2,7 @@
 //! it, and find tasks again (`cleanup`, `gc`).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 
@@ -13,7 +13,6 @@ use super::poller::TaskWatch;
 use super::{Ecs, EcsError, api, tag, tag_pairs};
 use crate::config::Config;
 use crate::failure::Failure;
-use crate::joblog::log_note;
 
 /// The job's task as RunTask placed it.
 #[derive(Debug, Clone)]
@@ -296,9 +295,6 @@ fn task_status(task: &aws_sdk_ecs::types::Task) -> TaskStatus {
     }
 }
 
-/// How often a job waiting for capacity is told that it still waits.
-const WAITING_NOTE_EVERY: Duration = Duration::from_secs(30);
-
 /// Why a task did not reach RUNNING.
 pub enum WaitError {
     /// ECS stopped it (its reason is in the status).
@@ -312,147 +308,90 @@ impl From<EcsError> for WaitError {
     }
 }
 
+/// How prepare learned that the task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    /// ECS reported RUNNING, after this many DescribeTasks looks.
+    Ecs(u32),
+    /// Docker on the instance runs every container of the task (ECS's report not awaited),
+    /// after this many DescribeTasks looks.
+    Docker(u32),
+}
+
 impl Ecs {
-    /// RunTask, waiting while the cluster is full: a `RESOURCE:*` placement failure means the
-    /// instances are busy with other jobs (or capacity is being added), which passes; the job
-    /// waits for room within `start_timeout_secs` instead of failing at once.
-    pub async fn run_when_capacity(
-        &self,
-        config: &Config,
-        task_definition_arn: &str,
-        started_by: &str,
-        tags: &[(&str, String)],
-    ) -> Result<PlacedTask, EcsError> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(config.start_timeout_secs);
-        let mut pause = Duration::from_secs(2);
-        let mut told: Option<Instant> = None;
-        for attempt in 1u32.. {
-            // A new token per attempt: a placement failure started nothing, and ECS would
-            // answer a repeated token with the same failure.
-            let token = format!("{started_by}-{attempt}-{}", crate::state::random_hex());
-            let token: String = token
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(64)
-                .collect();
-            match self
-                .run_task(config, task_definition_arn, started_by, tags, &token)
-                .await
-            {
-                Err(EcsError::Placement { reasons, .. })
-                    if reasons.contains("RESOURCE:") && Instant::now() + pause < deadline =>
-                {
-                    if told.is_none_or(|t| t.elapsed() >= WAITING_NOTE_EVERY) {
-                        log_note(format!(
-                            "cluster {} has no room for the task yet ({reasons}); waiting ({} s of at most {} s)",
-                            self.cluster(),
-                            started.elapsed().as_secs(),
-                            config.start_timeout_secs
-                        ));
-                        told = Some(Instant::now());
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 3 / 2).min(Duration::from_secs(15));
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the attempts never run out before the deadline")
-    }
-
-    /// The container instance of a task RunTask returned without one: with a capacity
-    /// provider, a task that fits nowhere is PROVISIONING until scaling adds an instance (ECS
-    /// takes minutes). Waits up to `start_timeout_secs`, polling less often the longer it
-    /// waits, and says in the job log every ~30 s how long and which capacity provider.
-    pub async fn wait_for_placement(&self, config: &Config, watch: &mut TaskWatch<'_>) -> Result<String, Failure> {
-        let task_arn = watch.arn().to_string();
-        let started = Instant::now();
-        let limit = Duration::from_secs(config.start_timeout_secs);
-        let mut pause = Duration::from_secs(1);
-        let mut told = Instant::now();
-        loop {
-            let status = watch.status(false).await?;
-            if let Some(arn) = status.container_instance_arn.clone() {
-                if started.elapsed() >= WAITING_NOTE_EVERY {
-                    log_note(format!("task placed after {} s", started.elapsed().as_secs()));
-                }
-                return Ok(arn);
-            }
-            if status.last_status == "STOPPED" || status.desired_status == "STOPPED" || status.missing {
-                return Err(Failure::system(format!(
-                    "task {task_arn} stopped before it was placed: {}",
-                    status.stop_explanation()
-                )));
-            }
-            if started.elapsed() >= limit {
-                return Err(Failure::system(format!(
-                    "task {task_arn} was not placed on a container instance within {} s (last status {}{}); \
-                     raise start_timeout_secs or the capacity provider's maximum size",
-                    limit.as_secs(),
-                    status.last_status,
-                    status
-                        .capacity_provider
-                        .as_deref()
-                        .map(|c| format!(", capacity provider {c}"))
-                        .unwrap_or_default()
-                )));
-            }
-            if told.elapsed() >= WAITING_NOTE_EVERY {
-                log_note(format!(
-                    "task {} for {} s, waiting for capacity{} (at most {} s)",
-                    if status.last_status.is_empty() {
-                        "not placed"
-                    } else {
-                        status.last_status.as_str()
-                    },
-                    started.elapsed().as_secs(),
-                    status
-                        .capacity_provider
-                        .as_deref()
-                        .map(|c| format!(" from capacity provider {c}"))
-                        .unwrap_or_default(),
-                    limit.as_secs()
-                ));
-                told = Instant::now();
-            }
-            tokio::time::sleep(pause).await;
-            // Placement by scaling takes minutes: no need to ask every second.
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    /// Poll DescribeTasks once a second, and once more 100 ms after Docker on the instance says
-    /// the last of the task's containers started: RUNNING is noticed quickly without a poll storm.
-    /// Returns how many DescribeTasks calls it took.
+    /// Wait until the task runs. Docker on the instance tells first: its start events for the
+    /// task's containers. With `[aws] wait_for_ecs_running = false` (the default) that is the
+    /// answer once `docker_all_running` confirms every container runs — checked on each start
+    /// event and once a second (an event may come before the subscription) — and ECS is not
+    /// asked; ECS is then only a slow fallback (a look every 10 s, after 30 s every 30 s, on a
+    /// host-wide clock grid, through the host's shared poller) for what Docker cannot show: a
+    /// pull that fails, a task ECS stops before it starts. With `wait_for_ecs_running` (or when a container stopped again), DescribeTasks
+    /// once a second, and once more 100 ms after the last container started, until ECS says
+    /// RUNNING.
     pub async fn wait_until_running(
         &self,
         config: &Config,
         watch: &mut TaskWatch<'_>,
         container_count: usize,
         (already_started, starts): (usize, impl Stream<Item = ()>),
-    ) -> Result<u32, WaitError> {
+        mut docker_all_running: impl AsyncFnMut() -> bool,
+    ) -> Result<Running, WaitError> {
+        use tokio::time::{Instant, sleep_until};
         let task_arn = watch.arn().to_string();
         let mut urgent = false;
         const STEADY: Duration = Duration::from_millis(1000);
+        // ECS's fallback looks fall on a host-wide grid (wall-clock multiples of 10 s, the first
+        // at least 5 s in): all the host's waiting jobs ask at the same moment, so the shared
+        // poller answers them with one DescribeTasks per 100 tasks, however many wait. After
+        // 30 s of waiting (slow pulls, a busy instance) the grid widens to 30 s.
+        let waiting_since = Instant::now();
+        let fallback_after = |at_least: Duration| -> Instant {
+            let grid_ms: u128 = if waiting_since.elapsed() < Duration::from_secs(30) {
+                10_000
+            } else {
+                30_000
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let earliest = now_ms + at_least.as_millis();
+            let next = earliest.div_ceil(grid_ms) * grid_ms;
+            Instant::now() + Duration::from_millis((next - now_ms) as u64)
+        };
         const AFTER_START: Duration = Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(config.start_timeout_secs);
+        let mut docker_suffices = !config.aws.wait_for_ecs_running;
+        let deadline = Instant::now() + Duration::from_secs(config.start_timeout_secs);
         let mut events = std::pin::pin!(starts);
         // Containers that started before we subscribed.
         let mut started_containers = already_started;
         let mut events_open = true;
-        // With the event stream open, the start events usually tell first: the first timed poll
-        // comes a little later so a quick start costs one DescribeTasks, not two.
-        let mut next_poll = tokio::time::Instant::now()
-            + if started_containers >= container_count {
+        let mut polls = 0u32;
+        let mut next_docker_check = Instant::now();
+        // With the event stream open, the start events usually tell first: the first look at
+        // ECS comes a little later so a quick start costs one DescribeTasks (or none), not two.
+        let mut next_poll = Instant::now()
+            + if docker_suffices {
+                fallback_after(Duration::from_secs(5)).saturating_duration_since(Instant::now())
+            } else if started_containers >= container_count {
                 Duration::ZERO
             } else {
                 2 * STEADY
             };
-        let mut polls = 0u32;
         loop {
+            if docker_suffices && Instant::now() >= next_docker_check {
+                if docker_all_running().await {
+                    return Ok(Running::Docker(polls));
+                }
+                next_docker_check = Instant::now() + STEADY;
+            }
+            let wake = if docker_suffices {
+                next_poll.min(next_docker_check)
+            } else {
+                next_poll
+            };
             tokio::select! {
-                () = tokio::time::sleep_until(next_poll) => {}
+                () = sleep_until(wake) => {}
                 event = events.next(), if events_open => {
                     match event {
                         Some(()) => {
@@ -460,10 +399,18 @@ impl Ecs {
                             if started_containers < container_count {
                                 continue;
                             }
+                            if docker_suffices {
+                                if docker_all_running().await {
+                                    return Ok(Running::Docker(polls));
+                                }
+                                // Counted twice, or one stopped again (then ECS will say why):
+                                // ECS's word from here on.
+                                docker_suffices = false;
+                            }
                             // All started: the agent reports RUNNING shortly after. One look a
                             // little later (not at once, which would usually be too early and cost
                             // a second call), then back to the steady pace.
-                            next_poll = tokio::time::Instant::now() + AFTER_START;
+                            next_poll = Instant::now() + AFTER_START;
                             continue;
                         }
                         // The event stream is only a hint; polling goes on without it.
@@ -471,7 +418,10 @@ impl Ecs {
                     }
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if Instant::now() < next_poll {
+                continue; // a Docker check is due, not a look at ECS
+            }
+            if Instant::now() >= deadline {
                 let last = watch.status(false).await?;
                 return Err(WaitError::Other(Failure::system(format!(
                     "task {task_arn} did not reach RUNNING within {} s (last status {})",
@@ -486,12 +436,16 @@ impl Ecs {
                 ))));
             }
             match status.last_status.as_str() {
-                "RUNNING" => return Ok(polls),
+                "RUNNING" => return Ok(Running::Ecs(polls)),
                 "STOPPED" | "DEPROVISIONING" | "STOPPING" => return Err(WaitError::Stopped(status)),
                 _ if status.desired_status == "STOPPED" => return Err(WaitError::Stopped(status)),
                 _ => {}
             }
-            next_poll = tokio::time::Instant::now() + STEADY;
+            next_poll = if docker_suffices {
+                fallback_after(Duration::from_secs(1))
+            } else {
+                Instant::now() + STEADY
+            };
         }
     }
 }

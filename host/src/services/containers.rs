@@ -38,6 +38,7 @@ pub fn builtin_containers(config: &Config, service: &Service) -> Vec<ContainerSp
         privileged: false,
         port_mappings: vec![],
         extra: None,
+        repository_credentials: None,
     }]
 }
 

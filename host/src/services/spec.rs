@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::failure::{Blame, Classify};
-use crate::protocol::{JobResponse, JobService, RUNNER_INTERNAL_VARIABLES, custom_env};
+use crate::protocol::{JobResponse, JobService, RUNNER_INTERNAL_VARIABLES, custom_env, expand_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -223,36 +223,6 @@ pub(super) fn expand(vars: &[(String, String)]) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn expand_value(s: &str, lookup: &dyn Fn(&str) -> String) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(inner) = after.strip_prefix('{')
-            && let Some(end) = inner.find('}')
-        {
-            out.push_str(&lookup(&inner[..end]));
-            rest = &inner[end + 1..];
-        } else {
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            if len == 0 {
-                out.push('$');
-            } else {
-                out.push_str(&lookup(&after[..len]));
-            }
-            rest = &after[len..];
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// gitlab-runner's `Image.Aliases()`: commas count as spaces.

@@ -9,6 +9,12 @@
 //!   → the stage may be running: never run it a second time. If the task stopped under it, the
 //!   stage died with its container; otherwise it is a lost stage (system failure), which
 //!   gitlab-runner may retry as a whole job.
+//!
+//! While a stage runs longer than `[aws] stage_watch_secs`, its task is watched through the
+//! host's shared poller: a task ECS stopped under the stage (its instance drained and
+//! terminated, a spot interruption) ends the stage within seconds as a system failure naming
+//! ECS's stop code and reason, also when the Docker or stage-runner connection to a vanished
+//! host just hangs. A connection that breaks asks ECS too, for the same reason.
 
 pub mod exec;
 pub mod runner;
@@ -17,12 +23,18 @@ use std::future::Future;
 use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::os::unix::io::FromRawFd;
+use std::pin::Pin;
 use std::time::Duration;
 
 use ecs_executor_stage_runner::protocol::RunRequest;
 
 use crate::config::Config;
 use crate::docker::{DockerEndpoint, DockerHost};
+use crate::ecs::Ecs;
+use crate::ecs::budget::Budget;
+use crate::ecs::poller::TaskWatch;
+use crate::ecs::stop_reason;
+use crate::ecs::tasks::TaskStatus;
 use crate::failure::{Blame, Failure};
 use crate::joblog::log_note;
 use crate::protocol::{JobKey, StageRoute};
@@ -69,6 +81,8 @@ pub async fn run(
         marker: format!("{}-{stage}-{}", key.job_id, std::process::id()),
     };
     tokio::pin!(shutdown);
+    let stopped = task_stopped(config, state);
+    tokio::pin!(stopped);
     let on_runner = state
         .stage_runner
         .as_ref()
@@ -86,7 +100,25 @@ pub async fn run(
                 stdin: script.clone(),
             };
             let timeout = Duration::from_millis(config.stage_runner.connect_timeout_ms);
-            match runner::run_stage(stage_runner, addr, request, timeout, &mut shutdown).await {
+            // ECS stopping the task cancels the stage as gitlab-runner's SIGTERM does: the
+            // runner kills the script if its host is still there, and the client gives up
+            // after the kill grace if not (a blocking client thread must not outlive us).
+            let mut stopped_by_ecs: Option<TaskStatus> = None;
+            let cancel = async {
+                tokio::select! {
+                    () = &mut shutdown => {}
+                    status = &mut stopped => stopped_by_ecs = Some(status),
+                }
+            };
+            let ended = runner::run_stage(stage_runner, addr, request, timeout, cancel).await;
+            // A script that finished well just before the cancel reached it keeps its success
+            // (the next stage finds the task stopped); anything else is the task's loss.
+            if let Some(status) = stopped_by_ecs
+                && !matches!(ended, RunnerEnd::Exited(0))
+            {
+                return Err(stop_reason::during_stage(&stage_run.place(), &status));
+            }
+            match ended {
                 RunnerEnd::Exited(code) => StageEnd::Exited(code.into()),
                 RunnerEnd::Cancelled => StageEnd::Cancelled,
                 RunnerEnd::NotStarted(why) => {
@@ -94,7 +126,7 @@ pub async fn run(
                         "the stage runner of the {} container at {addr} does not answer ({why}); using Docker exec",
                         route.container_name()
                     ));
-                    stage_run.exec(script, shutdown).await?
+                    stage_run.exec_watched(script, &mut shutdown, stopped.as_mut()).await?
                 }
                 RunnerEnd::Refused(why) => {
                     return Err(Failure::system(format!(
@@ -111,9 +143,27 @@ pub async fn run(
                 RunnerEnd::Lost(why) => stage_run.lost_on_runner(addr, &why).await?,
             }
         }
-        None => stage_run.exec(script, shutdown).await?,
+        None => stage_run.exec_watched(script, &mut shutdown, stopped.as_mut()).await?,
     };
     stage_run.finish(end).await
+}
+
+/// Completes when ECS says the job's task stopped (or is being stopped) while the stage runs:
+/// that status. Never with `[aws] stage_watch_secs = 0`. A stage shorter than one period asks
+/// AWS nothing; after that the task is looked at about once a period, in the host's shared
+/// DescribeTasks rounds and within its rate budget.
+async fn task_stopped(config: &Config, state: &JobState) -> TaskStatus {
+    let secs = config.aws.stage_watch_secs;
+    if secs == 0 {
+        return std::future::pending().await;
+    }
+    let every = Duration::from_secs(secs);
+    tokio::time::sleep(every).await;
+    let clients = crate::aws::AwsClients::load(config).await;
+    let ecs = Ecs::new(clients.ecs, &state.cluster).with_budget(Budget::new(&config.state_dir, config.aws.rate_share));
+    let shared = config.aws.shared_polling.then_some(config.state_dir.as_path());
+    let mut watch = TaskWatch::watching(&ecs, &state.task_arn, shared, every);
+    watch.until_stopped().await
 }
 
 /// One stage being run, with what its messages name.
@@ -146,6 +196,35 @@ impl StageRun<'_> {
         }
     }
 
+    /// The stage through Docker exec, ended at once when ECS stops the task under it (the
+    /// exec stream to a vanished host may never end by itself). A stage whose Docker
+    /// connection failed asks ECS whether the task was stopped, to say why.
+    async fn exec_watched(
+        &self,
+        script: Vec<u8>,
+        shutdown: impl Future<Output = ()>,
+        stopped: Pin<&mut impl Future<Output = TaskStatus>>,
+    ) -> Result<StageEnd, Failure> {
+        let result = tokio::select! {
+            biased;
+            result = self.exec(script, shutdown) => result,
+            status = stopped => return Err(stop_reason::during_stage(&self.place(), &status)),
+        };
+        // A broken Docker connection, or a script killed by a signal while Docker could not
+        // say whether its container died: ECS says whether the task was stopped under it.
+        let ask_ecs = match &result {
+            Err(_) => true,
+            Ok(StageEnd::Exited(code)) => *code > 128,
+            Ok(_) => false,
+        };
+        if ask_ecs
+            && let Some(status) = stop_reason::stopped_now(self.config, &self.state.cluster, &self.state.task_arn).await
+        {
+            return Err(stop_reason::during_stage(&self.place(), &status));
+        }
+        result
+    }
+
     /// The stage through Docker exec.
     async fn exec(&self, script: Vec<u8>, shutdown: impl Future<Output = ()>) -> Result<StageEnd, Failure> {
         let docker = DockerHost::connect(&self.config.docker, self.endpoint)?;
@@ -161,8 +240,12 @@ impl StageRun<'_> {
     async fn lost_on_runner(&self, addr: std::net::SocketAddr, why: &str) -> Result<StageEnd, Failure> {
         let docker = DockerHost::connect(&self.config.docker, self.endpoint)?;
         let container_id = docker.pick(&self.state.containers, self.route.container_name())?;
-        match self.exec_stream(&docker, &container_id).container_stopped(true).await {
-            Some(state) => Ok(StageEnd::ContainerStopped { exit_code: -1, state }),
+        if let Some(state) = self.exec_stream(&docker, &container_id).container_stopped(true).await {
+            return Ok(StageEnd::ContainerStopped { exit_code: -1, state });
+        }
+        // Docker did not answer either: an instance that went away? ECS knows.
+        match stop_reason::stopped_now(self.config, &self.state.cluster, &self.state.task_arn).await {
+            Some(status) => Err(stop_reason::during_stage(&self.place(), &status)),
             None => Err(Failure::system(format!(
                 "{}: connection lost to its stage runner at {addr} after the stage was sent ({why}). The stage \
                  may have run in part, or still be running in the container until cleanup stops the task; it \

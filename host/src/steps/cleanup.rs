@@ -41,7 +41,8 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
         }
     };
     let clients = AwsClients::load(config).await;
-    let ecs = Ecs::new(clients.ecs, &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
+    let ecs =
+        Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
 
     let mut stopped = Vec::new();
     if let Some(state) = &state {
@@ -65,12 +66,21 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
     {
         ecs.deregister(&state.task_definition_arn).await?;
     }
+    // The job's registry logins: ECS read them when the task started; the job token in them
+    // expires with the job anyway, but nothing of a job outlives its cleanup.
+    let secrets = state.as_ref().map(|s| s.registry_secrets.clone()).unwrap_or_default();
+    for name in &secrets {
+        crate::registry_secrets::delete(&clients.secrets, name).await?;
+    }
     store.remove(&key)?;
-    let what = if stopped.is_empty() {
+    let mut what = if stopped.is_empty() {
         "nothing to stop".to_string()
     } else {
         format!("stopped {}", stopped.join(", "))
     };
+    if !secrets.is_empty() {
+        what.push_str(&format!("; deleted {} registry secret(s)", secrets.len()));
+    }
     log_phase(started, format_args!("cleanup: {what}"));
     Ok(())
 }

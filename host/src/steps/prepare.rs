@@ -16,10 +16,9 @@ use crate::docker::DockerHost;
 use crate::ecs::budget::Budget;
 use crate::ecs::poller::TaskWatch;
 use crate::ecs::task_definitions::TaskDefinitionUse;
-use crate::ecs::tasks::WaitError;
+use crate::ecs::tasks::{Running, WaitError};
 use crate::ecs::{self, Ecs, stop_reason};
 use crate::failure::Failure;
-use crate::instance::ContainerInstance;
 use crate::job::JobContext;
 use crate::joblog::{log_note, log_phase};
 use crate::protocol::JobResponse;
@@ -50,8 +49,9 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
     }
 
     let mut launched: Option<JobState> = None;
+    let mut secrets_written: Vec<String> = Vec::new();
     let result = tokio::select! {
-        r = launch(config, (&job, &response, &plugins), &store, &ecs, &clients, &mut launched) => r,
+        r = launch(config, (&job, &response, &plugins), &store, &ecs, &clients, (&mut launched, &mut secrets_written)) => r,
         () = shutdown => Err(Failure::system("prepare was interrupted (SIGTERM); the task is being stopped")),
     };
     match result {
@@ -67,6 +67,13 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
                 }
                 let _ = store.remove(&job.key);
                 log_note(format!("stopped {}", state.task_arn));
+            }
+            for name in &secrets_written {
+                if crate::registry_secrets::delete(&clients.secrets, name).await.is_err() {
+                    log_note(format!(
+                        "registry secret {name} not deleted; `ecs-executor gc` removes it"
+                    ));
+                }
             }
             // Error texts can quote ECS or Docker, which may echo what the job gave them.
             Err(Failure {
@@ -94,11 +101,12 @@ async fn launch(
     store: &StateStore,
     ecs: &Ecs,
     clients: &AwsClients,
-    launched: &mut Option<JobState>,
+    (launched, secrets_written): (&mut Option<JobState>, &mut Vec<String>),
 ) -> Result<(), Failure> {
     let task = JobTask::build(config, job, response, plugins)?;
     let td = task_definition(config, job, store, ecs, &task).await?;
-    let mut state = run_task(config, job, store, ecs, &td, launched).await?;
+    write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
+    let mut state = run_task(config, job, store, ecs, &td, launched, secrets_written).await?;
     // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
     let shared = config.aws.shared_polling.then(|| store.dir());
     let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
@@ -166,6 +174,37 @@ async fn task_definition(
     Ok(td)
 }
 
+/// The job's registry logins, written to their secrets before RunTask (the agent reads them
+/// when the task starts). One line in the job log, naming registries and users, never a
+/// password.
+async fn write_registry_secrets(
+    client: &aws_sdk_secretsmanager::Client,
+    task: &JobTask,
+    written: &mut Vec<String>,
+) -> Result<(), Failure> {
+    if task.registry.secrets.is_empty() {
+        return Ok(());
+    }
+    let phase = Instant::now();
+    let _timer = PhaseTimer("registry_secrets", phase);
+    for secret in &task.registry.secrets {
+        crate::registry_secrets::write(client, secret).await?;
+        written.push(secret.name.clone());
+    }
+    let mut pulls: Vec<String> = task
+        .registry
+        .pulls
+        .iter()
+        .map(|p| format!("{} ({} from {} as {})", p.image, p.registry, p.source, p.username))
+        .collect();
+    pulls.dedup();
+    log_phase(
+        phase,
+        format_args!("registry credentials for {} in Secrets Manager", pulls.join(", ")),
+    );
+    Ok(())
+}
+
 /// Phase 2, the task: RunTask (waiting while the cluster is full), then the job's state file.
 /// Tags identify runner, project and job; no job variable goes to ECS.
 async fn run_task(
@@ -175,6 +214,7 @@ async fn run_task(
     ecs: &Ecs,
     td: &TaskDefinitionUse,
     launched: &mut Option<JobState>,
+    registry_secrets: &[String],
 ) -> Result<JobState, Failure> {
     let phase = Instant::now();
     let _timer = PhaseTimer("run_task", phase);
@@ -199,6 +239,7 @@ async fn run_task(
     };
     let mut state = JobState::new(job.key.job_id, ecs.cluster(), &placed.arn, &td.arn, per_job);
     state.container_instance_arn = placed.container_instance_arn;
+    state.registry_secrets = registry_secrets.to_vec();
     // Known to the failure path before the save: a state dir that cannot take the file must
     // not leave the task running.
     *launched = Some(state.clone());
@@ -223,17 +264,26 @@ async fn reach_docker(
 ) -> Result<(DockerHost, String), Failure> {
     let phase = Instant::now();
     let _timer = PhaseTimer("docker", phase);
-    let ci_arn = match state.container_instance_arn.clone() {
-        Some(arn) => arn,
-        None => ecs.wait_for_placement(config, watch).await?,
+    let (ci_arn, waited) = match state.container_instance_arn.clone() {
+        Some(arn) => (arn, false),
+        None => {
+            let _timer = PhaseTimer("capacity", Instant::now());
+            let placed = ecs.wait_for_placement(config, watch).await?;
+            (placed.container_instance_arn, true)
+        }
     };
-    let instance = ContainerInstance::resolve(ecs, &clients.ec2, &ci_arn).await?;
+    // Cached on the host: jobs land on the same few instances over and over.
+    let instance = crate::instance_cache::resolve(store.dir(), ecs, &clients.ec2, &ci_arn).await?;
     let (endpoint, chosen_by) = crate::plugins::docker_endpoint(plugins, config, job, response, &instance)?;
     if let Some(plugin) = &chosen_by {
         log_note(format!("plugin {plugin} chose Docker address {}", endpoint.address()));
     }
     let docker = DockerHost::connect(&config.docker, &endpoint)?;
-    docker.ping().await?;
+    if let Err(f) = ping(&docker, waited, &endpoint.address()).await {
+        // Looked up afresh by the next job (an address may have changed).
+        crate::instance_cache::forget(store.dir(), &ci_arn);
+        return Err(f);
+    }
     state.container_instance_arn = Some(ci_arn.clone());
     state.ec2_instance_id = Some(instance.ec2_instance_id.clone());
     state.docker = Some(endpoint.clone());
@@ -251,7 +301,33 @@ async fn reach_docker(
     Ok((docker, endpoint.host))
 }
 
-/// Phase 4, RUNNING: ECS's word, with Docker's container start events as a hint to look.
+/// Docker on the instance answers. An instance a scale-out has just added (the task waited
+/// for capacity) can register with ECS before its Docker TLS listener is up — the instance's
+/// boot script orders the two — so for such a task a refused ping is retried for a while.
+async fn ping(docker: &DockerHost, new_instance: bool, address: &str) -> Result<(), Failure> {
+    const NEW_INSTANCE_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+    let until = Instant::now() + NEW_INSTANCE_GRACE;
+    let mut told = false;
+    loop {
+        match docker.ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) if new_instance && Instant::now() < until => {
+                if !told {
+                    log_note(format!(
+                        "Docker at {address} does not answer yet ({e}); the instance is new, trying again"
+                    ));
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Phase 4, running: Docker on the instance says every container of the task runs (its start
+/// events, then a check that they still run); ECS's RUNNING report is awaited only with
+/// `[aws] wait_for_ecs_running`, and ECS is the fallback for what Docker cannot show.
 async fn wait_until_running(
     config: &Config,
     ecs: &Ecs,
@@ -264,24 +340,43 @@ async fn wait_until_running(
     let task_arn = watch.arn().to_string();
     let starts = docker.container_starts(&task_arn);
     let already = docker.running_task_containers(&task_arn).await.unwrap_or(0);
+    let count = task.spec.containers.len();
     let waited = ecs
-        .wait_until_running(config, watch, task.spec.containers.len(), (already, starts))
+        .wait_until_running(config, watch, count, (already, starts), async || {
+            docker
+                .running_task_containers(&task_arn)
+                .await
+                .is_ok_and(|n| n >= count)
+        })
         .await;
-    let polls = match waited {
-        Ok(polls) => polls,
-        Err(WaitError::Stopped(status)) => return Err(stop_reason::before_running(&task.spec, &status)),
+    let running = match waited {
+        Ok(running) => running,
+        Err(WaitError::Stopped(status)) => {
+            return Err(stop_reason::before_running(&task.spec, &task.registry, &status));
+        }
         Err(WaitError::Other(f)) => return Err(f),
     };
-    if watch.is_shared() {
-        log_phase(
+    let shared = if watch.is_shared() {
+        ", shared by the host's waiting jobs"
+    } else {
+        ""
+    };
+    match running {
+        Running::Docker(_) => log_phase(
             phase,
             format_args!(
-                "task RUNNING ({polls} looks, {} DescribeTasks from this job, shared by the host's waiting jobs)",
+                "task running: Docker on the instance runs its {count} containers ({} DescribeTasks from this job{shared})",
                 watch.calls()
             ),
-        );
-    } else {
-        log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)"));
+        ),
+        Running::Ecs(polls) if watch.is_shared() => log_phase(
+            phase,
+            format_args!(
+                "task RUNNING ({polls} looks, {} DescribeTasks from this job{shared})",
+                watch.calls()
+            ),
+        ),
+        Running::Ecs(polls) => log_phase(phase, format_args!("task RUNNING ({polls} DescribeTasks)")),
     }
     Ok(())
 }

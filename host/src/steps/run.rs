@@ -1,6 +1,8 @@
 //! `run <script> <stage>`: one stage of the job, in the container the stage belongs to.
-//! Uses the state file and the job's stage runner (or Docker exec where there is none): no AWS
-//! config, no plugins; it starts ~10 times a job. How the stage runs is `stages`' business.
+//! Uses the state file and the job's stage runner (or Docker exec where there is none), no
+//! plugins; it starts ~10 times a job. AWS only for a stage that outlasts `[aws]
+//! stage_watch_secs` (it watches its task) or ends abnormally. How the stage runs is
+//! `stages`' business.
 
 use std::path::Path;
 

@@ -11,6 +11,7 @@ use crate::failure::Failure;
 use crate::job::JobContext;
 use crate::joblog::log_note;
 use crate::protocol::JobResponse;
+use crate::registry_auth::{self, JobRegistryAuth};
 use crate::services::{self, JobServices};
 
 /// What a job runs on: its task, the services the executor launches itself, and the one
@@ -20,6 +21,8 @@ pub struct JobTask {
     /// Only the services the executor launches after RUNNING (plugin-mapped ones are not).
     pub services: JobServices,
     pub request: RegisterRequest,
+    /// The images pulled with the job's registry credentials, and the secrets to write.
+    pub registry: JobRegistryAuth,
 }
 
 impl JobTask {
@@ -74,6 +77,14 @@ impl JobTask {
         // the reuse hash below is taken from their answer.
         let mut spec = crate::plugins::customize_task(plugins, config, job, response, spec)?;
         crate::stages::runner::publish_ports(config, &mut spec);
+        // The job's registry logins, after the plugins (which may change images or the
+        // execution role): secret names only, in the definition and its hash.
+        let logins = registry_auth::job_logins(response);
+        let scope = registry_auth::secret_scope(job, response);
+        let (registry, notes) = registry_auth::attach(config, job, &scope, &logins, &mut spec);
+        for note in notes {
+            log_note(job.redact(&note));
+        }
         let family = request::family(
             &spec,
             config.task_definition_mode,
@@ -86,6 +97,7 @@ impl JobTask {
             spec,
             services,
             request,
+            registry,
         })
     }
 }

@@ -77,6 +77,11 @@ pub struct ContainerSpec {
     /// Container API fields from plugins' `extra` (keys in `validate::CONTAINER_EXTRA_KEYS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The Secrets Manager secret (its name) holding the registry login ECS pulls the image
+    /// with (`repositoryCredentials`); never the login itself. Set after the plugin chain
+    /// (`registry_auth::attach`), so plugins neither see nor remove it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_credentials: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -141,6 +146,7 @@ impl TaskSpec {
             privileged: false,
             port_mappings: vec![],
             extra: None,
+            repository_credentials: None,
         };
         TaskSpec {
             network_mode: config.network_mode,

@@ -97,6 +97,16 @@ pub struct ContainerRequest {
     pub working_directory: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ulimits: Vec<UlimitRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_credentials: Option<RepositoryCredentialsRequest>,
+}
+
+/// `repositoryCredentials`: the secret's name (ECS takes a name or an ARN of a secret in the
+/// task's region; the name stays the same when the secret is deleted and made again).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryCredentialsRequest {
+    pub credentials_parameter: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -445,6 +455,10 @@ impl ContainerRequest {
             user: extra_str(extra, "user", &place)?,
             working_directory: extra_str(extra, "workingDirectory", &place)?,
             ulimits,
+            repository_credentials: c
+                .repository_credentials
+                .clone()
+                .map(|credentials_parameter| RepositoryCredentialsRequest { credentials_parameter }),
         })
     }
 
@@ -528,6 +542,12 @@ impl ContainerRequest {
                     })
                     .collect(),
             ))
+            .set_repository_credentials(self.repository_credentials.as_ref().map(|r| {
+                sdk::RepositoryCredentials::builder()
+                    .credentials_parameter(&r.credentials_parameter)
+                    .build()
+                    .expect("credentials parameter is set")
+            }))
             .build()
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! - [`standin`]: the local ECS stand-in brought up by `tests/local-ecs/up` (moto with our patch
 //!   layer, Docker with mutual TLS, the agent stand-in): clients, fault injection, recorded requests.
+//! - [`control`]: the patched moto's control API (`/_standin/...`): `control_get`, `control_post`,
+//!   and a guard for the global scaling settings.
 //! - [`runner`]: a runner-protocol harness that calls the built `ecs-executor` binary exactly as
 //!   gitlab-runner's custom executor does.
+pub mod control;
 pub mod runner;
 pub mod standin;
 

@@ -52,6 +52,30 @@ pub struct Standin {
     pub certs: Certs,
     pub images: Images,
     pub state_dir: PathBuf,
+    /// The private registry on loopback (`up` since issue 13); `None` in an older standin.json.
+    #[serde(default)]
+    pub registry: Option<Registry>,
+}
+
+/// The stand-in's private registry (tests/local-ecs/lib/registry.sh): htpasswd auth over
+/// plain HTTP on loopback, with private copies of the test images.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registry {
+    /// `127.0.0.1:5000`.
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    pub images: RegistryImages,
+    /// A loopback address where nothing listens (`127.0.0.1:5999`).
+    pub unreachable: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistryImages {
+    /// The build image (busybox) as `<address>/private/build:1`.
+    pub build: String,
+    /// `ecs-executor-test/svc-echo:1` as `<address>/private/svc-echo:1`.
+    pub service: String,
 }
 
 /// The client side of Docker's mutual TLS.
@@ -129,6 +153,70 @@ impl Standin {
             }
         }
         standin
+    }
+
+    /// The private registry; panics, saying how to get one, when this stand-in has none.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone().unwrap_or_else(|| {
+            not_up("standin.json names no private registry (tests/local-ecs/up starts one since issue 13)")
+        })
+    }
+
+    /// One Secrets Manager call to moto (JSON protocol over plain HTTP; moto does not check
+    /// signatures): HTTP status and body.
+    fn secrets_call(&self, action: &str, body: serde_json::Value) -> (u16, String) {
+        let answer = http()
+            .post(&self.endpoint)
+            .header("X-Amz-Target", format!("secretsmanager.{action}"))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header(
+                "Authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=test/20250101/{}/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+                    self.region
+                ),
+            )
+            .send(body.to_string());
+        let mut r = answer.unwrap_or_else(|e| panic!("Secrets Manager {action}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// Creates (or overwrites) a secret in moto's Secrets Manager.
+    pub fn put_secret(&self, name: &str, value: &str) {
+        let (status, body) =
+            self.secrets_call("CreateSecret", serde_json::json!({"Name": name, "SecretString": value}));
+        if status == 400 && body.contains("ResourceExistsException") {
+            let (status, body) = self.secrets_call(
+                "PutSecretValue",
+                serde_json::json!({"SecretId": name, "SecretString": value}),
+            );
+            assert_eq!(status, 200, "PutSecretValue {name}: {body}");
+        } else {
+            assert_eq!(status, 200, "CreateSecret {name}: {body}");
+        }
+    }
+
+    /// Deletes a secret at once (missing is fine).
+    pub fn delete_secret(&self, name: &str) {
+        let _ = self.secrets_call(
+            "DeleteSecret",
+            serde_json::json!({"SecretId": name, "ForceDeleteWithoutRecovery": true}),
+        );
+    }
+
+    /// A Secrets Manager secret's `SecretString` in moto, or `None` when there is no such secret.
+    pub fn secret_string(&self, name: &str) -> Option<String> {
+        let (status, body) = self.secrets_call("GetSecretValue", serde_json::json!({ "SecretId": name }));
+        match status {
+            200 => {
+                let v: serde_json::Value = serde_json::from_str(&body).expect("GetSecretValue answers JSON");
+                Some(v["SecretString"].as_str().unwrap_or_default().to_string())
+            }
+            // AWS answers 400, moto 404.
+            400 | 404 if body.contains("ResourceNotFoundException") => None,
+            _ => panic!("GetSecretValue {name}: HTTP {status}: {body}"),
+        }
     }
 
     /// `$STATE/executor.toml`: an ecs-executor config for this stand-in.
@@ -554,5 +642,57 @@ mod tests {
     fn credential_scope_dates_are_civil_dates() {
         assert_eq!(yyyymmdd(0), "19700101");
         assert_eq!(yyyymmdd(19_782), "20240229");
+    }
+}
+
+/// An agent stand-in process a test starts for a cluster and container instance of its own,
+/// with its own environment (`ECS_IMAGE_PULL_BEHAVIOR`, `ECS_ENGINE_AUTH_*`); killed on drop.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `ecs-agent-standin` (this workspace build) for `cluster`/`instance_arn` with
+    /// `env` added to its environment; stderr to a log file of its own.
+    pub fn start(standin: &Standin, cluster: &str, instance_arn: &str, env: &[(&str, &str)]) -> AgentProcess {
+        let exe = std::env::current_exe().expect("test binary path");
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/debug")
+            .join("ecs-agent-standin");
+        assert!(
+            bin.is_file(),
+            "{} is missing: run tests/local-ecs/up (or cargo build -p ecs-agent-standin)",
+            bin.display()
+        );
+        let log = std::env::temp_dir().join(format!("{cluster}.agent.log"));
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--standin", &standin.state_dir.join("standin.json").to_string_lossy()])
+            .args(["--cluster", cluster, "--container-instance", instance_arn])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("ECS_IMAGE_PULL_BEHAVIOR")
+            .env_remove("ECS_ENGINE_AUTH_TYPE")
+            .env_remove("ECS_ENGINE_AUTH_DATA")
+            .stderr(std::fs::File::create(&log).expect("agent log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start ecs-agent-standin");
+        AgentProcess { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

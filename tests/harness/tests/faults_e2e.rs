@@ -747,6 +747,79 @@ fn check_reports_each_check_and_fails_with_what_to_fix() {
         stdout.lines().any(|l| l.starts_with("ok   Docker at 127.0.0.1:2376")),
         "{stdout}"
     );
+    // The stand-in's dockerd runs with --tlsverify: a client without a certificate is refused.
+    let refuses = format!(
+        "ok   Docker at 127.0.0.1:2376 on {} refuses a client without a certificate",
+        e.standin.instance_id
+    );
+    assert!(stdout.lines().any(|l| l == refuses), "{refuses:?} in:\n{stdout}");
+
+    // A TLS listener with the instance's own server certificate that does not ask for a client
+    // certificate (dockerd with --tls but without --tlsverify does the same): openssl's
+    // s_server -HTTP, which answers a GET with the file of that path (a whole HTTP response):
+    // `_ping` and the version document.
+    let lax = e.dir.join("lax-tls");
+    std::fs::create_dir_all(&lax).unwrap();
+    let response = |ctype: &str, body: &str| {
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    std::fs::write(lax.join("_ping"), response("text/plain", "OK")).unwrap();
+    std::fs::write(
+        lax.join("version"),
+        response("application/json", r#"{"Version":"0-lax","ApiVersion":"1.41"}"#),
+    )
+    .unwrap();
+    let server_certs = e.standin.certs.ca.parent().expect("the certs dir").to_path_buf();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-HTTP", "-accept", &format!("127.0.0.1:{port}")])
+        .arg("-cert")
+        .arg(server_certs.join("server.pem"))
+        .arg("-key")
+        .arg(server_certs.join("server-key.pem"))
+        .current_dir(&lax)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _lax = Kill(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bad = config_variant(&e, "laxtls", |t| set_docker_key(&t, "port", &port.to_string()));
+    let out = admin(&bad, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let answers = format!(
+        "FAIL Docker at 127.0.0.1:{port} on {} answers a client WITHOUT a certificate",
+        e.standin.instance_id
+    );
+    let at = stdout.lines().position(|l| l.starts_with(&answers));
+    let at = at.unwrap_or_else(|| panic!("{answers:?} in:\n{}", text(&out)));
+    assert!(
+        stdout
+            .lines()
+            .nth(at + 1)
+            .is_some_and(|l| l.contains("fix:") && l.contains("--tlsverify")),
+        "{}",
+        text(&out)
+    );
 
     let certs = bad_certs("checkcerts");
     let ca = format!("\"{}\"", certs.path("other-ca.pem"));

@@ -335,6 +335,104 @@ fn cancel_kills_the_remote_script_runs_after_script_and_stops_the_task() {
     e.assert_tasks_stopped(&job, 1);
 }
 
+#[test]
+fn a_job_timeout_ends_the_script_runs_no_further_stage_and_stops_the_task() {
+    // gitlab-runner's job timeout: SIGTERM to the running call, then no after_script, no
+    // cache or artifact stage, only cleanup. (Counted from the job's start, prepare included.)
+    // The job names no image: the build container runs the config's `default_image`.
+    let e = E2e::new("jobtimeout");
+    let job = e
+        .job()
+        .without_image()
+        .script([
+            "test -x /bin/busybox",
+            "echo build-started",
+            "sleep 300",
+            "echo never-printed",
+        ])
+        .after_script(["echo after-script-ran"])
+        .stage_lines(stages::UPLOAD_ARTIFACTS_ON_FAILURE, ["echo upload-ran"]);
+    let outcome = e.runner(&job).job_timeout(Duration::from_secs(20)).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::TimedOut, "{log}");
+    let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
+    assert!(
+        build.stdout_text().contains("build-started"),
+        "the script was running when the timeout came (prepare took too long?):\n{log}"
+    );
+    assert!(
+        build
+            .termination
+            .is_some_and(|t| t.reason == ecs_executor_tests::runner::KillReason::JobTimeout),
+        "{}",
+        show(build)
+    );
+    assert!(
+        !build.is_success(),
+        "a timed-out stage never reports success: {}",
+        show(build)
+    );
+    assert!(!log.contains("never-printed\n"), "{log}");
+    assert!(
+        outcome.stage(stages::AFTER_SCRIPT).is_none() && outcome.stage(stages::UPLOAD_ARTIFACTS_ON_FAILURE).is_none(),
+        "no stage runs after a job timeout: {:?}",
+        outcome.stages_run()
+    );
+    assert!(
+        !log.contains("after-script-ran") && !log.contains("upload-ran"),
+        "{log}"
+    );
+    assert_eq!(
+        outcome.call_sequence().last().map(String::as_str),
+        Some("cleanup"),
+        "{log}"
+    );
+    assert_ok(outcome.calls.last().unwrap());
+    e.assert_tasks_stopped(&job, 1);
+}
+
+#[test]
+fn an_image_entrypoint_wraps_the_build_containers_main_process_not_each_stage() {
+    // `image: entrypoint:` becomes the build container's ECS entryPoint, with the keep-alive
+    // as its command: the entry point runs once when the task starts, and must run its
+    // arguments (`exec "$@"`) for the container to stay up. Stages run by Docker exec or the
+    // stage runner, so what the entry point exports does not reach the scripts (with GitLab's
+    // Docker executor it does: there the entry point starts the shell that reads the script).
+    let e = E2e::new("entrypoint");
+    let job = e
+        .job()
+        .image(Image::new(&e.standin.images.build).entrypoint([
+            "sh",
+            "-c",
+            "echo \"entrypoint ran with: $*\" > /tmp/entrypoint-ran; export FROM_ENTRYPOINT=set; exec \"$0\" \"$@\"",
+        ]))
+        .script([
+            "cat /tmp/entrypoint-ran",
+            "echo \"entrypoint-env=[${FROM_ENTRYPOINT:-}]\"",
+            "echo \"pid1=[$(tr '\\0' ' ' < /proc/1/cmdline)]\"",
+        ]);
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    let out = outcome
+        .stage(stages::BUILD_SCRIPT)
+        .expect("build_script ran")
+        .stdout_text();
+    assert!(
+        out.contains("entrypoint ran with: -c trap "),
+        "the entry point ran, with the keep-alive as its arguments:\n{out}"
+    );
+    assert!(
+        out.contains("pid1=[sh -c trap "),
+        "the entry point exec'd the keep-alive, which is PID 1:\n{out}"
+    );
+    assert!(
+        out.contains("entrypoint-env=[]\n"),
+        "the entry point's environment is not the stages':\n{out}"
+    );
+    e.assert_tasks_stopped(&job, 1);
+}
+
 /// Samples `ps` in the job's build container every 150 ms until `done`: (when, Some(true) when
 /// the script's processes are there, Some(false) when the container runs without them, None
 /// when the container cannot be asked).

@@ -552,6 +552,59 @@ fn check_reports_each_plugin_with_its_hooks_or_what_is_wrong() {
     assert!(stdout.contains("ok   AWS credentials and cluster local"), "{stdout}");
 }
 
+/// `check` reaches each instance's Docker as prepare does: through the address plugin, with
+/// its `tls_server_name` as the name the server certificate must carry. The stand-in's fleet
+/// certificate names `localhost` (and 127.0.0.0/24): with that name check passes at the
+/// plugin's public address, with another name the same daemon fails NotValidForName.
+#[test]
+fn check_uses_the_address_plugins_address_and_tls_server_name() {
+    let wasm = plugin_wasm("address-picker");
+    let probe = E2e::new("check-picker-probe");
+    let subnet = standin_subnet(&probe);
+    drop(probe);
+    let picker = |test: &str, name: &str| {
+        with_plugins(
+            test,
+            &[plugin_entry(
+                "address",
+                &wasm,
+                &format!(r#"{{"public_subnets":["{subnet}"], "tls_server_name": "{name}"}}"#),
+                "",
+            )],
+        )
+    };
+    let e = picker("check-picker", "localhost");
+    let config = e.config.display().to_string();
+    let (code, stdout, stderr) = command(&["--config", &config, "check"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let docker = format!(
+        "ok   Docker at 127.0.0.2:2376 on {} (mutual TLS, address from plugin `address`, certificate for localhost): Docker",
+        e.standin.instance_id
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with(&docker)),
+        "{docker:?} in:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok   Docker at 127.0.0.2:2376")
+                && l.ends_with("refuses a client without a certificate")),
+        "{stdout}"
+    );
+
+    let e = picker("check-picker-badname", "docker.other.internal");
+    let config = e.config.display().to_string();
+    let (code, stdout, stderr) = command(&["--config", &config, "check"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAIL Docker at 127.0.0.2:2376")
+            && l.contains("certificate for docker.other.internal")
+            && l.contains("does not name this address")),
+        "{stdout}"
+    );
+}
+
 /// The services hook, as prepare applies it (`plan` runs the same code, without AWS): the
 /// dind-services plugin maps `docker:*-dind` to a privileged container of its own, the
 /// job's other service keeps the built-in mapping (the launcher), and `build` links to both

@@ -410,6 +410,48 @@ fn a_build_image_without_git_gets_a_checkout_through_the_helper_writable_by_a_no
     let _ = std::fs::remove_dir_all(&cache_host);
 }
 
+#[test]
+fn every_cache_and_artifact_stage_runs_in_the_helper_with_umask_0000_and_finds_gitlab_runner() {
+    // gitlab-runner writes these stages as calls of `gitlab-runner cache-extractor`,
+    // `artifacts-downloader`, `cache-archiver`, `artifacts-uploader`: each must run in the
+    // helper container (as with the Docker executor), where the helper image ships only
+    // `gitlab-runner-helper`.
+    let e = E2e::with_config_edit("svc-helper-stages", |text| {
+        text.replace(
+            "helper_image = \"ecs-executor-test/helper:1\"",
+            &format!("helper_image = \"{HELPER_RUNNER}\""),
+        )
+    });
+    let mut live = e.start(e.job().script(["true"]));
+    let helper_id = live.container_id("helper");
+    for (stage, command) in [
+        (stages::RESTORE_CACHE, "cache-extractor"),
+        (stages::DOWNLOAD_ARTIFACTS, "artifacts-downloader"),
+        (stages::ARCHIVE_CACHE, "cache-archiver"),
+        (stages::ARCHIVE_CACHE_ON_FAILURE, "cache-archiver"),
+        (stages::UPLOAD_ARTIFACTS_ON_SUCCESS, "artifacts-uploader"),
+        (stages::UPLOAD_ARTIFACTS_ON_FAILURE, "artifacts-uploader"),
+    ] {
+        let call = live.stage(
+            stage,
+            &format!("echo \"{stage} in $(hostname) with umask $(umask)\"\ngitlab-runner {command} --id 7\n"),
+        );
+        assert_ok(&call);
+        let out = call.stdout_text();
+        assert!(
+            out.contains(&format!("{stage} in {} with umask 0000", &helper_id[..12])),
+            "{stage} runs in the helper container, umask 0000:\n{}",
+            show(&call)
+        );
+        assert!(
+            out.contains(&format!("gitlab-runner-helper stand-in: {command} --id 7")),
+            "{stage} finds gitlab-runner:\n{}",
+            show(&call)
+        );
+    }
+    live.finish();
+}
+
 /// `awsvpc` mode: the agent stand-in puts all of the task's containers in one network
 /// namespace (as ECS does with one ENI); every name resolves to 127.0.0.1 through /etc/hosts.
 #[test]

@@ -13,7 +13,11 @@ replace_if_changed() {
 write_standin_json() {
     # The venv's python: the one on PATH may be a slow pyenv shim.
     (
-        export STATE CERTS MOTO_ENDPOINT REGION CLUSTER DOCKER_PORT DOCKER_SOCK BUILD_IMAGE HELPER_IMAGE
+        export STATE CERTS MOTO_ENDPOINT REGION CLUSTER DOCKER_PORT DOCKER_SOCK BUILD_IMAGE HELPER_IMAGE \
+            REGISTRY_ADDR REGISTRY_USER REGISTRY_BUILD_IMAGE REGISTRY_SERVICE_IMAGE \
+            REGISTRY_UNREACHABLE
+        REGISTRY_PASSWORD=$(registry_password)
+        export REGISTRY_PASSWORD
         "$STATE/venv/bin/python" - "$STATE/seed.json" "$STATE/standin.json.tmp" <<'PY'
 import json, os, sys
 
@@ -36,9 +40,21 @@ standin = {
         "key": e["CERTS"] + "/client-key.pem",
     },
     "images": {"build": e["BUILD_IMAGE"], "helper": e["HELPER_IMAGE"]},
+    # The private registry (lib/registry.sh): a test user and password, nothing of value.
+    "registry": {
+        "address": e["REGISTRY_ADDR"],
+        "username": e["REGISTRY_USER"],
+        "password": e["REGISTRY_PASSWORD"],
+        "images": {
+            "build": e["REGISTRY_BUILD_IMAGE"],
+            "service": e["REGISTRY_SERVICE_IMAGE"],
+        },
+        "unreachable": e["REGISTRY_UNREACHABLE"],
+    },
     "state_dir": e["STATE"],
 }
-with open(sys.argv[2], "w") as f:
+# It names the registry's test password: readable by root only.
+with open(os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     json.dump(standin, f, indent=2)
     f.write("\n")
 PY

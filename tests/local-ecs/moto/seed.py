@@ -9,6 +9,7 @@ Prints one JSON object on stdout:
    "subnet_id","vpc_id"}
 Usage: $STATE/venv/bin/python seed.py --endpoint http://127.0.0.1:4580 [--region us-east-1]
 
+--cluster NAME: another cluster name than `local` (for a test's own moto and agent).
 Options for a production-like cluster (all off by default; tests/local-ecs/CONTRACT.md):
   --instances N        N container instances (instance k: private 127.0.0.(2k-1), public
                        127.0.0.(2k), availability zones a, b, c in turn); the output gains
@@ -64,17 +65,18 @@ def control(endpoint: str, method: str, path: str, body: Any = None) -> Any:
 
 def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances: int = 1,
          cpu: int | None = None, memory: int | None = None,
-         capacity_provider: str | None = None) -> dict[str, Any]:
-    """Idempotent; returns what main() prints. Pass boto3 clients to reuse them (tests)."""
+         capacity_provider: str | None = None, cluster: str = CLUSTER) -> dict[str, Any]:
+    """Idempotent; returns what main() prints. Pass boto3 clients to reuse them (tests).
+    `cluster`: another name than `local` (a test's own moto and agent, e.g. iam_e2e)."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     cfg = Config(retries={"max_attempts": 2, "mode": "standard"})
     ecs = ecs or boto3.client("ecs", endpoint_url=endpoint, region_name=region, config=cfg)
     ec2 = ec2 or boto3.client("ec2", endpoint_url=endpoint, region_name=region, config=cfg)
 
-    clusters = ecs.describe_clusters(clusters=[CLUSTER])["clusters"]
+    clusters = ecs.describe_clusters(clusters=[cluster])["clusters"]
     active = [c for c in clusters if c["status"] == "ACTIVE"]
-    cluster_arn = active[0]["clusterArn"] if active else ecs.create_cluster(clusterName=CLUSTER)["cluster"]["clusterArn"]
+    cluster_arn = active[0]["clusterArn"] if active else ecs.create_cluster(clusterName=cluster)["cluster"]["clusterArn"]
 
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": [VPC_CIDR]}])["Vpcs"]
     vpc_id = vpcs[0]["VpcId"] if vpcs else ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
@@ -118,10 +120,10 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances
     if address.get("InstanceId") != instance_id:
         ec2.associate_address(AllocationId=address["AllocationId"], InstanceId=instance_id, AllowReassociation=True)
 
-    ci_arns = ecs.list_container_instances(cluster=CLUSTER)["containerInstanceArns"]
+    ci_arns = ecs.list_container_instances(cluster=cluster)["containerInstanceArns"]
     container_instance_arn = None
     if ci_arns:
-        for ci in ecs.describe_container_instances(cluster=CLUSTER, containerInstances=ci_arns)["containerInstances"]:
+        for ci in ecs.describe_container_instances(cluster=cluster, containerInstances=ci_arns)["containerInstances"]:
             if ci["ec2InstanceId"] == instance_id:
                 container_instance_arn = ci["containerInstanceArn"]
                 break
@@ -130,11 +132,11 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances
         resources = [{"name": n, "type": "INTEGER", "integerValue": v}
                      for n, v in (("CPU", cpu), ("MEMORY", memory)) if v is not None]
         container_instance_arn = ecs.register_container_instance(
-            cluster=CLUSTER, instanceIdentityDocument=doc, totalResources=resources,
+            cluster=cluster, instanceIdentityDocument=doc, totalResources=resources,
         )["containerInstance"]["containerInstanceArn"]
 
     # Check the way the executor will look: container instance -> EC2 instance -> IPs.
-    ci = ecs.describe_container_instances(cluster=CLUSTER, containerInstances=[container_instance_arn])
+    ci = ecs.describe_container_instances(cluster=cluster, containerInstances=[container_instance_arn])
     ci_instance = ci["containerInstances"][0]["ec2InstanceId"]
     if ci_instance != instance_id:
         fail(f"container instance points at {ci_instance}, expected {instance_id}")
@@ -160,7 +162,7 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances
         first = control(endpoint, "GET", f"/_standin/instances/{instance_id}?region={region}")
         listed = [first]
         for k in range(2, instances + 1):
-            spec: dict[str, Any] = {"cluster": CLUSTER, "private_ip": f"127.0.0.{2 * k - 1}",
+            spec: dict[str, Any] = {"cluster": cluster, "private_ip": f"127.0.0.{2 * k - 1}",
                                     "public_ip": f"127.0.0.{2 * k}"}
             if cpu is not None:
                 spec["cpu"] = cpu
@@ -178,7 +180,7 @@ def seed(endpoint: str, region: str, ecs: Any = None, ec2: Any = None, instances
                 "managedTerminationProtection": "DISABLED",
             })
         ecs.put_cluster_capacity_providers(
-            cluster=CLUSTER, capacityProviders=[capacity_provider],
+            cluster=cluster, capacityProviders=[capacity_provider],
             defaultCapacityProviderStrategy=[{"capacityProvider": capacity_provider, "weight": 1, "base": 0}],
         )
         result["capacity_provider"] = capacity_provider
@@ -191,6 +193,7 @@ def main() -> None:
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     parser.add_argument("--wait", type=float, default=30.0,
                         help="seconds to wait for the server to answer /_standin/health (0: no wait)")
+    parser.add_argument("--cluster", default=CLUSTER, help=f"the cluster's name (default {CLUSTER})")
     parser.add_argument("--instances", type=int, default=1, help="container instances (default 1)")
     parser.add_argument("--cpu", type=int, help="registered CPU units of each seeded instance")
     parser.add_argument("--memory", type=int, help="registered memory (MiB) of each seeded instance")
@@ -205,7 +208,7 @@ def main() -> None:
     if args.scaling:
         control(args.endpoint, "POST", "/_standin/scaling", json.loads(args.scaling))
     out = seed(args.endpoint, args.region, instances=args.instances, cpu=args.cpu, memory=args.memory,
-               capacity_provider=args.capacity_provider)
+               capacity_provider=args.capacity_provider, cluster=args.cluster)
     if args.throttling:  # last, so that seeding itself is not throttled
         control(args.endpoint, "POST", "/_standin/throttling", {"enabled": True, "scale": args.throttle_scale})
     print(json.dumps(out))

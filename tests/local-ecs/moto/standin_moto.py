@@ -1599,6 +1599,50 @@ def aws_error(protocol: str, error: str, message: str, status: int,
     return status, headers, body
 
 
+# moto's IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT, /moto-api/reset-auth) answers every
+# service with one XML <ErrorResponse> (AccessDenied, InvalidClientTokenId, ...), which the ECS
+# SDKs cannot parse (JSON protocol) and which is not EC2's <Response> shape or codes. What AWS
+# sends instead, per service: code, HTTP status, and a message in AWS's words.
+AUTH_ERRORS = {
+    ("ecs", "AccessDenied"): ("AccessDeniedException", 400),
+    ("ecs", "InvalidClientTokenId"): ("UnrecognizedClientException", 400),
+    ("ecs", "SignatureDoesNotMatch"): ("InvalidSignatureException", 400),
+    ("ec2", "AccessDenied"): ("UnauthorizedOperation", 403),
+    ("ec2", "InvalidClientTokenId"): ("AuthFailure", 401),
+    ("ec2", "SignatureDoesNotMatch"): ("AuthFailure", 401),
+    # Secrets Manager speaks JSON 1.1 as ECS does, with the same codes.
+    ("secretsmanager", "AccessDenied"): ("AccessDeniedException", 400),
+    ("secretsmanager", "InvalidClientTokenId"): ("UnrecognizedClientException", 400),
+    ("secretsmanager", "SignatureDoesNotMatch"): ("InvalidSignatureException", 400),
+}
+
+
+def auth_error_in_protocol(service: str, action: str | None, protocol: str, status: int,
+                           headers: list[tuple[str, str]], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """moto's IAM refusal of an ECS, EC2 or Secrets Manager call, answered as that service
+    answers it: ECS (and Secrets Manager) JSON
+    `AccessDeniedException` ("User: ... is not authorized to perform: ecs:RunTask because no
+    identity-based policy allows the ecs:RunTask action"), EC2 XML `UnauthorizedOperation`
+    ("You are not authorized to perform this operation. User: ..."). Anything else unchanged."""
+    m = re.search(rb"<Code>([^<]+)</Code>\s*<Message>([^<]*)</Message>", body)
+    if not m or service not in ("ecs", "ec2", "secretsmanager"):
+        return status, headers, body
+    from xml.sax.saxutils import unescape
+
+    code, message = m.group(1).decode(), unescape(m.group(2).decode())
+    mapped = AUTH_ERRORS.get((service, code))
+    if mapped is None:
+        return status, headers, body
+    error, new_status = mapped
+    denied = re.search(r"is not authorized to perform: (\S+)", message)
+    if denied:
+        message = f"{message} because no identity-based policy allows the {denied.group(1)} action"
+    if error == "UnauthorizedOperation":
+        message = f"You are not authorized to perform this operation. {message}"
+    log.info("%s %s: IAM refused it (%s -> %s)", service, action, code, error)
+    return aws_error(protocol, error, message, new_status)
+
+
 def throttle_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """The answer to a throttled call (standin_throttle.py): ECS JSON (400) or EC2 XML (503)."""
     if service == "ecs":
@@ -1793,6 +1837,8 @@ class StandinApp:
             status, headers, body = aws_error(protocol, fault["error"], fault["message"], fault["status"])
         else:
             status, headers, body = self.call_moto(environ, protocol)
+            if status in (401, 403):
+                status, headers, body = auth_error_in_protocol(service, action, protocol, status, headers, body)
         item["status"] = status
         log.info(
             "%s %s -> %s%s (%.0f ms)", service, action, status,

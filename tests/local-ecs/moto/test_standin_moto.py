@@ -393,6 +393,45 @@ class StandinMotoTest(unittest.TestCase):
         self.assertTrue(err.response["ResponseMetadata"]["RequestId"])
         self.ec2.describe_instances()
 
+    def test_iam_refusals_come_in_each_services_protocol(self) -> None:
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION, config=NO_RETRY)
+        iam.create_user(UserName="only-list")
+        iam.put_user_policy(UserName="only-list", PolicyName="p", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["ecs:ListClusters"], "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="only-list")["AccessKey"]
+        creds = dict(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        ecs = boto3.client("ecs", endpoint_url=self.endpoint, region_name=REGION, config=NO_RETRY, **creds)
+        ec2 = boto3.client("ec2", endpoint_url=self.endpoint, region_name=REGION, config=NO_RETRY, **creds)
+        nobody = dict(aws_access_key_id="AKIANOBODY0000000000", aws_secret_access_key="x")
+        # IAM enforcement from now on (what INITIAL_NO_AUTH_ACTION_COUNT=0 does), off again after.
+        req = urllib.request.Request(self.endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
+                                     headers={"Content-Type": "text/plain"})
+        urllib.request.urlopen(req, timeout=10).read()
+        try:
+            ecs.list_clusters()
+            err = self.error_of(ecs.describe_clusters, clusters=["local"])
+            self.assertEqual(err.response["Error"]["Code"], "AccessDeniedException")
+            self.assertIn("is not authorized to perform: ecs:DescribeClusters because no identity-based policy "
+                          "allows the ecs:DescribeClusters action", err.response["Error"]["Message"])
+            self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+            err = self.error_of(ec2.describe_instances)
+            self.assertEqual(err.response["Error"]["Code"], "UnauthorizedOperation")
+            self.assertTrue(err.response["Error"]["Message"].startswith("You are not authorized to perform this operation. "))
+            self.assertIn("ec2:DescribeInstances", err.response["Error"]["Message"])
+            self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 403)
+            err = self.error_of(boto3.client("ecs", endpoint_url=self.endpoint, region_name=REGION,
+                                             config=NO_RETRY, **nobody).list_clusters)
+            self.assertEqual(err.response["Error"]["Code"], "UnrecognizedClientException")
+            err = self.error_of(boto3.client("ec2", endpoint_url=self.endpoint, region_name=REGION,
+                                             config=NO_RETRY, **nobody).describe_instances)
+            self.assertEqual(err.response["Error"]["Code"], "AuthFailure")
+            self.assertEqual(err.response["ResponseMetadata"]["HTTPStatusCode"], 401)
+        finally:
+            req = urllib.request.Request(self.endpoint + "/moto-api/reset-auth", data=b"inf", method="POST",
+                                         headers={"Content-Type": "text/plain"})
+            urllib.request.urlopen(req, timeout=10).read()
+
     def test_fault_delay_only_and_concurrency(self) -> None:
         self.http("POST", "/_standin/faults", {"service": "ecs", "action": "ListClusters", "delay_ms": 600})
         done = {}

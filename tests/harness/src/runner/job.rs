@@ -337,6 +337,12 @@ impl JobSpec {
         self.image = Some(image);
         self
     }
+    /// A job without `image:` (GitLab then sends `"image": {"name": ""}` and gitlab-runner sets
+    /// no `CI_JOB_IMAGE`).
+    pub fn without_image(mut self) -> Self {
+        self.image = None;
+        self
+    }
     pub fn service(mut self, service: Image) -> Self {
         self.services.push(service);
         self

@@ -5,7 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod capacity;
 pub mod faults;
+pub mod standin_agent;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,7 +85,17 @@ impl E2e {
             rest.join("\n")
         );
         let config = dir.join("executor.toml");
-        std::fs::write(&config, edit(text)).expect("write the config copy");
+        let text = edit(text);
+        std::fs::write(&config, &text).expect("write the config copy");
+        // A test may point the executor at a cluster of its own (`standin_agent`): the ECS
+        // checks below then look there.
+        let mut standin = standin;
+        if let Some(cluster) = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("cluster").and_then(|c| c.as_str()).map(String::from))
+        {
+            standin.cluster = cluster;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -271,7 +271,9 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
         }
     }
     if !def.secrets().is_empty() || !def.environment_files().is_empty() {
-        notes.push("secrets and environmentFiles are not emulated (no Secrets Manager, SSM or S3 here)".into());
+        notes.push(
+            "container secrets and environmentFiles are not emulated (only repositoryCredentials are read)".into(),
+        );
     }
 
     // An empty list means "not set", for overrides and definitions alike.

@@ -31,7 +31,8 @@ pub struct CallError {
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ECS {} failed: {}", self.action, self.message)
+        let service = if self.action.starts_with("EC2 ") { "" } else { "ECS " };
+        write!(f, "{service}{} failed: {}", self.action, self.message)
     }
 }
 
@@ -106,9 +107,22 @@ pub struct Described {
     pub missing: Vec<String>,
 }
 
-/// The ECS client, bound to the cluster, with a cache of task definitions (immutable per ARN).
+/// A container instance of the cluster as DescribeContainerInstances shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub arn: String,
+    /// `ACTIVE`, `DRAINING`, ...
+    pub status: String,
+    pub ec2_instance_id: Option<String>,
+}
+
+/// The ECS client, bound to the cluster, with a cache of task definitions (immutable per ARN),
+/// and EC2 for the instances' addresses.
 pub struct ControlPlane {
     client: aws_sdk_ecs::Client,
+    ec2: aws_sdk_ec2::Client,
+    /// Secrets Manager (the same moto), for `repositoryCredentials`.
+    secrets: aws_sdk_secretsmanager::Client,
     cluster: String,
     definitions: Mutex<HashMap<String, TaskDefinition>>,
 }
@@ -141,6 +155,8 @@ impl ControlPlane {
             .await;
         ControlPlane {
             client: aws_sdk_ecs::Client::new(&shared),
+            ec2: aws_sdk_ec2::Client::new(&shared),
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
             cluster: cluster.to_string(),
             definitions: Mutex::default(),
         }
@@ -159,8 +175,9 @@ impl ControlPlane {
         Ok(out.task_arns().to_vec())
     }
 
-    /// The cluster's container instances that may run tasks (ACTIVE or DRAINING): ARN → status.
-    pub async fn container_instances(&self) -> Result<Vec<(String, String)>, CallError> {
+    /// The cluster's container instances as ListContainerInstances lists them (not INACTIVE
+    /// ones), with their status and EC2 instance.
+    pub async fn container_instances(&self) -> Result<Vec<InstanceRow>, CallError> {
         let mut found = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -185,7 +202,11 @@ impl ControlPlane {
                         .map_err(call_error("DescribeContainerInstances"))?;
                     for ci in d.container_instances() {
                         if let (Some(arn), Some(status)) = (ci.container_instance_arn(), ci.status()) {
-                            found.push((arn.to_string(), status.to_string()));
+                            found.push(InstanceRow {
+                                arn: arn.to_string(),
+                                status: status.to_string(),
+                                ec2_instance_id: ci.ec2_instance_id().map(String::from),
+                            });
                         }
                     }
                 }
@@ -195,6 +216,27 @@ impl ControlPlane {
                 None => return Ok(found),
             }
         }
+    }
+
+    /// The EC2 instance's private and public IPv4 addresses (EC2 DescribeInstances, as the
+    /// executor finds them): where its Docker listens.
+    pub async fn instance_addresses(&self, instance_id: &str) -> Result<Vec<std::net::IpAddr>, CallError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(call_error("EC2 DescribeInstances"))?;
+        let mut found = Vec::new();
+        for i in out.reservations().iter().flat_map(|r| r.instances()) {
+            for ip in [i.private_ip_address(), i.public_ip_address()].into_iter().flatten() {
+                if let Ok(ip) = ip.parse() {
+                    found.push(ip);
+                }
+            }
+        }
+        Ok(found)
     }
 
     pub async fn describe_tasks(&self, arns: &[String]) -> Result<Described, CallError> {
@@ -240,6 +282,19 @@ impl ControlPlane {
         })?;
         self.definitions.lock().unwrap().insert(arn.to_string(), def.clone());
         Ok(def)
+    }
+
+    /// A secret's `SecretString` (GetSecretValue, AWSCURRENT), as the agent reads a
+    /// `repositoryCredentials` secret. The error text is `<code>: <message>` as AWS SDKs print it.
+    pub async fn secret_string(&self, secret_id: &str) -> Result<Option<String>, String> {
+        match self.secrets.get_secret_value().secret_id(secret_id).send().await {
+            Ok(out) => Ok(out.secret_string().map(String::from)),
+            Err(e) => Err(match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                _ => DisplayErrorContext(&e).to_string().replace('\n', " "),
+            }),
+        }
     }
 
     pub async fn submit_task(&self, report: &TaskReport) -> Result<(), CallError> {

@@ -1,6 +1,7 @@
 //! Image references as the ECS agent's pull (containerd/docker) spells them in errors: fully
-//! normalised (`busybox` → `docker.io/library/busybox:latest`). No registry is reachable here,
-//! so a missing image is reported exactly as a real instance reports a failed pull.
+//! normalised (`busybox` → `docker.io/library/busybox:latest`). Only loopback registries are
+//! reachable here (`pull`), so a missing image of any other registry is reported exactly as a
+//! real instance reports a pull of a reference the registry does not know.
 
 /// `name` normalised like `reference.ParseNormalizedNamed` + `TagNameOnly`: registry defaults
 /// to `docker.io`, official images get `library/`, and a reference with neither tag nor digest

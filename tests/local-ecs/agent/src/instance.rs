@@ -4,6 +4,7 @@
 //! Each task is run by its own `TaskRun`; this loop only tells it what ECS wants.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::action_log::say;
-use crate::control_plane::CallError;
+use crate::control_plane::{CallError, InstanceRow};
 use crate::docker_events::ExitRoutes;
+use crate::docker_listener::Listeners;
 use crate::naming::{LABEL_CLUSTER, LABEL_TASK_ARN, task_id};
 use crate::settings::{Settings, StandinFile};
 use crate::task_run::{Agent, Desired, TaskRun, TaskSignals};
@@ -26,6 +28,11 @@ const ORPHAN_SCAN_EVERY: u64 = 50;
 /// `docker stop` timeout for an orphan (its task definition may be gone with the task).
 const ORPHAN_STOP_TIMEOUT_SECS: i32 = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A task ECS stopped because its host was terminated is left alone this long first: on a
+/// real host the containers and the host's Docker connections go at the same moment, so the
+/// instance's listeners (closed or silenced within `INSTANCES_EVERY`) must go before the
+/// containers stop, or a client would see its exec end as if the host had stopped it.
+const HOST_GONE_GRACE: Duration = Duration::from_secs(3);
 
 struct TaskHandle {
     desired: watch::Sender<Desired>,
@@ -39,6 +46,8 @@ pub struct InstanceLoop {
     tracked: HashMap<String, TaskHandle>,
     /// Tasks finished here or found already STOPPED: never picked up again.
     done: HashSet<String>,
+    /// Tracked tasks stopped by their host's termination, and when that was first seen.
+    host_gone: HashMap<String, tokio::time::Instant>,
 }
 
 impl InstanceLoop {
@@ -49,6 +58,7 @@ impl InstanceLoop {
             routes,
             tracked: HashMap::new(),
             done: HashSet::new(),
+            host_gone: HashMap::new(),
         }
     }
 
@@ -126,6 +136,12 @@ impl InstanceLoop {
                 Desired::Running
             };
             if let Some(handle) = self.tracked.get(&arn) {
+                if desired == Desired::Stopped && stopped_by_host_termination(&task) {
+                    let first = *self.host_gone.entry(arn.clone()).or_insert_with(tokio::time::Instant::now);
+                    if first.elapsed() < HOST_GONE_GRACE {
+                        continue;
+                    }
+                }
                 handle.desired.send_if_modified(|d| {
                     let changed = *d == Desired::Running && desired == Desired::Stopped;
                     if changed {
@@ -194,6 +210,7 @@ impl InstanceLoop {
             .collect();
         for arn in finished {
             self.tracked.remove(&arn);
+            self.host_gone.remove(&arn);
             self.routes.lock().unwrap().remove(&arn);
             self.done.insert(arn);
         }
@@ -292,19 +309,39 @@ const GONE_FOR: Duration = Duration::from_secs(30);
 /// Serves every ACTIVE or DRAINING container instance of the cluster, one `InstanceLoop` each,
 /// as ListContainerInstances shows them: a scale-out's new instance is served within a
 /// second; a drained or lost instance's tasks are stopped by its loop when ECS marks them
-/// STOPPED (with ECS's stop code and reason, set by the stand-in's moto).
-pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes) {
+/// STOPPED (with ECS's stop code and reason, set by the stand-in's moto). With `listeners`,
+/// each served instance also gets its own mutual-TLS Docker listener on its private and public
+/// address (`docker_listener`), closed — connections cut — as soon as the instance is no
+/// longer listed (terminated, deregistered).
+/// ECS's reason for a task whose instance was terminated under it: "Host EC2 (instance
+/// i-…) terminated." (stop code `TerminationNotice`).
+fn stopped_by_host_termination(task: &aws_sdk_ecs::types::Task) -> bool {
+    let reason = task.stopped_reason().unwrap_or_default();
+    reason.starts_with("Host EC2 (instance ") && reason.ends_with(") terminated.")
+}
+
+pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes, mut listeners: Option<Listeners>) {
     let mut loops: HashMap<String, (JoinHandle<()>, Option<tokio::time::Instant>)> = HashMap::new();
+    // EC2 addresses of the instances, looked up once each.
+    let mut addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
     let mut last_error = String::new();
     loop {
         match agent.ecs.container_instances().await {
             Ok(instances) => {
                 last_error.clear();
                 let now = tokio::time::Instant::now();
-                for (arn, status) in &instances {
-                    if status != "ACTIVE" && status != "DRAINING" {
-                        continue;
+                let serving = |row: &InstanceRow| row.status == "ACTIVE" || row.status == "DRAINING";
+                // Gone first: a lost instance's addresses may be a new instance's already.
+                if let Some(l) = listeners.as_mut() {
+                    for arn in l.instances() {
+                        if !instances.iter().any(|r| r.arn == arn && serving(r)) {
+                            l.close(&arn);
+                            addresses.remove(&arn);
+                        }
                     }
+                }
+                for row in instances.iter().filter(|r| serving(r)) {
+                    let (arn, status) = (&row.arn, &row.status);
                     let entry = loops.entry(arn.clone()).or_insert_with(|| {
                         say!("serving container instance {arn} ({status})");
                         let mut s = settings.clone();
@@ -314,12 +351,24 @@ pub async fn serve_all(agent: Arc<Agent>, settings: Settings, routes: ExitRoutes
                         (tokio::spawn(run), None)
                     });
                     entry.1 = None;
+                    let (Some(l), Some(ec2_id)) = (listeners.as_mut(), row.ec2_instance_id.as_deref()) else {
+                        continue;
+                    };
+                    if !addresses.contains_key(arn) {
+                        match agent.ecs.instance_addresses(ec2_id).await {
+                            Ok(found) if !found.is_empty() => {
+                                addresses.insert(arn.clone(), found);
+                            }
+                            Ok(_) => {}
+                            Err(e) => say!("container instance {arn}: {e}; trying again"),
+                        }
+                    }
+                    if let Some(ips) = addresses.get(arn) {
+                        l.serve(arn, ips).await;
+                    }
                 }
                 loops.retain(|arn, (join, gone)| {
-                    let listed = instances
-                        .iter()
-                        .any(|(a, st)| a == arn && (st == "ACTIVE" || st == "DRAINING"));
-                    if listed {
+                    if instances.iter().any(|r| &r.arn == arn && serving(r)) {
                         return true;
                     }
                     let since = *gone.get_or_insert(now);

@@ -16,9 +16,11 @@ mod cleanup;
 mod container_config;
 mod control_plane;
 mod docker_events;
+mod docker_listener;
 mod image_ref;
 mod instance;
 mod naming;
+mod pull;
 mod settings;
 mod start_order;
 mod task_run;
@@ -35,8 +37,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::action_log::say;
 use crate::control_plane::ControlPlane;
 use crate::docker_events::ExitRoutes;
+use crate::pull::{EngineAuth, ImageState, PullBehavior};
 use crate::settings::{Overrides, Settings, StandinFile, default_standin_path};
-use crate::task_run::{Agent, Latency};
+use crate::task_run::{Agent, Latency, PullSettings};
 
 /// Docker 20.10 serves API 1.41; bollard's newer default would be refused.
 const DOCKER_API: ClientVersion = ClientVersion {
@@ -79,6 +82,21 @@ struct Cli {
     /// within a second), instead of the one container instance
     #[arg(long)]
     all_instances: bool,
+    /// With --all-instances: the directory of client-ca.pem, server.pem and server-key.pem for
+    /// each instance's mutual-TLS Docker listener [default: $STATE/certs of standin.json]
+    #[arg(long)]
+    docker_tls_dir: Option<PathBuf>,
+    /// With --all-instances: the port of each instance's Docker listener [default:
+    /// standin.json's docker_port, else 2376]
+    #[arg(long)]
+    docker_port: Option<u16>,
+    /// With --all-instances: open no Docker listeners (clients reach dockerd's own only)
+    #[arg(long)]
+    no_docker_listeners: bool,
+    /// What a lost instance's open Docker connections do: `cut` (closed at once) or `hang`
+    /// (kept open and silent, as with a host that vanished without a word)
+    #[arg(long, default_value = "cut")]
+    lost_connections: String,
     /// Milliseconds the image pull takes (the real agent checks the registry even for a cached image)
     #[arg(long, default_value_t = 0)]
     pull_ms: u64,
@@ -105,11 +123,24 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => None,
     };
     let follow_file = file.is_some() && cli.container_instance.is_none();
+    let tls_dir = cli.docker_tls_dir.clone().or_else(|| {
+        file.as_ref()
+            .and_then(|(_, f)| f.state_dir.as_ref())
+            .map(|d| d.join("certs"))
+    });
+    let docker_port = cli
+        .docker_port
+        .or_else(|| file.as_ref().and_then(|(_, f)| f.docker_port))
+        .unwrap_or(2376);
+    // --all-instances serves whatever the cluster has: no one container instance to name.
+    let container_instance = cli
+        .container_instance
+        .or_else(|| cli.all_instances.then(|| "(every instance of the cluster)".to_string()));
     let flags = Overrides {
         endpoint: cli.endpoint,
         region: cli.region,
         cluster: cli.cluster,
-        container_instance_arn: cli.container_instance,
+        container_instance_arn: container_instance,
         docker_host: cli.docker_host,
     };
     let mut settings = Settings::resolve(
@@ -150,12 +181,34 @@ async fn main() -> anyhow::Result<()> {
         start: Duration::from_millis(pick(cli.start_ms, start)),
         report: Duration::from_millis(pick(cli.report_ms, report)),
     };
-    say!("latency: pull {:?}, start {:?}, report {:?}", latency.pull, latency.start, latency.report);
+    say!(
+        "latency: pull {:?}, start {:?}, report {:?}",
+        latency.pull,
+        latency.start,
+        latency.report
+    );
+    // The agent's own settings, read from its environment as the agent reads /etc/ecs/ecs.config.
+    let env = |name: &str| std::env::var(name).ok();
+    let behavior = PullBehavior::parse(&env("ECS_IMAGE_PULL_BEHAVIOR").unwrap_or_default())?;
+    let engine_auth = EngineAuth::parse(
+        env("ECS_ENGINE_AUTH_TYPE").as_deref(),
+        env("ECS_ENGINE_AUTH_DATA").as_deref(),
+    )?;
+    say!(
+        "image pull behaviour {}; engine auth data {}; images are pulled from loopback registries only",
+        behavior.as_str(),
+        if engine_auth.is_empty() { "none" } else { "set" }
+    );
     let agent = Arc::new(Agent {
         ecs,
         docker: docker.clone(),
         cluster: settings.cluster.clone(),
         latency,
+        pull: PullSettings {
+            behavior,
+            engine_auth,
+            images: ImageState::default(),
+        },
     });
     let routes = ExitRoutes::default();
 
@@ -170,7 +223,31 @@ async fn main() -> anyhow::Result<()> {
         settings.cleanup_after,
     ));
     let instance = if cli.all_instances {
-        tokio::spawn(instance::serve_all(agent, settings, routes))
+        let lost = match cli.lost_connections.as_str() {
+            "cut" => docker_listener::Lost::Cut,
+            "hang" => docker_listener::Lost::Hang,
+            other => anyhow::bail!("--lost-connections {other}: expected cut or hang"),
+        };
+        let listeners = if cli.no_docker_listeners {
+            None
+        } else {
+            let dir = tls_dir.context(
+                "--all-instances opens a Docker listener per instance: give --docker-tls-dir (or a \
+                 standin.json with state_dir), or --no-docker-listeners",
+            )?;
+            let config = docker_listener::server_config(&dir)?;
+            say!(
+                "Docker listeners: mutual TLS on port {docker_port} of each instance's addresses, certificates from {}",
+                dir.display()
+            );
+            Some(docker_listener::Listeners::new(
+                config,
+                settings.docker_socket.clone(),
+                docker_port,
+                lost,
+            ))
+        };
+        tokio::spawn(instance::serve_all(agent, settings, routes, listeners))
     } else {
         tokio::spawn(instance::InstanceLoop::new(agent, settings, routes).run())
     };

@@ -16,6 +16,12 @@ pub struct StandinFile {
     pub cluster: Option<String>,
     pub container_instance_arn: Option<String>,
     pub docker_host: Option<String>,
+    /// The instances' Docker TLS port (2376).
+    #[serde(default)]
+    pub docker_port: Option<u16>,
+    /// `$STATE`: the Docker TLS certificates are in `$STATE/certs`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl StandinFile {
@@ -70,6 +76,8 @@ impl Settings {
             cluster: None,
             container_instance_arn: None,
             docker_host: None,
+            docker_port: None,
+            state_dir: None,
         });
         let docker_host = flags
             .docker_host
@@ -129,6 +137,18 @@ mod tests {
         assert_eq!(s.endpoint, "http://127.0.0.1:4580");
         assert_eq!(s.container_instance_arn, "arn:ci");
         assert_eq!(s.docker_socket, PathBuf::from("/var/run/docker.sock"));
+    }
+
+    #[test]
+    fn the_docker_listeners_settings_come_from_the_file() {
+        let file: StandinFile = serde_json::from_str(
+            r#"{"endpoint":"e","cluster":"c","docker_port":2376,"state_dir":"/var/tmp/s","private_ip":"127.0.0.1"}"#,
+        )
+        .unwrap();
+        assert_eq!(file.docker_port, Some(2376));
+        assert_eq!(file.state_dir, Some(PathBuf::from("/var/tmp/s")));
+        let older: StandinFile = serde_json::from_str(r#"{"endpoint":"e","cluster":"c"}"#).unwrap();
+        assert_eq!((older.docker_port, older.state_dir), (None, None));
     }
 
     #[test]

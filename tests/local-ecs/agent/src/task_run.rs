@@ -23,8 +23,8 @@ use crate::action_log::say;
 use crate::container_config::{ContainerInputs, NetworkPlacement, VolumeSource, plan_container};
 use crate::control_plane::{ContainerReport, ControlPlane, TaskReport, persist};
 use crate::docker_events::ContainerExit;
-use crate::image_ref::cannot_pull_reason;
 use crate::naming::{LABEL_CONTAINER_NAME, LABEL_TASK_ARN, LABEL_VOLUME_NAME, TaskIdentity, task_id};
+use crate::pull::{Credentials, ImageState, Outcome, PullBehavior, parse_asm_value};
 use crate::start_order::{Progress, Readiness, StartOrder, declared_dependencies};
 
 /// What ECS wants of a task, as the instance loop last saw it.
@@ -45,6 +45,16 @@ pub struct Agent {
     pub cluster: String,
     /// Delays the real agent spends (pull, start, state report), slept before each.
     pub latency: Latency,
+    pub pull: PullSettings,
+}
+
+/// How images get onto the instance: the agent's pull settings and its image state.
+pub struct PullSettings {
+    /// `ECS_IMAGE_PULL_BEHAVIOR`.
+    pub behavior: PullBehavior,
+    /// `ECS_ENGINE_AUTH_TYPE` / `ECS_ENGINE_AUTH_DATA`.
+    pub engine_auth: crate::pull::EngineAuth,
+    pub images: ImageState,
 }
 
 /// The agent's latency profile. The real agent on EC2 takes seconds to pull a cached light
@@ -156,7 +166,7 @@ impl TaskRun {
         self.check_desired()?;
         self.plan(&def)?;
         self.adopt().await;
-        self.check_images().await?;
+        self.check_images(&def).await?;
         self.check_desired()?;
         let volumes = self.prepare_volumes(&def).await?;
         self.check_desired()?;
@@ -282,29 +292,49 @@ impl TaskRun {
         }
     }
 
-    /// Images are never pulled: a missing image fails the task as a failed pull does on ECS.
-    async fn check_images(&mut self) -> Result<(), StopCause> {
+    /// The images, as the ECS agent gets them: registry credentials first (a container's
+    /// `repositoryCredentials` secret, read with the task's execution role as the agent's
+    /// `asm-auth` task resource does before any pull; else the instance's
+    /// `ECS_ENGINE_AUTH_DATA`), then each image as `ECS_IMAGE_PULL_BEHAVIOR` says (`pull`).
+    async fn check_images(&mut self, def: &TaskDefinition) -> Result<(), StopCause> {
         self.pull_started_at = Some(SystemTime::now());
         if self.containers.iter().any(|c| c.docker_id.is_none()) {
             tokio::time::sleep(self.agent.latency.pull).await;
         }
+        let secrets = self.registry_secrets(def).await?;
         let mut failure = None;
-        for c in self.containers.iter_mut().filter(|c| c.docker_id.is_none()) {
-            match self.agent.docker.inspect_image(&c.image).await {
-                Ok(_) => {}
-                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
-                    let reason = cannot_pull_reason(&c.image);
-                    say!(
-                        "task {}: image {} of container {} is not on this host",
-                        self.id,
-                        c.image,
-                        c.name
-                    );
-                    c.reason = Some(reason.clone());
-                    failure.get_or_insert(reason);
-                }
-                Err(e) => {
-                    let reason = format!("CannotPullContainerError: {}", docker_message(&e));
+        for (idx, c) in self.containers.iter_mut().enumerate() {
+            if c.docker_id.is_some() {
+                continue;
+            }
+            let cdef = &def.container_definitions()[idx];
+            let credentials = match cdef.repository_credentials().map(|r| r.credentials_parameter()) {
+                Some(secret) => secrets.get(secret),
+                None => self.agent.pull.engine_auth.for_image(&c.image),
+            };
+            let behavior = self.agent.pull.behavior;
+            match self
+                .agent
+                .pull
+                .images
+                .ensure(&self.agent.docker, behavior, &c.image, credentials)
+                .await
+            {
+                Ok(Outcome::Pulled) => say!(
+                    "task {}: pulled {} for container {}{}",
+                    self.id,
+                    c.image,
+                    c.name,
+                    credentials.map_or(String::new(), |cr| format!(" as {}", cr.username))
+                ),
+                Ok(Outcome::Cached) => {}
+                Ok(Outcome::CachedAfterFailure(why)) => say!(
+                    "task {}: pull of {} failed ({why}); using the cached image (pull behaviour default)",
+                    self.id,
+                    c.image
+                ),
+                Err(reason) => {
+                    say!("task {}: container {}: {reason}", self.id, c.name);
                     c.reason = Some(reason.clone());
                     failure.get_or_insert(reason);
                 }
@@ -312,6 +342,40 @@ impl TaskRun {
         }
         self.pull_stopped_at = Some(SystemTime::now());
         failure.map_or(Ok(()), |reason| Err(StopCause::Failed(reason)))
+    }
+
+    /// The `repositoryCredentials` secrets of the containers still to be created, read once
+    /// each. A secret that cannot be read stops the task with the agent's words for it.
+    async fn registry_secrets(&self, def: &TaskDefinition) -> Result<HashMap<String, Credentials>, StopCause> {
+        let mut out = HashMap::new();
+        for (idx, c) in self.containers.iter().enumerate() {
+            let Some(secret) = def.container_definitions()[idx]
+                .repository_credentials()
+                .map(|r| r.credentials_parameter().to_string())
+            else {
+                continue;
+            };
+            if c.docker_id.is_some() || out.contains_key(&secret) {
+                continue;
+            }
+            if def.execution_role_arn().is_none_or(str::is_empty) {
+                return Err(StopCause::Failed(
+                    "asm resource: unable to find execution role credentials".into(),
+                ));
+            }
+            let value =
+                self.agent.ecs.secret_string(&secret).await.map_err(|e| {
+                    StopCause::Failed(format!("asm fetching secret from the service for {secret}: {e}"))
+                })?;
+            let credentials = parse_asm_value(value.as_deref()).map_err(StopCause::Failed)?;
+            say!(
+                "task {}: registry credentials for {} read from secret {secret}",
+                self.id,
+                c.image
+            );
+            out.insert(secret, credentials);
+        }
+        Ok(out)
     }
 
     /// Task-scoped volumes are created per task; shared ones are found or autoprovisioned;
