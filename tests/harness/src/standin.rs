@@ -647,6 +647,27 @@ mod tests {
 
 /// An agent stand-in process a test starts for a cluster and container instance of its own,
 /// with its own environment (`ECS_IMAGE_PULL_BEHAVIOR`, `ECS_ENGINE_AUTH_*`); killed on drop.
+/// The agent stand-in binary every test starts: `$ECS_AGENT_STANDIN_BIN` when set, else the one
+/// of this workspace build, beside the test binary's `deps/` directory (`tests/local-ecs/up` and
+/// `tests/run` build it into the same target directory as the tests).
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ECS_AGENT_STANDIN_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug")
+        .join("ecs-agent-standin");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run tests/local-ecs/up (or cargo build -p ecs-agent-standin)",
+        bin.display()
+    );
+    bin
+}
+
 pub struct AgentProcess {
     pub child: std::process::Child,
     pub log: PathBuf,
@@ -656,17 +677,7 @@ impl AgentProcess {
     /// Starts `ecs-agent-standin` (this workspace build) for `cluster`/`instance_arn` with
     /// `env` added to its environment; stderr to a log file of its own.
     pub fn start(standin: &Standin, cluster: &str, instance_arn: &str, env: &[(&str, &str)]) -> AgentProcess {
-        let exe = std::env::current_exe().expect("test binary path");
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target/debug")
-            .join("ecs-agent-standin");
-        assert!(
-            bin.is_file(),
-            "{} is missing: run tests/local-ecs/up (or cargo build -p ecs-agent-standin)",
-            bin.display()
-        );
+        let bin = agent_binary();
         let log = std::env::temp_dir().join(format!("{cluster}.agent.log"));
         let mut cmd = std::process::Command::new(bin);
         cmd.args(["--standin", &standin.state_dir.join("standin.json").to_string_lossy()])

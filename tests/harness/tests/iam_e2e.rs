@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ecs_executor_tests::runner::stages;
-use ecs_executor_tests::standin::Standin;
+use ecs_executor_tests::standin::{Standin, agent_binary};
 use serde_json::Value;
 use support::{E2e, admin, show, stage_script, text};
 
@@ -60,22 +60,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The agent stand-in of this workspace build (next to the test binary, as local_ecs.rs finds it).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/debug")
-        .join("ecs-agent-standin");
-    assert!(
-        bin.is_file(),
-        "{} is missing: cargo build -p ecs-agent-standin (tests/run builds it)",
-        bin.display()
-    );
-    bin
 }
 
 fn free_port() -> u16 {

@@ -20,7 +20,7 @@ use bollard::Docker;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, ListVolumesOptions};
 use ecs_executor_tests::standin::{
-    ClientCert, Fault, FaultGuard, Standin, TaskGuard, cluster_with_instance, docker_exec, unique_name,
+    ClientCert, Fault, FaultGuard, Standin, TaskGuard, agent_binary, cluster_with_instance, docker_exec, unique_name,
 };
 
 /// Keeps a container alive and exits 0 at once on SIGTERM (a plain `sleep` as PID 1 would
@@ -724,23 +724,6 @@ impl Drop for OwnAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The agent binary of this workspace build (`tests/local-ecs/up` builds it into the same
-/// target directory as this test).
-fn agent_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/debug")
-        .join("ecs-agent-standin");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run tests/local-ecs/up (or cargo build -p ecs-agent-standin)",
-        bin.display()
-    );
-    bin
 }
 
 /// A second agent stand-in, serving a cluster and container instance of its own (so nothing

@@ -230,7 +230,7 @@ fn a_burst_of_jobs_over_two_runner_hosts_passes_with_no_throttling_reaching_a_jo
         .arg("--executor")
         .arg(executor_bin())
         .arg("--agent")
-        .arg(support::capacity::agent_bin())
+        .arg(ecs_executor_tests::standin::agent_binary())
         .arg("--json")
         .arg(&json)
         .env("ECS_LOCAL_STATE", &standin.state_dir)

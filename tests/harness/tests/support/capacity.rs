@@ -23,27 +23,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ecs_executor_tests::control::{control_get, control_post_lenient};
-use ecs_executor_tests::standin::{Standin, unique_name};
+use ecs_executor_tests::standin::{Standin, agent_binary, unique_name};
 use serde_json::{Value, json};
 
 /// The capacity tests change global scaling settings and rely on them: one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The agent stand-in binary (`$ECS_AGENT_STANDIN_BIN`, else beside the executor binary).
-pub fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ECS_AGENT_STANDIN_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let beside = super::executor_bin().with_file_name("ecs-agent-standin");
-    assert!(
-        beside.is_file(),
-        "the agent stand-in binary {} is missing (cargo build -p ecs-agent-standin)",
-        beside.display()
-    );
-    beside
 }
 
 pub struct CapacityCluster {
@@ -118,7 +104,7 @@ impl CapacityCluster {
             .expect("a scale-event cursor");
         let agent_log = dir.join("agent.log");
         let log = std::fs::File::create(&agent_log).expect("create the agent log");
-        let agent = Command::new(agent_bin())
+        let agent = Command::new(agent_binary())
             .arg("--standin")
             .arg(standin.state_dir.join("standin.json"))
             .args(["--cluster", &cluster, "--all-instances", "--cleanup-after", "600"])

@@ -11,13 +11,13 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions, RemoveContainerOptions};
-use ecs_executor_tests::standin::{ClientCert, Standin, unique_name};
+use ecs_executor_tests::standin::{ClientCert, Standin, agent_binary, unique_name};
 use serde::Deserialize;
 
 /// Instances of test clusters take addresses from here up (the shared cluster and simulated
@@ -271,21 +271,4 @@ impl Drop for OwnCluster {
             eprintln!("agent stand-in log of cluster {}: {}", self.name, self.log.display());
         }
     }
-}
-
-/// The agent binary of this workspace build (`tests/local-ecs/up` builds it into the same
-/// target directory as the tests).
-pub fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/debug")
-        .join("ecs-agent-standin");
-    assert!(
-        bin.is_file(),
-        "{} is missing: cargo build -p ecs-agent-standin (tests/local-ecs/up does)",
-        bin.display()
-    );
-    bin
 }
