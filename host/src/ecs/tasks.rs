@@ -424,7 +424,9 @@ impl Ecs {
             if Instant::now() >= deadline {
                 let last = watch.status(false).await?;
                 return Err(WaitError::Other(Failure::system(format!(
-                    "task {task_arn} did not reach RUNNING within {} s (last status {})",
+                    "task {task_arn} did not reach RUNNING within {} s (last status {}); the limit is \
+                     `start_timeout_secs` in the executor's config: raise it where instances take \
+                     longer to pull and start a task",
                     config.start_timeout_secs, last.last_status
                 ))));
             }
