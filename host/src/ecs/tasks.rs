@@ -431,7 +431,11 @@ impl Ecs {
                 ))));
             }
             polls += 1;
-            let status = watch.status(std::mem::take(&mut urgent)).await?;
+            let status = if docker_suffices && !urgent {
+                watch.status_on_grid().await?
+            } else {
+                watch.status(std::mem::take(&mut urgent)).await?
+            };
             if status.missing {
                 return Err(WaitError::Other(Failure::system(format!(
                     "task {task_arn} disappeared from ECS (MISSING)"
