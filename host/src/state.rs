@@ -349,6 +349,51 @@ impl StateStore {
     pub fn forget_task_definition(&self, family: &str) {
         let _ = fs::remove_file(self.dir.join("taskdefs").join(family));
         let _ = fs::remove_file(self.dir.join("registered").join(family));
+        self.forget_verified(family);
+    }
+
+    /// Record that ECS just showed `arn` (the revision this host registered in `family`)
+    /// ACTIVE with content hash `hash`: the jobs of the next [`VERIFIED_FRESH_FOR`] reuse it
+    /// without a DescribeTaskDefinition of their own (`verified_recently`). Best effort: a
+    /// record that cannot be written only costs the next job a lookup.
+    pub fn note_verified(&self, family: &str, arn: &str, hash: &str) {
+        let Ok(dir) = self.subdir("verified") else { return };
+        let path = dir.join(family);
+        let tmp = dir.join(format!(".{family}.tmp.{}", random_hex()));
+        let text = format!("{} {hash} {arn}\n", unix_now());
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
+    /// Whether ECS showed `arn` ACTIVE with content hash `hash` less than `fresh_for` ago
+    /// (`note_verified`), and `arn` is still the revision this host registered last.
+    pub fn verified_recently(&self, family: &str, arn: &str, hash: &str, fresh_for: std::time::Duration) -> bool {
+        if self.registered_here(family).as_deref() != Some(arn) {
+            return false;
+        }
+        let Ok(text) = fs::read_to_string(self.dir.join("verified").join(family)) else {
+            return false;
+        };
+        let mut parts = text.trim().splitn(3, ' ');
+        let (Some(at), Some(h), Some(a)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(at) = at.parse::<u64>() else { return false };
+        h == hash && a == arn && unix_now().checked_sub(at).is_some_and(|age| age < fresh_for.as_secs())
+    }
+
+    /// Drop the verification record of `family` (RunTask refused its task definition, or gc
+    /// removed it): the next job asks ECS again.
+    pub fn forget_verified(&self, family: &str) {
+        let _ = fs::remove_file(self.dir.join("verified").join(family));
     }
 
     /// Record that this host registered `arn` (under the task definition's lock): reuse
@@ -383,6 +428,11 @@ impl StateStore {
     }
 }
 
+/// How long a task definition ECS showed ACTIVE with the job's content is reused on this host
+/// without asking again (one DescribeTaskDefinition per family and host in that time, instead
+/// of one per job: the task-definition read bucket is 20/s for the whole account).
+pub const VERIFIED_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
 // ---- end of gc records ----------------------------------------------------------------------
 
 /// Held while it lives; the kernel releases the flock when the file closes (even on SIGKILL).
@@ -399,6 +449,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ecs-executor-state-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn a_verified_task_definition_is_trusted_only_fresh_same_content_and_registered_here() {
+        let dir = temp_dir("verified");
+        let store = StateStore::new(&dir);
+        let fresh = std::time::Duration::from_secs(300);
+        let arn = "arn:aws:ecs:us-east-1:1:task-definition/fam:3";
+        store.note_verified("fam", arn, "h1");
+        assert!(!store.verified_recently("fam", arn, "h1", fresh), "not registered here");
+        store.note_registered("fam", arn).unwrap();
+        assert!(store.verified_recently("fam", arn, "h1", fresh));
+        assert!(!store.verified_recently("fam", arn, "h2", fresh), "other content");
+        assert!(
+            !store.verified_recently("fam", arn, "h1", std::time::Duration::ZERO),
+            "stale"
+        );
+        store
+            .note_registered("fam", "arn:aws:ecs:us-east-1:1:task-definition/fam:4")
+            .unwrap();
+        assert!(
+            !store.verified_recently("fam", arn, "h1", fresh),
+            "a newer revision here"
+        );
+        store.note_registered("fam", arn).unwrap();
+        store.forget_verified("fam");
+        assert!(!store.verified_recently("fam", arn, "h1", fresh), "forgotten");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -29,6 +29,12 @@ use super::{Ecs, EcsError};
 
 /// A status from a round that began at most this long before a (non-urgent) ask answers it.
 const FRESH_ENOUGH_MS: u64 = 500;
+/// The same for an ask on prepare's fallback grid (`TaskWatch::status_on_grid`): the host's
+/// waiters all ask at the grid step, but on a loaded machine their wake-ups spread over a
+/// second or more, and with 500 ms each late one made a round of its own (2-4 DescribeTasks
+/// per host and step instead of one). Grid steps are 10 s or more apart, so a status this old
+/// is as good as new for what the fallback looks for (a task ECS stopped, a failed pull).
+const GRID_FRESH_ENOUGH_MS: u64 = 3000;
 /// How often a waiter looks for its status (and whether it may run a round).
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 const ROUND_GAP: Duration = Duration::from_secs(1);
@@ -396,13 +402,25 @@ impl<'a> TaskWatch<'a> {
     /// A status of the task no older than this call. `urgent`: the caller has reason to
     /// expect a change (its containers started), so the next round may come sooner.
     pub async fn status(&mut self, urgent: bool) -> Result<TaskStatus, EcsError> {
+        self.status_fresh(urgent, if urgent { 0 } else { FRESH_ENOUGH_MS })
+            .await
+    }
+
+    /// A status for a fallback look on prepare's host-wide grid: a round of the last
+    /// [`GRID_FRESH_ENOUGH_MS`] (the same grid step, begun by a waiter that woke sooner)
+    /// answers it.
+    pub async fn status_on_grid(&mut self) -> Result<TaskStatus, EcsError> {
+        self.status_fresh(false, GRID_FRESH_ENOUGH_MS).await
+    }
+
+    async fn status_fresh(&mut self, urgent: bool, fresh_ms: u64) -> Result<TaskStatus, EcsError> {
         let Some(dir) = &self.shared else {
             self.calls += 1;
             return self.ecs.describe_task(&self.arn).await;
         };
         // A round that began just before this ask answers it too (unless urgent): waiters that
         // wake together on the fallback grid are served by one round, not one and a late one.
-        let asked = now_ms().saturating_sub(if urgent { 0 } else { FRESH_ENOUGH_MS });
+        let asked = now_ms().saturating_sub(fresh_ms);
         if urgent {
             let _ = write_atomic(&dir.urgent(), b"");
         }

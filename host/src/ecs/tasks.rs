@@ -424,12 +424,18 @@ impl Ecs {
             if Instant::now() >= deadline {
                 let last = watch.status(false).await?;
                 return Err(WaitError::Other(Failure::system(format!(
-                    "task {task_arn} did not reach RUNNING within {} s (last status {})",
+                    "task {task_arn} did not reach RUNNING within {} s (last status {}); the limit is \
+                     `start_timeout_secs` in the executor's config: raise it where instances take \
+                     longer to pull and start a task",
                     config.start_timeout_secs, last.last_status
                 ))));
             }
             polls += 1;
-            let status = watch.status(std::mem::take(&mut urgent)).await?;
+            let status = if docker_suffices && !urgent {
+                watch.status_on_grid().await?
+            } else {
+                watch.status(std::mem::take(&mut urgent)).await?
+            };
             if status.missing {
                 return Err(WaitError::Other(Failure::system(format!(
                     "task {task_arn} disappeared from ECS (MISSING)"

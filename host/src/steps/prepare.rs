@@ -148,16 +148,35 @@ async fn task_definition(
         // Jobs racing on one runner host register one revision, not one each.
         let _lock = store.lock(&format!("taskdef-{}", &task.spec.content_hash()[..16]))?;
         let family = &task.request.family;
-        let td = ecs
-            .ensure_task_definition(
-                &task.request,
-                config.task_definition_mode,
-                store.registered_here(family).as_deref(),
-            )
-            .await?;
-        if !td.reused {
-            store.note_registered(family, &td.arn)?;
-        }
+        let hash = task.request.content_hash();
+        let registered_here = store.registered_here(family);
+        let reuse = config.task_definition_mode == TaskDefinitionMode::Reuse;
+        // Another job of this host had ECS show this revision ACTIVE with this content a
+        // moment ago: no DescribeTaskDefinition of our own (a burst of jobs costs one per
+        // family and host). RunTask refusing it drops the record (`run_task`).
+        let cached = registered_here
+            .as_deref()
+            .filter(|arn| reuse && store.verified_recently(family, arn, hash, crate::state::VERIFIED_FRESH_FOR));
+        let td = match cached.and_then(|arn| Some((arn, arn.rsplit(':').next()?.parse().ok()?))) {
+            Some((arn, revision)) => TaskDefinitionUse {
+                arn: arn.to_string(),
+                family: family.clone(),
+                revision,
+                reused: true,
+            },
+            None => {
+                let td = ecs
+                    .ensure_task_definition(&task.request, config.task_definition_mode, registered_here.as_deref())
+                    .await?;
+                if !td.reused {
+                    store.note_registered(family, &td.arn)?;
+                }
+                if reuse {
+                    store.note_verified(family, &td.arn, hash);
+                }
+                td
+            }
+        };
         // Under the same lock `gc` takes before removing it: in use from now on.
         store.note_use(&job.key.runner_token, &td.family)?;
         td
@@ -233,6 +252,10 @@ async fn run_task(
         Err(e) => {
             if per_job {
                 let _ = ecs.deregister(&td.arn).await;
+            } else {
+                // Perhaps refused for its task definition (deregistered behind our back): the
+                // next job asks ECS again instead of trusting the host's record.
+                store.forget_verified(&td.family);
             }
             return Err(e.into());
         }

@@ -841,6 +841,149 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
     let _ = std::fs::remove_file(&agent.log);
 }
 
+/// A container the test creates on the shared dockerd as an agent stand-in labels a task's
+/// container: `cluster`'s label, a task ARN moto does not know, and `endpoint`'s label.
+/// Returns (container id, task id).
+async fn standin_labelled_container(
+    docker: &Docker,
+    image: &str,
+    cluster: &str,
+    endpoint: &str,
+    start: bool,
+) -> (String, String) {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
+    let task_id = unique_name("t");
+    let task_arn = format!("arn:aws:ecs:us-east-1:123456789012:task/{cluster}/{task_id}");
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["sh".into(), "-c".into(), KEEP_ALIVE.into()]),
+        labels: Some(HashMap::from([
+            ("com.amazonaws.ecs.cluster".to_string(), cluster.to_string()),
+            ("com.amazonaws.ecs.task-arn".to_string(), task_arn),
+            ("com.amazonaws.ecs.container-name".to_string(), "main".to_string()),
+            ("ecs-agent-standin.ecs-endpoint".to_string(), endpoint.to_string()),
+        ])),
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(None::<CreateContainerOptions>, body)
+        .await
+        .expect("docker create")
+        .id;
+    if start {
+        docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+            .expect("docker start");
+    }
+    (id, task_id)
+}
+
+/// Several stand-ins share the one dockerd (the shared one, tests' and benchmarks' own, each
+/// with its own moto and maybe the same cluster name, e.g. two runs of tests/bench/scale): an
+/// agent stops and cleans up only what it created through its own ECS endpoint, as a real
+/// agent (one Docker per instance) never touches containers it does not manage. Before the
+/// endpoint label, an agent's orphan scan took another stand-in's running containers (their
+/// tasks unknown to its moto) for orphans and stopped them mid-job, and its cleanup removed
+/// containers the other agent had created but not yet started (a 100-job burst beside a
+/// second bench run: `run` met "409 container is not running", 8 of 100 jobs passed).
+#[tokio::test]
+async fn an_agent_leaves_containers_of_another_stand_in_on_the_shared_dockerd_alone() {
+    let standin = Standin::require();
+    let ecs = standin.ecs(3).await;
+    let docker = standin.docker();
+    let cluster = unique_name("foreign-check");
+    let instance_arn = cluster_with_instance(&ecs, &cluster, &standin.instance_id).await;
+    let image = &standin.images.build;
+    // Another stand-in's: same cluster name, another moto. One running, one created and not
+    // yet started (its agent is about to start it).
+    let other = "http://127.0.0.1:1";
+    let (foreign_running, foreign_task) = standin_labelled_container(&docker, image, &cluster, other, true).await;
+    let (foreign_created, _) = standin_labelled_container(&docker, image, &cluster, other, false).await;
+    // Ours (through this moto) and unknown to it: a true orphan (moto was reset), stopped.
+    let (own_orphan, own_task) = standin_labelled_container(&docker, image, &cluster, &standin.endpoint, true).await;
+    /// Removes the test's containers however the test ends.
+    struct Remove(Vec<String>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for id in &self.0 {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", "-v", id])
+                    .output();
+            }
+        }
+    }
+    let _remove = Remove(vec![
+        foreign_running.clone(),
+        foreign_created.clone(),
+        own_orphan.clone(),
+    ]);
+
+    let log = std::env::temp_dir().join(format!("{cluster}.log"));
+    let child = std::process::Command::new(agent_binary())
+        .args(["--standin", &standin.state_dir.join("standin.json").to_string_lossy()])
+        .args(["--cluster", &cluster, "--container-instance", &instance_arn])
+        // The orphan scan every 50 polls (~1 s at 20 ms), the cleanup sweep every second.
+        .args(["--poll-ms", "20", "--cleanup-after", "1"])
+        .stderr(std::fs::File::create(&log).expect("agent log file"))
+        .spawn()
+        .expect("start ecs-agent-standin");
+    let agent = OwnAgent { child, log };
+
+    let running = |id: String| {
+        let docker = docker.clone();
+        async move {
+            match docker.inspect_container(&id, None::<InspectContainerOptions>).await {
+                Ok(info) => Some(info.state.and_then(|s| s.running).unwrap_or(false)),
+                Err(_) => None, // removed
+            }
+        }
+    };
+    // The own orphan is stopped, then removed by the cleanup sweep: both passes have run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(own_orphan.clone()).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's own orphan was not stopped and removed; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more scans and sweeps.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        running(foreign_running.clone()).await,
+        Some(true),
+        "another stand-in's running container was stopped or removed; agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        running(foreign_created.clone()).await,
+        Some(false),
+        "another stand-in's created container was removed; agent log:\n{}",
+        agent.log()
+    );
+    let text = agent.log();
+    assert!(
+        text.contains(&format!(
+            "task {own_task}: is unknown to ECS but 1 container(s) of it run here"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&foreign_task), "{text}");
+
+    drop(agent);
+    let _ = ecs
+        .deregister_container_instance()
+        .cluster(&cluster)
+        .container_instance(&instance_arn)
+        .force(true)
+        .send()
+        .await;
+    let _ = ecs.delete_cluster().cluster(&cluster).send().await;
+}
+
 /// Our awsvpc emulation: the task's first container owns a network namespace (on Docker's
 /// bridge) and the others join it, so they reach each other on localhost as in an ENI.
 #[tokio::test]

@@ -260,5 +260,12 @@ fn a_burst_of_jobs_over_two_runner_hosts_passes_with_no_throttling_reaching_a_jo
         "DescribeTasks per job {describe}, more than two hosts' grid steps in {wall} s allow ({bound}): {report}"
     );
     assert!(describe < 1.0, "fewer DescribeTasks than jobs: {describe}: {report}");
+    // The task definition ECS showed ACTIVE is reused on each host for 5 minutes without
+    // asking again: about one DescribeTaskDefinition per host, not one per job.
+    let td_reads = r["calls_per_job"]["DescribeTaskDefinition"].as_f64().unwrap_or(0.0);
+    assert!(
+        td_reads <= 4.0 / 20.0,
+        "DescribeTaskDefinition per job {td_reads}: more than a couple per host: {report}"
+    );
     let _ = std::fs::remove_dir_all(&out_dir);
 }

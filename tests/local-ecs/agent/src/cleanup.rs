@@ -1,6 +1,7 @@
 //! Removal of stopped tasks' containers and task-scoped volumes once they have been stopped
 //! for `--cleanup-after` (the real agent's `ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION`, 3 h).
-//! Works from what Docker holds, so it also covers tasks of an earlier run of the stand-in.
+//! Works from what Docker holds, so it also covers tasks of an earlier run of the stand-in
+//! against the same ECS endpoint; never another stand-in's (`naming::LABEL_ECS_ENDPOINT`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use bollard::query_parameters::{
 
 use crate::action_log::{parse_rfc3339, say, unix_now};
 use crate::docker_events::ExitRoutes;
-use crate::naming::{LABEL_CLUSTER, LABEL_TASK_ARN, task_id};
+use crate::naming::{LABEL_TASK_ARN, own_label_filter, task_id};
 use crate::task_run::Agent;
 
 pub async fn sweep_forever(agent: Arc<Agent>, routes: ExitRoutes, after: Duration) {
@@ -28,7 +29,8 @@ pub async fn sweep_forever(agent: Arc<Agent>, routes: ExitRoutes, after: Duratio
 
 async fn sweep(agent: &Agent, routes: &ExitRoutes, after: i64) -> Result<(), bollard::errors::Error> {
     let docker = &agent.docker;
-    let cluster_filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_CLUSTER}={}", agent.cluster)])]);
+    // Only what this agent created: other stand-ins share the dockerd, maybe the cluster name.
+    let cluster_filter = own_label_filter(&agent.cluster, &agent.endpoint);
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,

@@ -328,6 +328,7 @@ mod tests {
     fn identity() -> TaskIdentity {
         TaskIdentity {
             cluster: "local".into(),
+            endpoint: "http://127.0.0.1:4566".into(),
             task_arn: "arn:task/local/abc".into(),
             family: "fam".into(),
             revision: 3,

@@ -17,7 +17,7 @@ use crate::action_log::say;
 use crate::control_plane::{CallError, InstanceRow};
 use crate::docker_events::ExitRoutes;
 use crate::docker_listener::Listeners;
-use crate::naming::{LABEL_CLUSTER, LABEL_TASK_ARN, task_id};
+use crate::naming::{LABEL_TASK_ARN, own_label_filter, task_id};
 use crate::settings::{Settings, StandinFile};
 use crate::task_run::{Agent, Desired, TaskRun, TaskSignals};
 
@@ -137,7 +137,10 @@ impl InstanceLoop {
             };
             if let Some(handle) = self.tracked.get(&arn) {
                 if desired == Desired::Stopped && stopped_by_host_termination(&task) {
-                    let first = *self.host_gone.entry(arn.clone()).or_insert_with(tokio::time::Instant::now);
+                    let first = *self
+                        .host_gone
+                        .entry(arn.clone())
+                        .or_insert_with(tokio::time::Instant::now);
                     if first.elapsed() < HOST_GONE_GRACE {
                         continue;
                     }
@@ -216,18 +219,18 @@ impl InstanceLoop {
         }
     }
 
-    /// Stops running containers of this cluster whose task nobody here runs and which ECS
-    /// does not know (moto was reset or restarted) or knows as STOPPED. Tasks ECS still wants
-    /// running are left to the next ListTasks, which adopts their containers.
+    /// Stops running containers this agent created (its cluster and ECS endpoint labels) whose
+    /// task none of its instance loops runs and which ECS does not know (moto was reset or
+    /// restarted) or knows as STOPPED. Tasks ECS still wants running are left to the next
+    /// ListTasks, which adopts their containers. Another stand-in's containers on the same
+    /// dockerd are never touched, as a real agent never touches what it did not create.
     async fn stop_orphans(&mut self) {
         let docker = &self.agent.docker;
-        let filters = HashMap::from([
-            (
-                "label".to_string(),
-                vec![format!("{LABEL_CLUSTER}={}", self.agent.cluster)],
-            ),
-            ("status".to_string(), vec!["running".to_string()]),
-        ]);
+        // Only containers this agent (through this ECS endpoint) created: the machine's other
+        // stand-ins share the dockerd, perhaps with the same cluster name, and their tasks are
+        // unknown to our ECS without being orphans.
+        let mut filters = own_label_filter(&self.agent.cluster, &self.agent.endpoint);
+        filters.insert("status".to_string(), vec!["running".to_string()]);
         let Ok(running) = docker
             .list_containers(Some(ListContainersOptions {
                 filters: Some(filters),
@@ -242,7 +245,8 @@ impl InstanceLoop {
             let (Some(id), Some(arn)) = (c.id, c.labels.as_ref().and_then(|l| l.get(LABEL_TASK_ARN)).cloned()) else {
                 continue;
             };
-            if !self.tracked.contains_key(&arn) {
+            // Run by any instance loop of this agent (not only this one's): not an orphan.
+            if !self.routes.lock().unwrap().contains_key(&arn) {
                 by_task.entry(arn).or_default().push(id);
             }
         }

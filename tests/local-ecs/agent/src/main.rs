@@ -203,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         ecs,
         docker: docker.clone(),
         cluster: settings.cluster.clone(),
+        endpoint: settings.endpoint.clone(),
         latency,
         pull: PullSettings {
             behavior,

@@ -12,12 +12,32 @@ pub const LABEL_VERSION: &str = "com.amazonaws.ecs.task-definition-version";
 /// Ours, not the real agent's: which task definition volume a task-scoped Docker volume serves,
 /// so that a restarted stand-in can find a task's volumes again.
 pub const LABEL_VOLUME_NAME: &str = "ecs-agent-standin.volume-name";
+/// Ours, not the real agent's: the ECS endpoint (moto) whose task this container or volume
+/// serves. A real instance has a Docker of its own; the stand-in's instances and every
+/// stand-in on the machine (the shared one, a test's or a benchmark's own, each with its own
+/// moto and perhaps the same cluster name) share one dockerd, so this label and the cluster
+/// label together say which containers an agent may treat as its own (orphan stops, cleanup).
+pub const LABEL_ECS_ENDPOINT: &str = "ecs-agent-standin.ecs-endpoint";
+
+/// Docker's label filter for what an agent serving `cluster` through the ECS at `endpoint`
+/// created: both labels must match (Docker ANDs label filters).
+pub fn own_label_filter(cluster: &str, endpoint: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_CLUSTER}={cluster}"),
+            format!("{LABEL_ECS_ENDPOINT}={endpoint}"),
+        ],
+    )])
+}
 
 /// The task as the agent names things after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskIdentity {
     /// The cluster as the agent was configured with it (a name, as `ECS_CLUSTER` usually is).
     pub cluster: String,
+    /// The ECS endpoint the agent serves (the value of `LABEL_ECS_ENDPOINT`).
+    pub endpoint: String,
     pub task_arn: String,
     pub family: String,
     pub revision: i32,
@@ -43,6 +63,7 @@ impl TaskIdentity {
     ) -> HashMap<String, String> {
         let mut labels = docker_labels.cloned().unwrap_or_default();
         labels.insert(LABEL_CLUSTER.into(), self.cluster.clone());
+        labels.insert(LABEL_ECS_ENDPOINT.into(), self.endpoint.clone());
         labels.insert(LABEL_TASK_ARN.into(), self.task_arn.clone());
         labels.insert(LABEL_CONTAINER_NAME.into(), container.into());
         labels.insert(LABEL_FAMILY.into(), self.family.clone());
@@ -54,6 +75,7 @@ impl TaskIdentity {
     pub fn volume_labels(&self, volume: &str) -> HashMap<String, String> {
         HashMap::from([
             (LABEL_CLUSTER.into(), self.cluster.clone()),
+            (LABEL_ECS_ENDPOINT.into(), self.endpoint.clone()),
             (LABEL_TASK_ARN.into(), self.task_arn.clone()),
             (LABEL_VOLUME_NAME.into(), volume.into()),
         ])
@@ -107,6 +129,7 @@ mod tests {
     fn identity() -> TaskIdentity {
         TaskIdentity {
             cluster: "local".into(),
+            endpoint: "http://127.0.0.1:4566".into(),
             task_arn: "arn:aws:ecs:us-east-1:123456789012:task/local/0123abcd".into(),
             family: "web-app".into(),
             revision: 7,
@@ -146,6 +169,7 @@ mod tests {
         let expected = HashMap::from([
             ("team".to_string(), "ci".to_string()),
             (LABEL_CLUSTER.to_string(), "local".to_string()),
+            (LABEL_ECS_ENDPOINT.to_string(), "http://127.0.0.1:4566".to_string()),
             (
                 LABEL_TASK_ARN.to_string(),
                 "arn:aws:ecs:us-east-1:123456789012:task/local/0123abcd".to_string(),

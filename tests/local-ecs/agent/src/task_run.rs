@@ -43,6 +43,10 @@ pub struct Agent {
     pub docker: Docker,
     /// The cluster as configured; it is also the value of the cluster label.
     pub cluster: String,
+    /// The ECS endpoint as configured; the value of the stand-in's endpoint label. With the
+    /// cluster label it marks what this agent created, apart from other stand-ins' containers
+    /// on the same dockerd (`naming::own_label_filter`).
+    pub endpoint: String,
     /// Delays the real agent spends (pull, start, state report), slept before each.
     pub latency: Latency,
     pub pull: PullSettings,
@@ -180,6 +184,7 @@ impl TaskRun {
         let family = def.family().unwrap_or_default().to_string();
         let identity = TaskIdentity {
             cluster: self.agent.cluster.clone(),
+            endpoint: self.agent.endpoint.clone(),
             task_arn: self.arn.clone(),
             family,
             revision: def.revision(),
