@@ -71,4 +71,49 @@ impl Ecs {
         }
         Ok(arns)
     }
+
+    /// The cluster's container instances (ARNs) that match a cluster query language `filter`
+    /// (e.g. `attribute:ecs.cpu-architecture == arm64`); ECS applies it.
+    pub async fn container_instances_matching(&self, filter: &str) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        self.spend(Category::ClusterResourceRead, "ListContainerInstances")
+            .await;
+        let mut pages = self
+            .client
+            .list_container_instances()
+            .cluster(&self.cluster)
+            .filter(filter)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListContainerInstances"))?;
+            arns.extend(page.container_instance_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+
+    /// The value of the attribute `name` on each of (at most the first 100 of) `arns`, one
+    /// DescribeContainerInstances call.
+    pub async fn instances_attribute(&self, arns: &[String], name: &str) -> Result<Vec<Option<String>>, EcsError> {
+        self.spend(Category::ClusterResourceRead, "DescribeContainerInstances")
+            .await;
+        let out = self
+            .client
+            .describe_container_instances()
+            .cluster(&self.cluster)
+            .set_container_instances(Some(arns.iter().take(100).cloned().collect()))
+            .send()
+            .await
+            .map_err(api("DescribeContainerInstances"))?;
+        Ok(out
+            .container_instances()
+            .iter()
+            .map(|ci| {
+                ci.attributes()
+                    .iter()
+                    .find(|a| a.name() == name)
+                    .and_then(|a| a.value().map(String::from))
+            })
+            .collect())
+    }
 }

@@ -161,6 +161,8 @@ fn the_task_definition_gets_a_launcher_links_and_no_variable() {
         runner_version: String::new(),
         image: "build:1".into(),
         image_entrypoint: None,
+        image_user: None,
+        platform: None,
         secrets: vec![],
     };
     let mut spec = TaskSpec::for_job(&c, &job);
