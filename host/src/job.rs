@@ -303,17 +303,27 @@ mod tests {
     fn image_docker_user_is_read_as_a_string_or_a_number_and_checked() {
         let with_user = |user: serde_json::Value| {
             let mut r = response(&[]);
-            let image = serde_json::json!({"name": "alpine:3", "executor_opts": {"docker": {"platform": "", "user": user}}});
+            let image =
+                serde_json::json!({"name": "alpine:3", "executor_opts": {"docker": {"platform": "", "user": user}}});
             r.image = Some(serde_json::from_value(image).unwrap());
             JobContext::from_response(&config(), &r)
         };
-        assert_eq!(with_user("1234:5678".into()).unwrap().image_user.as_deref(), Some("1234:5678"));
+        assert_eq!(
+            with_user("1234:5678".into()).unwrap().image_user.as_deref(),
+            Some("1234:5678")
+        );
         assert_eq!(with_user(1000.into()).unwrap().image_user.as_deref(), Some("1000"));
-        assert_eq!(with_user(" nobody ".into()).unwrap().image_user.as_deref(), Some("nobody"));
+        assert_eq!(
+            with_user(" nobody ".into()).unwrap().image_user.as_deref(),
+            Some("nobody")
+        );
         assert_eq!(with_user("".into()).unwrap().image_user, None);
         assert_eq!(with_user(serde_json::Value::Null).unwrap().image_user, None);
-        assert_eq!(JobContext::from_response(&config(), &response(&[])).unwrap().image_user, None);
-        for bad in ["a b", "1:2:3", ":1", "x\n"] {
+        assert_eq!(
+            JobContext::from_response(&config(), &response(&[])).unwrap().image_user,
+            None
+        );
+        for bad in ["a b", "1:2:3", ":1", "x\u{7}y"] {
             let err = with_user(bad.into()).unwrap_err();
             assert_eq!(err.blame(), Blame::Build, "{bad:?}");
             assert!(err.to_string().starts_with("image: docker: user: is "), "{err}");
@@ -326,7 +336,10 @@ mod tests {
         r.image.as_mut().unwrap().executor_opts.docker.platform = "linux/arm/v7".into();
         let err = JobContext::from_response(&config(), &r).unwrap_err();
         assert_eq!(err.blame(), Blame::Build);
-        assert!(err.to_string().contains("image: docker: platform: is \"linux/arm/v7\""), "{err}");
+        assert!(
+            err.to_string().contains("image: docker: platform: is \"linux/arm/v7\""),
+            "{err}"
+        );
         r.image.as_mut().unwrap().executor_opts.docker.platform = "linux/arm64".into();
         let job = JobContext::from_response(&config(), &r).unwrap();
         assert_eq!(job.platform.map(|p| p.arch), Some("arm64"));

@@ -97,10 +97,12 @@ pub fn ecs_architecture(written: &str) -> Result<&'static str, String> {
 /// The platform the job's task must run on: from `image: docker: platform:` and each
 /// service's, which must agree (`None`: the job names none).
 pub fn job_platform(response: &JobResponse) -> Result<Option<Platform>, PlatformError> {
-    let image = response
-        .image
-        .iter()
-        .map(|i| (i.executor_opts.docker.platform.as_str(), "image: docker: platform:".to_string()));
+    let image = response.image.iter().map(|i| {
+        (
+            i.executor_opts.docker.platform.as_str(),
+            "image: docker: platform:".to_string(),
+        )
+    });
     let services = response.services.iter().enumerate().map(|(i, s)| {
         (
             s.executor_opts.docker.platform.as_str(),
@@ -216,9 +218,15 @@ mod tests {
         let p = job_platform(&response("linux/arm64", &["", "linux/arm64/v8"]))
             .unwrap()
             .unwrap();
-        assert_eq!((p.arch, p.written.as_str(), p.origin.as_str()), ("arm64", "linux/arm64", "image: docker: platform:"));
+        assert_eq!(
+            (p.arch, p.written.as_str(), p.origin.as_str()),
+            ("arm64", "linux/arm64", "image: docker: platform:")
+        );
         let p = job_platform(&response("", &["", "linux/amd64"])).unwrap().unwrap();
-        assert_eq!((p.arch, p.origin.as_str()), ("x86_64", "services[1] (svc1:1): docker: platform:"));
+        assert_eq!(
+            (p.arch, p.origin.as_str()),
+            ("x86_64", "services[1] (svc1:1): docker: platform:")
+        );
 
         let err = job_platform(&response("linux/arm64", &["linux/amd64"])).unwrap_err();
         assert_eq!(err.blame(), Blame::Build);
@@ -230,7 +238,11 @@ mod tests {
         );
         let err = job_platform(&response("", &["linux/riscv64"])).unwrap_err();
         assert_eq!(err.blame(), Blame::Build);
-        assert!(err.to_string().starts_with("services[0] (svc0:1): docker: platform: is \"linux/riscv64\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("services[0] (svc0:1): docker: platform: is \"linux/riscv64\""),
+            "{err}"
+        );
     }
 
     #[test]

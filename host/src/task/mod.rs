@@ -345,7 +345,10 @@ mod tests {
             },
         );
         assert_eq!(as_user.containers[0].extra.as_ref().unwrap()["user"], "1234");
-        assert!(as_user.containers[1].extra.is_none(), "the helper keeps its image's user");
+        assert!(
+            as_user.containers[1].extra.is_none(),
+            "the helper keeps its image's user"
+        );
         let arm = TaskSpec::for_job(
             &c,
             &JobContext {

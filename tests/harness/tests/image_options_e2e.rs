@@ -32,7 +32,10 @@ fn other_platform() -> (&'static str, &'static str) {
 
 /// The task's container definitions by name: (name, user).
 fn definition_users(e: &E2e, task: &Task) -> Vec<(String, Option<String>)> {
-    let arn = task.task_definition_arn().expect("a task names its definition").to_string();
+    let arn = task
+        .task_definition_arn()
+        .expect("a task names its definition")
+        .to_string();
     let out = e
         .block_on(e.ecs.describe_task_definition().task_definition(&arn).send())
         .expect("DescribeTaskDefinition");
@@ -44,7 +47,10 @@ fn definition_users(e: &E2e, task: &Task) -> Vec<(String, Option<String>)> {
 }
 
 fn placement_expressions(e: &E2e, task: &Task) -> Vec<String> {
-    let arn = task.task_definition_arn().expect("a task names its definition").to_string();
+    let arn = task
+        .task_definition_arn()
+        .expect("a task names its definition")
+        .to_string();
     let out = e
         .block_on(e.ecs.describe_task_definition().task_definition(&arn).send())
         .expect("DescribeTaskDefinition");
@@ -60,7 +66,11 @@ fn placement_expressions(e: &E2e, task: &Task) -> Vec<String> {
 fn pid1_ids(e: &E2e, container: &str) -> (String, String) {
     let docker = e.standin.docker();
     let (code, status) = e
-        .block_on(ecs_executor_tests::standin::docker_exec(&docker, container, &["cat", "/proc/1/status"]))
+        .block_on(ecs_executor_tests::standin::docker_exec(
+            &docker,
+            container,
+            &["cat", "/proc/1/status"],
+        ))
         .expect("docker exec");
     assert_eq!(code, 0, "{status}");
     let field = |name: &str| {
@@ -109,10 +119,21 @@ fn docker_user_runs_build_stages_and_service_as_those_users(name: &str, exec: bo
     assert_ok(&stage);
     let out = stage.stdout_text();
     assert!(out.contains("build-ids=1234:5678"), "{}", show(&stage));
-    assert!(out.contains(" 1234 ") && out.contains(" 5678 "), "the file is the build user's: {}", show(&stage));
+    assert!(
+        out.contains(" 1234 ") && out.contains(" 5678 "),
+        "the file is the build user's: {}",
+        show(&stage)
+    );
     let said = |c: &ecs_executor_tests::runner::StageResult| format!("{}{}", c.stdout_text(), c.stderr_text());
-    let fell_back = said(&live.prepare).contains("stages use Docker exec") || said(&stage).contains("using Docker exec");
-    assert_eq!(fell_back, exec, "stage path: {}\nprepare: {}", show(&stage), show(&live.prepare));
+    let fell_back =
+        said(&live.prepare).contains("stages use Docker exec") || said(&stage).contains("using Docker exec");
+    assert_eq!(
+        fell_back,
+        exec,
+        "stage path: {}\nprepare: {}",
+        show(&stage),
+        show(&live.prepare)
+    );
 
     // The service's own process runs as its user, and still serves (prepare waited for its
     // port; the build reaches it).
@@ -146,7 +167,11 @@ fn assert_refused_before_anything_exists(e: &E2e, job: &JobSpec, mark: u64, part
     assert_ok(&r.cleanup());
     assert!(e.tasks_of(job).is_empty(), "no task: {:?}", e.tasks_of(job));
     for action in ["RegisterTaskDefinition", "RunTask"] {
-        assert!(e.own_calls_since(mark, action).is_empty(), "no {action}: {}", show(&prepare));
+        assert!(
+            e.own_calls_since(mark, action).is_empty(),
+            "no {action}: {}",
+            show(&prepare)
+        );
     }
 }
 
@@ -164,7 +189,13 @@ fn a_platform_the_cluster_has_no_instance_of_fails_before_anything_is_registered
         &e,
         &job,
         mark,
-        &[other, "image: docker: platform:", &cluster, &attribute, "nothing was started"],
+        &[
+            other,
+            "image: docker: platform:",
+            &cluster,
+            &attribute,
+            "nothing was started",
+        ],
     );
 }
 
@@ -173,9 +204,7 @@ fn platforms_ecs_cannot_place_or_that_disagree_are_the_jobs_failure() {
     let e = E2e::new("platform-bad");
     let mark = e.standin.request_mark();
     let build = e.standin.images.build.clone();
-    let riscv = e
-        .job()
-        .image(Image::new(&build).docker_platform("linux/riscv64"));
+    let riscv = e.job().image(Image::new(&build).docker_platform("linux/riscv64"));
     assert_refused_before_anything_exists(
         &e,
         &riscv,
@@ -214,7 +243,11 @@ fn platforms_place_the_task_on_instances_of_that_architecture_and_definitions_ar
             task.container_instance_arn(),
             Some(instance.container_instance_arn.as_str()),
             "{platform}: placed on the {} instance",
-            if std::ptr::eq(instance, &x86) { "x86_64" } else { "arm64" }
+            if std::ptr::eq(instance, &x86) {
+                "x86_64"
+            } else {
+                "arm64"
+            }
         );
         let stage = live.stage(stages::BUILD_SCRIPT, "echo ran-on-the-platform\n");
         assert_ok(&stage);
@@ -224,7 +257,10 @@ fn platforms_place_the_task_on_instances_of_that_architecture_and_definitions_ar
     }
     let expressions = placement_expressions(&e, &tasks[0]);
     assert_eq!(expressions, ["attribute:ecs.cpu-architecture == x86_64"]);
-    assert_eq!(placement_expressions(&e, &tasks[1]), ["attribute:ecs.cpu-architecture == arm64"]);
+    assert_eq!(
+        placement_expressions(&e, &tasks[1]),
+        ["attribute:ecs.cpu-architecture == arm64"]
+    );
     // The same image and platform: the same task definition revision.
     assert_eq!(tasks[0].task_definition_arn(), tasks[2].task_definition_arn());
     assert_ne!(tasks[0].task_definition_arn(), tasks[1].task_definition_arn());
