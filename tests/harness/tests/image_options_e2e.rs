@@ -13,7 +13,7 @@
 mod support;
 
 use aws_sdk_ecs::types::Task;
-use ecs_executor_tests::runner::{Image, JobSpec, stages};
+use ecs_executor_tests::runner::{Image, JobSpec, JobStatus, StageResult, stages};
 use support::standin_agent::OwnCluster;
 use support::{E2e, assert_ok, show};
 
@@ -84,75 +84,83 @@ fn pid1_ids(e: &E2e, container: &str) -> (String, String) {
     (field("Uid:"), field("Gid:"))
 }
 
-fn user_job(e: &E2e) -> JobSpec {
-    e.job()
-        .image(Image::new(&e.standin.images.build).docker_user("1234:5678"))
-        .service(Image::new(ECHO).alias("db").docker_user("4321"))
+/// What a call printed, both streams.
+fn said(call: &StageResult) -> String {
+    format!("{}{}", call.stdout_text(), call.stderr_text())
 }
 
-/// The job's users, with the stage runner (`runner`) or through Docker exec (`mode = off`).
-fn docker_user_runs_build_stages_and_service_as_those_users(name: &str, exec: bool) {
-    let e = E2e::with_config_edit(name, |t| {
-        if exec {
-            t.replace("[stage_runner]", "[stage_runner]\nmode = \"off\"")
-        } else {
-            t
-        }
-    });
-    if exec {
-        assert!(
-            std::fs::read_to_string(&e.config).unwrap().contains("mode = \"off\""),
-            "the stand-in's executor config has a [stage_runner] table to turn the runner off in"
-        );
-    }
-    let mut live = e.start(user_job(&e));
+#[test]
+fn docker_user_runs_the_build_its_stage_runner_stages_and_a_service_as_those_users() {
+    let e = E2e::new("user-runner");
+    let job = e
+        .job()
+        .image(Image::new(&e.standin.images.build).docker_user("1234:5678"))
+        .service(Image::new(ECHO).alias("db").docker_user("4321"));
+    let mut live = e.start(job);
+    assert!(
+        said(&live.prepare).contains("stage runners up"),
+        "the stage runner started as the build user: {}",
+        show(&live.prepare)
+    );
     let users = definition_users(&e, &live.task());
     let user_of = |name: &str| users.iter().find(|(n, _)| n == name).and_then(|(_, u)| u.clone());
     assert_eq!(user_of("build").as_deref(), Some("1234:5678"), "{users:?}");
     assert_eq!(user_of("svc-0").as_deref(), Some("4321"), "{users:?}");
     assert_eq!(user_of("helper"), None, "the helper keeps its image's user: {users:?}");
 
-    let stage = live.stage(
-        stages::BUILD_SCRIPT,
-        "echo \"build-ids=$(id -u):$(id -g)\"\ntouch written-by-the-build && ls -n written-by-the-build\n",
-    );
+    let stage = live.stage(stages::BUILD_SCRIPT, "echo \"build-ids=$(id -u):$(id -g)\"\n");
     assert_ok(&stage);
-    let out = stage.stdout_text();
-    assert!(out.contains("build-ids=1234:5678"), "{}", show(&stage));
-    assert!(
-        out.contains(" 1234 ") && out.contains(" 5678 "),
-        "the file is the build user's: {}",
-        show(&stage)
-    );
-    let said = |c: &ecs_executor_tests::runner::StageResult| format!("{}{}", c.stdout_text(), c.stderr_text());
-    let fell_back =
-        said(&live.prepare).contains("stages use Docker exec") || said(&stage).contains("using Docker exec");
+    assert!(stage.stdout_text().contains("build-ids=1234:5678"), "{}", show(&stage));
+    assert!(!said(&stage).contains("using Docker exec"), "{}", show(&stage));
+    // The build container's main process too.
     assert_eq!(
-        fell_back,
-        exec,
-        "stage path: {}\nprepare: {}",
-        show(&stage),
-        show(&live.prepare)
+        pid1_ids(&e, &live.container_id("build")),
+        ("1234".into(), "5678".into())
     );
 
     // The service's own process runs as its user, and still serves (prepare waited for its
     // port; the build reaches it).
-    let svc = live.container_id("svc-0");
-    assert_eq!(pid1_ids(&e, &svc).0, "4321");
-    let reach = live.stage(stages::BUILD_SCRIPT, "nc db 6379 </dev/null | head -n 1\n");
+    assert_eq!(pid1_ids(&e, &live.container_id("svc-0")).0, "4321");
+    let reach = live.stage(
+        stages::BUILD_SCRIPT,
+        "nc db 6379 </dev/null > /tmp/reply.txt; head -n 1 /tmp/reply.txt\n",
+    );
     assert_ok(&reach);
     assert!(reach.stdout_text().contains("hello from"), "{}", show(&reach));
     live.finish();
 }
 
 #[test]
-fn docker_user_runs_the_build_its_stage_runner_stages_and_a_service_as_those_users() {
-    docker_user_runs_build_stages_and_service_as_those_users("user-runner", false);
-}
-
-#[test]
-fn docker_user_runs_the_build_its_docker_exec_stages_and_a_service_as_those_users() {
-    docker_user_runs_build_stages_and_service_as_those_users("user-exec", true);
+fn docker_user_runs_a_whole_job_through_docker_exec_and_its_checkout_is_writable() {
+    let e = E2e::with_config_edit("user-exec", |t| {
+        t.replace("[stage_runner]", "[stage_runner]\nmode = \"off\"")
+    });
+    assert!(
+        std::fs::read_to_string(&e.config).unwrap().contains("mode = \"off\""),
+        "the stand-in's executor config has a [stage_runner] table to turn the runner off in"
+    );
+    let job = e
+        .job()
+        .image(Image::new(&e.standin.images.build).docker_user("1234:5678"))
+        .script([
+            "echo \"build-ids=$(id -u):$(id -g)\"",
+            "touch written-by-the-build",
+            "ls -n written-by-the-build",
+        ]);
+    let outcome = e.runner(&job).run_job();
+    let log = outcome.log_text();
+    assert_eq!(outcome.status, JobStatus::Success, "{log}");
+    assert!(!log.contains("stage runners up"), "every stage is a Docker exec: {log}");
+    let build = outcome.stage(stages::BUILD_SCRIPT).expect("build_script ran");
+    let out = build.stdout_text();
+    assert!(out.contains("build-ids=1234:5678"), "{}", show(build));
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" 1234 ") && l.contains(" 5678 ") && l.ends_with("written-by-the-build")),
+        "the build user wrote into its checkout: {}",
+        show(build)
+    );
+    e.assert_tasks_stopped(&job, 1);
 }
 
 /// prepare failed as the job's failure, saying every one of `parts`; nothing was registered,
@@ -228,14 +236,14 @@ fn platforms_ecs_cannot_place_or_that_disagree_are_the_jobs_failure() {
 }
 
 #[test]
-fn platforms_place_the_task_on_instances_of_that_architecture_and_definitions_are_reused() {
+fn platforms_place_the_task_on_instances_of_that_architecture() {
     let own = OwnCluster::start_with_arches("platform", &["x86_64", "arm64"]);
     let (x86, arm) = (own.instances[0].clone(), own.instances[1].clone());
     let e = E2e::with_config_edit("platform-place", own.config_edit());
     let build = e.standin.images.build.clone();
 
     let mut tasks = Vec::new();
-    for (platform, instance) in [("linux/amd64", &x86), ("linux/arm64/v8", &arm), ("linux/amd64", &x86)] {
+    for (platform, instance) in [("linux/amd64", &x86), ("linux/arm64/v8", &arm)] {
         let job = e.job().image(Image::new(&build).docker_platform(platform));
         let mut live = e.start(job);
         let task = live.task();
@@ -261,7 +269,7 @@ fn platforms_place_the_task_on_instances_of_that_architecture_and_definitions_ar
         placement_expressions(&e, &tasks[1]),
         ["attribute:ecs.cpu-architecture == arm64"]
     );
-    // The same image and platform: the same task definition revision.
-    assert_eq!(tasks[0].task_definition_arn(), tasks[2].task_definition_arn());
+    // Another platform, another definition (reuse per image and platform: unit
+    // `task::tests::docker_user_and_platform_shape_the_definition_and_its_hash`).
     assert_ne!(tasks[0].task_definition_arn(), tasks[1].task_definition_arn());
 }
