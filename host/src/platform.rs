@@ -1,17 +1,16 @@
 //! The job's `docker: platform:` (on `image:` and on `services:` entries): which CPU
 //! architecture the job's task must run on, as ECS names it in the container instance
 //! attribute `ecs.cpu-architecture`; the placement constraint that puts the task there; and
-//! the check, before anything is registered or run, that the cluster has such an instance.
+//! the failure when the cluster has no such instance (prepare asks ECS before anything is
+//! registered or run: `Ecs::has_instance_where`).
 //!
 //! All of a job's containers are one ECS task on one instance, so every platform the job names
 //! must agree on the architecture. The OS is Linux (EC2 Linux container instances); a variant
 //! (`linux/arm64/v8`, `linux/amd64/v3`) is accepted and does not choose instances. The value is
 //! the job author's choice: it decides where the task goes, never its roles or identity.
 
-use crate::ecs::{Ecs, EcsError};
 use crate::failure::{Blame, Classify};
 use crate::protocol::JobResponse;
-use crate::task::PlacementConstraint;
 
 /// The container instance attribute ECS (and its agent) reports the CPU architecture in.
 pub const ARCH_ATTRIBUTE: &str = "ecs.cpu-architecture";
@@ -50,16 +49,29 @@ pub enum PlatformError {
         cluster: String,
         arch: &'static str,
     },
-    #[error(transparent)]
-    Ecs(#[from] EcsError),
 }
 
 impl Classify for PlatformError {
     fn blame(&self) -> Blame {
-        match self {
-            PlatformError::Ecs(e) => e.blame(),
-            // The job asked for something this runner's cluster cannot give it.
-            _ => Blame::Build,
+        // The job asked for something this runner's cluster cannot give it.
+        Blame::Build
+    }
+}
+
+impl Platform {
+    /// The cluster query expression for instances of its architecture: the task definition's
+    /// `memberOf` placement constraint, and the ListContainerInstances filter prepare checks.
+    pub fn placement_expression(&self) -> String {
+        format!("attribute:{ARCH_ATTRIBUTE} == {}", self.arch)
+    }
+
+    /// The failure when `cluster` has no container instance of its architecture.
+    pub fn missing_on(&self, cluster: &str) -> PlatformError {
+        PlatformError::NoInstance {
+            written: self.written.clone(),
+            origin: self.origin.clone(),
+            cluster: cluster.to_string(),
+            arch: self.arch,
         }
     }
 }
@@ -137,34 +149,6 @@ pub fn job_platform(response: &JobResponse) -> Result<Option<Platform>, Platform
         }
     }
     Ok(chosen)
-}
-
-/// The task definition's placement constraint for the platform.
-pub fn placement_constraint(platform: &Platform) -> PlacementConstraint {
-    PlacementConstraint {
-        kind: "memberOf".into(),
-        expression: Some(format!("attribute:{ARCH_ATTRIBUTE} == {}", platform.arch)),
-    }
-}
-
-/// Fails (naming the platform and the cluster) unless the cluster has a registered container
-/// instance of the platform's architecture. ListContainerInstances with the same filter (ECS
-/// applies it), then the attribute checked on what it returned (DescribeContainerInstances).
-pub async fn ensure_instance(ecs: &Ecs, platform: &Platform) -> Result<(), PlatformError> {
-    let filter = format!("attribute:{ARCH_ATTRIBUTE} == {}", platform.arch);
-    let arns = ecs.container_instances_matching(&filter).await?;
-    if !arns.is_empty() {
-        let values = ecs.instances_attribute(&arns, ARCH_ATTRIBUTE).await?;
-        if values.iter().any(|v| v.as_deref() == Some(platform.arch)) {
-            return Ok(());
-        }
-    }
-    Err(PlatformError::NoInstance {
-        written: platform.written.clone(),
-        origin: platform.origin.clone(),
-        cluster: ecs.cluster().to_string(),
-        arch: platform.arch,
-    })
 }
 
 #[cfg(test)]
@@ -246,14 +230,19 @@ mod tests {
     }
 
     #[test]
-    fn the_constraint_names_the_ecs_attribute() {
+    fn the_expression_names_the_ecs_attribute_and_the_failure_the_cluster() {
         let p = Platform {
             written: "linux/arm64".into(),
             origin: "image: docker: platform:".into(),
             arch: "arm64",
         };
-        let c = placement_constraint(&p);
-        assert_eq!(c.kind, "memberOf");
-        assert_eq!(c.expression.as_deref(), Some("attribute:ecs.cpu-architecture == arm64"));
+        assert_eq!(p.placement_expression(), "attribute:ecs.cpu-architecture == arm64");
+        let err = p.missing_on("ci-cluster");
+        assert_eq!(err.blame(), Blame::Build);
+        assert_eq!(
+            err.to_string(),
+            "the job asks for platform \"linux/arm64\" (image: docker: platform:), but cluster ci-cluster has \
+             no container instance with ecs.cpu-architecture = arm64; nothing was started"
+        );
     }
 }

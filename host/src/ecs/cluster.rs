@@ -92,6 +92,18 @@ impl Ecs {
         Ok(arns)
     }
 
+    /// Does the cluster have a registered container instance that matches `filter` and whose
+    /// attribute `name` is `value`? ListContainerInstances with the filter (ECS applies it),
+    /// then the attribute checked on (at most 100 of) those it returned.
+    pub async fn has_instance_where(&self, filter: &str, name: &str, value: &str) -> Result<bool, EcsError> {
+        let arns = self.container_instances_matching(filter).await?;
+        if arns.is_empty() {
+            return Ok(false);
+        }
+        let values = self.instances_attribute(&arns, name).await?;
+        Ok(values.iter().any(|v| v.as_deref() == Some(value)))
+    }
+
     /// The value of the attribute `name` on each of (at most the first 100 of) `arns`, one
     /// DescribeContainerInstances call.
     pub async fn instances_attribute(&self, arns: &[String], name: &str) -> Result<Vec<Option<String>>, EcsError> {

@@ -106,7 +106,13 @@ async fn launch(
     let task = JobTask::build(config, job, response, plugins)?;
     // `docker: platform:`: refused before anything is registered when no instance can take it.
     if let Some(platform) = &job.platform {
-        crate::platform::ensure_instance(ecs, platform).await?;
+        let expression = platform.placement_expression();
+        if !ecs
+            .has_instance_where(&expression, crate::platform::ARCH_ATTRIBUTE, platform.arch)
+            .await?
+        {
+            return Err(platform.missing_on(ecs.cluster()).into());
+        }
     }
     let td = task_definition(config, job, store, ecs, &task).await?;
     write_registry_secrets(&clients.secrets, &task, secrets_written).await?;

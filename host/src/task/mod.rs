@@ -172,7 +172,14 @@ impl TaskSpec {
                 },
             ],
             // `docker: platform:`: only instances of that architecture.
-            placement_constraints: job.platform.iter().map(crate::platform::placement_constraint).collect(),
+            placement_constraints: job
+                .platform
+                .iter()
+                .map(|p| PlacementConstraint {
+                    kind: "memberOf".into(),
+                    expression: Some(p.placement_expression()),
+                })
+                .collect(),
             tags: BTreeMap::new(),
             family: None,
             extra: None,
