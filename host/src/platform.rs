@@ -89,21 +89,32 @@ pub fn ecs_architecture(written: &str) -> Result<&'static str, String> {
     };
     if os != "linux" {
         return Err(format!(
-            "the job's task runs on EC2 Linux container instances, not on {os:?}"
+            "the job's task runs on EC2 Linux container instances, not on {:?}",
+            shown(os)
         ));
     }
     if !variant.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(format!("the variant {variant:?} is not a platform variant"));
+        return Err(format!("the variant {:?} is not a platform variant", shown(variant)));
     }
     match arch {
         "amd64" | "x86_64" | "x86-64" => Ok("x86_64"),
         "arm64" | "aarch64" => Ok("arm64"),
         "" => Err("it names no architecture".into()),
         other => Err(format!(
-            "ECS container instances are x86_64 or arm64; the architecture {other:?} is neither \
-             (use linux/amd64 or linux/arm64)"
+            "ECS container instances are x86_64 or arm64; the architecture {:?} is neither \
+             (use linux/amd64 or linux/arm64)",
+            shown(other)
         )),
     }
+}
+
+/// At most 80 characters of what the job wrote, for an error message (quoted, escaped there).
+fn shown(written: &str) -> String {
+    let mut s: String = written.chars().take(80).collect();
+    if written.chars().count() > 80 {
+        s.push('…');
+    }
+    s
 }
 
 /// The platform the job's task must run on: from `image: docker: platform:` and each
@@ -128,7 +139,7 @@ pub fn job_platform(response: &JobResponse) -> Result<Option<Platform>, Platform
         }
         let arch = ecs_architecture(written).map_err(|problem| PlatformError::Unsupported {
             origin: origin.clone(),
-            written: written.to_string(),
+            written: shown(written),
             problem,
         })?;
         match &chosen {
@@ -220,6 +231,9 @@ mod tests {
                 && text.contains("services[0] (svc0:1): docker: platform: \"linux/amd64\""),
             "{text}"
         );
+        let long = format!("linux/{}", "x".repeat(500));
+        let text = job_platform(&response(&long, &[])).unwrap_err().to_string();
+        assert!(text.len() < 400 && text.contains('…'), "{text}");
         let err = job_platform(&response("", &["linux/riscv64"])).unwrap_err();
         assert_eq!(err.blame(), Blame::Build);
         assert!(
