@@ -25,6 +25,9 @@ pub mod protocol;
 #[path = "../../host/src/job.rs"]
 pub mod job;
 
+#[path = "../../host/src/platform.rs"]
+pub mod platform;
+
 // `host/src/services/spec.rs` (its siblings launch containers); its `pub(super)` items are
 // then the crate root's.
 #[path = "../../host/src/services/spec.rs"]

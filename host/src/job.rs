@@ -19,6 +19,14 @@ pub enum JobError {
          public variables"
     )]
     SecretInImage { shown: String, var: String },
+    #[error("{origin} is {shown}: {problem}")]
+    BadUser {
+        origin: String,
+        shown: String,
+        problem: &'static str,
+    },
+    #[error(transparent)]
+    Platform(#[from] crate::platform::PlatformError),
 }
 
 impl Classify for JobError {
@@ -27,7 +35,8 @@ impl Classify for JobError {
             JobError::Protocol(e) => e.blame(),
             JobError::NoImage => Blame::System,
             // The user wrote `image:`; GitLab treats a bad image as the job's failure.
-            JobError::BadImage { .. } | JobError::SecretInImage { .. } => Blame::Build,
+            JobError::BadImage { .. } | JobError::SecretInImage { .. } | JobError::BadUser { .. } => Blame::Build,
+            JobError::Platform(e) => e.blame(),
         }
     }
 }
@@ -48,6 +57,11 @@ pub struct JobContext {
     pub image: String,
     /// `image: entrypoint:` from the job, if any.
     pub image_entrypoint: Option<Vec<String>>,
+    /// `image: docker: user:`: the build container runs as this user (ECS `user`), and so do
+    /// its stages. The job author's choice, like the image itself.
+    pub image_user: Option<String>,
+    /// `docker: platform:` of the image or a service: the architecture the task must run on.
+    pub platform: Option<crate::platform::Platform>,
     /// Values that must never leave the job's own script (masked, file-type, non-public).
     pub secrets: Vec<String>,
 }
@@ -77,7 +91,14 @@ impl JobContext {
             None => config.default_image.clone().ok_or(JobError::NoImage)?,
         };
         validate_image(&image)?;
+        let image_user = match job_image.map(|i| i.executor_opts.docker.user.as_str()) {
+            Some(user) if !user.trim().is_empty() => Some(validate_user("image: docker: user:", user)?),
+            _ => None,
+        };
+        let platform = crate::platform::job_platform(response)?;
         Ok(JobContext {
+            image_user,
+            platform,
             key,
             project_id: response.job_info.project_id,
             project_path: response.predefined("CI_PROJECT_PATH").unwrap_or_default().to_string(),
@@ -141,8 +162,33 @@ impl JobContext {
             runner_version: String::new(),
             image: image.into(),
             image_entrypoint: None,
+            image_user: None,
+            platform: None,
             secrets: vec![],
         }
+    }
+}
+
+/// A `docker: user:` value as Docker's `--user` takes it (`name`, `uid`, `name:group`,
+/// `uid:gid`), trimmed. `origin` says where the job wrote it.
+pub fn validate_user(origin: &str, user: &str) -> Result<String, JobError> {
+    let user = user.trim();
+    let problem = if user.len() > 256 {
+        Some("it is longer than 256 characters")
+    } else if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it contains spaces or control characters")
+    } else if user.starts_with(':') || user.ends_with(':') || user.matches(':').count() > 1 {
+        Some("a user is `name`, `uid`, `name:group` or `uid:gid`")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(JobError::BadUser {
+            origin: origin.to_string(),
+            shown: format!("\"{}\"", user.chars().take(80).collect::<String>().escape_debug()),
+            problem,
+        }),
+        None => Ok(user.to_string()),
     }
 }
 
@@ -251,6 +297,52 @@ mod tests {
         let mut c = config();
         c.runner_short_token = Some("thishost".into());
         assert_eq!(JobContext::from_response(&c, &r).unwrap().key.runner_token, "thishost");
+    }
+
+    #[test]
+    fn image_docker_user_is_read_as_a_string_or_a_number_and_checked() {
+        let with_user = |user: serde_json::Value| {
+            let mut r = response(&[]);
+            let image =
+                serde_json::json!({"name": "alpine:3", "executor_opts": {"docker": {"platform": "", "user": user}}});
+            r.image = Some(serde_json::from_value(image).unwrap());
+            JobContext::from_response(&config(), &r)
+        };
+        assert_eq!(
+            with_user("1234:5678".into()).unwrap().image_user.as_deref(),
+            Some("1234:5678")
+        );
+        assert_eq!(with_user(1000.into()).unwrap().image_user.as_deref(), Some("1000"));
+        assert_eq!(
+            with_user(" nobody ".into()).unwrap().image_user.as_deref(),
+            Some("nobody")
+        );
+        assert_eq!(with_user("".into()).unwrap().image_user, None);
+        assert_eq!(with_user(serde_json::Value::Null).unwrap().image_user, None);
+        assert_eq!(
+            JobContext::from_response(&config(), &response(&[])).unwrap().image_user,
+            None
+        );
+        for bad in ["a b", "1:2:3", ":1", "x\u{7}y"] {
+            let err = with_user(bad.into()).unwrap_err();
+            assert_eq!(err.blame(), Blame::Build, "{bad:?}");
+            assert!(err.to_string().starts_with("image: docker: user: is "), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_platform_the_cluster_cannot_run_is_the_jobs_failure() {
+        let mut r = response(&[]);
+        r.image.as_mut().unwrap().executor_opts.docker.platform = "linux/arm/v7".into();
+        let err = JobContext::from_response(&config(), &r).unwrap_err();
+        assert_eq!(err.blame(), Blame::Build);
+        assert!(
+            err.to_string().contains("image: docker: platform: is \"linux/arm/v7\""),
+            "{err}"
+        );
+        r.image.as_mut().unwrap().executor_opts.docker.platform = "linux/arm64".into();
+        let job = JobContext::from_response(&config(), &r).unwrap();
+        assert_eq!(job.platform.map(|p| p.arch), Some("arm64"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 // What gitlab-runner gives us, and the job it describes.
 mod config;
 mod job;
+mod platform;
 mod protocol;
 mod registry_auth;
 mod registry_secrets;

@@ -542,6 +542,8 @@ mod tests {
             runner_version: String::new(),
             image: "alpine:3".into(),
             image_entrypoint: None,
+            image_user: None,
+            platform: None,
             secrets: vec!["s3cr3t-value".into()],
         }
     }

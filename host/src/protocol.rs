@@ -181,6 +181,42 @@ pub struct JobImage {
     pub entrypoint: Option<Vec<String>>,
     pub command: Option<Vec<String>>,
     pub pull_policy: Option<Vec<String>>,
+    /// `image: docker:` (`user`, `platform`) as GitLab sends it (`executor_opts`).
+    pub executor_opts: ExecutorOptions,
+}
+
+/// An image's `executor_opts` (gitlab-runner's `ImageExecutorOptions`); only `docker:` is ours.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ExecutorOptions {
+    pub docker: DockerOptions,
+}
+
+/// `image: docker:` / `services: docker:` (gitlab-runner's `ImageDockerOptions`): the user the
+/// container runs as and the platform its image is for. The job author's choice.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DockerOptions {
+    /// `linux/arm64`, `linux/amd64/v2`, ...; "" when not given.
+    pub platform: String,
+    /// A name, `uid`, or `uid:gid`; "" when not given. GitLab's YAML also allows a number.
+    #[serde(deserialize_with = "string_or_number")]
+    pub user: String,
+}
+
+/// gitlab-runner's `StringOrInt64`: `"1000"` or `1000` (or `null`).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Number(i64),
+    }
+    Ok(match Option::<Either>::deserialize(deserializer)? {
+        Some(Either::Text(s)) => s,
+        Some(Either::Number(n)) => n.to_string(),
+        None => String::new(),
+    })
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -192,6 +228,8 @@ pub struct JobService {
     pub command: Option<Vec<String>>,
     #[serde(deserialize_with = "null_as_empty")]
     pub variables: Vec<JobVariable>,
+    /// `services: docker:` (`user`, `platform`).
+    pub executor_opts: ExecutorOptions,
 }
 
 fn job_response_path() -> Result<PathBuf, ProtocolError> {

@@ -268,6 +268,8 @@ fn docker_endpoint(
         runner_version: String::new(),
         image: config.default_image.clone().unwrap_or_default(),
         image_entrypoint: None,
+        image_user: None,
+        platform: None,
         secrets: Vec::new(),
     };
     crate::plugins::docker_endpoint(plugins, config, &job, &JobResponse::default(), instance)

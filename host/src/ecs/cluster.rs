@@ -71,4 +71,61 @@ impl Ecs {
         }
         Ok(arns)
     }
+
+    /// The cluster's container instances (ARNs) that match a cluster query language `filter`
+    /// (e.g. `attribute:ecs.cpu-architecture == arm64`); ECS applies it.
+    pub async fn container_instances_matching(&self, filter: &str) -> Result<Vec<String>, EcsError> {
+        let mut arns = Vec::new();
+        self.spend(Category::ClusterResourceRead, "ListContainerInstances")
+            .await;
+        let mut pages = self
+            .client
+            .list_container_instances()
+            .cluster(&self.cluster)
+            .filter(filter)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(api("ListContainerInstances"))?;
+            arns.extend(page.container_instance_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+
+    /// Does the cluster have a registered container instance that matches `filter` and whose
+    /// attribute `name` is `value`? ListContainerInstances with the filter (ECS applies it),
+    /// then the attribute checked on (at most 100 of) those it returned.
+    pub async fn has_instance_where(&self, filter: &str, name: &str, value: &str) -> Result<bool, EcsError> {
+        let arns = self.container_instances_matching(filter).await?;
+        if arns.is_empty() {
+            return Ok(false);
+        }
+        let values = self.instances_attribute(&arns, name).await?;
+        Ok(values.iter().any(|v| v.as_deref() == Some(value)))
+    }
+
+    /// The value of the attribute `name` on each of (at most the first 100 of) `arns`, one
+    /// DescribeContainerInstances call.
+    pub async fn instances_attribute(&self, arns: &[String], name: &str) -> Result<Vec<Option<String>>, EcsError> {
+        self.spend(Category::ClusterResourceRead, "DescribeContainerInstances")
+            .await;
+        let out = self
+            .client
+            .describe_container_instances()
+            .cluster(&self.cluster)
+            .set_container_instances(Some(arns.iter().take(100).cloned().collect()))
+            .send()
+            .await
+            .map_err(api("DescribeContainerInstances"))?;
+        Ok(out
+            .container_instances()
+            .iter()
+            .map(|ci| {
+                ci.attributes()
+                    .iter()
+                    .find(|a| a.name() == name)
+                    .and_then(|a| a.value().map(String::from))
+            })
+            .collect())
+    }
 }

@@ -367,6 +367,8 @@ mod tests {
             runner_version: String::new(),
             image: "nosuch:1".into(),
             image_entrypoint: None,
+            image_user: None,
+            platform: None,
             secrets: vec![],
         };
         let spec = TaskSpec::for_job(&config, &job);

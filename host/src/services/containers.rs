@@ -37,7 +37,8 @@ pub fn builtin_containers(config: &Config, service: &Service) -> Vec<ContainerSp
         log_configuration: config.log_configuration.clone(),
         privileged: false,
         port_mappings: vec![],
-        extra: None,
+        // `services: docker: user:` (the launcher and the service then run as that user).
+        extra: crate::task::user_extra(service.user.as_deref()),
         repository_credentials: None,
     }]
 }

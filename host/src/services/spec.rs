@@ -26,6 +26,8 @@ pub enum ServiceError {
     TooMany { count: usize, max: usize },
     #[error("service image {image:?} is not allowed on this runner (allowed: {allowed})")]
     NotAllowed { image: String, allowed: String },
+    #[error("service {image:?}: {problem}")]
+    BadUser { image: String, problem: String },
 }
 
 impl Classify for ServiceError {
@@ -54,6 +56,8 @@ pub struct Service {
     pub hostnames: Vec<String>,
     pub entrypoint: Option<Vec<String>>,
     pub command: Option<Vec<String>>,
+    /// `services: docker: user:`: its container runs as this user (ECS `user`).
+    pub user: Option<String>,
     /// Its environment: the job's public and runner-internal variables, then its own,
     /// `$VAR`-expanded. SECRET: only ever written into the container over Docker exec.
     pub environment: Vec<(String, String)>,
@@ -172,6 +176,17 @@ impl JobServices {
                     ));
                 }
             }
+            let user = match s.executor_opts.docker.user.trim() {
+                "" => None,
+                user => Some(
+                    crate::job::validate_user(&format!("services[{index}]: docker: user:"), user).map_err(|e| {
+                        ServiceError::BadUser {
+                            image: image.clone(),
+                            problem: e.to_string(),
+                        }
+                    })?,
+                ),
+            };
             let mut environment = job_vars.clone();
             environment.extend(service_variables(s));
             out.services.push(Service {
@@ -182,6 +197,7 @@ impl JobServices {
                 hostnames,
                 entrypoint: s.entrypoint.clone().filter(|e| !e.is_empty()),
                 command: s.command.clone().filter(|c| !c.is_empty()),
+                user,
                 environment: expand(&environment),
             });
         }

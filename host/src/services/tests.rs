@@ -161,6 +161,8 @@ fn the_task_definition_gets_a_launcher_links_and_no_variable() {
         runner_version: String::new(),
         image: "build:1".into(),
         image_entrypoint: None,
+        image_user: None,
+        platform: None,
         secrets: vec![],
     };
     let mut spec = TaskSpec::for_job(&c, &job);
@@ -209,4 +211,24 @@ fn the_launch_file_quotes_everything_and_runs_the_docker_command() {
     svc.entrypoint = Some(vec!["/other".into()]);
     svc.command = None;
     assert_eq!(service_argv(&svc, &["/entry".into()], &["default".into()]), ["/other"]);
+}
+
+#[test]
+fn a_services_docker_user_becomes_its_containers_user_and_a_bad_one_is_refused() {
+    let mut with_user = service("postgres:16", "db");
+    with_user.executor_opts.docker.user = "999:999".into();
+    let c = config("");
+    let loaded = load(&c, &response(vec![with_user, service("redis:7", "")])).unwrap();
+    let containers = builtin_containers(&c, &loaded.services[0]);
+    assert_eq!(containers[0].extra.as_ref().unwrap()["user"], "999:999");
+    assert!(builtin_containers(&c, &loaded.services[1])[0].extra.is_none());
+
+    let mut bad = service("postgres:16", "db");
+    bad.executor_opts.docker.user = "root; id".into();
+    let err = load(&c, &response(vec![bad])).unwrap_err();
+    assert_eq!(err.blame(), Blame::Build);
+    assert!(
+        err.to_string().contains("services[0]: docker: user: is \"root; id\""),
+        "{err}"
+    );
 }

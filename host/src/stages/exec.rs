@@ -62,6 +62,8 @@ impl ExecStream<'_> {
         let command = ExecCommand {
             cmd: vec!["sh".to_string(), "-c".to_string(), stage_wrapper(self.route)],
             env: vec![format!("{EXEC_MARKER_VAR}={}", self.marker)],
+            // The container's own user, which Docker gives an exec that names none: the job's
+            // `docker: user:` (or a plugin's `user`) as ECS set it, else the image's.
             user: None,
         };
         let AttachedExec {

@@ -104,6 +104,16 @@ async fn launch(
     (launched, secrets_written): (&mut Option<JobState>, &mut Vec<String>),
 ) -> Result<(), Failure> {
     let task = JobTask::build(config, job, response, plugins)?;
+    // `docker: platform:`: refused before anything is registered when no instance can take it.
+    if let Some(platform) = &job.platform {
+        let expression = platform.placement_expression();
+        if !ecs
+            .has_instance_where(&expression, crate::platform::ARCH_ATTRIBUTE, platform.arch)
+            .await?
+        {
+            return Err(platform.missing_on(ecs.cluster()).into());
+        }
+    }
     let td = task_definition(config, job, store, ecs, &task).await?;
     write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
     let mut state = run_task(config, job, store, ecs, &td, launched, secrets_written).await?;

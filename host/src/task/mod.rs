@@ -74,7 +74,8 @@ pub struct ContainerSpec {
     /// plugin chain, so plugins neither see nor remove them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<PortMapping>,
-    /// Container API fields from plugins' `extra` (keys in `validate::CONTAINER_EXTRA_KEYS`).
+    /// Container API fields from plugins' `extra` (keys in `validate::CONTAINER_EXTRA_KEYS`),
+    /// and `user` from the job's `docker: user:` (`user_extra`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// The Secrets Manager secret (its name) holding the registry login ECS pulls the image
@@ -148,6 +149,8 @@ impl TaskSpec {
             extra: None,
             repository_credentials: None,
         };
+        let mut build = container("build", job.image.clone(), job.image_entrypoint.clone());
+        build.extra = user_extra(job.image_user.as_deref());
         TaskSpec {
             network_mode: config.network_mode,
             cpu: config.cpu,
@@ -155,7 +158,7 @@ impl TaskSpec {
             task_role_arn: config.task_role_arn.clone(),
             execution_role_arn: config.execution_role_arn.clone(),
             containers: vec![
-                container("build", job.image.clone(), job.image_entrypoint.clone()),
+                build,
                 container("helper", helper_image(config, &job.runner_version), None),
             ],
             volumes: vec![
@@ -168,7 +171,15 @@ impl TaskSpec {
                     host_path: Some(cache_host_path(config, job)),
                 },
             ],
-            placement_constraints: vec![],
+            // `docker: platform:`: only instances of that architecture.
+            placement_constraints: job
+                .platform
+                .iter()
+                .map(|p| PlacementConstraint {
+                    kind: "memberOf".into(),
+                    expression: Some(p.placement_expression()),
+                })
+                .collect(),
             tags: BTreeMap::new(),
             family: None,
             extra: None,
@@ -181,6 +192,13 @@ impl TaskSpec {
         let json = serde_json::to_vec(self).expect("a TaskSpec always serializes");
         hex::encode(Sha256::digest(&json))
     }
+}
+
+/// A container's `extra` carrying `docker: user:` (ECS `user`): the container, and every Docker
+/// exec in it that names no user (the stage runner, Docker exec stages), runs as that user.
+/// In `extra` so that site plugins see it and may change it, as for a `user` they set.
+pub fn user_extra(user: Option<&str>) -> Option<serde_json::Map<String, serde_json::Value>> {
+    user.map(|u| serde_json::Map::from_iter([("user".to_string(), serde_json::Value::String(u.to_string()))]))
 }
 
 /// The job's cache directory on the container instance: one per project and protection level
@@ -250,6 +268,8 @@ mod tests {
             runner_version: "19.4.0".into(),
             image: image.into(),
             image_entrypoint: None,
+            image_user: None,
+            platform: None,
             secrets: vec!["s3cr3t-value".into()],
         }
     }
@@ -316,6 +336,53 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         assert!(!json.contains("s3cr3t-value"));
         assert!(!json.contains("g/p"));
+    }
+
+    #[test]
+    fn docker_user_and_platform_shape_the_definition_and_its_hash() {
+        let c = config();
+        let plain = TaskSpec::for_job(&c, &job("alpine:3"));
+        assert!(plain.containers.iter().all(|c| c.extra.is_none()));
+        assert!(plain.placement_constraints.is_empty());
+        let as_user = TaskSpec::for_job(
+            &c,
+            &JobContext {
+                image_user: Some("1234".into()),
+                ..job("alpine:3")
+            },
+        );
+        assert_eq!(as_user.containers[0].extra.as_ref().unwrap()["user"], "1234");
+        assert!(
+            as_user.containers[1].extra.is_none(),
+            "the helper keeps its image's user"
+        );
+        let arm = TaskSpec::for_job(
+            &c,
+            &JobContext {
+                platform: Some(crate::platform::Platform {
+                    written: "linux/arm64".into(),
+                    origin: "image: docker: platform:".into(),
+                    arch: "arm64",
+                }),
+                ..job("alpine:3")
+            },
+        );
+        assert_eq!(
+            arm.placement_constraints[0].expression.as_deref(),
+            Some("attribute:ecs.cpu-architecture == arm64")
+        );
+        let hashes = [&plain, &as_user, &arm].map(|s| s.content_hash());
+        assert!(hashes[0] != hashes[1] && hashes[0] != hashes[2] && hashes[1] != hashes[2]);
+        // The same options again: the same content (reuse keeps working).
+        let again = TaskSpec::for_job(
+            &c,
+            &JobContext {
+                key: JobKey::new(77, Some("abc")),
+                image_user: Some("1234".into()),
+                ..job("alpine:3")
+            },
+        );
+        assert_eq!(again.content_hash(), hashes[1]);
     }
 
     #[test]

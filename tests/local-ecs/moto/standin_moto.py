@@ -16,6 +16,7 @@ spec):
     container instances, clientToken idempotency;
   * StopTask: only asks to stop (desiredStatus), the agent finishes it; idempotent;
   * DescribeTasks: MISSING failures; ListTasks: desiredStatus defaults to RUNNING;
+  * ListContainerInstances applies its `filter` (cluster query language);
   * SubmitTaskStateChange / SubmitContainerStateChange implemented;
   * /_standin/faults, /_standin/requests, /_standin/counts; /moto-api/reset clears them;
   * off by default (issue #15): ECS/EC2 throttling (standin_throttle.py, /_standin/throttling),
@@ -1512,6 +1513,21 @@ def _resp_list_tasks(self: Any) -> ActionResult:
     return ActionResult({"taskArns": [t.task_arn for t in tasks]})
 
 
+def _resp_list_container_instances(self: Any) -> ActionResult:
+    """moto ignored `filter`: ECS applies it (cluster query language, as memberOf), e.g.
+    `attribute:ecs.cpu-architecture == arm64`."""
+    cluster_str = self._get_param("cluster", "default")
+    arns = self.ecs_backend.list_container_instances(cluster_str, self._get_param("status"))
+    text = self._get_param("filter")
+    if text:
+        parsed = parse_expression(text)
+        cluster = self.ecs_backend._get_cluster(cluster_str)
+        by_arn = {ci.container_instance_arn: ci
+                  for ci in self.ecs_backend.container_instances.get(cluster.name, {}).values()}
+        arns = [a for a in arns if a in by_arn and _matches(by_arn[a], parsed)]
+    return ActionResult({"containerInstanceArns": arns})
+
+
 def _resp_submit_task_state_change(self: Any) -> ActionResult:
     ack = self.ecs_backend.submit_task_state_change(
         self._get_param("cluster", "default"),
@@ -1550,6 +1566,7 @@ Response.register_container_instance = _resp_register_container_instance  # type
 Response.run_task = _resp_run_task  # type: ignore[method-assign]
 Response.describe_tasks = _resp_describe_tasks  # type: ignore[method-assign]
 Response.list_tasks = _resp_list_tasks  # type: ignore[method-assign]
+Response.list_container_instances = _resp_list_container_instances  # type: ignore[method-assign]
 Response.submit_task_state_change = _resp_submit_task_state_change  # type: ignore[attr-defined]
 Response.submit_container_state_change = _resp_submit_container_state_change  # type: ignore[attr-defined]
 

@@ -723,6 +723,13 @@ class StandinMotoTest(unittest.TestCase):
         err = self.error_of(self.ecs.run_task, cluster="local", taskDefinition="job",
                             placementConstraints=[{"type": "memberOf", "expression": "nonsense"}])
         self.assertEqual(err.response["Error"]["Code"], "InvalidParameterException")
+        # ListContainerInstances applies its filter (the executor asks for an architecture).
+        listed = self.ecs.list_container_instances(cluster="local", filter="attribute:ecs.cpu-architecture == arm64")
+        self.assertEqual(listed["containerInstanceArns"], [arm["container_instance_arn"]])
+        everyone = self.ecs.list_container_instances(cluster="local")["containerInstanceArns"]
+        self.assertEqual(len(everyone), 3)
+        self.assertEqual(self.ecs.list_container_instances(
+            cluster="local", filter="attribute:ecs.cpu-architecture == riscv64")["containerInstanceArns"], [])
 
     def test_member_of_expressions_and_distinct_instance(self) -> None:
         out = self.reseed(instances=3)

@@ -120,6 +120,10 @@ pub struct Image {
     pub ports: Vec<Port>,
     pub variables: Vec<Variable>,
     pub pull_policy: Vec<String>,
+    /// `docker: platform:` ("" when not given).
+    pub docker_platform: String,
+    /// `docker: user:` ("" when not given).
+    pub docker_user: String,
 }
 
 impl Image {
@@ -158,6 +162,16 @@ impl Image {
         self.pull_policy = policies.into_iter().map(Into::into).collect();
         self
     }
+    /// `docker: platform:` (`linux/arm64`, ...).
+    pub fn docker_platform(mut self, platform: impl Into<String>) -> Self {
+        self.docker_platform = platform.into();
+        self
+    }
+    /// `docker: user:` (`1234`, `nobody`, `1234:5678`).
+    pub fn docker_user(mut self, user: impl Into<String>) -> Self {
+        self.docker_user = user.into();
+        self
+    }
 
     /// The aliases as gitlab-runner splits them (`Image.Aliases()`: commas become spaces,
     /// then split on whitespace).
@@ -178,7 +192,13 @@ impl Image {
             ports: self.ports.iter().map(Port::wire).collect(),
             variables: self.variables.iter().map(Variable::wire).collect(),
             pull_policy: &self.pull_policy,
-            executor_opts: wire::ExecutorOpts::default(),
+            executor_opts: wire::ExecutorOpts {
+                docker: wire::DockerOpts {
+                    platform: self.docker_platform.clone(),
+                    user: self.docker_user.clone(),
+                },
+                ..wire::ExecutorOpts::default()
+            },
         }
     }
 }
@@ -619,6 +639,8 @@ impl JobSpec {
             ports: Vec::new(),
             variables: Vec::new(),
             pull_policy: Vec::new(),
+            docker_platform: String::new(),
+            docker_user: String::new(),
         };
         wire::Job {
             id: self.id,

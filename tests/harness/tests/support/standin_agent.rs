@@ -61,6 +61,19 @@ impl OwnCluster {
     /// As [`OwnCluster::start`], the agent run with `agent_args` besides (e.g.
     /// `--lost-connections hang`, `--latency realistic`).
     pub fn start_with(prefix: &str, n: usize, agent_args: &[&str]) -> OwnCluster {
+        Self::start_instances(prefix, &vec![None; n], agent_args)
+    }
+
+    /// As [`OwnCluster::start`], one instance per entry of `arches`, each registered with that
+    /// `ecs.cpu-architecture` (`x86_64`, `arm64`). The attribute only: every instance's
+    /// containers still run on this host's dockerd, whatever it says.
+    pub fn start_with_arches(prefix: &str, arches: &[&str]) -> OwnCluster {
+        let arches: Vec<Option<&str>> = arches.iter().copied().map(Some).collect();
+        Self::start_instances(prefix, &arches, &[])
+    }
+
+    fn start_instances(prefix: &str, arches: &[Option<&str>], agent_args: &[&str]) -> OwnCluster {
+        let n = arches.len();
         let shared = Standin::require();
         let name = unique_name(prefix);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -101,7 +114,10 @@ impl OwnCluster {
             );
             let (private, public) = (format!("127.0.0.{next}"), format!("127.0.0.{}", next + 1));
             next += 2;
-            let body = serde_json::json!({"cluster": own.name, "private_ip": private, "public_ip": public});
+            let mut body = serde_json::json!({"cluster": own.name, "private_ip": private, "public_ip": public});
+            if let Some(arch) = arches[own.instances.len()] {
+                body["arch"] = arch.into();
+            }
             match own.control("POST", "/_standin/instances", Some(body)) {
                 (200, answer) => own.instances.push(serde_json::from_value(answer).expect("an instance")),
                 // Taken by another test's cluster: the next pair.
