@@ -219,6 +219,16 @@ fn racing_prepares_claim_each_warm_task_once_and_used_tasks_never_return() {
             None => assert!(output(prepare).contains(COLD), "{}", show(prepare)),
         }
     }
+    for (_, prepare) in &prepared {
+        let kind = if claimed(prepare).is_some() { "hit" } else { "cold" };
+        eprintln!(
+            "FIGURE prepare {kind} (6 racing): {:.3} s",
+            prepare.duration.as_secs_f64()
+        );
+        for line in support::executor_lines(prepare) {
+            eprintln!("  {line}");
+        }
+    }
     let hit_set: BTreeSet<String> = hits.iter().cloned().collect();
     assert_eq!((hits.len(), hit_set.len()), (3, 3), "claims: {hits:?}");
     // The first job's miss, then 3 hits and 3 misses.
@@ -291,6 +301,9 @@ fn a_dead_warm_task_is_discarded_and_gc_evicts_and_tops_up() {
         show(&prepare)
     );
     assert!(out.contains(COLD), "{}", show(&prepare));
+    for line in support::executor_lines(&prepare) {
+        eprintln!("  {line}");
+    }
     let task = job_task(&e, &job);
     assert_ne!(task, dead);
     wait_stopped(&e, &BTreeSet::from([dead.clone()]));
