@@ -336,3 +336,74 @@ fn a_dead_warm_task_is_discarded_and_gc_evicts_and_tops_up() {
     assert!(out.status.success(), "{}", text(&out));
     wait_stopped(&e, &topped);
 }
+
+/// p50 and p95 of `values` (seconds).
+fn percentiles(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| values[((values.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.5), at(0.95))
+}
+
+/// The warm-pool benchmark (`tests/bench/warm`, figures in docs/benchmarks.md), not a test:
+/// on a cluster of its own whose agent stand-in has the realistic latency profile, `BENCH_JOBS`
+/// (default 50) jobs of the pooled shape one after another, each claiming a warm task (the
+/// pool of 5 is waited for between rounds), then as many cold ones of the same shape from a
+/// config without the pool; per job prepare's wall time and the first stage's. Prints
+/// `BENCH` lines (Markdown table rows).
+#[test]
+#[ignore = "a benchmark: tests/bench/warm"]
+fn bench_prepare_hit_vs_cold() {
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50);
+    let own = OwnCluster::start_with("warm", 1, &["--latency", "realistic"]);
+    let pooled = pooled(&own, "warm-bench", 5, 5);
+    let cold = E2e::with_config_edit("warm-bench-cold", own.config_edit());
+    // The first job of the shape fills the pool.
+    let mut r = pooled.prepared(&pooled.job());
+    assert_ok(&r.cleanup());
+    let run = |e: &E2e, expect_hit: bool| -> (f64, f64) {
+        let job = e.job();
+        let (mut r, prepare) = e.prepare(&job);
+        assert_ok(&prepare);
+        assert_eq!(claimed(&prepare).is_some(), expect_hit, "{}", show(&prepare));
+        let script = stage_script(&r, "echo first-byte");
+        let stage = r.run_script(stages::BUILD_SCRIPT, &script);
+        assert_ok(&stage);
+        assert_ok(&r.cleanup());
+        (prepare.duration.as_secs_f64(), stage.duration.as_secs_f64())
+    };
+    let (mut hit_prepare, mut hit_stage, mut cold_prepare, mut cold_stage) = (vec![], vec![], vec![], vec![]);
+    for i in 0..jobs {
+        if i % 5 == 0 {
+            wait_for_warm(&pooled, 5);
+        }
+        let (p, s) = run(&pooled, true);
+        hit_prepare.push(p);
+        hit_stage.push(s);
+    }
+    for _ in 0..jobs {
+        let (p, s) = run(&cold, false);
+        cold_prepare.push(p);
+        cold_stage.push(s);
+    }
+    let idle = metric(
+        &pooled,
+        &format!("ecs_executor_pool_idle_task_seconds_total{{pool=\"{POOL}\"}}"),
+    );
+    for (what, p, s) in [
+        ("pool hit", &mut hit_prepare, &mut hit_stage),
+        ("cold", &mut cold_prepare, &mut cold_stage),
+    ] {
+        let (p50, p95) = percentiles(p);
+        let (s50, s95) = percentiles(s);
+        eprintln!("BENCH | {what} | {jobs} | {p50:.2} | {p95:.2} | {s50:.2} | {s95:.2} |");
+    }
+    eprintln!(
+        "BENCH idle task-seconds of claimed warm tasks: {idle:.0} over {jobs} hits ({:.1} idle task-minutes per 100 jobs)",
+        idle / 60.0 * 100.0 / jobs as f64
+    );
+    let out = admin(&pooled.config, &["unregister"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
