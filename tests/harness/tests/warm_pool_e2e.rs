@@ -87,7 +87,7 @@ fn statuses(e: &E2e, arns: &BTreeSet<String>) -> Vec<(String, String, String)> {
 
 /// Waits until the pool has `n` idle entries and ECS says each of their tasks RUNNING.
 fn wait_for_warm(e: &E2e, n: usize) -> BTreeSet<String> {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let idle = idle_warm_tasks(e);
         let s = statuses(e, &idle);
@@ -335,6 +335,65 @@ fn a_dead_warm_task_is_discarded_and_gc_evicts_and_tops_up() {
     let out = admin(&e.config, &["unregister"]);
     assert!(out.status.success(), "{}", text(&out));
     wait_stopped(&e, &topped);
+}
+
+/// A warm task whose instance is draining is discarded, never handed out: the job gets a task
+/// on the other instance (a warm one there, or a cold start), and the cleanup's refill lands
+/// there too.
+#[test]
+fn a_warm_task_on_a_draining_instance_is_discarded() {
+    let own = OwnCluster::start("warm", 2);
+    let e = pooled(&own, "warm-drain", 2, 2);
+    let first = e.job();
+    let mut r = e.prepared(&first);
+    assert_ok(&r.cleanup());
+    let warm = wait_for_warm(&e, 2);
+    let instance_of = |arn: &str| -> String {
+        e.block_on(async {
+            let out = e
+                .ecs
+                .describe_tasks()
+                .cluster(&e.standin.cluster)
+                .tasks(arn)
+                .send()
+                .await
+                .expect("DescribeTasks");
+            out.tasks()[0].container_instance_arn().unwrap_or_default().to_string()
+        })
+    };
+    let drained_arn = instance_of(warm.iter().next().unwrap());
+    let on_drained: BTreeSet<String> = warm.iter().filter(|t| instance_of(t) == drained_arn).cloned().collect();
+    own.instance_control(own.instance_of(&drained_arn), serde_json::json!({"state": "DRAINING"}));
+
+    let job = e.job();
+    let (mut r, prepare) = e.prepare(&job);
+    assert_ok(&prepare);
+    let out = output(&prepare);
+    for arn in &on_drained {
+        assert!(
+            out.contains(&format!(
+                "warm task {arn} discarded: its instance {drained_arn} is DRAINING"
+            )),
+            "{}",
+            show(&prepare)
+        );
+    }
+    let task = job_task(&e, &job);
+    assert!(!on_drained.contains(&task), "{task} is on the draining instance");
+    assert_ne!(instance_of(&task), drained_arn);
+    wait_stopped(&e, &on_drained);
+    assert_ok(&r.cleanup());
+    let refilled = wait_for_warm(&e, 2);
+    for arn in &refilled {
+        assert_ne!(
+            instance_of(arn),
+            drained_arn,
+            "a warm task was placed on the draining instance"
+        );
+    }
+    let out = admin(&e.config, &["unregister"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_stopped(&e, &refilled);
 }
 
 /// p50 and p95 of `values` (seconds).
