@@ -59,3 +59,44 @@ pub async fn top_up(config: &Config, ecs: &Ecs, store: &StateStore, shape: &Shap
     }
     Ok(want)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_gets_what_it_misses_below_min_idle_within_the_pools_max() {
+        let dir = std::env::temp_dir().join(format!("ecs-executor-refill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pools = PoolStore::open(&StateStore::new(&dir)).unwrap();
+        let pool = PoolConfig {
+            name: "p".into(),
+            image: "busybox".into(),
+            min_idle: 3,
+            max: 4,
+            idle_timeout_secs: 60,
+        };
+        let shape = |td: &str| Shape {
+            pool: "p".into(),
+            task_definition_arn: format!("arn:aws:ecs:r:1:task-definition/{td}:1"),
+            containers: 2,
+        };
+        let (a, b) = (shape("a"), shape("b"));
+        assert_eq!(missing(&pool, &pools, &a), 3);
+        for (s, n) in [(&a, 2), (&b, 1)] {
+            pools.save_shape(s).unwrap();
+            for i in 0..n {
+                let entry = Entry {
+                    task_arn: format!("arn:aws:ecs:r:1:task/c/{}{i}", s.key()),
+                    started_unix: 0.0,
+                };
+                pools.add_idle(&s.key(), &entry).unwrap();
+            }
+        }
+        // a misses 1 of its 3 and b 2, but the pool has room for 1 more in all.
+        assert_eq!((missing(&pool, &pools, &a), missing(&pool, &pools, &b)), (1, 1));
+        let off = PoolConfig { min_idle: 0, ..pool };
+        assert_eq!(missing(&off, &pools, &a), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
