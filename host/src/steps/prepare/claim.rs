@@ -102,6 +102,10 @@ pub(super) async fn warm_task(
                 let _ = store.remove(&job.key);
                 crate::metrics::pool_discarded(&pool.name, label);
                 log_note(format!("warm task {arn} discarded: {why}"));
+                if label == "tag" {
+                    // Not the task's fault (IAM, ECS): the next one would fare no better.
+                    break None;
+                }
             }
         }
     };
