@@ -22,6 +22,7 @@ mod docker;
 mod ecs;
 mod instance;
 mod instance_cache;
+mod pool;
 // How stages run, what is kept between steps, what the job log is told.
 mod joblog;
 mod metrics;

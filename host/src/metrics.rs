@@ -7,7 +7,9 @@
 //! Series: `ecs_executor_steps_total{step,outcome}`, `ecs_executor_prepare_phase_seconds`
 //! (histogram by `phase`), `ecs_executor_aws_calls_total{action}`,
 //! `ecs_executor_aws_throttles_total{action}`, `ecs_executor_stages_total{path}` (stage runner
-//! or Docker exec), and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
+//! or Docker exec), the warm pools' `ecs_executor_pool_claims_total{pool,outcome}`,
+//! `ecs_executor_pool_discarded_total{pool,reason}`, `ecs_executor_pool_started_total{pool}`
+//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
 //! prepares wait for in PROVISIONING). `docs/metrics.md` lists queries for them.
 
 use std::collections::BTreeMap;
@@ -83,6 +85,34 @@ pub fn aws_throttle(action: &str) {
 /// A stage ran on `path` (`stage_runner` or `exec`).
 pub fn stage(path: &str) {
     count("ecs_executor_stages_total", &[("path", path)], 1.0);
+}
+
+/// A prepare of a pool's job claimed a warm task (`hit`) or started cold (`miss`).
+pub fn pool_claim(pool: &str, outcome: &str) {
+    count(
+        "ecs_executor_pool_claims_total",
+        &[("pool", pool), ("outcome", outcome)],
+        1.0,
+    );
+}
+
+/// A claimed warm task failed its checks and was stopped instead of handed out.
+pub fn pool_discarded(pool: &str, reason: &str) {
+    count(
+        "ecs_executor_pool_discarded_total",
+        &[("pool", pool), ("reason", reason)],
+        1.0,
+    );
+}
+
+/// A warm task was started for a pool.
+pub fn pool_started(pool: &str) {
+    count("ecs_executor_pool_started_total", &[("pool", pool)], 1.0);
+}
+
+/// A warm task stood idle for `seconds` before it was claimed or evicted (the pool's cost).
+pub fn pool_idle_seconds(pool: &str, seconds: f64) {
+    count("ecs_executor_pool_idle_task_seconds_total", &[("pool", pool)], seconds);
 }
 
 /// A prepare phase took `seconds`.
@@ -191,6 +221,26 @@ fn render(totals: &Totals, provisioning: usize) -> String {
         "ecs_executor_stages_total",
         "counter",
         "Stages by path: stage_runner or exec.",
+    );
+    family(
+        "ecs_executor_pool_claims_total",
+        "counter",
+        "Prepares of a warm pool's jobs: hit (a warm task claimed) or miss (cold start).",
+    );
+    family(
+        "ecs_executor_pool_discarded_total",
+        "counter",
+        "Claimed warm tasks stopped instead of handed out, by reason.",
+    );
+    family(
+        "ecs_executor_pool_started_total",
+        "counter",
+        "Warm tasks started, by pool.",
+    );
+    family(
+        "ecs_executor_pool_idle_task_seconds_total",
+        "counter",
+        "Seconds warm tasks stood idle before they were claimed or evicted, by pool.",
     );
     out.push_str(
         "# HELP ecs_executor_prepare_phase_seconds Duration of each prepare phase.\n\

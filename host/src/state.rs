@@ -69,6 +69,10 @@ pub struct JobState {
     /// their values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registry_secrets: Vec<String>,
+    /// The warm pool whose shape the job's task has (`crate::pool`): cleanup tops that shape
+    /// up again. `None`: the job is not a pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl JobState {
@@ -86,6 +90,7 @@ impl JobState {
             containers: BTreeMap::new(),
             stage_runner: None,
             registry_secrets: Vec::new(),
+            pool: None,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

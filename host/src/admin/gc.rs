@@ -28,6 +28,10 @@
 //! on another host in the ~100 ms between finding the revision and RunTask can still lose the
 //! race, and fails as a system failure that gitlab-runner retries.
 //!
+//! **Warm pools.** `pool::sweep` judges this host's warm tasks (tagged `ecs-executor:pool`
+//! with this host's id, no runner tag until a job claims one): idle past the pool's
+//! `idle_timeout_secs`, gone, or orphaned; then it tops every shape up (`docs/warm-pools.md`).
+//!
 //! Stopping and deregistering are idempotent; "not found" answers (another host was faster)
 //! count as done.
 
@@ -92,8 +96,9 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
 
+    let all = ecs.tasks_meant_to_run().await?;
     let mut kept = Vec::new();
-    for task in ours(&ecs, config, &runner_tokens).await? {
+    for task in ours(&all, config, &runner_tokens) {
         let Some(why) = why_collect(config, &store, &task, now) else {
             kept.push(task.arn.clone());
             continue;
@@ -110,6 +115,23 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
         &mut tally,
     )
     .await;
+
+    // Warm pools: idle timeouts, gone and orphaned warm tasks, then the top-up.
+    let swept = crate::pool::sweep::sweep(config, &ecs, &store, &all, dry_run).await;
+    let pooled = !config.pool.is_empty() || swept.evicted + swept.forgotten + swept.orphans > 0;
+    if pooled {
+        println!(
+            "ecs-executor gc: warm pools: {} {} idle warm task(s), forgot {} gone, {} {} orphan(s), {} {} warm task(s)",
+            if dry_run { "would evict" } else { "evicted" },
+            swept.evicted,
+            swept.forgotten,
+            if dry_run { "would stop" } else { "stopped" },
+            swept.orphans,
+            if dry_run { "would start" } else { "started" },
+            swept.started,
+        );
+    }
+    tally.problems.extend(swept.problems);
 
     let idle = config.gc.task_definition_idle_secs;
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {
@@ -169,9 +191,13 @@ pub async fn unregister(config: &Config, dry_run: bool, extra_tokens: &[String])
     let ecs =
         Ecs::new(clients.ecs.clone(), &config.cluster).with_budget(Budget::new(store.dir(), config.aws.rate_share));
     let mut tally = Tally::default();
-    for task in ours(&ecs, config, &runner_tokens).await? {
+    let all = ecs.tasks_meant_to_run().await?;
+    for task in ours(&all, config, &runner_tokens) {
         stop(&ecs, &task, "the runner is being unregistered", dry_run, &mut tally).await;
     }
+    let swept = crate::pool::sweep::stop_all(config, &ecs, &store, &all, dry_run).await;
+    tally.tasks_stopped += swept.evicted;
+    tally.problems.extend(swept.problems);
     // Every registry secret of these runners, whatever its age.
     collect_registry_secrets(
         config,
@@ -269,17 +295,17 @@ fn runner_tokens(store: &StateStore, extra: &[String]) -> Vec<String> {
 }
 
 /// Tasks meant to run that carry our `managed-by` tag and one of `runner_tokens`.
-async fn ours(ecs: &Ecs, config: &Config, runner_tokens: &[String]) -> Result<Vec<TaskSummary>, Failure> {
-    Ok(ecs
-        .tasks_meant_to_run()
-        .await?
-        .into_iter()
+/// Warm tasks not yet claimed carry no runner tag: they are `pool::sweep`'s to judge.
+fn ours(tasks: &[TaskSummary], config: &Config, runner_tokens: &[String]) -> Vec<TaskSummary> {
+    tasks
+        .iter()
         .filter(|t| t.tag(ecs::TAG_MANAGED_BY) == Some(config.family_prefix.as_str()))
         .filter(|t| {
             t.tag(ecs::TAG_RUNNER_TOKEN)
                 .is_some_and(|r| runner_tokens.iter().any(|x| x == r))
         })
-        .collect())
+        .cloned()
+        .collect()
 }
 
 fn managed(config: &Config, tds: Vec<TaskDefinitionSummary>) -> Vec<TaskDefinitionSummary> {

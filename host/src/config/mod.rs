@@ -15,6 +15,7 @@ mod docker;
 mod gc;
 mod metrics;
 mod plugins;
+mod pool;
 mod secret;
 mod services;
 mod stage_runner;
@@ -25,6 +26,7 @@ pub use docker::DockerSettings;
 pub use gc::GcSettings;
 pub use metrics::MetricsSettings;
 pub use plugins::{PLUGIN_GRANTS, PluginConfig};
+pub use pool::PoolConfig;
 pub use services::ServiceSettings;
 pub use stage_runner::{StageRunnerMode, StageRunnerSettings};
 pub use task::{LogConfiguration, NetworkMode, Shell, TaskDefinitionMode};
@@ -153,6 +155,9 @@ pub struct Config {
     /// Where compiled plugins are cached (created 0700). Default: `<state_dir>/plugin-cache`.
     #[serde(default)]
     pub plugin_cache_dir: Option<PathBuf>,
+    /// `[[pool]]`: warm pools of idle tasks for common job shapes (`docs/warm-pools.md`).
+    #[serde(default)]
+    pub pool: Vec<PoolConfig>,
 }
 
 fn yes() -> bool {
@@ -391,7 +396,38 @@ impl Config {
                     .into(),
             ));
         }
-        self.validate_plugins(path)
+        self.validate_plugins(path)?;
+        self.validate_pools(path)
+    }
+
+    fn validate_pools(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |name: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: "pool",
+            problem: format!("entry `{name}`: {problem}"),
+        };
+        for (i, p) in self.pool.iter().enumerate() {
+            if let Some(problem) = p.problem() {
+                return Err(invalid(&p.name, problem));
+            }
+            if let Some(other) = self.pool[..i].iter().find(|o| o.name == p.name) {
+                return Err(invalid(&other.name, "the name is used by two entries".into()));
+            }
+            if let Some(other) = self.pool[..i].iter().find(|o| o.image == p.image) {
+                return Err(invalid(
+                    &p.name,
+                    format!("entry `{}` already serves image {:?}", other.name, p.image),
+                ));
+            }
+            if self.task_definition_mode != TaskDefinitionMode::Reuse {
+                return Err(invalid(
+                    &p.name,
+                    "warm pools need task_definition_mode = \"reuse\" (a per-job task definition is never shared)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_plugins(&self, path: &Path) -> Result<(), ConfigError> {
@@ -579,6 +615,58 @@ key_file = "/etc/ecs-executor/key.pem"
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{line}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    const BASE: &str = "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n";
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/ecs-executor/config.toml"))
+    }
+
+    #[test]
+    fn a_pool_entry_gets_defaults() {
+        let c = parse("[[pool]]\nname='alpine'\nimage='alpine:3'\n").unwrap();
+        assert_eq!(c.pool.len(), 1);
+        assert_eq!(
+            (c.pool[0].min_idle, c.pool[0].max, c.pool[0].idle_timeout_secs),
+            (1, 4, 1800)
+        );
+        assert!(parse("").unwrap().pool.is_empty());
+    }
+
+    #[test]
+    fn bad_pool_entries_name_the_entry_and_the_problem() {
+        for (entry, words) in [
+            ("name='a b'\nimage='x'", &["pool", "`a b`", "name"][..]),
+            ("name='a'\nimage=' '", &["`a`", "image"]),
+            ("name='a'\nimage='x'\nmin_idle=5\nmax=2", &["`a`", "min_idle", "max"]),
+            ("name='a'\nimage='x'\nmax=0", &["`a`", "max"]),
+            (
+                "name='a'\nimage='x'\nidle_timeout_secs=0",
+                &["`a`", "idle_timeout_secs"],
+            ),
+        ] {
+            let err = parse(&format!("[[pool]]\n{entry}\n")).unwrap_err().to_string();
+            for w in words {
+                assert!(err.contains(w), "{entry}: {err}");
+            }
+            assert!(err.contains("/etc/ecs-executor/config.toml"), "{err}");
+        }
+        let err = parse("[[pool]]\nname='a'\nimage='x'\nmin=1\n").unwrap_err().to_string();
+        assert!(err.contains("min"), "{err}");
+        let two = "[[pool]]\nname='a'\nimage='x'\n[[pool]]\nname='a'\nimage='y'\n";
+        assert!(parse(two).unwrap_err().to_string().contains("used by two entries"));
+        let same_image = "[[pool]]\nname='a'\nimage='x'\n[[pool]]\nname='b'\nimage='x'\n";
+        let err = parse(same_image).unwrap_err().to_string();
+        assert!(err.contains("`b`") && err.contains("already serves"), "{err}");
+        let per_job = format!("task_definition_mode='per-job'\n{BASE}[[pool]]\nname='a'\nimage='x'\n");
+        let err = Config::parse(&per_job, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("reuse"), "{err}");
     }
 }
 

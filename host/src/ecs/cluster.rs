@@ -41,6 +41,25 @@ impl Ecs {
         Ok((id, attributes))
     }
 
+    /// A container instance's status (`ACTIVE`, `DRAINING`, ...); `None`: ECS does not know it.
+    pub async fn container_instance_status(&self, container_instance_arn: &str) -> Result<Option<String>, EcsError> {
+        self.spend(Category::ClusterResourceRead, "DescribeContainerInstances")
+            .await;
+        let out = self
+            .client
+            .describe_container_instances()
+            .cluster(&self.cluster)
+            .container_instances(container_instance_arn)
+            .send()
+            .await
+            .map_err(api("DescribeContainerInstances"))?;
+        Ok(out
+            .container_instances()
+            .first()
+            .and_then(|ci| ci.status())
+            .map(String::from))
+    }
+
     /// DescribeClusters: the cluster's status (ACTIVE when usable).
     pub async fn cluster_status(&self) -> Result<Option<String>, EcsError> {
         self.spend(Category::ClusterRead, "DescribeClusters").await;

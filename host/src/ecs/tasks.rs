@@ -203,6 +203,17 @@ impl Ecs {
         }
     }
 
+    /// Add `tags` to a task (a claimed warm task gets its job's tags).
+    pub async fn tag_task(&self, task_arn: &str, tags: &[(&str, String)]) -> Result<(), EcsError> {
+        self.spend(Category::ClusterModify, "TagResource").await;
+        let mut req = self.client.tag_resource().resource_arn(task_arn);
+        for (k, v) in tags {
+            req = req.tags(tag(k, v));
+        }
+        req.send().await.map_err(api("TagResource"))?;
+        Ok(())
+    }
+
     /// Tasks of this cluster that are meant to run and were started with `started_by`.
     pub async fn running_tasks_started_by(&self, started_by: &str) -> Result<Vec<String>, EcsError> {
         let mut arns = Vec::new();

@@ -1,4 +1,5 @@
-//! `cleanup`: stop the job's task and forget the job. Idempotent; copes with no state (prepare
+//! `cleanup`: stop the job's task and forget the job (a job of a warm pool's shape then tops
+//! that shape's pool up: `crate::pool::refill`). Idempotent; copes with no state (prepare
 //! failed early) and with leftovers of an earlier prepare attempt. A job that forges the
 //! runner's identity was refused by `prepare` before anything started: cleanup ends OK with a
 //! note (it has no trusted name to look anything up by, and nothing to look up).
@@ -82,5 +83,31 @@ pub async fn run(config: &Config) -> Result<(), Failure> {
         what.push_str(&format!("; deleted {} registry secret(s)", secrets.len()));
     }
     log_phase(started, format_args!("cleanup: {what}"));
+    if let Some(state) = &state
+        && state.pool.is_some()
+    {
+        refill(config, &ecs, &store, &state.task_definition_arn).await;
+    }
     Ok(())
+}
+
+/// The job's task had a warm pool's shape: start the warm tasks the shape is missing (the
+/// job's own task is stopped, never returned). A refill that fails is a note: the job is done,
+/// and `gc` tops the pool up later.
+async fn refill(config: &Config, ecs: &Ecs, store: &StateStore, task_definition_arn: &str) {
+    let started = Instant::now();
+    let shape = crate::pool::PoolStore::open(store)
+        .ok()
+        .and_then(|pools| pools.shape(&crate::pool::shape_key(task_definition_arn)));
+    let Some(shape) = shape else {
+        return;
+    };
+    match crate::pool::refill::top_up(config, ecs, store, &shape).await {
+        Ok(0) => {}
+        Ok(n) => log_phase(
+            started,
+            format_args!("warm pool {}: started {n} warm task(s) for the next jobs", shape.pool),
+        ),
+        Err(f) => log_note(format!("{}; `ecs-executor gc` tops the pool up later", f.message)),
+    }
 }

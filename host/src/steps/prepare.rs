@@ -1,8 +1,9 @@
 //! `prepare`: build the task for the job, run it on ECS, wait until it runs, reach Docker on
 //! its instance and record what `run` and `cleanup` need.
 //!
-//! The phases, in order: the task definition, the task, Docker on its instance, RUNNING, the
-//! services, the stage runners. Every phase prints one line to the job log. Whatever fails after RunTask, the task is
+//! The phases, in order: the task definition, the claim of a warm task (`claim`, jobs of a
+//! warm pool only; a claimed task skips the next three), the task, Docker on its instance,
+//! RUNNING, the services, the stage runners. Every phase prints one line to the job log. Whatever fails after RunTask, the task is
 //! stopped before we exit, so a failed prepare leaves nothing running.
 
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ use crate::services;
 use crate::stages::runner::{self, StageRunnerState};
 use crate::state::{JobState, StateStore};
 use crate::task::build::JobTask;
+
+mod claim;
 
 pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
     let started = Instant::now();
@@ -115,23 +118,47 @@ async fn launch(
         }
     }
     let td = task_definition(config, job, store, ecs, &task).await?;
-    write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
-    let mut state = run_task(config, job, store, ecs, &td, launched, secrets_written).await?;
-    // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
-    let shared = config.aws.shared_polling.then(|| store.dir());
-    let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
-    let (docker, instance_host) = reach_docker(
-        config,
-        (job, response, plugins),
-        store,
-        (ecs, &mut watch),
-        clients,
-        &mut state,
-        launched,
-    )
-    .await?;
-    wait_until_running(config, ecs, &docker, &task, &mut watch).await?;
-    drop(watch);
+    // Warm pools: a job of a pool's shape claims an idle warm task of that task definition.
+    let pool = claim::pool_of(config, job, &task);
+    let warm = match pool {
+        Some(pool) => {
+            claim::warm_task(
+                config,
+                (job, response, plugins),
+                store,
+                ecs,
+                clients,
+                (&task, &td, pool),
+                launched,
+            )
+            .await?
+        }
+        None => None,
+    };
+    let (mut state, docker, instance_host) = match warm {
+        Some(warm) => warm,
+        None => {
+            write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
+            let mut state = run_task(config, job, store, ecs, &td, launched, secrets_written).await?;
+            state.pool = pool.map(|p| p.name.clone());
+            // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
+            let shared = config.aws.shared_polling.then(|| store.dir());
+            let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
+            let (docker, instance_host) = reach_docker(
+                config,
+                (job, response, plugins),
+                store,
+                (ecs, &mut watch),
+                clients,
+                &mut state,
+                launched,
+            )
+            .await?;
+            wait_until_running(config, ecs, &docker, &task, &mut watch).await?;
+            drop(watch);
+            (state, docker, instance_host)
+        }
+    };
     let containers = docker.task_containers(&state.task_arn).await?;
     for c in &task.spec.containers {
         docker.pick(&containers, &c.name)?;
