@@ -110,7 +110,7 @@ async fn launch(
     // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
     let shared = config.aws.shared_polling.then(|| store.dir());
     let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
-    let (docker, instance_host) = reach_docker(
+    let (docker, instance_host, instance_attributes) = reach_docker(
         config,
         (job, response, plugins),
         store,
@@ -127,7 +127,7 @@ async fn launch(
         docker.pick(&containers, &c.name)?;
     }
     start_services(config, job, &docker, &containers, &task).await?;
-    state.stage_runner = start_stage_runners(config, &docker, &containers, &instance_host).await;
+    state.stage_runner = start_stage_runners(config, &docker, &containers, &instance_host, &instance_attributes).await;
     state.containers = containers;
     store.save(&job.key, &state)?;
     *launched = Some(state);
@@ -252,7 +252,8 @@ async fn run_task(
 }
 
 /// Phase 3, the container instance and its Docker daemon (an address plugin may choose the
-/// address and TLS name; else `use_private_ip`). Returns Docker and the instance host.
+/// address and TLS name; else `use_private_ip`). Returns Docker, the instance host and the
+/// instance's ECS attributes (its CPU architecture picks the stage runner binary).
 async fn reach_docker(
     config: &Config,
     (job, response, plugins): (&JobContext, &JobResponse, &PluginSet),
@@ -261,7 +262,7 @@ async fn reach_docker(
     clients: &AwsClients,
     state: &mut JobState,
     launched: &mut Option<JobState>,
-) -> Result<(DockerHost, String), Failure> {
+) -> Result<(DockerHost, String, Vec<(String, Option<String>)>), Failure> {
     let phase = Instant::now();
     let _timer = PhaseTimer("docker", phase);
     let (ci_arn, waited) = match state.container_instance_arn.clone() {
@@ -298,7 +299,7 @@ async fn reach_docker(
             endpoint.address()
         ),
     );
-    Ok((docker, endpoint.host))
+    Ok((docker, endpoint.host, instance.attributes))
 }
 
 /// Docker on the instance answers. An instance a scale-out has just added (the task waited
@@ -412,12 +413,14 @@ async fn start_services(
 }
 
 /// Phase 6, the stage runners; `None` (every stage is a Docker exec) when they are off or
-/// cannot be started, with the reason in the job log.
+/// cannot be started, with the reason in the job log. The binary is the one for the
+/// instance's CPU architecture; with none for it, Docker exec at once.
 async fn start_stage_runners(
     config: &Config,
     docker: &DockerHost,
     containers: &BTreeMap<String, String>,
     instance_host: &str,
+    instance_attributes: &[(String, Option<String>)],
 ) -> Option<StageRunnerState> {
     if config.stage_runner.mode == StageRunnerMode::Off {
         return None;
@@ -426,9 +429,16 @@ async fn start_stage_runners(
         log_note(format!("stages use Docker exec: {why}"));
         return None;
     }
+    let binary = match runner::binary_for_instance(config, instance_attributes) {
+        Ok(binary) => binary,
+        Err(why) => {
+            log_note(format!("stages use Docker exec: {why}"));
+            return None;
+        }
+    };
     let phase = Instant::now();
     let _timer = PhaseTimer("stage_runners", phase);
-    match runner::start(config, docker, containers, instance_host).await {
+    match runner::start(config, docker, containers, instance_host, &binary).await {
         Ok(stage_runner) => {
             let at: Vec<String> = stage_runner.addresses.iter().map(|(c, a)| format!("{c} {a}")).collect();
             log_phase(phase, format_args!("stage runners up ({})", at.join(", ")));
