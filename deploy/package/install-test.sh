@@ -5,7 +5,8 @@
 set -euo pipefail
 fail() { echo "FAIL $*" >&2; exit 1; }
 ok() { echo "ok   $*"; }
-files=(/usr/bin/ecs-executor /usr/bin/ecs-executor-stage-runner /etc/ecs-executor/config.toml
+files=(/usr/bin/ecs-executor /usr/bin/ecs-executor-stage-runner /usr/bin/ecs-executor-stage-runner-arm64
+    /etc/ecs-executor/config.toml
     /etc/ecs-executor/docker /lib/systemd/system/ecs-executor-gc.service
     /lib/systemd/system/ecs-executor-gc.timer /usr/share/doc/ecs-executor/README.Debian
     /usr/share/doc/ecs-executor/gitlab-runner.toml)
@@ -21,6 +22,7 @@ ok "dpkg -i: installed; postinst says: $(grep -m1 'ecs-executor check' <<<"$out"
 
 want="755 root root /usr/bin/ecs-executor
 755 root root /usr/bin/ecs-executor-stage-runner
+755 root root /usr/bin/ecs-executor-stage-runner-arm64
 640 root root /etc/ecs-executor/config.toml
 700 root root /etc/ecs-executor/docker
 644 root root /lib/systemd/system/ecs-executor-gc.service

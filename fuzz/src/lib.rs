@@ -28,6 +28,25 @@ pub mod job;
 #[path = "../../host/src/platform.rs"]
 pub mod platform;
 
+// The job's registry logins (`DOCKER_AUTH_CONFIG`, the job payload's `credentials`), which
+// `job.rs` reads for its redaction list.
+#[path = "../../host/src/registry_auth.rs"]
+pub mod registry_auth;
+
+/// Stand-in for `host/src/task/` (the whole task model and its builders): just the fields
+/// `registry_auth::attach` touches.
+pub mod task {
+    pub struct TaskSpec {
+        pub containers: Vec<ContainerSpec>,
+        pub execution_role_arn: Option<String>,
+    }
+    pub struct ContainerSpec {
+        pub name: String,
+        pub image: String,
+        pub repository_credentials: Option<String>,
+    }
+}
+
 // `host/src/services/spec.rs` (its siblings launch containers); its `pub(super)` items are
 // then the crate root's.
 #[path = "../../host/src/services/spec.rs"]

@@ -522,7 +522,7 @@ fn nothing_listening_is_a_connect_error() {
 
 #[test]
 fn the_binary_refuses_to_start_without_its_certificates() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-executor-stage-runner"))
+    let out = runner_binary()
         .args(["serve", "--listen", "127.0.0.1:0", "--dir", "/nonexistent-dir"])
         .output()
         .unwrap();
@@ -532,6 +532,23 @@ fn the_binary_refuses_to_start_without_its_certificates() {
         stderr.contains("cannot read /nonexistent-dir/ca.pem: No such file"),
         "{stderr}"
     );
+}
+
+/// A command that runs the runner binary: cargo's build of it, or `STAGE_RUNNER_TEST_BINARY`
+/// (e.g. `build-static --arch arm64`'s output, the binary prepare ships), started through
+/// `STAGE_RUNNER_TEST_EXEC_WRAPPER` when set (`qemu-aarch64-static`: these tests then run
+/// under qemu-user, where a child aarch64 binary needs qemu too, having no binfmt_misc).
+fn runner_binary() -> std::process::Command {
+    let binary = std::env::var_os("STAGE_RUNNER_TEST_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_ecs-executor-stage-runner").into());
+    match std::env::var_os("STAGE_RUNNER_TEST_EXEC_WRAPPER").filter(|w| !w.is_empty()) {
+        Some(wrapper) => {
+            let mut command = std::process::Command::new(wrapper);
+            command.arg(binary);
+            command
+        }
+        None => std::process::Command::new(binary),
+    }
 }
 
 /// The runner binary, serving on loopback from a certificate directory; killed on drop.
@@ -555,7 +572,7 @@ impl BinaryRunner {
         ] {
             std::fs::write(dir.join(name), pem).unwrap();
         }
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-executor-stage-runner"))
+        let mut child = runner_binary()
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(&dir)
             .stderr(std::process::Stdio::piped())

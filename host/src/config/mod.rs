@@ -358,13 +358,15 @@ impl Config {
         if !(100..=60_000).contains(&self.stage_runner.connect_timeout_ms) {
             return Err(invalid("stage_runner.connect_timeout_ms", "must be 100-60000".into()));
         }
-        if let Some(binary) = &self.stage_runner.binary
-            && !binary.is_absolute()
-        {
-            return Err(invalid(
-                "stage_runner.binary",
-                format!("{} must be an absolute path", binary.display()),
-            ));
+        for (key, binary) in [
+            ("stage_runner.binary", &self.stage_runner.binary),
+            ("stage_runner.binary_arm64", &self.stage_runner.binary_arm64),
+        ] {
+            if let Some(binary) = binary
+                && !binary.is_absolute()
+            {
+                return Err(invalid(key, format!("{} must be an absolute path", binary.display())));
+            }
         }
         if self.start_timeout_secs == 0 {
             return Err(invalid("start_timeout_secs", "must be at least 1".into()));

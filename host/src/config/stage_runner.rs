@@ -26,10 +26,16 @@ pub enum StageRunnerMode {
 pub struct StageRunnerSettings {
     #[serde(default = "default_stage_runner_mode")]
     pub mode: StageRunnerMode,
-    /// The runner binary (static, linux x86_64). Default: `ecs-executor-stage-runner` next
-    /// to the executor's own binary.
+    /// The runner binary for x86_64 instances (static, linux x86_64). Default:
+    /// `ecs-executor-stage-runner` next to the executor's own binary.
     #[serde(default)]
     pub binary: Option<PathBuf>,
+    /// The runner binary for arm64 (Graviton) instances (static, linux aarch64; `build-static
+    /// --arch arm64`). Default: `ecs-executor-stage-runner-arm64` next to the executor's own
+    /// binary. Prepare picks the binary by the instance's `ecs.cpu-architecture`; with none
+    /// for it, the job's stages use Docker exec.
+    #[serde(default)]
+    pub binary_arm64: Option<PathBuf>,
     /// The container port of the build container's runner; the helper's is `port + 1`.
     #[serde(default = "default_stage_runner_port")]
     pub port: u16,
@@ -43,6 +49,7 @@ impl Default for StageRunnerSettings {
         StageRunnerSettings {
             mode: default_stage_runner_mode(),
             binary: None,
+            binary_arm64: None,
             port: default_stage_runner_port(),
             connect_timeout_ms: default_stage_runner_connect_timeout(),
         }

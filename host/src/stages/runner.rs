@@ -13,9 +13,11 @@
 //! job variable goes into the task definition or into anything ECS can show: scripts travel
 //! inside the TLS connection, as they do inside Docker's.
 //!
-//! The runner's ports are published on the instance (dynamic host ports, bridge mode). When
-//! the runner cannot be started or reached (no binary, `awsvpc`, a security group that blocks
-//! the port, an instance that is not x86_64), prepare says so and every stage uses Docker exec.
+//! The runner's ports are published on the instance (dynamic host ports, bridge mode). The
+//! binary shipped is the one for the instance's CPU architecture (ECS's `ecs.cpu-architecture`
+//! attribute, which prepare already has from DescribeContainerInstances: no extra call). When
+//! the runner cannot be started or reached (no binary for that architecture, `awsvpc`, a
+//! security group that blocks the port), prepare says so and every stage uses Docker exec.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -55,17 +57,79 @@ impl std::fmt::Debug for StageRunnerState {
     }
 }
 
-/// The runner binary this host ships into containers.
-pub fn binary(config: &Config) -> PathBuf {
-    config.stage_runner.binary.clone().unwrap_or_else(|| {
+/// The ECS attribute that names a container instance's CPU architecture.
+pub const ARCH_ATTRIBUTE: &str = "ecs.cpu-architecture";
+
+/// A CPU architecture the runner is built for, named as ECS names it in
+/// `ecs.cpu-architecture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    /// aarch64 (Graviton).
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
+
+    /// ECS's name (`x86_64`, `arm64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The container instance's architecture from its ECS attributes. Without the attribute:
+    /// x86_64 (ECS agents have reported it since arm64 instances exist; older ones ran only
+    /// on x86_64). `Err`: an architecture no runner is built for, with its name.
+    pub fn of_instance(attributes: &[(String, Option<String>)]) -> Result<Arch, String> {
+        let value = attributes
+            .iter()
+            .find(|(name, _)| name == ARCH_ATTRIBUTE)
+            .and_then(|(_, value)| value.as_deref());
+        match value {
+            None | Some("x86_64") => Ok(Arch::X86_64),
+            Some("arm64") => Ok(Arch::Arm64),
+            Some(other) => Err(other.to_string()),
+        }
+    }
+
+    /// The config key that names this architecture's binary.
+    fn config_key(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "stage_runner.binary",
+            Arch::Arm64 => "stage_runner.binary_arm64",
+        }
+    }
+
+    /// The binary's default file name, beside the executor's own binary.
+    fn default_file_name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => BINARY_NAME,
+            Arch::Arm64 => "ecs-executor-stage-runner-arm64",
+        }
+    }
+}
+
+/// The runner binary this host ships into containers on instances of `arch`: the config's,
+/// else the default name beside the executor's own binary.
+pub fn binary(config: &Config, arch: Arch) -> PathBuf {
+    let configured = match arch {
+        Arch::X86_64 => &config.stage_runner.binary,
+        Arch::Arm64 => &config.stage_runner.binary_arm64,
+    };
+    configured.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join(BINARY_NAME)))
-            .unwrap_or_else(|| PathBuf::from(BINARY_NAME))
+            .and_then(|exe| exe.parent().map(|dir| dir.join(arch.default_file_name())))
+            .unwrap_or_else(|| PathBuf::from(arch.default_file_name()))
     })
 }
 
-/// Why this host does not use the runner for its jobs; `None`: it does.
+/// Why this host does not use the runner for any job; `None`: it does on instances of at
+/// least one architecture (its ports are then published in every task definition: the
+/// instance is not known yet when the task definition is made).
 pub fn disabled_because(config: &Config) -> Option<String> {
     if config.stage_runner.mode == StageRunnerMode::Off {
         return Some("stage_runner.mode is \"off\"".into());
@@ -73,11 +137,36 @@ pub fn disabled_because(config: &Config) -> Option<String> {
     if config.network_mode != NetworkMode::Bridge {
         return Some("the stage runner is only used in bridge network mode".into());
     }
-    let binary = binary(config);
-    if !binary.is_file() {
-        return Some(format!("the stage runner binary {} is missing", binary.display()));
+    if Arch::ALL.iter().all(|&arch| !binary(config, arch).is_file()) {
+        return Some(format!(
+            "the stage runner binary {} is missing",
+            binary(config, Arch::X86_64).display()
+        ));
     }
     None
+}
+
+/// The runner binary for an instance with these ECS attributes; `Err`: why there is none
+/// (the job's stages then use Docker exec at once instead of waiting `connect_timeout_ms`
+/// for a runner that cannot start).
+pub fn binary_for_instance(config: &Config, attributes: &[(String, Option<String>)]) -> Result<PathBuf, String> {
+    let arch = Arch::of_instance(attributes).map_err(|other| {
+        format!("the instance's CPU architecture is {other} ({ARCH_ATTRIBUTE}); the stage runner is built for x86_64 and arm64 only")
+    })?;
+    let path = binary(config, arch);
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(match arch {
+        Arch::X86_64 => format!("the stage runner binary {} is missing", path.display()),
+        arch => format!(
+            "the instance is {name} and the stage runner binary for {name} instances, {path}, is missing \
+             (build it with stage-runner/build-static --arch {name}; {key} names it)",
+            name = arch.name(),
+            path = path.display(),
+            key = arch.config_key(),
+        ),
+    })
 }
 
 /// The container port of the runner in container `name` (`build` or `helper`).
@@ -117,14 +206,15 @@ pub fn publish_ports(config: &Config, spec: &mut TaskSpec) {
 /// (a private copy in the container's own filesystem, owned by root: not in the shared builds
 /// volume, where the build container could replace the helper's runner or CA), start a
 /// runner in each and check that each answers. `host` is the instance address
-/// Docker was reached at. Any failure: the reason (the job then uses Docker exec).
+/// Docker was reached at; `binary_path` the runner for the instance's architecture
+/// ([`binary_for_instance`]). Any failure: the reason (the job then uses Docker exec).
 pub async fn start(
     config: &Config,
     docker: &DockerHost,
     containers: &BTreeMap<String, String>,
     host: &str,
+    binary_path: &std::path::Path,
 ) -> Result<StageRunnerState, String> {
-    let binary_path = binary(config);
     let binary =
         std::fs::read(&binary_path).map_err(|e| format!("cannot read the runner {}: {e}", binary_path.display()))?;
     let creds = JobCredentials::generate().map_err(|e| e.to_string())?;
@@ -336,5 +426,168 @@ pub async fn run_stage(
         }),
         Ok(Err(client::ClientError::Output(e))) => RunnerEnd::Output(e),
         Err(e) => RunnerEnd::Lost(format!("the stage thread failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A directory of this test's own with the named (empty) files.
+    fn dir_with(tag: &str, files: &[&str]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("stage-runner-arch-{tag}-{}", crate::state::random_hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        dir
+    }
+
+    fn config(stage_runner: &str) -> Config {
+        Config::parse(
+            &format!(
+                "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n\
+                 [stage_runner]\n{stage_runner}"
+            ),
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    fn attrs(arch: Option<&str>) -> Vec<(String, Option<String>)> {
+        let mut attrs = vec![("ecs.os-type".to_string(), Some("linux".to_string()))];
+        if let Some(arch) = arch {
+            attrs.push((ARCH_ATTRIBUTE.to_string(), Some(arch.to_string())));
+        }
+        attrs
+    }
+
+    #[test]
+    fn the_architecture_comes_from_the_instance_attribute() {
+        assert_eq!(Arch::of_instance(&attrs(Some("x86_64"))), Ok(Arch::X86_64));
+        assert_eq!(Arch::of_instance(&attrs(Some("arm64"))), Ok(Arch::Arm64));
+        // An agent that does not report it: x86_64, as every runner host before arm64 had.
+        assert_eq!(Arch::of_instance(&attrs(None)), Ok(Arch::X86_64));
+        let no_value = vec![(ARCH_ATTRIBUTE.to_string(), None)];
+        assert_eq!(Arch::of_instance(&no_value), Ok(Arch::X86_64));
+        assert_eq!(Arch::of_instance(&attrs(Some("ppc64le"))), Err("ppc64le".to_string()));
+    }
+
+    #[test]
+    fn each_architecture_gets_its_own_binary_and_defaults_sit_beside_the_executor() {
+        let dir = dir_with("defaults", &[]);
+        let exe_dir = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+        let defaults = config("");
+        assert_eq!(
+            binary(&defaults, Arch::X86_64),
+            exe_dir.join("ecs-executor-stage-runner")
+        );
+        assert_eq!(
+            binary(&defaults, Arch::Arm64),
+            exe_dir.join("ecs-executor-stage-runner-arm64")
+        );
+        let (x86, arm) = (dir.join("x"), dir.join("a"));
+        let both = config(&format!(
+            "binary = '{}'\nbinary_arm64 = '{}'\n",
+            x86.display(),
+            arm.display()
+        ));
+        assert_eq!(binary(&both, Arch::X86_64), x86);
+        assert_eq!(binary(&both, Arch::Arm64), arm);
+        // The old key alone keeps naming the x86_64 binary; arm64 keeps its default.
+        let old = config(&format!("binary = '{}'\n", x86.display()));
+        assert_eq!(binary(&old, Arch::X86_64), x86);
+        assert_eq!(
+            binary(&old, Arch::Arm64),
+            exe_dir.join("ecs-executor-stage-runner-arm64")
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_instance_gets_the_binary_of_its_architecture_or_the_reason_there_is_none() {
+        let dir = dir_with("pick", &["x86", "arm"]);
+        let (x86, arm) = (dir.join("x86"), dir.join("arm"));
+        let both = config(&format!(
+            "binary = '{}'\nbinary_arm64 = '{}'\n",
+            x86.display(),
+            arm.display()
+        ));
+        assert_eq!(binary_for_instance(&both, &attrs(Some("x86_64"))), Ok(x86.clone()));
+        assert_eq!(binary_for_instance(&both, &attrs(Some("arm64"))), Ok(arm.clone()));
+        assert_eq!(binary_for_instance(&both, &attrs(None)), Ok(x86.clone()));
+        let unknown = binary_for_instance(&both, &attrs(Some("ppc64le"))).unwrap_err();
+        assert!(
+            unknown.contains("CPU architecture is ppc64le (ecs.cpu-architecture)"),
+            "{unknown}"
+        );
+
+        let missing_arm = dir.join("no-such-arm64-runner");
+        let x86_only = config(&format!(
+            "binary = '{}'\nbinary_arm64 = '{}'\n",
+            x86.display(),
+            missing_arm.display()
+        ));
+        assert_eq!(binary_for_instance(&x86_only, &attrs(Some("x86_64"))), Ok(x86.clone()));
+        let why = binary_for_instance(&x86_only, &attrs(Some("arm64"))).unwrap_err();
+        assert_eq!(
+            why,
+            format!(
+                "the instance is arm64 and the stage runner binary for arm64 instances, {}, is missing \
+                 (build it with stage-runner/build-static --arch arm64; stage_runner.binary_arm64 names it)",
+                missing_arm.display()
+            )
+        );
+        // The x86_64 message stays what it was before arm64 runners existed.
+        let missing_x86 = dir.join("no-such-x86-runner");
+        let arm_only = config(&format!(
+            "binary = '{}'\nbinary_arm64 = '{}'\n",
+            missing_x86.display(),
+            arm.display()
+        ));
+        assert_eq!(
+            binary_for_instance(&arm_only, &attrs(Some("x86_64"))),
+            Err(format!("the stage runner binary {} is missing", missing_x86.display()))
+        );
+        assert_eq!(binary_for_instance(&arm_only, &attrs(Some("arm64"))), Ok(arm));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn ports_are_published_when_a_binary_of_either_architecture_exists() {
+        let dir = dir_with("ports", &["arm"]);
+        let (x86, arm) = (dir.join("missing-x86"), dir.join("arm"));
+        let arm_only = config(&format!(
+            "binary = '{}'\nbinary_arm64 = '{}'\n",
+            x86.display(),
+            arm.display()
+        ));
+        assert_eq!(disabled_because(&arm_only), None);
+        let none = config(&format!(
+            "binary = '{}'\nbinary_arm64 = '{}'\n",
+            x86.display(),
+            dir.join("missing-arm").display()
+        ));
+        assert_eq!(
+            disabled_because(&none),
+            Some(format!("the stage runner binary {} is missing", x86.display()))
+        );
+        let off = config(&format!("mode = 'off'\nbinary_arm64 = '{}'\n", arm.display()));
+        assert_eq!(disabled_because(&off), Some("stage_runner.mode is \"off\"".into()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_relative_arm64_binary_path_is_refused() {
+        let err = Config::parse(
+            "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n\
+             [stage_runner]\nbinary_arm64 = 'runner-arm64'\n",
+            Path::new("test.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("stage_runner.binary_arm64"), "{err}");
+        assert!(err.contains("runner-arm64 must be an absolute path"), "{err}");
     }
 }

@@ -135,7 +135,7 @@ async fn launch(
         }
         None => None,
     };
-    let (mut state, docker, instance_host) = match warm {
+    let (mut state, docker, instance_host, instance_attributes) = match warm {
         Some(warm) => warm,
         None => {
             write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
@@ -144,7 +144,7 @@ async fn launch(
             // This host's waiting prepares share their DescribeTasks (`ecs::poller`).
             let shared = config.aws.shared_polling.then(|| store.dir());
             let mut watch = TaskWatch::new(ecs, &state.task_arn, shared);
-            let (docker, instance_host) = reach_docker(
+            let (docker, instance_host, instance_attributes) = reach_docker(
                 config,
                 (job, response, plugins),
                 store,
@@ -156,7 +156,7 @@ async fn launch(
             .await?;
             wait_until_running(config, ecs, &docker, &task, &mut watch).await?;
             drop(watch);
-            (state, docker, instance_host)
+            (state, docker, instance_host, instance_attributes)
         }
     };
     let containers = docker.task_containers(&state.task_arn).await?;
@@ -164,7 +164,7 @@ async fn launch(
         docker.pick(&containers, &c.name)?;
     }
     start_services(config, job, &docker, &containers, &task).await?;
-    state.stage_runner = start_stage_runners(config, &docker, &containers, &instance_host).await;
+    state.stage_runner = start_stage_runners(config, &docker, &containers, &instance_host, &instance_attributes).await;
     state.containers = containers;
     store.save(&job.key, &state)?;
     *launched = Some(state);
@@ -312,7 +312,8 @@ async fn run_task(
 }
 
 /// Phase 3, the container instance and its Docker daemon (an address plugin may choose the
-/// address and TLS name; else `use_private_ip`). Returns Docker and the instance host.
+/// address and TLS name; else `use_private_ip`). Returns Docker, the instance host and the
+/// instance's ECS attributes (its CPU architecture picks the stage runner binary).
 async fn reach_docker(
     config: &Config,
     (job, response, plugins): (&JobContext, &JobResponse, &PluginSet),
@@ -321,7 +322,7 @@ async fn reach_docker(
     clients: &AwsClients,
     state: &mut JobState,
     launched: &mut Option<JobState>,
-) -> Result<(DockerHost, String), Failure> {
+) -> Result<(DockerHost, String, Vec<(String, Option<String>)>), Failure> {
     let phase = Instant::now();
     let _timer = PhaseTimer("docker", phase);
     let (ci_arn, waited) = match state.container_instance_arn.clone() {
@@ -358,7 +359,7 @@ async fn reach_docker(
             endpoint.address()
         ),
     );
-    Ok((docker, endpoint.host))
+    Ok((docker, endpoint.host, instance.attributes))
 }
 
 /// Docker on the instance answers. An instance a scale-out has just added (the task waited
@@ -472,12 +473,14 @@ async fn start_services(
 }
 
 /// Phase 6, the stage runners; `None` (every stage is a Docker exec) when they are off or
-/// cannot be started, with the reason in the job log.
+/// cannot be started, with the reason in the job log. The binary is the one for the
+/// instance's CPU architecture; with none for it, Docker exec at once.
 async fn start_stage_runners(
     config: &Config,
     docker: &DockerHost,
     containers: &BTreeMap<String, String>,
     instance_host: &str,
+    instance_attributes: &[(String, Option<String>)],
 ) -> Option<StageRunnerState> {
     if config.stage_runner.mode == StageRunnerMode::Off {
         return None;
@@ -486,9 +489,16 @@ async fn start_stage_runners(
         log_note(format!("stages use Docker exec: {why}"));
         return None;
     }
+    let binary = match runner::binary_for_instance(config, instance_attributes) {
+        Ok(binary) => binary,
+        Err(why) => {
+            log_note(format!("stages use Docker exec: {why}"));
+            return None;
+        }
+    };
     let phase = Instant::now();
     let _timer = PhaseTimer("stage_runners", phase);
-    match runner::start(config, docker, containers, instance_host).await {
+    match runner::start(config, docker, containers, instance_host, &binary).await {
         Ok(stage_runner) => {
             let at: Vec<String> = stage_runner.addresses.iter().map(|(c, a)| format!("{c} {a}")).collect();
             log_phase(phase, format_args!("stage runners up ({})", at.join(", ")));

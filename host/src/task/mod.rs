@@ -159,7 +159,11 @@ impl TaskSpec {
             execution_role_arn: config.execution_role_arn.clone(),
             containers: vec![
                 build,
-                container("helper", helper_image(config, &job.runner_version), None),
+                container(
+                    "helper",
+                    helper_image(config, &job.runner_version, job.platform.as_ref().map(|p| p.arch)),
+                    None,
+                ),
             ],
             volumes: vec![
                 VolumeSpec {
@@ -223,8 +227,10 @@ pub fn cache_host_path(config: &Config, job: &JobContext) -> String {
     )
 }
 
-/// GitLab's official helper image for the runner's version, unless the config names one.
-pub fn helper_image(config: &Config, runner_version: &str) -> String {
+/// GitLab's official helper image for the runner's version, unless the config names one: for
+/// the architecture the job's `docker: platform:` places the task on (ECS's name, `x86_64` or
+/// `arm64`), else the runner host's.
+pub fn helper_image(config: &Config, runner_version: &str, platform_arch: Option<&str>) -> String {
     if let Some(image) = &config.helper_image {
         return image.clone();
     }
@@ -233,8 +239,8 @@ pub fn helper_image(config: &Config, runner_version: &str) -> String {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
-    let arch = match std::env::consts::ARCH {
-        "aarch64" => "arm64",
+    let arch = match platform_arch.unwrap_or(std::env::consts::ARCH) {
+        "aarch64" | "arm64" => "arm64",
         _ => "x86_64",
     };
     let tag = if version.is_empty() {
@@ -387,8 +393,25 @@ mod tests {
 
     #[test]
     fn default_helper_image_follows_the_runner_version() {
-        let image = helper_image(&config(), "19.4.0");
+        let image = helper_image(&config(), "19.4.0", None);
         assert!(image.starts_with("registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:alpine-"));
         assert!(image.ends_with("-v19.4.0"), "{image}");
+    }
+
+    #[test]
+    fn the_default_helper_image_follows_the_jobs_platform() {
+        let helper = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper";
+        assert_eq!(
+            helper_image(&config(), "19.4.0", Some("arm64")),
+            format!("{helper}:alpine-arm64-v19.4.0")
+        );
+        assert_eq!(
+            helper_image(&config(), "19.4.0", Some("x86_64")),
+            format!("{helper}:alpine-x86_64-v19.4.0")
+        );
+        // A configured helper image is the admin's choice, whatever the platform.
+        let mut configured = config();
+        configured.helper_image = Some("site/helper:1".into());
+        assert_eq!(helper_image(&configured, "19.4.0", Some("arm64")), "site/helper:1");
     }
 }

@@ -54,7 +54,7 @@ pub(super) async fn warm_task(
     clients: &AwsClients,
     (task, td, pool): (&JobTask, &TaskDefinitionUse, &PoolConfig),
     launched: &mut Option<JobState>,
-) -> Result<Option<(JobState, DockerHost, String)>, Failure> {
+) -> Result<Option<Bound>, Failure> {
     let phase = Instant::now();
     let _timer = PhaseTimer("claim", phase);
     let pools = PoolStore::open(store)?;
@@ -113,7 +113,7 @@ pub(super) async fn warm_task(
         claim.put_back();
     }
     match outcome {
-        Some((claim, (state, docker, host))) => {
+        Some((claim, (state, docker, host, attributes))) => {
             let idle = claim.entry.idle_secs(now_secs());
             claim.forget();
             crate::metrics::pool_claim(&pool.name, "hit");
@@ -122,7 +122,7 @@ pub(super) async fn warm_task(
                 phase,
                 format_args!("warm task {} claimed (idle {} s)", state.task_arn, idle.round() as u64),
             );
-            Ok(Some((state, docker, host)))
+            Ok(Some((state, docker, host, attributes)))
         }
         None => {
             crate::metrics::pool_claim(&pool.name, "miss");
@@ -131,6 +131,10 @@ pub(super) async fn warm_task(
         }
     }
 }
+
+/// A warm task bound to a job: the job's state (saved), Docker, the instance host and the
+/// instance's ECS attributes (as `reach_docker` returns them for a cold task).
+type Bound = (JobState, DockerHost, String, Vec<(String, Option<String>)>);
 
 /// Check a claimed warm task and bind it to the job: the job's state (saved), Docker, and the
 /// instance host.
@@ -144,7 +148,7 @@ async fn bind(
     shape: &Shape,
     claim: &Claim,
     launched: &mut Option<JobState>,
-) -> Result<(JobState, DockerHost, String), Verdict> {
+) -> Result<Bound, Verdict> {
     let arn = &claim.entry.task_arn;
     let status = ecs
         .describe_task(arn)
@@ -190,7 +194,7 @@ async fn bind(
         .save(&job.key, &state)
         .map_err(|e| Verdict::NotYet(e.to_string()))?;
     let mut watch = TaskWatch::new(ecs, arn, None);
-    let (docker, host) = super::reach_docker(
+    let (docker, host, attributes) = super::reach_docker(
         config,
         (job, response, plugins),
         store,
@@ -217,5 +221,5 @@ async fn bind(
     ecs.tag_task(arn, &tags)
         .await
         .map_err(|e| Verdict::Discard("tag", e.to_string()))?;
-    Ok((state, docker, host))
+    Ok((state, docker, host, attributes))
 }
