@@ -4,14 +4,12 @@ use super::budget::Category;
 use super::{Ecs, EcsError, api};
 
 impl Ecs {
-    /// The EC2 instance id behind a container instance.
-    /// The EC2 instance id behind a container instance, and the container instance's ECS
-    /// attributes (name, value) — what address plugins see.
-    #[allow(clippy::type_complexity)]
-    pub async fn ec2_instance_of(
+    /// One container instance as DescribeContainerInstances describes it (`None`: ECS does not
+    /// know it).
+    async fn describe_container_instance(
         &self,
         container_instance_arn: &str,
-    ) -> Result<(String, Vec<(String, Option<String>)>), EcsError> {
+    ) -> Result<Option<aws_sdk_ecs::types::ContainerInstance>, EcsError> {
         self.spend(Category::ClusterResourceRead, "DescribeContainerInstances")
             .await;
         let out = self
@@ -22,8 +20,19 @@ impl Ecs {
             .send()
             .await
             .map_err(api("DescribeContainerInstances"))?;
-        let ci = out.container_instances().first();
+        Ok(out.container_instances().first().cloned())
+    }
+
+    /// The EC2 instance id behind a container instance, and the container instance's ECS
+    /// attributes (name, value) — what address plugins see.
+    #[allow(clippy::type_complexity)]
+    pub async fn ec2_instance_of(
+        &self,
+        container_instance_arn: &str,
+    ) -> Result<(String, Vec<(String, Option<String>)>), EcsError> {
+        let ci = self.describe_container_instance(container_instance_arn).await?;
         let id = ci
+            .as_ref()
             .and_then(|ci| ci.ec2_instance_id())
             .map(String::from)
             .ok_or(EcsError::Incomplete {
@@ -43,21 +52,8 @@ impl Ecs {
 
     /// A container instance's status (`ACTIVE`, `DRAINING`, ...); `None`: ECS does not know it.
     pub async fn container_instance_status(&self, container_instance_arn: &str) -> Result<Option<String>, EcsError> {
-        self.spend(Category::ClusterResourceRead, "DescribeContainerInstances")
-            .await;
-        let out = self
-            .client
-            .describe_container_instances()
-            .cluster(&self.cluster)
-            .container_instances(container_instance_arn)
-            .send()
-            .await
-            .map_err(api("DescribeContainerInstances"))?;
-        Ok(out
-            .container_instances()
-            .first()
-            .and_then(|ci| ci.status())
-            .map(String::from))
+        let ci = self.describe_container_instance(container_instance_arn).await?;
+        Ok(ci.and_then(|ci| ci.status().map(String::from)))
     }
 
     /// DescribeClusters: the cluster's status (ACTIVE when usable).
@@ -75,25 +71,17 @@ impl Ecs {
 
     /// The cluster's container instances (ARNs).
     pub async fn container_instances(&self) -> Result<Vec<String>, EcsError> {
-        let mut arns = Vec::new();
-        self.spend(Category::ClusterResourceRead, "ListContainerInstances")
-            .await;
-        let mut pages = self
-            .client
-            .list_container_instances()
-            .cluster(&self.cluster)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(api("ListContainerInstances"))?;
-            arns.extend(page.container_instance_arns().iter().cloned());
-        }
-        Ok(arns)
+        self.list_container_instances(None).await
     }
 
     /// The cluster's container instances (ARNs) that match a cluster query language `filter`
     /// (e.g. `attribute:ecs.cpu-architecture == arm64`); ECS applies it.
     pub async fn container_instances_matching(&self, filter: &str) -> Result<Vec<String>, EcsError> {
+        self.list_container_instances(Some(filter)).await
+    }
+
+    /// ListContainerInstances, every page, with ECS applying `filter` when there is one.
+    async fn list_container_instances(&self, filter: Option<&str>) -> Result<Vec<String>, EcsError> {
         let mut arns = Vec::new();
         self.spend(Category::ClusterResourceRead, "ListContainerInstances")
             .await;
@@ -101,7 +89,7 @@ impl Ecs {
             .client
             .list_container_instances()
             .cluster(&self.cluster)
-            .filter(filter)
+            .set_filter(filter.map(String::from))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
