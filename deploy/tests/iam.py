@@ -50,14 +50,22 @@ allowed = {a for s in allows for a in actions(s)}
 
 # ---- 1. the policy against the code ----
 source = {f: f.read_text() for f in (root / "host/src").rglob("*.rs")}
-called = set()
-for text in source.values():
-    called |= set(re.findall(r"\.([a-z][a-z0-9_]*)\(", text))
 session = botocore.session.get_session()
+SERVICES = ("ecs", "ec2", "secretsmanager")
+service_ops = {svc: {xform_name(o): o for o in session.get_service_model(svc).operation_names} for svc in SERVICES}
 code_actions = set()
-for service in ("ecs", "ec2", "secretsmanager"):
-    ops = {xform_name(o): o for o in session.get_service_model(service).operation_names}
-    code_actions |= {f"{service}:{ops[c]}" for c in called if c in ops}
+for path, text in source.items():
+    called = set(re.findall(r"\.([a-z][a-z0-9_]*)\(", text))
+    # A method name more than one service has (`tag_resource`) counts for the services whose
+    # SDK the file uses (host/src/ecs/ is ECS's); a name only one service has counts anywhere.
+    uses = {svc for svc in SERVICES if f"aws_sdk_{svc}" in text}
+    if root / "host/src/ecs" in path.parents:
+        uses.add("ecs")
+    for svc, ops in service_ops.items():
+        for c in called & ops.keys():
+            shared = sum(c in o for o in service_ops.values()) > 1
+            if not shared or svc in uses:
+                code_actions.add(f"{svc}:{ops[c]}")
 tasks_rs = source[root / "host/src/ecs/tasks.rs"]
 request_rs = source[root / "host/src/task/request.rs"]
 dependent = {
