@@ -799,7 +799,11 @@ fn each_streams_own_line_order_is_preserved() {
     let e = E2e::new("streams");
     let job = e.job().script(["true"]);
     let mut live = e.start(job);
-    let body = "i=1; while [ $i -le 1000 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done\n";
+    // A pause half way: the first half of both streams is written (and must be forwarded)
+    // before the second half exists, so "arrived as written" does not depend on how fast the
+    // reader drains two 64 KiB pipes that a fast script may fill before the first read.
+    let body = "i=1; while [ $i -le 1000 ]; do echo \"out $i\"; echo \"err $i\" >&2; \
+                [ $i -eq 500 ] && sleep 1; i=$((i+1)); done\n";
     let call = live.stage(stages::BUILD_SCRIPT, body);
     assert_ok(&call);
     let expect = |prefix: &str| (1..=1000).map(|i| format!("{prefix} {i}")).collect::<Vec<_>>();
