@@ -216,7 +216,7 @@ pub async fn start(
     binary_path: &std::path::Path,
 ) -> Result<StageRunnerState, String> {
     let binary =
-        std::fs::read(&binary_path).map_err(|e| format!("cannot read the runner {}: {e}", binary_path.display()))?;
+        std::fs::read(binary_path).map_err(|e| format!("cannot read the runner {}: {e}", binary_path.display()))?;
     let creds = JobCredentials::generate().map_err(|e| e.to_string())?;
     let archive = archive(&binary, &creds).map_err(|e| format!("cannot pack the runner: {e}"))?;
 

@@ -609,44 +609,6 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{clean}-{:x}-{n}-{:x}", std::process::id(), micros & 0xff_ffff)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unique_names_differ_and_fit_ecs_and_docker() {
-        let a = unique_name("linked task");
-        let b = unique_name("linked task");
-        assert_ne!(a, b);
-        assert!(a.starts_with("linked-task-"), "{a}");
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "{a}");
-    }
-
-    #[test]
-    fn faults_serialize_as_moto_reads_them() {
-        let f = Fault::ecs_error("RunTask", "ThrottlingException", 2).matching("family-x");
-        let v = serde_json::to_value(&f).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"service":"ecs","action":"RunTask","count":2,"error":"ThrottlingException",
-                               "delay_ms":0,"match":"family-x"})
-        );
-        let d = serde_json::to_value(Fault::ecs_delay("DescribeTasks", 500, 1)).unwrap();
-        assert_eq!(
-            d,
-            serde_json::json!({"service":"ecs","action":"DescribeTasks","count":1,"delay_ms":500})
-        );
-    }
-
-    #[test]
-    fn credential_scope_dates_are_civil_dates() {
-        assert_eq!(yyyymmdd(0), "19700101");
-        assert_eq!(yyyymmdd(19_782), "20240229");
-    }
-}
-
-/// An agent stand-in process a test starts for a cluster and container instance of its own,
-/// with its own environment (`ECS_IMAGE_PULL_BEHAVIOR`, `ECS_ENGINE_AUTH_*`); killed on drop.
 /// The agent stand-in binary every test starts: `$ECS_AGENT_STANDIN_BIN` when set, else the one
 /// of this workspace build, beside the test binary's `deps/` directory (`tests/local-ecs/up` and
 /// `tests/run` build it into the same target directory as the tests).
@@ -668,6 +630,8 @@ pub fn agent_binary() -> PathBuf {
     bin
 }
 
+/// An agent stand-in process a test starts for a cluster and container instance of its own,
+/// with its own environment (`ECS_IMAGE_PULL_BEHAVIOR`, `ECS_ENGINE_AUTH_*`); killed on drop.
 pub struct AgentProcess {
     pub child: std::process::Child,
     pub log: PathBuf,
@@ -705,5 +669,41 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_fit_ecs_and_docker() {
+        let a = unique_name("linked task");
+        let b = unique_name("linked task");
+        assert_ne!(a, b);
+        assert!(a.starts_with("linked-task-"), "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "{a}");
+    }
+
+    #[test]
+    fn faults_serialize_as_moto_reads_them() {
+        let f = Fault::ecs_error("RunTask", "ThrottlingException", 2).matching("family-x");
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"service":"ecs","action":"RunTask","count":2,"error":"ThrottlingException",
+                               "delay_ms":0,"match":"family-x"})
+        );
+        let d = serde_json::to_value(Fault::ecs_delay("DescribeTasks", 500, 1)).unwrap();
+        assert_eq!(
+            d,
+            serde_json::json!({"service":"ecs","action":"DescribeTasks","count":1,"delay_ms":500})
+        );
+    }
+
+    #[test]
+    fn credential_scope_dates_are_civil_dates() {
+        assert_eq!(yyyymmdd(0), "19700101");
+        assert_eq!(yyyymmdd(19_782), "20240229");
     }
 }

@@ -248,10 +248,10 @@ impl Drop for OwnEcs {
                 }
             }
         });
-        if let Some(moto) = self.moto.take() {
-            if std::thread::panicking() {
-                eprintln!("own moto log (last lines):\n{}", tail_lines(&moto.log(), 40));
-            }
+        if let Some(moto) = self.moto.take()
+            && std::thread::panicking()
+        {
+            eprintln!("own moto log (last lines):\n{}", tail_lines(&moto.log(), 40));
         }
     }
 }
