@@ -7,7 +7,9 @@
 //! address as prepare picks it (address plugins applied, with a job of no project: id 0, no
 //! variables), the daemon's version over mutual TLS (or plain TCP where the config allows it)
 //! with the server certificate checked against the address or the plugin's
-//! `tls_server_name`, and that the daemon refuses a TLS client without a certificate.
+//! `tls_server_name`, that the daemon refuses a TLS client without a certificate, and that
+//! this host has a stage runner binary for the instance's CPU architecture (`warn` when not:
+//! jobs there run, through Docker exec).
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,12 +27,19 @@ use crate::protocol::{JobKey, JobResponse};
 struct Report {
     passed: usize,
     failed: usize,
+    warned: usize,
 }
 
 impl Report {
     fn ok(&mut self, what: impl std::fmt::Display) {
         self.passed += 1;
         println!("ok   {what}");
+    }
+
+    /// Jobs run, but not as well as they could: said, and not counted as a failure.
+    fn warn(&mut self, what: impl std::fmt::Display, fix: impl std::fmt::Display) {
+        self.warned += 1;
+        println!("warn {what}\n     fix: {fix}");
     }
 
     fn fail(&mut self, what: impl std::fmt::Display, fix: impl std::fmt::Display) {
@@ -243,6 +252,31 @@ async fn check_instance(
     if config.docker.tls {
         check_refuses_anonymous(config, &endpoint, &instance.ec2_instance_id, limit, report).await;
     }
+    check_stage_runner(config, &instance, report);
+}
+
+/// The stage runner binary for the instance's CPU architecture: without it the jobs placed
+/// there still run, every stage through Docker exec (slower to start, no byte-exact
+/// interleaving of stdout and stderr) — a warning, not a failure.
+fn check_stage_runner(config: &Config, instance: &ContainerInstance, report: &mut Report) {
+    if crate::stages::runner::disabled_because(config).is_some() {
+        return; // said once for the host by prepare; not a property of the instance
+    }
+    match crate::stages::runner::binary_for_instance(config, &instance.attributes) {
+        Ok(path) => report.ok(format_args!(
+            "stage runner for instance {}: {}",
+            instance.ec2_instance_id,
+            path.display()
+        )),
+        Err(why) => report.warn(
+            format_args!(
+                "instance {}: stages will use Docker exec: {why}",
+                instance.ec2_instance_id
+            ),
+            "install the stage runner for that architecture (the package ships ecs-executor-stage-runner-arm64) \
+             or keep such instances out of this runner's cluster",
+        ),
+    }
 }
 
 /// The Docker endpoint of `instance` as prepare picks it: the first address plugin that does
@@ -326,7 +360,10 @@ async fn check_refuses_anonymous(
 
 fn finish(report: Report) -> Result<(), Failure> {
     if report.failed == 0 {
-        println!("all {} checks passed", report.passed);
+        match report.warned {
+            0 => println!("all {} checks passed", report.passed),
+            n => println!("all {} checks passed, {n} with a warning", report.passed),
+        }
         Ok(())
     } else {
         Err(Failure::system(format!(

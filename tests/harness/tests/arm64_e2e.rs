@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ecs_executor_tests::runner::stages;
 use support::standin_agent::{Instance, OwnCluster};
-use support::{E2e, assert_ok, show};
+use support::{E2e, admin, assert_ok, show};
 
 /// The static aarch64 runner of this target directory.
 fn arm64_stage_runner() -> PathBuf {
@@ -113,6 +113,26 @@ fn an_arm64_instance_gets_the_arm64_runner_or_docker_exec_at_once_without_one() 
     assert!(stage.stdout_text().contains("ran-on-arm64-by-exec"), "{}", show(&stage));
     live.finish();
 
+    // `check` says so before any job does: a warning naming the instance, not a failure.
+    let out = admin(&without.config, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warning = format!(
+        "warn instance {}: stages will use Docker exec: the instance is arm64 and the stage runner binary for arm64 \
+         instances, {missing}, is missing",
+        instance.instance_id
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with(&warning)),
+        "{warning:?} in:\n{stdout}"
+    );
+    assert!(stdout.contains("checks passed, 1 with a warning"), "{stdout}");
+
     // With one: prepare ships the arm64 binary (ELF machine 0xb7, aarch64) into the job's
     // containers. This Docker is x86_64 and has no qemu, so it cannot start there and the
     // job goes on with Docker exec; on a Graviton instance it would serve the stages.
@@ -139,4 +159,20 @@ fn an_arm64_instance_gets_the_arm64_runner_or_docker_exec_at_once_without_one() 
         show(&stage)
     );
     live.finish();
+
+    let out = admin(&with.config, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = format!(
+        "ok   stage runner for instance {}: {}",
+        instance.instance_id,
+        arm64.display()
+    );
+    assert!(stdout.lines().any(|l| l == found), "{found:?} in:\n{stdout}");
+    assert!(!stdout.contains("warn "), "{stdout}");
 }
