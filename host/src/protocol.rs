@@ -228,8 +228,39 @@ pub struct JobService {
     pub command: Option<Vec<String>>,
     #[serde(deserialize_with = "null_as_empty")]
     pub variables: Vec<JobVariable>,
+    /// `services: pull_policy:` (`always`, `if-not-present`, `never`).
+    pub pull_policy: Option<Vec<String>>,
     /// `services: docker:` (`user`, `platform`).
     pub executor_opts: ExecutorOptions,
+}
+
+impl JobResponse {
+    /// The job's `pull_policy:` values (image and services) that this executor does not apply,
+    /// as `image alpine:3: [if-not-present]` — on ECS the container instance's agent pulls
+    /// every image of a task as its `ECS_IMAGE_PULL_BEHAVIOR` says, and no task definition or
+    /// RunTask field sets it per container. `always` is what the agent's `default` does (pull,
+    /// and only fall back to a cached image when the registry fails), so it is not listed.
+    pub fn unapplied_pull_policies(&self) -> Vec<String> {
+        let listed = |policy: &Option<Vec<String>>| -> Option<String> {
+            let policy: Vec<&str> = policy
+                .iter()
+                .flatten()
+                .map(|p| p.trim())
+                .filter(|p| !p.is_empty())
+                .collect();
+            (!policy.is_empty() && policy.iter().any(|p| *p != "always")).then(|| format!("[{}]", policy.join(", ")))
+        };
+        let image = self
+            .image
+            .as_ref()
+            .filter(|i| !i.name.trim().is_empty())
+            .and_then(|i| listed(&i.pull_policy).map(|p| format!("image {}: {p}", i.name)));
+        let services = self
+            .services
+            .iter()
+            .filter_map(|s| listed(&s.pull_policy).map(|p| format!("service {}: {p}", s.name)));
+        image.into_iter().chain(services).collect()
+    }
 }
 
 fn job_response_path() -> Result<PathBuf, ProtocolError> {
@@ -502,6 +533,26 @@ mod tests {
         assert!(r.variables.is_empty() && r.services.is_empty());
         let r: JobResponse = serde_json::from_str(r#"{"id":8,"services":[{"name":"pg","variables":null}]}"#).unwrap();
         assert_eq!(r.services.len(), 1);
+    }
+
+    #[test]
+    fn pull_policies_other_than_always_are_listed_as_not_applied() {
+        let text = r#"{"id":9,
+            "image":{"name":"alpine:3","pull_policy":["if-not-present"]},
+            "services":[{"name":"pg:16","pull_policy":["always"]},{"name":"redis:7","pull_policy":["never","always"]},
+                        {"name":"mysql:8"}]}"#;
+        let r: JobResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            r.unapplied_pull_policies(),
+            ["image alpine:3: [if-not-present]", "service redis:7: [never, always]"]
+        );
+        let r: JobResponse =
+            serde_json::from_str(r#"{"id":10,"image":{"name":"alpine:3","pull_policy":["always"]},"services":null}"#)
+                .unwrap();
+        assert!(r.unapplied_pull_policies().is_empty());
+        let r: JobResponse =
+            serde_json::from_str(r#"{"id":11,"image":{"name":"alpine:3","pull_policy":null}}"#).unwrap();
+        assert!(r.unapplied_pull_policies().is_empty());
     }
 
     #[test]

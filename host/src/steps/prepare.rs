@@ -33,6 +33,15 @@ mod claim;
 pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
     let started = Instant::now();
     let (job, response) = JobContext::load_with_response(config)?;
+    // GitLab's Docker executor honours `pull_policy:` per job; ECS has no per-task setting.
+    let unapplied = response.unapplied_pull_policies();
+    if !unapplied.is_empty() {
+        log_note(job.redact(&format!(
+            "pull_policy not applied ({}): on ECS the container instance's agent pulls every image \
+             as its ECS_IMAGE_PULL_BEHAVIOR says (docs/deploy.md)",
+            unapplied.join("; ")
+        )));
+    }
     // Site plugins: loaded (and their settings checked) before anything is created.
     let plugins = crate::plugins::load(config).map_err(|f| Failure {
         message: job.redact(&f.message),

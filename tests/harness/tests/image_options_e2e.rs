@@ -94,12 +94,28 @@ fn docker_user_runs_the_build_its_stage_runner_stages_and_a_service_as_those_use
     let e = E2e::new("user-runner");
     let job = e
         .job()
-        .image(Image::new(&e.standin.images.build).docker_user("1234:5678"))
-        .service(Image::new(ECHO).alias("db").docker_user("4321"));
+        .image(
+            Image::new(&e.standin.images.build)
+                .docker_user("1234:5678")
+                .pull_policy(["if-not-present"]),
+        )
+        .service(Image::new(ECHO).alias("db").docker_user("4321").pull_policy(["always"]));
     let mut live = e.start(job);
     assert!(
         said(&live.prepare).contains("stage runners up"),
         "the stage runner started as the build user: {}",
+        show(&live.prepare)
+    );
+    // `pull_policy:` is the cluster's (ECS_IMAGE_PULL_BEHAVIOR): the job log says which it did
+    // not apply; `always` is the agent's default behaviour and is not named.
+    let note = format!(
+        "pull_policy not applied (image {}: [if-not-present]): on ECS",
+        e.standin.images.build
+    );
+    assert!(said(&live.prepare).contains(&note), "{note:?}: {}", show(&live.prepare));
+    assert!(
+        !said(&live.prepare).contains(&format!("service {ECHO}: [")),
+        "{}",
         show(&live.prepare)
     );
     let users = definition_users(&e, &live.task());
