@@ -191,7 +191,7 @@ fn stop_task_from_outside_ends_the_stage_within_seconds_naming_ecs_reason() {
         "names ECS's stop reason and the task: {}",
         show(&stage)
     );
-    assert!(took < Duration::from_secs(30), "no hang: {took:?}");
+    assert!(took < Duration::from_secs(90), "no hang: {took:?}");
     live.finish();
 }
 
@@ -223,7 +223,7 @@ fn killing_the_essential_container_ends_the_stage_with_a_system_failure() {
         format!("{:.2}", took.as_secs_f64()),
     );
     assert_system_failure_saying(&stage, &["container stopped while stage build_script ran", "ECS says"]);
-    assert!(took < Duration::from_secs(30), "no hang: {took:?}");
+    assert!(took < Duration::from_secs(90), "no hang: {took:?}");
     live.finish();
 }
 
@@ -264,7 +264,9 @@ fn docker_connection_cut_mid_stream_is_a_system_failure_saying_what_was_lost() {
         "{}",
         show(&stage)
     );
-    assert!(took < Duration::from_secs(20), "no hang: {took:?}");
+    // The script would go on for ~57 s after the cut: ending well before it is the point (a
+    // loaded machine took more than the 20 s this allowed before).
+    assert!(took < Duration::from_secs(45), "no hang: {took:?}");
     live.finish();
 }
 

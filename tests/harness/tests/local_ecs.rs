@@ -821,7 +821,9 @@ async fn an_agent_of_its_own_rides_out_ecs_errors_cleans_up_and_exits_on_sigterm
             break status;
         }
         assert!(
-            signalled.elapsed() < Duration::from_secs(2),
+            // Not a speed bound: an agent that ignores SIGTERM never exits (a loaded machine
+            // has taken more than the 2 s this allowed before).
+            signalled.elapsed() < Duration::from_secs(30),
             "the agent ignores SIGTERM; log:\n{}",
             agent.log()
         );
