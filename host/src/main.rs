@@ -23,6 +23,7 @@ mod ecs;
 mod instance;
 mod instance_cache;
 mod pool;
+mod warm_images;
 // How stages run, what is kept between steps, what the job log is told.
 mod joblog;
 mod metrics;

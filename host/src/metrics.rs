@@ -115,6 +115,12 @@ pub fn pool_idle_seconds(pool: &str, seconds: f64) {
     count("ecs_executor_pool_idle_task_seconds_total", &[("pool", pool)], seconds);
 }
 
+/// `gc` found a warm image on an instance (`present`), pulled it (`pulled`) or could not
+/// (`failed`) (`crate::warm_images`).
+pub fn warm_image_pull(outcome: &str) {
+    count("ecs_executor_warm_image_pulls_total", &[("outcome", outcome)], 1.0);
+}
+
 /// A prepare phase took `seconds`.
 pub fn phase(phase: &str, seconds: f64) {
     with(|t| {

@@ -247,7 +247,7 @@ async fn check_instance(
 
 /// The Docker endpoint of `instance` as prepare picks it: the first address plugin that does
 /// not decline (asked with a job of no project), else the built-in `use_private_ip` rule.
-fn docker_endpoint(
+pub(crate) fn docker_endpoint(
     config: &Config,
     plugins: Option<&ecs_executor_plugin_host::PluginSet>,
     instance: &ContainerInstance,
