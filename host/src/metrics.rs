@@ -9,7 +9,8 @@
 //! `ecs_executor_aws_throttles_total{action}`, `ecs_executor_stages_total{path}` (stage runner
 //! or Docker exec), the warm pools' `ecs_executor_pool_claims_total{pool,outcome}`,
 //! `ecs_executor_pool_discarded_total{pool,reason}`, `ecs_executor_pool_started_total{pool}`
-//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
+//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, `gc`'s warm images
+//! `ecs_executor_warm_image_pulls_total{outcome}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
 //! prepares wait for in PROVISIONING). `docs/metrics.md` lists queries for them.
 
 use std::collections::BTreeMap;
@@ -247,6 +248,11 @@ fn render(totals: &Totals, provisioning: usize) -> String {
         "ecs_executor_pool_idle_task_seconds_total",
         "counter",
         "Seconds warm tasks stood idle before they were claimed or evicted, by pool.",
+    );
+    family(
+        "ecs_executor_warm_image_pulls_total",
+        "counter",
+        "Warm images per instance at gc: present, pulled or failed.",
     );
     out.push_str(
         "# HELP ecs_executor_prepare_phase_seconds Duration of each prepare phase.\n\

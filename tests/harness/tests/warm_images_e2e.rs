@@ -128,12 +128,29 @@ impl Warm {
 
     /// The config gets its `[warm_images]` table (the image name is only known after the push).
     fn warm_images(&self, image: &str) {
+        self.append(&format!(
+            "[warm_images]\nimages = [\"{image}\"]\npull_timeout_secs = 120"
+        ));
+    }
+
+    /// Tables appended to the executor config.
+    fn append(&self, tables: &str) {
         let config = std::fs::read_to_string(&self.e.config).unwrap();
-        std::fs::write(
-            &self.e.config,
-            format!("{config}\n[warm_images]\nimages = [\"{image}\"]\npull_timeout_secs = 120\n"),
-        )
-        .unwrap();
+        std::fs::write(&self.e.config, format!("{config}\n{tables}\n")).unwrap();
+    }
+
+    /// `[metrics]` into the test's dir; the textfile's value of `series` (0 when absent).
+    fn metrics_on(&self) {
+        let dir = self.e.dir.join("metrics");
+        std::fs::create_dir_all(&dir).unwrap();
+        self.append(&format!("[metrics]\ntextfile_dir = \"{}\"", dir.display()));
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let text = std::fs::read_to_string(self.e.dir.join("metrics/ecs_executor.prom")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// `ecs-executor gc` as its systemd unit runs it, with `home` as HOME.
@@ -156,6 +173,9 @@ fn gc_with(config: &Path, home: &Path) -> Output {
 
 impl Drop for Warm {
     fn drop(&mut self) {
+        if let Some(image) = &self.image {
+            delete_from_registry(&self.registry, image);
+        }
         let docker = self.e.standin.docker();
         let cluster = self.e.standin.cluster.clone();
         let ecs = self.e.ecs.clone();
@@ -185,8 +205,8 @@ impl Drop for Warm {
                 }
             }
             // Our own tag only (the layers stay: the build image holds them).
-            if let Some(image) = image {
-                let _ = docker.remove_image(&image, None::<RemoveImageOptions>, None).await;
+            if let Some(image) = &image {
+                let _ = docker.remove_image(image, None::<RemoveImageOptions>, None).await;
             }
             let _ = ecs
                 .deregister_container_instance()
@@ -198,6 +218,43 @@ impl Drop for Warm {
             let _ = ecs.delete_cluster().cluster(&cluster).send().await;
         });
     }
+}
+
+/// The registry's manifest of `image` (pushed by this test) deleted, best effort: the
+/// registry runs with `storage.delete.enabled`; the shared layers stay.
+fn delete_from_registry(registry: &Registry, image: &str) {
+    let Some(path) = image.strip_prefix(&format!("{}/", registry.address)) else {
+        return;
+    };
+    let Some((name, tag)) = path.rsplit_once(':') else {
+        return;
+    };
+    let auth = format!(
+        "Basic {}",
+        base64(&format!("{}:{}", registry.username, registry.password))
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let head = agent
+        .head(format!("http://{}/v2/{name}/manifests/{tag}", registry.address))
+        .header("Authorization", &auth)
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .call();
+    let Some(digest) = head.ok().and_then(|r| {
+        r.headers()
+            .get("Docker-Content-Digest")
+            .and_then(|d| d.to_str().ok())
+            .map(String::from)
+    }) else {
+        return;
+    };
+    let _ = agent
+        .delete(format!("http://{}/v2/{name}/manifests/{digest}", registry.address))
+        .header("Authorization", &auth)
+        .call();
 }
 
 fn base64(text: &str) -> String {
@@ -234,6 +291,7 @@ fn gc_pulls_a_missing_warm_image_and_a_cold_job_of_it_pulls_nothing() {
     let mut w = warm("pull", "");
     let image = w.push_own_image();
     w.warm_images(&image);
+    w.metrics_on();
     let home = w.runner_home();
 
     let out = w.gc(&home);
@@ -259,6 +317,12 @@ fn gc_pulls_a_missing_warm_image_and_a_cold_job_of_it_pulls_nothing() {
         "{}",
         text(&again)
     );
+    assert_eq!(w.metric("ecs_executor_warm_image_pulls_total{outcome=\"pulled\"}"), 1.0);
+    assert_eq!(
+        w.metric("ecs_executor_warm_image_pulls_total{outcome=\"present\"}"),
+        1.0
+    );
+    assert_eq!(w.metric("ecs_executor_warm_image_pulls_total{outcome=\"failed\"}"), 0.0);
 
     // A cold job of the image: no login in the job, none in the executor's HOME either.
     let job = w.e.job().image(Image::new(&image)).script(["echo warm-image-ran"]);
@@ -335,6 +399,7 @@ fn an_unreachable_warm_image_is_one_logged_problem_and_gc_still_does_its_work() 
             "[gc]\nstart_grace_secs = 1\n\n[warm_images]\nimages = [\"{unreachable}\", \"{present}\"]\npull_timeout_secs = 30\n"
         ),
     );
+    w.metrics_on();
     // An abandoned task: prepared, then its job state lost.
     let job = w.e.job();
     let (_r, prepare) = w.e.prepare(&job);
@@ -359,6 +424,11 @@ fn an_unreachable_warm_image_is_one_logged_problem_and_gc_still_does_its_work() 
         stdout(&out).contains("no state on this host") && stdout(&out).contains("stopped 1 task(s)"),
         "gc did not do its other work: {}",
         text(&out)
+    );
+    assert_eq!(w.metric("ecs_executor_warm_image_pulls_total{outcome=\"failed\"}"), 1.0);
+    assert_eq!(
+        w.metric("ecs_executor_warm_image_pulls_total{outcome=\"present\"}"),
+        1.0
     );
     w.e.assert_tasks_stopped(&job, 1);
 }
