@@ -87,6 +87,13 @@ enum Step {
         #[arg(long = "runner", value_name = "SHORT_TOKEN")]
         runners: Vec<String>,
     },
+    /// Pull the `[warm_images]` images on every ACTIVE container instance missing them now (gc
+    /// does it on each run); fails when one could not be made present.
+    WarmImages {
+        /// Only inspect and list what would be pulled.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check config, AWS access and cluster, and Docker on every container instance.
     Check,
     /// Site plugin tools (not called by gitlab-runner).
@@ -188,6 +195,7 @@ impl Step {
             Step::Cleanup => "cleanup",
             Step::Gc { .. } => "gc",
             Step::Unregister { .. } => "unregister",
+            Step::WarmImages { .. } => "warm-images",
             Step::Check => "check",
             Step::Plugin(PluginCommand::Compile) => "plugin compile",
             Step::Plugin(PluginCommand::Test { .. }) => "plugin test",
@@ -295,6 +303,7 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             Step::Cleanup => steps::cleanup::run(&config).await,
             Step::Gc { dry_run, runners } => admin::gc::gc(&config, dry_run, &runners).await,
             Step::Unregister { dry_run, runners } => admin::gc::unregister(&config, dry_run, &runners).await,
+            Step::WarmImages { dry_run } => admin::warm_images::run(&config, dry_run).await,
             Step::Check | Step::Plugin(_) | Step::Plan { .. } | Step::Tls(_) => unreachable!("handled above"),
         }
     })

@@ -174,8 +174,8 @@ fn target(
     plugins: Option<&ecs_executor_plugin_host::PluginSet>,
     instance: &ContainerInstance,
 ) -> Result<Target, String> {
-    let (endpoint, _) =
-        crate::admin::check::docker_endpoint(config, plugins, instance).map_err(|e| format!("Docker address: {e}"))?;
+    let (endpoint, _) = crate::plugins::docker_endpoint_without_job(config, plugins, instance)
+        .map_err(|e| format!("Docker address: {e}"))?;
     let docker = DockerHost::connect(&config.docker, &endpoint).map_err(|e| e.to_string())?;
     let ecs_arch = instance
         .attributes

@@ -139,14 +139,7 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
     // Warm images: pulled where missing; a problem is logged, never a gc failure.
     if !config.warm_images.images.is_empty() {
         let w = crate::warm_images::warm(config, &ecs, &clients.ec2, dry_run).await;
-        println!(
-            "ecs-executor gc: warm images: {} instance(s), {} present, {} {}, {} failed",
-            w.instances,
-            w.present,
-            w.pulled,
-            if dry_run { "would pull" } else { "pulled" },
-            w.failed,
-        );
+        println!("{}", super::warm_images::line("gc", &w, dry_run));
     }
 
     let idle = config.gc.task_definition_idle_secs;

@@ -160,10 +160,15 @@ impl Warm {
 }
 
 fn gc_with(config: &Path, home: &Path) -> Output {
+    admin_with(config, home, &["gc"])
+}
+
+/// `ecs-executor --config <config> <args...>` with `home` as HOME.
+fn admin_with(config: &Path, home: &Path, args: &[&str]) -> Output {
     Command::new(executor_bin())
         .arg("--config")
         .arg(config)
-        .arg("gc")
+        .args(args)
         .env_remove("ECS_EXECUTOR_CONFIG")
         .env("HOME", home)
         .stdin(Stdio::null())
@@ -293,6 +298,17 @@ fn gc_pulls_a_missing_warm_image_and_a_cold_job_of_it_pulls_nothing() {
     w.warm_images(&image);
     w.metrics_on();
     let home = w.runner_home();
+
+    // `warm-images --dry-run` inspects and pulls nothing.
+    let dry = admin_with(&w.e.config, &home, &["warm-images", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        stdout(&dry).contains(&format!("would pull warm image {image} on instance "))
+            && stdout(&dry).contains("warm images: 1 instance(s), 0 present, 1 would pull, 0 failed"),
+        "{}",
+        text(&dry)
+    );
+    assert!(!w.has_image(&image), "--dry-run pulled {image}");
 
     let out = w.gc(&home);
     assert!(out.status.success(), "{}", text(&out));
