@@ -12,7 +12,7 @@
 //! `linux/arm64`) with a deadline of `pull_timeout_secs`, at most `concurrency` pulls at once.
 //!
 //! **Credentials**: none, or the runner host's own Docker config (`$HOME/.docker/config.json`,
-//! the source gitlab-runner's Docker executor reads too); never a job's `DOCKER_AUTH_CONFIG`
+//! without `HOME` the user's home directory; the source gitlab-runner's Docker executor reads too); never a job's `DOCKER_AUTH_CONFIG`
 //! or its payload: gc has no job, and a job's login must never pull for another.
 //!
 //! Nothing here fails `gc`: each problem is one line on stderr naming the instance and the
@@ -107,9 +107,7 @@ pub async fn warm(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, dry_run
             }
         }
     };
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(std::path::PathBuf::from);
+    let home = runner_home();
     let logins = Logins::resolve(None, home.as_deref(), &[]);
     for note in &logins.notes {
         problem(note.clone());
@@ -161,6 +159,39 @@ pub async fn warm(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, dry_run
         }
     }
     summary
+}
+
+/// The runner host's home for its Docker config: `$HOME`, else the home directory of the user
+/// this process runs as (systemd gives a root service without `User=` no `HOME`).
+fn runner_home() -> Option<std::path::PathBuf> {
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(home.into());
+    }
+    home_of_effective_user()
+}
+
+/// The home directory `getpwuid_r` gives for this process's effective user.
+fn home_of_effective_user() -> Option<std::path::PathBuf> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf` (of the length passed); `result`
+    // points at `pwd` on success, and `pw_dir` into `buf`, read before either goes away.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pwd.pw_dir);
+        use std::os::unix::ffi::OsStrExt;
+        Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
 }
 
 fn count_failed(n: usize) {
@@ -262,6 +293,19 @@ mod tests {
         assert_eq!(reference("127.0.0.1:5000/x"), "127.0.0.1:5000/x:latest");
         assert_eq!(reference("127.0.0.1:5000/x:1"), "127.0.0.1:5000/x:1");
         assert_eq!(reference("a@sha256:00"), "a@sha256:00");
+    }
+
+    #[test]
+    fn without_home_the_effective_users_home_directory_is_used() {
+        let uid = unsafe { libc::geteuid() }.to_string();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let expected = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 5 && f[2] == uid)
+            .map(|f| std::path::PathBuf::from(f[5]));
+        assert!(expected.is_some(), "uid {uid} not in /etc/passwd");
+        assert_eq!(home_of_effective_user(), expected);
     }
 
     #[test]
