@@ -68,6 +68,8 @@ fn docker_platform(ecs_arch: Option<&str>) -> (&'static str, &'static str) {
 
 /// One instance, reached: where to pull and for which platform.
 struct Target {
+    /// The container instance, for the instance cache (forgotten when Docker does not answer).
+    arn: String,
     what: String,
     docker: DockerHost,
     platform: &'static str,
@@ -145,7 +147,8 @@ pub async fn warm(config: &Config, ecs: &Ecs, ec2: &aws_sdk_ec2::Client, dry_run
                 username: l.username.clone(),
                 password: l.password.clone(),
             });
-            async move { ensure(t, image, login, timeout, dry_run).await }
+            let state_dir = config.state_dir.as_path();
+            async move { ensure(t, image, login, timeout, dry_run, state_dir).await }
         });
     let outcomes: Vec<Outcome> = futures_util::stream::iter(jobs)
         .buffer_unordered(settings.concurrency)
@@ -215,6 +218,7 @@ fn target(
         .and_then(|(_, v)| v.as_deref());
     let (platform, arch) = docker_platform(ecs_arch);
     Ok(Target {
+        arn: instance.container_instance_arn.clone(),
         what: format!(
             "instance {} (Docker at {}, {platform})",
             instance.ec2_instance_id,
@@ -233,7 +237,14 @@ enum Outcome {
 }
 
 /// One image on one instance: inspect, and pull when missing (or of another architecture).
-async fn ensure(t: &Target, image: &str, login: Option<PullLogin>, timeout: Duration, dry_run: bool) -> Outcome {
+async fn ensure(
+    t: &Target,
+    image: &str,
+    login: Option<PullLogin>,
+    timeout: Duration,
+    dry_run: bool,
+    state_dir: &std::path::Path,
+) -> Outcome {
     let reference = reference(image);
     let failed = |why: String| {
         eprintln!("ecs-executor gc: warm image {image} on {}: {why}", t.what);
@@ -243,12 +254,17 @@ async fn ensure(t: &Target, image: &str, login: Option<PullLogin>, timeout: Dura
     let inspect_limit = Duration::from_secs(30);
     let why_pull = match tokio::time::timeout(inspect_limit, t.docker.image_architecture(&reference)).await {
         Err(_) => {
+            // The address may be stale: the next run looks the instance up again.
+            crate::instance_cache::forget(state_dir, &t.arn);
             return failed(format!(
                 "Docker did not answer an image inspect within {} s",
                 inspect_limit.as_secs()
             ));
         }
-        Ok(Err(e)) => return failed(e.to_string()),
+        Ok(Err(e)) => {
+            crate::instance_cache::forget(state_dir, &t.arn);
+            return failed(e.to_string());
+        }
         Ok(Ok(Some(arch))) if arch == t.arch => {
             crate::metrics::warm_image_pull("present");
             return Outcome::Present;
