@@ -20,6 +20,7 @@ use bollard::query_parameters::{PushImageOptions, RemoveImageOptions, TagImageOp
 use ecs_executor_tests::runner::{Image, JobStatus};
 use ecs_executor_tests::standin::{AgentProcess, Registry, Standin, cluster_with_instance, unique_name};
 use futures_util::StreamExt;
+use support::standin_agent::OwnCluster;
 use support::{E2e, assert_ok, executor_bin, text};
 
 /// One test's cluster, agent stand-in (prefer-cached) and executor setup.
@@ -61,48 +62,10 @@ fn warm_with(name: &str, tail: &str, agent_env: &[(&str, &str)]) -> Warm {
 }
 
 impl Warm {
-    /// The build image pushed to the loopback registry as `<registry>/<unique>/build:1`, then
-    /// untagged here: the shared dockerd has no image by that reference afterwards.
+    /// The build image pushed under a name of this test's own, untagged here ([`push_own_image`]).
     fn push_own_image(&mut self) -> String {
-        let repo = format!("{}/{}/build", self.registry.address, unique_name("warmimages"));
-        let image = format!("{repo}:1");
+        let image = push_own_image(&self.e.standin, &self.registry);
         self.image = Some(image.clone());
-        let docker = self.e.standin.docker();
-        let build = self.e.standin.images.build.clone();
-        let credentials = DockerCredentials {
-            username: Some(self.registry.username.clone()),
-            password: Some(self.registry.password.clone()),
-            serveraddress: Some(self.registry.address.clone()),
-            ..Default::default()
-        };
-        self.e.block_on(async {
-            docker
-                .tag_image(
-                    &build,
-                    Some(TagImageOptions {
-                        repo: Some(repo.clone()),
-                        tag: Some("1".into()),
-                    }),
-                )
-                .await
-                .expect("docker tag");
-            let mut push = docker.push_image(
-                &repo,
-                Some(PushImageOptions {
-                    tag: Some("1".into()),
-                    ..Default::default()
-                }),
-                Some(credentials),
-            );
-            while let Some(item) = push.next().await {
-                let info = item.expect("docker push");
-                assert!(info.error_detail.is_none(), "docker push {image}: {info:?}");
-            }
-            docker
-                .remove_image(&image, None::<RemoveImageOptions>, None)
-                .await
-                .expect("untag the pushed image");
-        });
         assert!(!self.has_image(&image), "{image} is still tagged on the dockerd");
         image
     }
@@ -159,6 +122,55 @@ impl Warm {
     }
 }
 
+/// The build image pushed to the loopback registry as `<registry>/<unique>/build:1`, then
+/// untagged on the shared dockerd: it has no image by that reference afterwards.
+fn push_own_image(standin: &Standin, registry: &Registry) -> String {
+    let repo = format!("{}/{}/build", registry.address, unique_name("warmimages"));
+    let image = format!("{repo}:1");
+    let docker = standin.docker();
+    let credentials = DockerCredentials {
+        username: Some(registry.username.clone()),
+        password: Some(registry.password.clone()),
+        serveraddress: Some(registry.address.clone()),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        docker
+            .tag_image(
+                &standin.images.build,
+                Some(TagImageOptions {
+                    repo: Some(repo.clone()),
+                    tag: Some("1".into()),
+                }),
+            )
+            .await
+            .expect("docker tag");
+        let mut push = docker.push_image(
+            &repo,
+            Some(PushImageOptions {
+                tag: Some("1".into()),
+                ..Default::default()
+            }),
+            Some(credentials),
+        );
+        while let Some(item) = push.next().await {
+            let info = item.expect("docker push");
+            assert!(info.error_detail.is_none(), "docker push {image}: {info:?}");
+        }
+        untag(&docker, &image).await;
+    });
+    image
+}
+
+/// Our own tag removed from the shared dockerd (the layers stay: the build image holds them).
+async fn untag(docker: &bollard::Docker, image: &str) {
+    let _ = docker.remove_image(image, None::<RemoveImageOptions>, None).await;
+}
+
 fn gc_with(config: &Path, home: &Path) -> Output {
     admin_with(config, home, &["gc"])
 }
@@ -209,9 +221,8 @@ impl Drop for Warm {
                     let _ = docker.remove_container(&id, Some(options)).await;
                 }
             }
-            // Our own tag only (the layers stay: the build image holds them).
             if let Some(image) = &image {
-                let _ = docker.remove_image(image, None::<RemoveImageOptions>, None).await;
+                untag(&docker, image).await;
             }
             let _ = ecs
                 .deregister_container_instance()
@@ -357,6 +368,58 @@ fn gc_pulls_a_missing_warm_image_and_a_cold_job_of_it_pulls_nothing() {
         "the agent pulled the warm image:\n{agent}"
     );
     w.e.assert_tasks_stopped(&job, 1);
+}
+
+/// Every ACTIVE instance is reached over its own Docker listener; a DRAINING one is skipped,
+/// and once it is ACTIVE again (as a new instance joining) the next gc covers it. The
+/// instances share this host's one dockerd, so with one pull at a time the second instance
+/// finds the image the first pulled.
+#[test]
+fn every_active_instance_is_covered_and_one_that_joins_at_the_next_gc() {
+    let own = OwnCluster::start("wimg-all", 2);
+    let standin = Standin::require();
+    let registry = standin.registry();
+    let image = push_own_image(&standin, &registry);
+    let e = E2e::with_config_edit("wimg-all", own.config_edit());
+    let config = std::fs::read_to_string(&e.config).unwrap();
+    std::fs::write(
+        &e.config,
+        format!("{config}\n[warm_images]\nimages = [\"{image}\"]\nconcurrency = 1\n"),
+    )
+    .unwrap();
+    let home = e.dir.join("home");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    let auth = base64(&format!("{}:{}", registry.username, registry.password));
+    std::fs::write(
+        home.join(".docker/config.json"),
+        serde_json::json!({"auths": {registry.address.clone(): {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let cleanup = |what: &str| {
+        own.block_on(untag(&standin.docker(), &image));
+        if what == "end" {
+            delete_from_registry(&registry, &image);
+        }
+    };
+
+    own.instance_control(&own.instances[1], serde_json::json!({"state": "DRAINING"}));
+    let out = gc_with(&e.config, &home);
+    let first = format!("Docker at {}:{}", own.instances[0].private_ip, standin.docker_port);
+    let ok = out.status.success()
+        && stdout(&out).contains("warm images: 1 instance(s), 0 present, 1 pulled, 0 failed")
+        && stdout(&out).contains(&first);
+    if !ok {
+        cleanup("end");
+        panic!("the ACTIVE instance ({first}) only: {}", text(&out));
+    }
+
+    cleanup("between");
+    own.instance_control(&own.instances[1], serde_json::json!({"state": "ACTIVE"}));
+    let out = gc_with(&e.config, &home);
+    let present = stdout(&out).contains("warm images: 2 instance(s), 1 present, 1 pulled, 0 failed");
+    let has = own.block_on(standin.docker().inspect_image(&image)).is_ok();
+    cleanup("end");
+    assert!(out.status.success() && present && has, "both instances: {}", text(&out));
 }
 
 /// The agent's `once` counts only its own pulls (the real agent's `imagePullRequired`: "regardless
