@@ -23,6 +23,7 @@ mod ecs;
 mod instance;
 mod instance_cache;
 mod pool;
+mod warm_images;
 // How stages run, what is kept between steps, what the job log is told.
 mod joblog;
 mod metrics;
@@ -85,6 +86,13 @@ enum Step {
         dry_run: bool,
         #[arg(long = "runner", value_name = "SHORT_TOKEN")]
         runners: Vec<String>,
+    },
+    /// Pull the `[warm_images]` images on every ACTIVE container instance missing them now (gc
+    /// does it on each run); fails when one could not be made present.
+    WarmImages {
+        /// Only inspect and list what would be pulled.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check config, AWS access and cluster, and Docker on every container instance.
     Check,
@@ -187,6 +195,7 @@ impl Step {
             Step::Cleanup => "cleanup",
             Step::Gc { .. } => "gc",
             Step::Unregister { .. } => "unregister",
+            Step::WarmImages { .. } => "warm-images",
             Step::Check => "check",
             Step::Plugin(PluginCommand::Compile) => "plugin compile",
             Step::Plugin(PluginCommand::Test { .. }) => "plugin test",
@@ -294,6 +303,7 @@ fn run_step(cli: Cli) -> Result<(), Failure> {
             Step::Cleanup => steps::cleanup::run(&config).await,
             Step::Gc { dry_run, runners } => admin::gc::gc(&config, dry_run, &runners).await,
             Step::Unregister { dry_run, runners } => admin::gc::unregister(&config, dry_run, &runners).await,
+            Step::WarmImages { dry_run } => admin::warm_images::run(&config, dry_run).await,
             Step::Check | Step::Plugin(_) | Step::Plan { .. } | Step::Tls(_) => unreachable!("handled above"),
         }
     })

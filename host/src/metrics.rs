@@ -9,7 +9,8 @@
 //! `ecs_executor_aws_throttles_total{action}`, `ecs_executor_stages_total{path}` (stage runner
 //! or Docker exec), the warm pools' `ecs_executor_pool_claims_total{pool,outcome}`,
 //! `ecs_executor_pool_discarded_total{pool,reason}`, `ecs_executor_pool_started_total{pool}`
-//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
+//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, `gc`'s warm images
+//! `ecs_executor_warm_image_pulls_total{outcome}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
 //! prepares wait for in PROVISIONING). `docs/metrics.md` lists queries for them.
 
 use std::collections::BTreeMap;
@@ -113,6 +114,12 @@ pub fn pool_started(pool: &str) {
 /// A warm task stood idle for `seconds` before it was claimed or evicted (the pool's cost).
 pub fn pool_idle_seconds(pool: &str, seconds: f64) {
     count("ecs_executor_pool_idle_task_seconds_total", &[("pool", pool)], seconds);
+}
+
+/// `gc` found a warm image on an instance (`present`), pulled it (`pulled`) or could not
+/// (`failed`) (`crate::warm_images`).
+pub fn warm_image_pull(outcome: &str) {
+    count("ecs_executor_warm_image_pulls_total", &[("outcome", outcome)], 1.0);
 }
 
 /// A prepare phase took `seconds`.
@@ -241,6 +248,11 @@ fn render(totals: &Totals, provisioning: usize) -> String {
         "ecs_executor_pool_idle_task_seconds_total",
         "counter",
         "Seconds warm tasks stood idle before they were claimed or evicted, by pool.",
+    );
+    family(
+        "ecs_executor_warm_image_pulls_total",
+        "counter",
+        "Warm images per instance at gc: present, pulled or failed.",
     );
     out.push_str(
         "# HELP ecs_executor_prepare_phase_seconds Duration of each prepare phase.\n\

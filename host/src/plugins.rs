@@ -178,6 +178,37 @@ pub fn docker_endpoint(
     Ok((endpoint, None))
 }
 
+/// The Docker endpoint of `instance` for a command without a job (`check`, `gc`'s warm images)
+/// as prepare picks it: the first address plugin that does not decline (asked with a job of no
+/// project: id 0, no variables), else the built-in `use_private_ip` rule.
+pub fn docker_endpoint_without_job(
+    config: &Config,
+    plugins: Option<&ecs_executor_plugin_host::PluginSet>,
+    instance: &ContainerInstance,
+) -> Result<(DockerEndpoint, Option<String>), Failure> {
+    let Some(plugins) = plugins else {
+        let endpoint = DockerEndpoint {
+            host: instance.docker_host(config.use_private_ip)?,
+            port: config.docker.port,
+            tls_server_name: None,
+        };
+        return Ok((endpoint, None));
+    };
+    let job = JobContext {
+        key: crate::protocol::JobKey::new(0, config.runner_short_token.as_deref()),
+        project_id: 0,
+        project_path: String::new(),
+        ref_protected: false,
+        runner_version: String::new(),
+        image: config.default_image.clone().unwrap_or_default(),
+        image_entrypoint: None,
+        image_user: None,
+        platform: None,
+        secrets: Vec::new(),
+    };
+    docker_endpoint(plugins, config, &job, &JobResponse::default(), instance)
+}
+
 /// The services hook, for the services code: one entry per job service, `Some(containers)`
 /// where a plugin mapped it, `None` where the built-in mapping applies.
 pub fn map_services(

@@ -20,8 +20,6 @@ use crate::docker::{DockerEndpoint, DockerHost};
 use crate::ecs::Ecs;
 use crate::failure::Failure;
 use crate::instance::ContainerInstance;
-use crate::job::JobContext;
-use crate::protocol::{JobKey, JobResponse};
 
 #[derive(Default)]
 struct Report {
@@ -279,34 +277,13 @@ fn check_stage_runner(config: &Config, instance: &ContainerInstance, report: &mu
     }
 }
 
-/// The Docker endpoint of `instance` as prepare picks it: the first address plugin that does
-/// not decline (asked with a job of no project), else the built-in `use_private_ip` rule.
+/// The Docker endpoint of `instance` as prepare picks it (`plugins::docker_endpoint_without_job`).
 fn docker_endpoint(
     config: &Config,
     plugins: Option<&ecs_executor_plugin_host::PluginSet>,
     instance: &ContainerInstance,
 ) -> Result<(DockerEndpoint, Option<String>), Failure> {
-    let Some(plugins) = plugins else {
-        let endpoint = DockerEndpoint {
-            host: instance.docker_host(config.use_private_ip)?,
-            port: config.docker.port,
-            tls_server_name: None,
-        };
-        return Ok((endpoint, None));
-    };
-    let job = JobContext {
-        key: JobKey::new(0, config.runner_short_token.as_deref()),
-        project_id: 0,
-        project_path: String::new(),
-        ref_protected: false,
-        runner_version: String::new(),
-        image: config.default_image.clone().unwrap_or_default(),
-        image_entrypoint: None,
-        image_user: None,
-        platform: None,
-        secrets: Vec::new(),
-    };
-    crate::plugins::docker_endpoint(plugins, config, &job, &JobResponse::default(), instance)
+    crate::plugins::docker_endpoint_without_job(config, plugins, instance)
 }
 
 /// The daemon must refuse a TLS client that offers no certificate (dockerd's `--tlsverify`):

@@ -32,6 +32,9 @@
 //! with this host's id, no runner tag until a job claims one): idle past the pool's
 //! `idle_timeout_secs`, gone, or orphaned; then it tops every shape up (`docs/warm-pools.md`).
 //!
+//! **Warm images.** `warm_images` pulls the `[warm_images] images` on every ACTIVE container
+//! instance that lacks one; its problems are logged and never fail `gc`.
+//!
 //! Stopping and deregistering are idempotent; "not found" answers (another host was faster)
 //! count as done.
 
@@ -132,6 +135,12 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
         );
     }
     tally.problems.extend(swept.problems);
+
+    // Warm images: pulled where missing; a problem is logged, never a gc failure.
+    if !config.warm_images.images.is_empty() {
+        let w = crate::warm_images::warm(config, &ecs, &clients.ec2, dry_run).await;
+        println!("{}", super::warm_images::line("gc", &w, dry_run));
+    }
 
     let idle = config.gc.task_definition_idle_secs;
     for family in ecs.families_with_prefix(&format!("{}-", config.family_prefix)).await? {

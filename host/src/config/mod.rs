@@ -20,6 +20,7 @@ mod secret;
 mod services;
 mod stage_runner;
 mod task;
+mod warm_images;
 
 pub use aws::{AwsSettings, AwsVpc, CapacityProvider, LaunchType};
 pub use docker::DockerSettings;
@@ -30,6 +31,7 @@ pub use pool::PoolConfig;
 pub use services::ServiceSettings;
 pub use stage_runner::{StageRunnerMode, StageRunnerSettings};
 pub use task::{LogConfiguration, NetworkMode, Shell, TaskDefinitionMode};
+pub use warm_images::WarmImagesSettings;
 
 /// Where the config is read from when neither `--config` nor `$ECS_EXECUTOR_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/ecs-executor/config.toml";
@@ -158,6 +160,9 @@ pub struct Config {
     /// `[[pool]]`: warm pools of idle tasks for common job shapes (`docs/warm-pools.md`).
     #[serde(default)]
     pub pool: Vec<PoolConfig>,
+    /// `[warm_images]`: images `gc` keeps pulled on every instance (`docs/warm-pools.md`).
+    #[serde(default)]
+    pub warm_images: WarmImagesSettings,
 }
 
 fn yes() -> bool {
@@ -397,6 +402,9 @@ impl Config {
                  set `docker.allow_plain_tcp = true` to accept that risk"
                     .into(),
             ));
+        }
+        if let Some((key, problem)) = self.warm_images.problem() {
+            return Err(invalid(key, problem));
         }
         self.validate_plugins(path)?;
         self.validate_pools(path)

@@ -8,6 +8,7 @@
 //! archives uploaded, events watched and commands exec'd (`exec`) through `DockerHost`.
 
 pub mod exec;
+pub mod images;
 
 use std::collections::BTreeMap;
 use std::io::BufReader;

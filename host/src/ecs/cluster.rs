@@ -80,8 +80,23 @@ impl Ecs {
         self.list_container_instances(Some(filter)).await
     }
 
+    /// The cluster's ACTIVE container instances (ARNs): not DRAINING, not being registered.
+    pub async fn active_container_instances(&self) -> Result<Vec<String>, EcsError> {
+        self.list_container_instances_with(None, Some(aws_sdk_ecs::types::ContainerInstanceStatus::Active))
+            .await
+    }
+
     /// ListContainerInstances, every page, with ECS applying `filter` when there is one.
     async fn list_container_instances(&self, filter: Option<&str>) -> Result<Vec<String>, EcsError> {
+        self.list_container_instances_with(filter, None).await
+    }
+
+    /// ListContainerInstances, every page, with ECS applying `filter` and `status` when given.
+    async fn list_container_instances_with(
+        &self,
+        filter: Option<&str>,
+        status: Option<aws_sdk_ecs::types::ContainerInstanceStatus>,
+    ) -> Result<Vec<String>, EcsError> {
         let mut arns = Vec::new();
         self.spend(Category::ClusterResourceRead, "ListContainerInstances")
             .await;
@@ -90,6 +105,7 @@ impl Ecs {
             .list_container_instances()
             .cluster(&self.cluster)
             .set_filter(filter.map(String::from))
+            .set_status(status)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
