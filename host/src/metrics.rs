@@ -9,7 +9,8 @@
 //! `ecs_executor_aws_throttles_total{action}`, `ecs_executor_stages_total{path}` (stage runner
 //! or Docker exec), the warm pools' `ecs_executor_pool_claims_total{pool,outcome}`,
 //! `ecs_executor_pool_discarded_total{pool,reason}`, `ecs_executor_pool_started_total{pool}`
-//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
+//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, the gauge `ecs_executor_pool_target{pool}`
+//! (idle warm tasks a pool should have now), and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
 //! prepares wait for in PROVISIONING). `docs/metrics.md` lists queries for them.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,9 @@ struct Totals {
     counters: BTreeMap<String, f64>,
     /// phase -> (bucket counts, sum, count).
     phases: BTreeMap<String, (Vec<u64>, f64, u64)>,
+    /// `name{labels}` -> the last value set (gauges: not summed across processes).
+    #[serde(default)]
+    gauges: BTreeMap<String, f64>,
 }
 
 struct Sink {
@@ -115,6 +119,15 @@ pub fn pool_idle_seconds(pool: &str, seconds: f64) {
     count("ecs_executor_pool_idle_task_seconds_total", &[("pool", pool)], seconds);
 }
 
+/// `gc` worked out the idle warm tasks pool `pool` should have now (all its shapes; after
+/// schedules and eager mode, before the host cap).
+pub fn pool_target(pool: &str, target: f64) {
+    let key = format!("ecs_executor_pool_target{{pool=\"{}\"}}", label(pool));
+    with(|t| {
+        t.gauges.insert(key, target);
+    });
+}
+
 /// A prepare phase took `seconds`.
 pub fn phase(phase: &str, seconds: f64) {
     with(|t| {
@@ -171,6 +184,9 @@ fn flush(sink: &mut Sink) -> std::io::Result<()> {
         }
         entry.1 += sum;
         entry.2 += n;
+    }
+    for (k, v) in std::mem::take(&mut sink.pending.gauges) {
+        totals.gauges.insert(k, v);
     }
     file.set_len(0)?;
     file.rewind()?;
@@ -258,6 +274,13 @@ fn render(totals: &Totals, provisioning: usize) -> String {
              ecs_executor_prepare_phase_seconds_sum{{phase=\"{phase}\"}} {sum}\n\
              ecs_executor_prepare_phase_seconds_count{{phase=\"{phase}\"}} {n}\n"
         ));
+    }
+    out.push_str(
+        "# HELP ecs_executor_pool_target Idle warm tasks a pool should have now (schedules, eager mode), as gc last saw it.\n\
+         # TYPE ecs_executor_pool_target gauge\n",
+    );
+    for (k, v) in &totals.gauges {
+        out.push_str(&format!("{k} {v}\n"));
     }
     out.push_str(&format!(
         "# HELP ecs_executor_tasks_provisioning Tasks this host's prepares wait for in PROVISIONING.\n\
