@@ -806,4 +806,27 @@ mod example_tests {
         assert_eq!(config.plugins[0].name, "site-policy");
         assert_eq!(config.plugins[0].deadline_ms, Some(1000));
     }
+
+    /// The commented-out `[[pool]]` block (with its schedule and `[pool_limits]`) is real keys:
+    /// uncommented, the example still parses.
+    #[test]
+    fn the_example_configs_pool_keys_parse_when_uncommented() {
+        let text = include_str!("../../../examples/config.toml");
+        let mut in_pool = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                in_pool = (in_pool && line.starts_with("# ")) || line == "# [[pool]]";
+                match line.strip_prefix("# ") {
+                    Some(rest) if in_pool => rest.split("  #").next().unwrap_or(rest).to_string(),
+                    _ => line.to_string(),
+                }
+            })
+            .collect();
+        let config = Config::parse(&lines.join("\n"), Path::new("examples/config.toml")).unwrap();
+        assert_eq!(config.pool.len(), 1);
+        assert_eq!(config.pool[0].schedule.len(), 1);
+        assert_eq!(config.pool[0].schedule[0].timezone, "Europe/Berlin");
+        assert_eq!(config.pool_limits.max_idle_total, Some(8));
+    }
 }
