@@ -132,6 +132,7 @@ pub const RUNNER_POLICY_STATEMENTS: &[(&str, &str)] = &[
     ("ecs:ListTaskDefinitions", "TaskDefinitionsNoResourceLevel"),
     ("ecs:ListTaskDefinitionFamilies", "TaskDefinitionsNoResourceLevel"),
     ("ecs:TagResource", "TagOnCreate"),
+    ("ecs:TagResource", "TagClaimedWarmTasks"),
     ("secretsmanager:CreateSecret", "RegistrySecrets"),
     ("secretsmanager:PutSecretValue", "RegistrySecrets"),
     ("secretsmanager:RestoreSecret", "RegistrySecrets"),
@@ -153,10 +154,18 @@ fn access_denied_hint(action: &str, message: &str) -> String {
             .to_string()
     });
     let denied = named.filter(|a| a.contains(':')).unwrap_or_else(|| action.to_string());
-    let statement = RUNNER_POLICY_STATEMENTS.iter().find(|(a, _)| *a == denied).map_or_else(
-        || "no statement of it allows this action: the executor does not need it".to_string(),
-        |(_, sid)| format!("its statement `{sid}` allows it"),
-    );
+    // An action may be allowed by more than one statement (ecs:TagResource: at RunTask, and
+    // for a claimed warm task): all are named.
+    let sids: Vec<String> = RUNNER_POLICY_STATEMENTS
+        .iter()
+        .filter(|(a, _)| *a == denied)
+        .map(|(_, sid)| format!("`{sid}`"))
+        .collect();
+    let statement = match sids.len() {
+        0 => "no statement of it allows this action: the executor does not need it".to_string(),
+        1 => format!("its statement {} allows it", sids[0]),
+        _ => format!("its statements {} allow it", sids.join(" or ")),
+    };
     format!(
         " [access denied to {denied}: the IAM policy of these credentials does not allow it (here); \
          the runner policy in deploy/runner.yaml is what the executor needs ({statement}; \
@@ -177,7 +186,8 @@ mod tests {
         );
         assert!(hint.contains("access denied to ecs:TagResource"), "{hint}");
         assert!(
-            hint.contains("statement `TagOnCreate`") && hint.contains("deploy/runner.yaml"),
+            hint.contains("statements `TagOnCreate` or `TagClaimedWarmTasks` allow it")
+                && hint.contains("deploy/runner.yaml"),
             "{hint}"
         );
         // No action in the message (EC2's older wording): the call's own.

@@ -9,7 +9,8 @@
 //! `ecs_executor_aws_throttles_total{action}`, `ecs_executor_stages_total{path}` (stage runner
 //! or Docker exec), the warm pools' `ecs_executor_pool_claims_total{pool,outcome}`,
 //! `ecs_executor_pool_discarded_total{pool,reason}`, `ecs_executor_pool_started_total{pool}`
-//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, `gc`'s warm images
+//! and `ecs_executor_pool_idle_task_seconds_total{pool}`, the gauge `ecs_executor_pool_target{pool}`
+//! (idle warm tasks a pool should have now), `gc`'s warm images
 //! `ecs_executor_warm_image_pulls_total{outcome}`, and the gauge `ecs_executor_tasks_provisioning` (tasks this host's
 //! prepares wait for in PROVISIONING). `docs/metrics.md` lists queries for them.
 
@@ -31,6 +32,9 @@ struct Totals {
     counters: BTreeMap<String, f64>,
     /// phase -> (bucket counts, sum, count).
     phases: BTreeMap<String, (Vec<u64>, f64, u64)>,
+    /// `name{labels}` -> the last value set (gauges: not summed across processes).
+    #[serde(default)]
+    gauges: BTreeMap<String, f64>,
 }
 
 struct Sink {
@@ -122,6 +126,15 @@ pub fn warm_image_pull(outcome: &str) {
     count("ecs_executor_warm_image_pulls_total", &[("outcome", outcome)], 1.0);
 }
 
+/// `gc` worked out the idle warm tasks pool `pool` should have now (all its shapes; after
+/// schedules and eager mode, before the host cap).
+pub fn pool_target(pool: &str, target: f64) {
+    let key = format!("ecs_executor_pool_target{{pool=\"{}\"}}", label(pool));
+    with(|t| {
+        t.gauges.insert(key, target);
+    });
+}
+
 /// A prepare phase took `seconds`.
 pub fn phase(phase: &str, seconds: f64) {
     with(|t| {
@@ -178,6 +191,9 @@ fn flush(sink: &mut Sink) -> std::io::Result<()> {
         }
         entry.1 += sum;
         entry.2 += n;
+    }
+    for (k, v) in std::mem::take(&mut sink.pending.gauges) {
+        totals.gauges.insert(k, v);
     }
     file.set_len(0)?;
     file.rewind()?;
@@ -270,6 +286,13 @@ fn render(totals: &Totals, provisioning: usize) -> String {
              ecs_executor_prepare_phase_seconds_sum{{phase=\"{phase}\"}} {sum}\n\
              ecs_executor_prepare_phase_seconds_count{{phase=\"{phase}\"}} {n}\n"
         ));
+    }
+    out.push_str(
+        "# HELP ecs_executor_pool_target Idle warm tasks a pool should have now (schedules, eager mode), as gc last saw it.\n\
+         # TYPE ecs_executor_pool_target gauge\n",
+    );
+    for (k, v) in &totals.gauges {
+        out.push_str(&format!("{k} {v}\n"));
     }
     out.push_str(&format!(
         "# HELP ecs_executor_tasks_provisioning Tasks this host's prepares wait for in PROVISIONING.\n\

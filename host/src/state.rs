@@ -251,6 +251,20 @@ impl StateStore {
         Ok(out)
     }
 
+    /// How many job states on this host name pool `pool` and task definition
+    /// `task_definition_arn`: the shape's jobs in flight (the pools' eager mode).
+    pub fn pool_jobs_in_flight(&self, pool: &str, task_definition_arn: &str) -> usize {
+        let Ok(entries) = fs::read_dir(self.dir.join("jobs")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice::<JobState>(&fs::read(e.path()).ok()?).ok())
+            .filter(|s| s.pool.as_deref() == Some(pool) && s.task_definition_arn == task_definition_arn)
+            .count()
+    }
+
     /// An exclusive lock shared by every executor process on this host (released on drop).
     pub fn lock(&self, name: &str) -> Result<FileLock, StateError> {
         let dir = self.subdir("locks")?;

@@ -121,12 +121,13 @@ pub async fn gc(config: &Config, dry_run: bool, extra_tokens: &[String]) -> Resu
 
     // Warm pools: idle timeouts, gone and orphaned warm tasks, then the top-up.
     let swept = crate::pool::sweep::sweep(config, &ecs, &store, &all, dry_run).await;
-    let pooled = !config.pool.is_empty() || swept.evicted + swept.forgotten + swept.orphans > 0;
+    let pooled = !config.pool.is_empty() || swept.evicted + swept.excess + swept.forgotten + swept.orphans > 0;
     if pooled {
         println!(
-            "ecs-executor gc: warm pools: {} {} idle warm task(s), forgot {} gone, {} {} orphan(s), {} {} warm task(s)",
+            "ecs-executor gc: warm pools: {} {} idle warm task(s) and {} beyond the targets, forgot {} gone, {} {} orphan(s), {} {} warm task(s)",
             if dry_run { "would evict" } else { "evicted" },
             swept.evicted,
+            swept.excess,
             swept.forgotten,
             if dry_run { "would stop" } else { "stopped" },
             swept.orphans,

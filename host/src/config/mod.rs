@@ -27,7 +27,9 @@ pub use docker::DockerSettings;
 pub use gc::GcSettings;
 pub use metrics::MetricsSettings;
 pub use plugins::{PLUGIN_GRANTS, PluginConfig};
-pub use pool::PoolConfig;
+#[cfg(test)]
+pub use pool::ScheduleConfig;
+pub use pool::{PoolConfig, PoolLimits};
 pub use services::ServiceSettings;
 pub use stage_runner::{StageRunnerMode, StageRunnerSettings};
 pub use task::{LogConfiguration, NetworkMode, Shell, TaskDefinitionMode};
@@ -163,6 +165,9 @@ pub struct Config {
     /// `[warm_images]`: images `gc` keeps pulled on every instance (`docs/warm-pools.md`).
     #[serde(default)]
     pub warm_images: WarmImagesSettings,
+    /// `[pool_limits]`: limits over all pools of this host (`max_idle_total`).
+    #[serde(default)]
+    pub pool_limits: PoolLimits,
 }
 
 fn yes() -> bool {
@@ -681,6 +686,96 @@ mod pool_tests {
 }
 
 #[cfg(test)]
+mod pool_policy_tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("{}{extra}", pool_tests_base()),
+            Path::new("/etc/ecs-executor/config.toml"),
+        )
+    }
+
+    fn pool_tests_base() -> &'static str {
+        "cluster='c'\nregion='us-east-1'\n[docker]\nca_file='/ca'\ncert_file='/c'\nkey_file='/k'\n"
+    }
+
+    #[test]
+    fn schedules_eager_mode_and_the_host_cap_parse() {
+        let c = parse(
+            "[pool_limits]\nmax_idle_total=6\n[[pool]]\nname='a'\nimage='x'\nmin_idle=0\nmax=8\nscale_factor=0.5\n\
+             scale_factor_limit=3\n[[pool.schedule]]\nperiods=['* 8-18 * * mon-fri']\ntimezone='Europe/Berlin'\n\
+             min_idle=5\nidle_timeout_secs=600\n",
+        )
+        .unwrap();
+        assert_eq!(c.pool_limits.max_idle_total, Some(6));
+        let p = &c.pool[0];
+        assert_eq!((p.scale_factor, p.scale_factor_limit, p.schedule.len()), (0.5, 3, 1));
+        assert_eq!(p.schedule[0].min_idle, Some(5));
+        assert_eq!(p.schedule[0].scale_factor, None);
+        let plain = parse("[[pool]]\nname='a'\nimage='x'\n").unwrap();
+        assert_eq!(plain.pool_limits.max_idle_total, None);
+        assert_eq!((plain.pool[0].scale_factor, plain.pool[0].schedule.len()), (0.0, 0));
+        assert_eq!(
+            parse("[[pool]]\nname='a'\nimage='x'\n[[pool.schedule]]\nperiods=['* * * * *']\n")
+                .unwrap()
+                .pool[0]
+                .schedule[0]
+                .timezone,
+            "UTC"
+        );
+    }
+
+    #[test]
+    fn bad_schedules_name_the_pool_entry_the_schedule_entry_and_the_key() {
+        for (schedule, words) in [
+            (
+                "periods=['* 8-18 * * mon-fri']\ntimezone='Europe/Berlinn'",
+                &["`a`", "schedule entry 2", "timezone", "Europe/Berlinn"][..],
+            ),
+            (
+                "periods=['* 25 * * *']",
+                &["`a`", "schedule entry 2", "periods", "* 25 * * *"],
+            ),
+            ("periods=['every day']", &["schedule entry 2", "periods", "every day"]),
+            (
+                "periods=['0 * 8-18 * * *']",
+                &["schedule entry 2", "periods", "5 fields"],
+            ),
+            ("periods=[]", &["schedule entry 2", "periods"]),
+            (
+                "periods=['* * * * *']\nmin_idle=9",
+                &["schedule entry 2", "min_idle", "max"],
+            ),
+            (
+                "periods=['* * * * *']\nidle_timeout_secs=0",
+                &["schedule entry 2", "idle_timeout_secs"],
+            ),
+            (
+                "periods=['* * * * *']\nscale_factor=-1.0",
+                &["schedule entry 2", "scale_factor"],
+            ),
+            ("periods=['* * * * *']\nidle_count=1", &["idle_count"]),
+        ] {
+            let text = format!(
+                "[[pool]]\nname='a'\nimage='x'\n[[pool.schedule]]\nperiods=['* * * * *']\n[[pool.schedule]]\n{schedule}\n"
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            for w in words {
+                assert!(err.contains(w), "{schedule}: {err}");
+            }
+            assert!(err.contains("/etc/ecs-executor/config.toml"), "{err}");
+        }
+        let err = parse("[[pool]]\nname='a'\nimage='x'\nscale_factor=200.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`a`") && err.contains("scale_factor"), "{err}");
+        let err = parse("[pool_limits]\nmax_idle=3\n").unwrap_err().to_string();
+        assert!(err.contains("max_idle"), "{err}");
+    }
+}
+
+#[cfg(test)]
 mod example_tests {
     use super::*;
 
@@ -718,5 +813,28 @@ mod example_tests {
         assert_eq!(config.plugins.len(), 1);
         assert_eq!(config.plugins[0].name, "site-policy");
         assert_eq!(config.plugins[0].deadline_ms, Some(1000));
+    }
+
+    /// The commented-out `[[pool]]` block (with its schedule and `[pool_limits]`) is real keys:
+    /// uncommented, the example still parses.
+    #[test]
+    fn the_example_configs_pool_keys_parse_when_uncommented() {
+        let text = include_str!("../../../examples/config.toml");
+        let mut in_pool = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                in_pool = (in_pool && line.starts_with("# ")) || line == "# [[pool]]";
+                match line.strip_prefix("# ") {
+                    Some(rest) if in_pool => rest.split("  #").next().unwrap_or(rest).to_string(),
+                    _ => line.to_string(),
+                }
+            })
+            .collect();
+        let config = Config::parse(&lines.join("\n"), Path::new("examples/config.toml")).unwrap();
+        assert_eq!(config.pool.len(), 1);
+        assert_eq!(config.pool[0].schedule.len(), 1);
+        assert_eq!(config.pool[0].schedule[0].timezone, "Europe/Berlin");
+        assert_eq!(config.pool_limits.max_idle_total, Some(8));
     }
 }

@@ -8,6 +8,7 @@
 //! orphans, top-up). The checks a claimed task must pass before a job gets it are prepare's
 //! (`steps::prepare::claim`).
 
+pub mod policy;
 pub mod refill;
 pub mod sweep;
 
@@ -222,6 +223,11 @@ impl PoolStore {
 
     fn claimed_dir(&self, key: &str) -> PathBuf {
         self.dir.join(key).join("claimed")
+    }
+
+    /// The file of shape `key`'s idle entry for task `task_arn`.
+    pub fn idle_path(&self, key: &str, task_arn: &str) -> PathBuf {
+        self.idle_dir(key).join(format!("{}.json", task_id(task_arn)))
     }
 
     /// A warm task the pool just started, idle from now on.

@@ -1,11 +1,14 @@
 //! `gc`'s part of the warm pools: stop warm tasks idle past their pool's `idle_timeout_secs`
 //! (or of a pool no longer configured), forget entries whose task is gone, stop this host's
 //! pool-tagged tasks that no entry names (a cleanup or gc killed between RunTask and writing
-//! the entry), then top every shape up to `min_idle`.
+//! the entry), stop the oldest idle tasks beyond a shape's target (a schedule lowered it), a
+//! pool's `max` or the host's `max_idle_total`, then top every shape up to its target.
 
 use std::collections::BTreeSet;
 
-use super::{PoolStore, TAG_POOL, now_secs, refill};
+use std::collections::BTreeMap;
+
+use super::{PoolStore, TAG_POOL, now_secs, policy, refill};
 use crate::config::Config;
 use crate::ecs::tasks::TaskSummary;
 use crate::ecs::{self, Ecs};
@@ -15,6 +18,8 @@ use crate::state::StateStore;
 #[derive(Debug, Default)]
 pub struct Swept {
     pub evicted: usize,
+    /// Idle tasks stopped because a target (schedule, eager) or a cap is below what is idle.
+    pub excess: usize,
     pub forgotten: usize,
     pub orphans: usize,
     pub started: usize,
@@ -45,6 +50,7 @@ pub async fn sweep(config: &Config, ecs: &Ecs, store: &StateStore, tasks: &[Task
     let verb = if dry_run { "would stop" } else { "stop" };
     let now = now_secs();
     let mut named = BTreeSet::new();
+    let mut evicted_arns = BTreeSet::new();
     for shape in pools.shapes() {
         let key = shape.key();
         let pool = config.pool.iter().find(|p| p.name == shape.pool);
@@ -63,9 +69,10 @@ pub async fn sweep(config: &Config, ecs: &Ecs, store: &StateStore, tasks: &[Task
             }
             let why = match pool {
                 None => Some(format!("pool {} is no longer configured", shape.pool)),
-                Some(p) if idle > p.idle_timeout_secs => Some(format!(
+                Some(p) if idle > policy::effective(p, chrono::Utc::now()).idle_timeout_secs => Some(format!(
                     "idle for {idle} s, more than idle_timeout_secs = {} of pool {}",
-                    p.idle_timeout_secs, p.name
+                    policy::effective(p, chrono::Utc::now()).idle_timeout_secs,
+                    p.name
                 )),
                 Some(_) => None,
             };
@@ -74,6 +81,7 @@ pub async fn sweep(config: &Config, ecs: &Ecs, store: &StateStore, tasks: &[Task
             };
             println!("{verb} warm task {}: {why}", entry.task_arn);
             swept.evicted += 1;
+            evicted_arns.insert(entry.task_arn.clone());
             if dry_run {
                 continue;
             }
@@ -115,10 +123,64 @@ pub async fn sweep(config: &Config, ecs: &Ecs, store: &StateStore, tasks: &[Task
             swept.problems.push(format!("stopping {}: {e}", task.arn));
         }
     }
+    // Targets now (schedules, eager): the oldest idle tasks beyond them, a pool's max or the
+    // host's cap are stopped. A dry run counts the tasks it would have evicted above as gone.
+    let mut targets = BTreeMap::new();
+    let mut pool_targets = BTreeMap::new();
+    let mut maxes = BTreeMap::new();
+    let mut idle = Vec::new();
+    for shape in pools.shapes() {
+        if let Some(pool) = config.pool.iter().find(|p| p.name == shape.pool) {
+            let t = refill::target_now(pool, store, &shape);
+            *pool_targets.entry(pool.name.clone()).or_insert(0usize) += t;
+            targets.insert(shape.key(), t);
+            maxes.insert(pool.name.clone(), pool.max as usize);
+        }
+        for (_, entry) in pools.idle(&shape.key()) {
+            if !(dry_run && evicted_arns.contains(&entry.task_arn)) {
+                idle.push(policy::Idle {
+                    shape: shape.key(),
+                    pool: shape.pool.clone(),
+                    task_arn: entry.task_arn,
+                    started_unix: entry.started_unix,
+                });
+            }
+        }
+    }
+    for (pool, t) in &pool_targets {
+        crate::metrics::pool_target(pool, *t as f64);
+    }
+    for t in policy::excess(&idle, &targets, &maxes, config.pool_limits.max_idle_total) {
+        if !targets.contains_key(&t.shape) {
+            continue; // a pool no longer configured: evicted above (or not yet, dry)
+        }
+        println!(
+            "{verb} warm task {}: beyond the target of pool {} now (schedule, eager mode, max or [pool_limits])",
+            t.task_arn, t.pool
+        );
+        swept.excess += 1;
+        if dry_run {
+            continue;
+        }
+        // Removed first: no prepare may claim a task being stopped (a claim that won the
+        // rename first keeps it: then it is no longer idle and not stopped).
+        let path = pools.idle_path(&t.shape, &t.task_arn);
+        if std::fs::remove_file(&path).is_err() {
+            continue;
+        }
+        crate::metrics::pool_idle_seconds(&t.pool, (now - t.started_unix).max(0.0));
+        if let Err(e) = ecs
+            .stop_task(&t.task_arn, "ecs-executor gc: warm task beyond the pool's target")
+            .await
+        {
+            swept.problems.push(format!("stopping warm task {}: {e}", t.task_arn));
+        }
+    }
     for shape in pools.shapes() {
         if dry_run {
             if let Some(pool) = config.pool.iter().find(|p| p.name == shape.pool) {
-                let n = refill::missing(pool, &pools, &shape);
+                let target = targets.get(&shape.key()).copied().unwrap_or(0);
+                let n = refill::missing(pool, &config.pool_limits, &pools, &shape, target);
                 if n > 0 {
                     println!("would start {n} warm task(s) of {}", shape.task_definition_arn);
                 }

@@ -4,7 +4,8 @@
 //! task twice (the rest start cold); a claimed task runs its job's stages and is stopped at
 //! cleanup, never returned to the pool; a warm task whose container died is discarded, never
 //! handed out; `gc` evicts warm tasks idle past their timeout and tops the pool up;
-//! `unregister` stops the warm tasks.
+//! the pool policy (a host cap, a schedule, eager mode) makes `gc` stop the oldest idle tasks
+//! beyond the target and start more for jobs in flight; `unregister` stops the warm tasks.
 
 mod support;
 
@@ -335,6 +336,101 @@ fn a_dead_warm_task_is_discarded_and_gc_evicts_and_tops_up() {
     let out = admin(&e.config, &["unregister"]);
     assert!(out.status.success(), "{}", text(&out));
     wait_stopped(&e, &topped);
+}
+
+/// The pool policy (`docs/warm-pools.md`, "Policy") through `gc`: a host cap below what is idle
+/// makes gc stop the oldest warm task (the newest stays); a schedule that matches now with
+/// `min_idle = 0` scales the pool to zero; lazy (`min_idle = 0`) starts nothing for a job in
+/// flight, eager (`scale_factor = 2`) starts two for it, and once that job is cleaned up gc
+/// stops them as beyond the target. The target gauge follows each step.
+#[test]
+fn schedules_and_the_host_cap_make_gc_stop_the_oldest_and_eager_starts_more() {
+    let own = OwnCluster::start("warm", 1);
+    let e = pooled(&own, "warm-policy", 2, 4);
+    let base = std::fs::read_to_string(&e.config).unwrap();
+    assert!(base.contains("min_idle = 2\n"), "{base}");
+    // The pool's own keys go right after its entry; tables after them.
+    let set = |min_idle: u32, pool_keys: &str, tables: &str| {
+        let text = base.replace("min_idle = 2\n", &format!("min_idle = {min_idle}\n{pool_keys}"));
+        std::fs::write(&e.config, format!("{text}\n{tables}")).unwrap();
+    };
+    let gc = || {
+        let out = admin(&e.config, &["gc"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let target = || metric(&e, &format!("ecs_executor_pool_target{{pool=\"{POOL}\"}}"));
+    let first = e.job();
+    let mut r = e.prepared(&first);
+    assert_ok(&r.cleanup());
+    let warm = wait_for_warm(&e, 2);
+    let started = |arn: &String| -> f64 {
+        let dir = e.state_dir.join("pool");
+        for shape in std::fs::read_dir(&dir).unwrap().flatten() {
+            let id = arn.rsplit('/').next().unwrap();
+            if let Ok(b) = std::fs::read(shape.path().join("idle").join(format!("{id}.json"))) {
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                return v["started_unix"].as_f64().unwrap();
+            }
+        }
+        panic!("no idle entry for {arn}");
+    };
+    let mut by_age: Vec<&String> = warm.iter().collect();
+    by_age.sort_by(|a, b| started(a).total_cmp(&started(b)));
+    let (oldest, newest) = (by_age[0].clone(), by_age[1].clone());
+
+    // 1. A host cap of 1: the oldest goes, nothing is started.
+    set(2, "", "[pool_limits]\nmax_idle_total = 1\n");
+    let said = gc();
+    assert!(
+        said.contains("and 1 beyond the targets") && said.contains("started 0 warm task(s)"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("stop warm task {oldest}: beyond the target")),
+        "{said}"
+    );
+    wait_stopped(&e, &BTreeSet::from([oldest.clone()]));
+    assert_eq!(idle_warm_tasks(&e), BTreeSet::from([newest.clone()]));
+    assert_eq!(target(), 2.0, "the gauge is the pool's target (the cap is the host's)");
+
+    // 2. A schedule matching every minute with min_idle = 0: scaled to zero.
+    set(
+        2,
+        "",
+        "[[pool.schedule]]\nperiods = [\"* * * * *\"]\ntimezone = \"Europe/Berlin\"\nmin_idle = 0\n",
+    );
+    let said = gc();
+    assert!(
+        said.contains("and 1 beyond the targets") && said.contains("started 0 warm task(s)"),
+        "{said}"
+    );
+    wait_stopped(&e, &BTreeSet::from([newest.clone()]));
+    assert!(idle_warm_tasks(&e).is_empty());
+    assert_eq!(target(), 0.0);
+
+    // 3. A job in flight: lazy with min_idle = 0 starts nothing; eager starts 2 for it.
+    let job = e.job();
+    let (mut r, prepare) = e.prepare(&job);
+    assert_ok(&prepare);
+    set(0, "", "");
+    assert!(gc().contains("started 0 warm task(s)"));
+    assert!(idle_warm_tasks(&e).is_empty());
+    set(0, "scale_factor = 2.0\n", "");
+    let said = gc();
+    assert!(said.contains("started 2 warm task(s)"), "{said}");
+    assert_eq!(target(), 2.0);
+    let eager = wait_for_warm(&e, 2);
+    assert_ok(&r.cleanup());
+    // Nothing in flight any more: target 0, both stopped as beyond it.
+    let said = gc();
+    assert!(
+        said.contains("and 2 beyond the targets") && said.contains("started 0 warm task(s)"),
+        "{said}"
+    );
+    wait_stopped(&e, &eager);
+    assert!(idle_warm_tasks(&e).is_empty());
+    assert_eq!(target(), 0.0);
 }
 
 /// A warm task whose instance is draining is discarded, never handed out: the job gets a task
