@@ -427,6 +427,12 @@ fn bench_prepare_hit_vs_cold() {
         let (mut r, prepare) = e.prepare(&job);
         assert_ok(&prepare);
         assert_eq!(claimed(&prepare).is_some(), expect_hit, "{}", show(&prepare));
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("PHASES prepare {:.3} s", prepare.duration.as_secs_f64());
+            for line in support::executor_lines(&prepare) {
+                eprintln!("  {line}");
+            }
+        }
         let script = stage_script(&r, "echo first-byte");
         let stage = r.run_script(stages::BUILD_SCRIPT, &script);
         assert_ok(&stage);
