@@ -2,9 +2,11 @@
 //! its instance and record what `run` and `cleanup` need.
 //!
 //! The phases, in order: the task definition, the claim of a warm task (`claim`, jobs of a
-//! warm pool only; a claimed task skips the next three), the task, Docker on its instance,
-//! RUNNING, the services, the stage runners. Every phase prints one line to the job log. Whatever fails after RunTask, the task is
-//! stopped before we exit, so a failed prepare leaves nothing running.
+//! warm pool only; a claimed task skips the rest: the claim checks it, reaches Docker and
+//! starts the job's stage runners itself, and pooled jobs have no services), the task, Docker
+//! on its instance, RUNNING, the services, the stage runners. Every phase prints one line to
+//! the job log. Whatever fails after RunTask, the task is stopped before we exit, so a failed
+//! prepare leaves nothing running.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -422,10 +422,26 @@ fn bench_prepare_hit_vs_cold() {
     // The first job of the shape fills the pool.
     let mut r = pooled.prepared(&pooled.job());
     assert_ok(&r.cleanup());
-    let run = |e: &E2e, expect_hit: bool| -> (f64, f64) {
+    // The executor's AWS calls for this cluster or this setup's task definitions (the
+    // shared moto records every client's; the agent stand-in's carry no executor user agent).
+    let aws_calls = |e: &E2e, mark: u64| -> usize {
+        e.standin
+            .requests_since(mark)
+            .iter()
+            .filter(|q| {
+                q.user_agent
+                    .as_deref()
+                    .is_some_and(|ua| ua.contains("app/ecs-executor"))
+            })
+            .filter(|q| q.body.contains(own.name.as_str()) || q.body.contains(e.family_prefix.as_str()))
+            .count()
+    };
+    let run = |e: &E2e, expect_hit: bool| -> (f64, f64, usize, usize) {
         let job = e.job();
+        let mark = e.standin.request_mark();
         let (mut r, prepare) = e.prepare(&job);
         assert_ok(&prepare);
+        let prepare_calls = aws_calls(e, mark);
         assert_eq!(claimed(&prepare).is_some(), expect_hit, "{}", show(&prepare));
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("PHASES prepare {:.3} s", prepare.duration.as_secs_f64());
@@ -437,22 +453,40 @@ fn bench_prepare_hit_vs_cold() {
         let stage = r.run_script(stages::BUILD_SCRIPT, &script);
         assert_ok(&stage);
         assert_ok(&r.cleanup());
-        (prepare.duration.as_secs_f64(), stage.duration.as_secs_f64())
+        (
+            prepare.duration.as_secs_f64(),
+            stage.duration.as_secs_f64(),
+            prepare_calls,
+            aws_calls(e, mark),
+        )
     };
     let (mut hit_prepare, mut hit_stage, mut cold_prepare, mut cold_stage) = (vec![], vec![], vec![], vec![]);
+    let (mut hit_calls, mut cold_calls) = ((0, 0), (0, 0));
+    let started = Instant::now();
     for i in 0..jobs {
         if i % 5 == 0 {
             wait_for_warm(&pooled, 5);
         }
-        let (p, s) = run(&pooled, true);
+        let (p, s, pc, jc) = run(&pooled, true);
         hit_prepare.push(p);
         hit_stage.push(s);
+        hit_calls = (hit_calls.0 + pc, hit_calls.1 + jc);
     }
+    let hits_took = started.elapsed().as_secs_f64();
     for _ in 0..jobs {
-        let (p, s) = run(&cold, false);
+        let (p, s, pc, jc) = run(&cold, false);
         cold_prepare.push(p);
         cold_stage.push(s);
+        cold_calls = (cold_calls.0 + pc, cold_calls.1 + jc);
     }
+    for (what, (p, j)) in [("pool hit", hit_calls), ("cold", cold_calls)] {
+        eprintln!(
+            "BENCH calls {what}: {:.1} executor AWS calls per prepare, {:.1} per whole job (prepare, stage, cleanup with its refill)",
+            p as f64 / jobs as f64,
+            j as f64 / jobs as f64
+        );
+    }
+    eprintln!("BENCH pace: {jobs} pooled jobs in {hits_took:.0} s");
     let idle = metric(
         &pooled,
         &format!("ecs_executor_pool_idle_task_seconds_total{{pool=\"{POOL}\"}}"),

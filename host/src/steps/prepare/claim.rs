@@ -3,8 +3,9 @@
 //! very task definition instead of starting one. A claimed task is checked before the job gets
 //! it — ECS says RUNNING, its instance is ACTIVE (not draining), Docker on the instance answers
 //! and runs every container of the task — and is discarded (stopped) otherwise; one that is
-//! still starting goes back for a later job. Then it gets the job's tags and the job's state.
-//! No warm task passes its checks: a cold start, as without the pool.
+//! still starting goes back for a later job. The instance's status and the Docker checks are
+//! asked at once; once both passed, the job's tags and the job's stage runners are added at
+//! once. No warm task passes its checks: a cold start, as without the pool.
 
 use std::time::Instant;
 
