@@ -396,6 +396,49 @@ fn a_warm_task_on_a_draining_instance_is_discarded() {
     wait_stopped(&e, &refilled);
 }
 
+/// A claim whose TagResource fails (the job's stage runners start at the same moment) discards
+/// the warm task: it is stopped with the job's certificates in it, never handed out, and the
+/// job starts cold and runs its stage.
+#[test]
+fn a_warm_task_whose_tag_fails_is_discarded_and_the_job_starts_cold() {
+    let own = OwnCluster::start("warm", 1);
+    let e = pooled(&own, "warm-tag", 1, 1);
+    let first = e.job();
+    let mut r = e.prepared(&first);
+    assert_ok(&r.cleanup());
+    let warm = wait_for_warm(&e, 1);
+    let arn = warm.iter().next().unwrap().clone();
+    let fault = ecs_executor_tests::standin::Fault {
+        matching: Some(own.name.clone()),
+        ..ecs_executor_tests::standin::Fault::ecs_error("TagResource", "AccessDeniedException", 1)
+    };
+    let guard = e.standin.inject(&fault);
+    let job = e.job();
+    let (mut r, prepare) = e.prepare(&job);
+    drop(guard);
+    assert_ok(&prepare);
+    let out = output(&prepare);
+    assert!(
+        out.contains(&format!("warm task {arn} discarded")),
+        "{}",
+        show(&prepare)
+    );
+    assert!(out.contains(COLD), "{}", show(&prepare));
+    assert_ne!(job_task(&e, &job), arn);
+    wait_stopped(&e, &warm);
+    let script = stage_script(&r, "echo cold-after-a-failed-tag");
+    let stage = r.run_script(stages::BUILD_SCRIPT, &script);
+    assert_ok(&stage);
+    assert!(
+        stage.stdout_text().contains("cold-after-a-failed-tag"),
+        "{}",
+        show(&stage)
+    );
+    assert_ok(&r.cleanup());
+    let out = admin(&e.config, &["unregister"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// p50 and p95 of `values` (seconds).
 fn percentiles(values: &mut [f64]) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
