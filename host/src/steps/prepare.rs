@@ -2,9 +2,11 @@
 //! its instance and record what `run` and `cleanup` need.
 //!
 //! The phases, in order: the task definition, the claim of a warm task (`claim`, jobs of a
-//! warm pool only; a claimed task skips the next three), the task, Docker on its instance,
-//! RUNNING, the services, the stage runners. Every phase prints one line to the job log. Whatever fails after RunTask, the task is
-//! stopped before we exit, so a failed prepare leaves nothing running.
+//! warm pool only; a claimed task skips the rest: the claim checks it, reaches Docker and
+//! starts the job's stage runners itself, and pooled jobs have no services), the task, Docker
+//! on its instance, RUNNING, the services, the stage runners. Every phase prints one line to
+//! the job log. Whatever fails after RunTask, the task is stopped before we exit, so a failed
+//! prepare leaves nothing running.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -144,8 +146,15 @@ async fn launch(
         }
         None => None,
     };
-    let (mut state, docker, instance_host, instance_attributes) = match warm {
-        Some(warm) => warm,
+    let (mut state, docker, containers, stage_runner) = match warm {
+        // The claim checked the task and started the job's stage runners (pooled jobs have
+        // no services).
+        Some(claim::Bound {
+            state,
+            docker,
+            containers,
+            stage_runner,
+        }) => (state, docker, containers, stage_runner),
         None => {
             write_registry_secrets(&clients.secrets, &task, secrets_written).await?;
             let mut state = run_task(config, job, store, ecs, &td, launched, secrets_written).await?;
@@ -165,15 +174,21 @@ async fn launch(
             .await?;
             wait_until_running(config, ecs, &docker, &task, &mut watch).await?;
             drop(watch);
-            (state, docker, instance_host, instance_attributes)
+            let containers = docker.task_containers(&state.task_arn).await?;
+            for c in &task.spec.containers {
+                docker.pick(&containers, &c.name)?;
+            }
+            start_services(config, job, &docker, &containers, &task).await?;
+            let stage_runner =
+                start_stage_runners(config, &docker, &containers, &instance_host, &instance_attributes).await;
+            (state, docker, containers, stage_runner)
         }
     };
-    let containers = docker.task_containers(&state.task_arn).await?;
+    // A claimed task: every container of the spec is there too.
     for c in &task.spec.containers {
         docker.pick(&containers, &c.name)?;
     }
-    start_services(config, job, &docker, &containers, &task).await?;
-    state.stage_runner = start_stage_runners(config, &docker, &containers, &instance_host, &instance_attributes).await;
+    state.stage_runner = stage_runner;
     state.containers = containers;
     store.save(&job.key, &state)?;
     *launched = Some(state);

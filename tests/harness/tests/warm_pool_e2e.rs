@@ -492,6 +492,49 @@ fn a_warm_task_on_a_draining_instance_is_discarded() {
     wait_stopped(&e, &refilled);
 }
 
+/// A claim whose TagResource fails (the job's stage runners start at the same moment) discards
+/// the warm task: it is stopped with the job's certificates in it, never handed out, and the
+/// job starts cold and runs its stage.
+#[test]
+fn a_warm_task_whose_tag_fails_is_discarded_and_the_job_starts_cold() {
+    let own = OwnCluster::start("warm", 1);
+    let e = pooled(&own, "warm-tag", 1, 1);
+    let first = e.job();
+    let mut r = e.prepared(&first);
+    assert_ok(&r.cleanup());
+    let warm = wait_for_warm(&e, 1);
+    let arn = warm.iter().next().unwrap().clone();
+    let fault = ecs_executor_tests::standin::Fault {
+        matching: Some(own.name.clone()),
+        ..ecs_executor_tests::standin::Fault::ecs_error("TagResource", "AccessDeniedException", 1)
+    };
+    let guard = e.standin.inject(&fault);
+    let job = e.job();
+    let (mut r, prepare) = e.prepare(&job);
+    drop(guard);
+    assert_ok(&prepare);
+    let out = output(&prepare);
+    assert!(
+        out.contains(&format!("warm task {arn} discarded")),
+        "{}",
+        show(&prepare)
+    );
+    assert!(out.contains(COLD), "{}", show(&prepare));
+    assert_ne!(job_task(&e, &job), arn);
+    wait_stopped(&e, &warm);
+    let script = stage_script(&r, "echo cold-after-a-failed-tag");
+    let stage = r.run_script(stages::BUILD_SCRIPT, &script);
+    assert_ok(&stage);
+    assert!(
+        stage.stdout_text().contains("cold-after-a-failed-tag"),
+        "{}",
+        show(&stage)
+    );
+    assert_ok(&r.cleanup());
+    let out = admin(&e.config, &["unregister"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// p50 and p95 of `values` (seconds).
 fn percentiles(values: &mut [f64]) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
@@ -518,31 +561,71 @@ fn bench_prepare_hit_vs_cold() {
     // The first job of the shape fills the pool.
     let mut r = pooled.prepared(&pooled.job());
     assert_ok(&r.cleanup());
-    let run = |e: &E2e, expect_hit: bool| -> (f64, f64) {
+    // The executor's AWS calls for this cluster or this setup's task definitions (the
+    // shared moto records every client's; the agent stand-in's carry no executor user agent).
+    let aws_calls = |e: &E2e, mark: u64| -> usize {
+        e.standin
+            .requests_since(mark)
+            .iter()
+            .filter(|q| {
+                q.user_agent
+                    .as_deref()
+                    .is_some_and(|ua| ua.contains("app/ecs-executor"))
+            })
+            .filter(|q| q.body.contains(own.name.as_str()) || q.body.contains(e.family_prefix.as_str()))
+            .count()
+    };
+    let run = |e: &E2e, expect_hit: bool| -> (f64, f64, usize, usize) {
         let job = e.job();
+        let mark = e.standin.request_mark();
         let (mut r, prepare) = e.prepare(&job);
         assert_ok(&prepare);
+        let prepare_calls = aws_calls(e, mark);
         assert_eq!(claimed(&prepare).is_some(), expect_hit, "{}", show(&prepare));
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("PHASES prepare {:.3} s", prepare.duration.as_secs_f64());
+            for line in support::executor_lines(&prepare) {
+                eprintln!("  {line}");
+            }
+        }
         let script = stage_script(&r, "echo first-byte");
         let stage = r.run_script(stages::BUILD_SCRIPT, &script);
         assert_ok(&stage);
         assert_ok(&r.cleanup());
-        (prepare.duration.as_secs_f64(), stage.duration.as_secs_f64())
+        (
+            prepare.duration.as_secs_f64(),
+            stage.duration.as_secs_f64(),
+            prepare_calls,
+            aws_calls(e, mark),
+        )
     };
     let (mut hit_prepare, mut hit_stage, mut cold_prepare, mut cold_stage) = (vec![], vec![], vec![], vec![]);
+    let (mut hit_calls, mut cold_calls) = ((0, 0), (0, 0));
+    let started = Instant::now();
     for i in 0..jobs {
         if i % 5 == 0 {
             wait_for_warm(&pooled, 5);
         }
-        let (p, s) = run(&pooled, true);
+        let (p, s, pc, jc) = run(&pooled, true);
         hit_prepare.push(p);
         hit_stage.push(s);
+        hit_calls = (hit_calls.0 + pc, hit_calls.1 + jc);
     }
+    let hits_took = started.elapsed().as_secs_f64();
     for _ in 0..jobs {
-        let (p, s) = run(&cold, false);
+        let (p, s, pc, jc) = run(&cold, false);
         cold_prepare.push(p);
         cold_stage.push(s);
+        cold_calls = (cold_calls.0 + pc, cold_calls.1 + jc);
     }
+    for (what, (p, j)) in [("pool hit", hit_calls), ("cold", cold_calls)] {
+        eprintln!(
+            "BENCH calls {what}: {:.1} executor AWS calls per prepare, {:.1} per whole job (prepare, stage, cleanup with its refill)",
+            p as f64 / jobs as f64,
+            j as f64 / jobs as f64
+        );
+    }
+    eprintln!("BENCH pace: {jobs} pooled jobs in {hits_took:.0} s");
     let idle = metric(
         &pooled,
         &format!("ecs_executor_pool_idle_task_seconds_total{{pool=\"{POOL}\"}}"),

@@ -3,8 +3,9 @@
 //! very task definition instead of starting one. A claimed task is checked before the job gets
 //! it — ECS says RUNNING, its instance is ACTIVE (not draining), Docker on the instance answers
 //! and runs every container of the task — and is discarded (stopped) otherwise; one that is
-//! still starting goes back for a later job. Then it gets the job's tags and the job's state.
-//! No warm task passes its checks: a cold start, as without the pool.
+//! still starting goes back for a later job. The instance's status and the Docker checks are
+//! asked at once; once both passed, the job's tags and the job's stage runners are added at
+//! once. No warm task passes its checks: a cold start, as without the pool.
 
 use std::time::Instant;
 
@@ -113,16 +114,20 @@ pub(super) async fn warm_task(
         claim.put_back();
     }
     match outcome {
-        Some((claim, (state, docker, host, attributes))) => {
+        Some((claim, bound)) => {
             let idle = claim.entry.idle_secs(now_secs());
             claim.forget();
             crate::metrics::pool_claim(&pool.name, "hit");
             crate::metrics::pool_idle_seconds(&pool.name, idle);
             log_phase(
                 phase,
-                format_args!("warm task {} claimed (idle {} s)", state.task_arn, idle.round() as u64),
+                format_args!(
+                    "warm task {} claimed (idle {} s)",
+                    bound.state.task_arn,
+                    idle.round() as u64
+                ),
             );
-            Ok(Some((state, docker, host, attributes)))
+            Ok(Some(bound))
         }
         None => {
             crate::metrics::pool_claim(&pool.name, "miss");
@@ -132,9 +137,14 @@ pub(super) async fn warm_task(
     }
 }
 
-/// A warm task bound to a job: the job's state (saved), Docker, the instance host and the
-/// instance's ECS attributes (as `reach_docker` returns them for a cold task).
-type Bound = (JobState, DockerHost, String, Vec<(String, Option<String>)>);
+/// A warm task bound to a job: the job's state (saved), Docker, the task's containers and
+/// the job's stage runners (started at the claim, with the job's own certificates).
+pub(super) struct Bound {
+    pub state: JobState,
+    pub docker: DockerHost,
+    pub containers: std::collections::BTreeMap<String, String>,
+    pub stage_runner: Option<crate::stages::runner::StageRunnerState>,
+}
 
 /// Check a claimed warm task and bind it to the job: the job's state (saved), Docker, and the
 /// instance host.
@@ -176,7 +186,35 @@ async fn bind(
             "ECS names no container instance".into(),
         ));
     };
-    match ecs.container_instance_status(&ci).await {
+    // The job's state names the task from here on (a discard below removes it again).
+    let mut state = JobState::new(job.key.job_id, ecs.cluster(), arn, &shape.task_definition_arn, false);
+    state.container_instance_arn = Some(ci.clone());
+    state.pool = Some(shape.pool.clone());
+    *launched = Some(state.clone());
+    store
+        .save(&job.key, &state)
+        .map_err(|e| Verdict::NotYet(e.to_string()))?;
+    // The instance's status (DescribeContainerInstances, never cached: a draining instance
+    // must discard the task) and Docker on the instance (ping, the task's containers) are
+    // independent: asked at once. Both must pass before the job gets anything of the task.
+    let mut watch = TaskWatch::new(ecs, arn, None);
+    let (instance_status, reached) = tokio::join!(ecs.container_instance_status(&ci), async {
+        let reached = super::reach_docker(
+            config,
+            (job, response, plugins),
+            store,
+            (ecs, &mut watch),
+            clients,
+            &mut state,
+            launched,
+        )
+        .await
+        .map_err(|f| Verdict::Discard("docker", format!("Docker on its instance: {}", f.message)))?;
+        let running = reached.0.running_task_containers(arn).await.unwrap_or(0);
+        Ok::<_, Verdict>((reached, running))
+    });
+    drop(watch);
+    match instance_status {
         Ok(Some(s)) if s == "ACTIVE" => {}
         Ok(s) => {
             return Err(Verdict::Discard(
@@ -186,40 +224,33 @@ async fn bind(
         }
         Err(e) => return Err(Verdict::NotYet(e.to_string())),
     }
-    let mut state = JobState::new(job.key.job_id, ecs.cluster(), arn, &shape.task_definition_arn, false);
-    state.container_instance_arn = Some(ci);
-    state.pool = Some(shape.pool.clone());
-    *launched = Some(state.clone());
-    store
-        .save(&job.key, &state)
-        .map_err(|e| Verdict::NotYet(e.to_string()))?;
-    let mut watch = TaskWatch::new(ecs, arn, None);
-    let (docker, host, attributes) = super::reach_docker(
-        config,
-        (job, response, plugins),
-        store,
-        (ecs, &mut watch),
-        clients,
-        &mut state,
-        launched,
-    )
-    .await
-    .map_err(|f| Verdict::Discard("docker", format!("Docker on its instance: {}", f.message)))?;
-    drop(watch);
-    let running = docker.running_task_containers(arn).await.unwrap_or(0);
+    let ((docker, host, attributes), running) = reached?;
     if running < shape.containers {
         return Err(Verdict::Discard(
             "containers",
             format!("Docker runs {running} of its {} containers", shape.containers),
         ));
     }
+    let containers = docker
+        .task_containers(arn)
+        .await
+        .map_err(|e| Verdict::Discard("docker", format!("Docker on its instance: {e}")))?;
     let tags = [
         (ecs::TAG_RUNNER_TOKEN, job.key.runner_token.clone()),
         (ecs::TAG_JOB, job.key.job_id.to_string()),
         (ecs::TAG_PROJECT, job.project_path.chars().take(256).collect()),
     ];
-    ecs.tag_task(arn, &tags)
-        .await
-        .map_err(|e| Verdict::Discard("tag", e.to_string()))?;
-    Ok((state, docker, host, attributes))
+    // Every check passed: the job's tags and the job's own stage runners (its fresh
+    // certificates) at once. A failed tag discards the task, runners and all: it is stopped.
+    let (tagged, stage_runner) = tokio::join!(
+        ecs.tag_task(arn, &tags),
+        super::start_stage_runners(config, &docker, &containers, &host, &attributes)
+    );
+    tagged.map_err(|e| Verdict::Discard("tag", e.to_string()))?;
+    Ok(Bound {
+        state,
+        docker,
+        containers,
+        stage_runner,
+    })
 }
