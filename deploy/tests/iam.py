@@ -55,6 +55,10 @@ SERVICES = ("ecs", "ec2", "secretsmanager")
 service_ops = {svc: {xform_name(o): o for o in session.get_service_model(svc).operation_names} for svc in SERVICES}
 code_actions = set()
 for path, text in source.items():
+    # host/src/docker/ talks to Docker (bollard), never to AWS: its `create_image` (a pull) is
+    # not EC2's CreateImage.
+    if root / "host/src/docker" in path.parents and "aws_sdk_" not in text:
+        continue
     called = set(re.findall(r"\.([a-z][a-z0-9_]*)\(", text))
     # A method name more than one service has (`tag_resource`) counts for the services whose
     # SDK the file uses (host/src/ecs/ is ECS's); a name only one service has counts anywhere.
