@@ -70,10 +70,6 @@ impl HostPorts {
         }
     }
 
-    pub fn range(&self) -> PortRange {
-        self.range
-    }
-
     /// A port of the range that is free for `protocol` (`tcp` or `udp`) right now, skipping
     /// those in `taken` (handed to other containers of the same create). Err when none is.
     pub fn pick(&self, protocol: &str, taken: &[u16]) -> Result<u16, String> {
@@ -136,7 +132,7 @@ mod tests {
             start,
             end: busy.saturating_add(1).max(start + 2),
         });
-        let end = ports.range().end;
+        let end = ports.range.end;
         let mut seen = Vec::new();
         for _ in 0..4 {
             if let Ok(p) = ports.pick("tcp", &[]) {
