@@ -1070,7 +1070,8 @@ async fn an_agent_with_a_dynamic_host_port_range_publishes_dynamic_ports_inside_
     let ecs = standin.ecs(3).await;
     let standin_json = standin.state_dir.join("standin.json");
 
-    let bad = std::process::Command::new(agent_binary())
+    let bad_log = std::env::temp_dir().join(format!("{}.log", unique_name("bad-range")));
+    let child = std::process::Command::new(agent_binary())
         .env("ECS_DYNAMIC_HOST_PORT_RANGE", "47320")
         .args([
             "--standin",
@@ -1079,11 +1080,21 @@ async fn an_agent_with_a_dynamic_host_port_range_publishes_dynamic_ports_inside_
             "no-such-cluster",
         ])
         .args(["--container-instance", "arn:none"])
-        .output()
+        .stderr(std::fs::File::create(&bad_log).expect("agent log file"))
+        .spawn()
         .expect("start ecs-agent-standin");
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success(), "a bad range was accepted: {stderr}");
-    assert!(stderr.contains("ECS_DYNAMIC_HOST_PORT_RANGE"), "{stderr}");
+    let mut bad = OwnAgent { child, log: bad_log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bad.child.try_wait().expect("wait for the agent") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a bad range was accepted: {}", bad.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "a bad range was accepted: {}", bad.log());
+    assert!(bad.log().contains("ECS_DYNAMIC_HOST_PORT_RANGE"), "{}", bad.log());
+    let _ = std::fs::remove_file(&bad.log);
 
     let cluster = unique_name("port-range");
     let instance_arn = cluster_with_instance(&ecs, &cluster, &standin.instance_id).await;
