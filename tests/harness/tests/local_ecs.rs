@@ -1059,3 +1059,132 @@ async fn awsvpc_containers_share_one_network_namespace() {
     assert_eq!(container_of(&stopped, "client").exit_code(), Some(0));
     assert_eq!(container_of(&stopped, "server").exit_code(), Some(0));
 }
+
+/// With `ECS_DYNAMIC_HOST_PORT_RANGE` the agent picks a dynamic host port (hostPort 0) from
+/// the range itself, as the real agent does: the task's network binding is inside the range
+/// and the container answers there. A malformed range stops the agent at startup, naming the
+/// variable.
+#[tokio::test]
+async fn an_agent_with_a_dynamic_host_port_range_publishes_dynamic_ports_inside_it() {
+    let standin = Standin::require();
+    let ecs = standin.ecs(3).await;
+    let standin_json = standin.state_dir.join("standin.json");
+
+    let bad_log = std::env::temp_dir().join(format!("{}.log", unique_name("bad-range")));
+    let child = std::process::Command::new(agent_binary())
+        .env("ECS_DYNAMIC_HOST_PORT_RANGE", "47320")
+        .args([
+            "--standin",
+            &standin_json.to_string_lossy(),
+            "--cluster",
+            "no-such-cluster",
+        ])
+        .args(["--container-instance", "arn:none"])
+        .stderr(std::fs::File::create(&bad_log).expect("agent log file"))
+        .spawn()
+        .expect("start ecs-agent-standin");
+    let mut bad = OwnAgent { child, log: bad_log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bad.child.try_wait().expect("wait for the agent") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a bad range was accepted: {}", bad.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "a bad range was accepted: {}", bad.log());
+    assert!(bad.log().contains("ECS_DYNAMIC_HOST_PORT_RANGE"), "{}", bad.log());
+    let _ = std::fs::remove_file(&bad.log);
+
+    let cluster = unique_name("port-range");
+    let instance_arn = cluster_with_instance(&ecs, &cluster, &standin.instance_id).await;
+    // Ten ports far from Docker's own picks (the kernel's ephemeral range starts at 32768 and
+    // Docker hands its ports out from the bottom) and from any other test's.
+    let (start, end) = (47310u16, 47319u16);
+    let log = std::env::temp_dir().join(format!("{cluster}.log"));
+    let child = std::process::Command::new(agent_binary())
+        .env("ECS_DYNAMIC_HOST_PORT_RANGE", format!("{start}-{end}"))
+        .args(["--standin", &standin_json.to_string_lossy()])
+        .args(["--cluster", &cluster, "--container-instance", &instance_arn])
+        .stderr(std::fs::File::create(&log).expect("agent log file"))
+        .spawn()
+        .expect("start ecs-agent-standin");
+    let agent = OwnAgent { child, log };
+
+    let family = unique_name("dyn-port");
+    let server = pong_server(&standin.images.build)
+        .port_mappings(
+            aws_sdk_ecs::types::PortMapping::builder()
+                .container_port(7777)
+                .host_port(0)
+                .build(),
+        )
+        .build();
+    let (td, _) = register(&ecs, &family, vec![server], vec![]).await;
+    let out = ecs
+        .run_task()
+        .cluster(&cluster)
+        .task_definition(&td)
+        .send()
+        .await
+        .expect("RunTask");
+    let arn = out.tasks()[0].task_arn().unwrap().to_string();
+    let on_own_cluster = Standin {
+        cluster: cluster.clone(),
+        ..standin.clone()
+    };
+    let _guard = TaskGuard::new(&on_own_cluster, &arn);
+    let running = wait_running(&on_own_cluster, &ecs, &arn).await;
+    let bindings = container_of(&running, "server").network_bindings();
+    // One binding per address family Docker publishes on (0.0.0.0 and ::), the same port.
+    assert!(!bindings.is_empty(), "no network bindings; agent log:\n{}", agent.log());
+    let host_port = bindings[0].host_port().expect("a host port") as u16;
+    for b in bindings {
+        assert_eq!(
+            (b.container_port(), b.host_port()),
+            (Some(7777), Some(host_port.into())),
+            "{bindings:?}"
+        );
+    }
+    assert!(
+        (start..=end).contains(&host_port),
+        "host port {host_port} is outside {start}-{end}; agent log:\n{}",
+        agent.log()
+    );
+
+    // Reachable there from the host.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = (|| -> std::io::Result<String> {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", host_port))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match answer {
+            Ok(out) if out.contains("pong") => break,
+            other => assert!(Instant::now() < deadline, "no pong at 127.0.0.1:{host_port}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        agent
+            .log()
+            .contains(&format!("ECS_DYNAMIC_HOST_PORT_RANGE {start}-{end}")),
+        "{}",
+        agent.log()
+    );
+
+    stop(&on_own_cluster, &ecs, &arn, None).await;
+    drop(agent);
+    let _ = ecs
+        .deregister_container_instance()
+        .cluster(&cluster)
+        .container_instance(&instance_arn)
+        .force(true)
+        .send()
+        .await;
+    let _ = ecs.delete_cluster().cluster(&cluster).send().await;
+}

@@ -10,6 +10,7 @@ use bollard::models::{
     ResourcesUlimits,
 };
 
+use crate::host_ports::HostPorts;
 use crate::naming::TaskIdentity;
 
 /// Where a task definition volume comes from on this host.
@@ -56,6 +57,8 @@ pub struct ContainerInputs<'a> {
     /// Task-level `pidMode` / `ipcMode` when `host`.
     pub pid_mode: Option<String>,
     pub ipc_mode: Option<String>,
+    /// `ECS_DYNAMIC_HOST_PORT_RANGE`: where dynamic host ports come from; `None`: Docker picks.
+    pub host_ports: Option<&'a HostPorts>,
 }
 
 /// The create request, and notes on settings that were left out (for the agent's log).
@@ -205,6 +208,7 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
     }
     let mut exposed = Vec::new();
     let mut bindings = PortMap::new();
+    let mut picked = Vec::new();
     for pm in def.port_mappings() {
         let Some(port) = pm.container_port() else {
             notes.push("portMappings with containerPortRange are not emulated".into());
@@ -214,10 +218,16 @@ pub fn plan_container(input: &ContainerInputs<'_>) -> Result<ContainerPlan, Stri
         let key = format!("{port}/{proto}");
         exposed.push(key.clone());
         if bridge_like {
-            let host_port = pm
-                .host_port()
-                .filter(|&p| p > 0)
-                .map_or(String::new(), |p| p.to_string());
+            let host_port = match (pm.host_port().filter(|&p| p > 0), input.host_ports) {
+                (Some(p), _) => p.to_string(),
+                // The agent picks from its range and tells Docker, as the real agent does.
+                (None, Some(ports)) => {
+                    let p = ports.pick(proto, &picked)?;
+                    picked.push(p);
+                    p.to_string()
+                }
+                (None, None) => String::new(),
+            };
             bindings
                 .entry(key)
                 .or_insert_with(|| Some(Vec::new()))
@@ -358,6 +368,7 @@ mod tests {
             volumes: &volumes,
             pid_mode: None,
             ipc_mode: None,
+            host_ports: None,
         })
         .unwrap()
     }
@@ -547,6 +558,7 @@ mod tests {
             volumes: &HashMap::new(),
             pid_mode: None,
             ipc_mode: None,
+            host_ports: None,
         })
         .unwrap_err();
         assert!(err.contains("unknown volume nope"), "{err}");

@@ -17,6 +17,7 @@ mod container_config;
 mod control_plane;
 mod docker_events;
 mod docker_listener;
+mod host_ports;
 mod image_ref;
 mod instance;
 mod naming;
@@ -199,6 +200,16 @@ async fn main() -> anyhow::Result<()> {
         behavior.as_str(),
         if engine_auth.is_empty() { "none" } else { "set" }
     );
+    let host_ports = host_ports::PortRange::from_env()?;
+    match host_ports {
+        Some(r) => say!(
+            "dynamic host ports: picked by the agent from {} {}-{}",
+            host_ports::VARIABLE,
+            r.start,
+            r.end
+        ),
+        None => say!("dynamic host ports: picked by Docker (no {})", host_ports::VARIABLE),
+    }
     let agent = Arc::new(Agent {
         ecs,
         docker: docker.clone(),
@@ -210,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
             engine_auth,
             images: ImageState::default(),
         },
+        host_ports: host_ports.map(host_ports::HostPorts::new),
     });
     let routes = ExitRoutes::default();
 

@@ -23,6 +23,7 @@ use crate::action_log::say;
 use crate::container_config::{ContainerInputs, NetworkPlacement, VolumeSource, plan_container};
 use crate::control_plane::{ContainerReport, ControlPlane, TaskReport, persist};
 use crate::docker_events::ContainerExit;
+use crate::host_ports::HostPorts;
 use crate::naming::{LABEL_CONTAINER_NAME, LABEL_TASK_ARN, LABEL_VOLUME_NAME, TaskIdentity, task_id};
 use crate::pull::{Credentials, ImageState, Outcome, PullBehavior, parse_asm_value};
 use crate::start_order::{Progress, Readiness, StartOrder, declared_dependencies};
@@ -50,6 +51,8 @@ pub struct Agent {
     /// Delays the real agent spends (pull, start, state report), slept before each.
     pub latency: Latency,
     pub pull: PullSettings,
+    /// `ECS_DYNAMIC_HOST_PORT_RANGE`, when set: the agent picks dynamic host ports itself.
+    pub host_ports: Option<HostPorts>,
 }
 
 /// How images get onto the instance: the agent's pull settings and its image state.
@@ -509,6 +512,7 @@ impl TaskRun {
                 volumes,
                 pid_mode: pid_mode.clone(),
                 ipc_mode: ipc_mode.clone(),
+                host_ports: self.agent.host_ports.as_ref(),
             })
             .map_err(|e| StopCause::Failed(format!("CannotCreateContainerError: {e}")))?;
             let c = &mut self.containers[idx];
