@@ -214,7 +214,18 @@ fn a_burst_of_jobs_over_two_runner_hosts_passes_with_no_throttling_reaching_a_jo
     let json = out_dir.join("results.json");
     let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/scale");
     let run = std::process::Command::new(&bench)
-        .args(["--jobs", "20", "--hosts", "2", "--poller", "on", "--phases", "burst", "--dockerds", "0"])
+        .args([
+            "--jobs",
+            "20",
+            "--hosts",
+            "2",
+            "--poller",
+            "on",
+            "--phases",
+            "burst",
+            "--dockerds",
+            "0",
+        ])
         .args([
             "--latency",
             "realistic",
